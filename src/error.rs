@@ -1,0 +1,244 @@
+//! The one error type of mproc.
+
+use std::fmt;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// A specialized `Result` for mproc operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when running a function in another process.
+///
+/// A panic or the death of the child is data, returned here; the parent never panics or hangs
+/// because of it. Use [`kind`](Error::kind) to branch, or the predicates
+/// ([`is_timeout`](Error::is_timeout), [`is_worker_lost`](Error::is_worker_lost)) and accessors
+/// ([`remote_panic`](Error::remote_panic), [`exit_status`](Error::exit_status)).
+pub struct Error {
+    repr: Box<Repr>,
+}
+
+enum Repr {
+    Panicked(RemotePanic),
+    WorkerDied(ExitStatus),
+    TimedOut,
+    BinaryMismatch { expected: String, found: String },
+    Protocol(String),
+    Codec(String),
+    Io { context: &'static str, source: io::Error },
+    Usage(&'static str),
+}
+
+/// The category of an [`Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The function panicked in the child; see [`Error::remote_panic`].
+    Panicked,
+    /// The child ended without returning a result: it exited, aborted, crashed or was killed;
+    /// see [`Error::exit_status`].
+    WorkerDied,
+    /// A `*_timeout` call ran out of time. The operation can be retried.
+    TimedOut,
+    /// The child runs a different executable than the parent, so function addresses cannot be
+    /// trusted; nothing was run.
+    BinaryMismatch,
+    /// A malformed or unexpected message arrived (bad length, truncated frame, wrong type).
+    Protocol,
+    /// A value could not be serialized or deserialized.
+    Codec,
+    /// The operating system refused an operation (fork, socket, exec...).
+    Io,
+    /// The API was used in a way it does not allow (joining twice, spawning from a worker's
+    /// constructor...).
+    Usage,
+}
+
+impl Error {
+    pub(crate) fn panicked(p: RemotePanic) -> Error {
+        Error::new(Repr::Panicked(p))
+    }
+    pub(crate) fn worker_died(status: ExitStatus) -> Error {
+        Error::new(Repr::WorkerDied(status))
+    }
+    pub(crate) fn timed_out() -> Error {
+        Error::new(Repr::TimedOut)
+    }
+    pub(crate) fn binary_mismatch(expected: &[u8], found: &[u8]) -> Error {
+        Error::new(Repr::BinaryMismatch { expected: hex(expected), found: hex(found) })
+    }
+    pub(crate) fn protocol(msg: impl Into<String>) -> Error {
+        Error::new(Repr::Protocol(msg.into()))
+    }
+    pub(crate) fn codec(msg: impl fmt::Display) -> Error {
+        Error::new(Repr::Codec(msg.to_string()))
+    }
+    pub(crate) fn io(context: &'static str, source: io::Error) -> Error {
+        Error::new(Repr::Io { context, source })
+    }
+    pub(crate) fn usage(msg: &'static str) -> Error {
+        Error::new(Repr::Usage(msg))
+    }
+    fn new(repr: Repr) -> Error {
+        Error { repr: Box::new(repr) }
+    }
+
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match *self.repr {
+            Repr::Panicked(_) => ErrorKind::Panicked,
+            Repr::WorkerDied(_) => ErrorKind::WorkerDied,
+            Repr::TimedOut => ErrorKind::TimedOut,
+            Repr::BinaryMismatch { .. } => ErrorKind::BinaryMismatch,
+            Repr::Protocol(_) => ErrorKind::Protocol,
+            Repr::Codec(_) => ErrorKind::Codec,
+            Repr::Io { .. } => ErrorKind::Io,
+            Repr::Usage(_) => ErrorKind::Usage,
+        }
+    }
+
+    /// True when a `*_timeout` call ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::TimedOut
+    }
+
+    /// True when the child ended without delivering a result (crash, kill, `exit`).
+    pub fn is_worker_lost(&self) -> bool {
+        self.kind() == ErrorKind::WorkerDied
+    }
+
+    /// The child's panic: message, location and (with `RUST_BACKTRACE` set) backtrace.
+    pub fn remote_panic(&self) -> Option<&RemotePanic> {
+        match &*self.repr {
+            Repr::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// How the child ended, when it died without a result.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match *self.repr {
+            Repr::WorkerDied(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.repr {
+            Repr::Panicked(p) => write!(f, "the child panicked: {p}"),
+            Repr::WorkerDied(s) => write!(f, "the child died without a result ({s})"),
+            Repr::TimedOut => f.write_str("timed out"),
+            Repr::BinaryMismatch { expected, found } => write!(
+                f,
+                "the child runs a different executable (identity {found}, expected {expected}); nothing was run"
+            ),
+            Repr::Protocol(m) => write!(f, "protocol error: {m}"),
+            Repr::Codec(m) => write!(f, "serialization error: {m}"),
+            Repr::Io { context, source } => write!(f, "{context}: {source}"),
+            Repr::Usage(m) => f.write_str(m),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error({:?}: {self})", self.kind())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.repr {
+            Repr::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A panic that happened in a child process, carried back as data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePanic {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+    pub(crate) backtrace: Option<String>,
+}
+
+impl RemotePanic {
+    /// The panic message (the `&str` or `String` payload; a placeholder for other payloads).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Where it panicked, as `file:line:column`.
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+    /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) is set.
+    pub fn backtrace(&self) -> Option<&str> {
+        self.backtrace.as_deref()
+    }
+}
+
+impl fmt::Display for RemotePanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(loc) = &self.location {
+            write!(f, " at {loc}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a process ended: an exit code or a signal, like Python's `exitcode` (`-N` for signal N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExitStatus {
+    raw: crate::sys::RawExit,
+}
+
+impl ExitStatus {
+    pub(crate) fn from_raw(raw: crate::sys::RawExit) -> ExitStatus {
+        ExitStatus { raw }
+    }
+    /// The exit code, if the process exited (rather than being killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        match self.raw {
+            crate::sys::RawExit::Code(c) => Some(c),
+            crate::sys::RawExit::Signal(_) => None,
+        }
+    }
+    /// The signal that ended the process, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match self.raw {
+            crate::sys::RawExit::Signal(s) => Some(s),
+            crate::sys::RawExit::Code(_) => None,
+        }
+    }
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        self.code() == Some(0)
+    }
+    /// Python's `Process.exitcode`: the exit code, or `-N` when killed by signal `N`.
+    pub fn exitcode(&self) -> i32 {
+        match self.raw {
+            crate::sys::RawExit::Code(c) => c,
+            crate::sys::RawExit::Signal(s) => -s,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.raw {
+            crate::sys::RawExit::Code(c) => write!(f, "exit code {c}"),
+            crate::sys::RawExit::Signal(s) => match crate::sys::signal_name(s) {
+                Some(name) => write!(f, "killed by signal {s} ({name})"),
+                None => write!(f, "killed by signal {s}"),
+            },
+        }
+    }
+}

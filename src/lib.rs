@@ -1,0 +1,94 @@
+//! Python's `multiprocessing`, done right, for Rust: functions run in real OS processes, each
+//! with its own memory, through the API Python users know.
+//!
+//! ```
+//! use mproc::Process;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let mut p = Process::spawn(square, 7)?;  // Process(target=square, args=(7,)).start()
+//! assert_eq!(p.join()?, 49);                // join() returns the function's result
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! No `init()` call, no `if __name__ == "__main__"` guard and no macro: this works in `main`,
+//! in unit and integration tests and in doc tests like the one above.
+//!
+//! # Processes
+//! [`Process::spawn`] starts `f(arg)` in a child; [`Process::join`] returns what `f` returned,
+//! or an [`Error`] that says how the child failed: a panic comes back with its message,
+//! location and (with `RUST_BACKTRACE`) backtrace, a crash with its signal, `exit(3)` with its
+//! code. [`Process::builder`] sets a name, a [`StartMethod`], environment variables and stdio.
+//!
+//! Functions cross as `fn` pointers: `fn` items and closures that capture nothing. Data
+//! crosses as the argument and the result, which are serde values (`Serialize +
+//! DeserializeOwned`).
+//!
+//! # How a child runs your function
+//! A child is this same executable, started with a marker in its environment. A load-time
+//! constructor inside mproc sees the marker and runs the worker loop *before* `main`, so code
+//! in `main` never runs in children (Python's `__main__` rule, without the guard). The function
+//! travels as its offset from a fixed symbol; the child first checks that it runs the same
+//! binary (its build id), and refuses with
+//! [`ErrorKind::BinaryMismatch`] otherwise.
+//!
+//! # Start methods
+//! [`StartMethod::ForkServer`] (the default on Linux) forks children from a small server
+//! started once; [`StartMethod::Spawn`] re-executes the program for each child;
+//! [`StartMethod::Fork`] forks the caller (fastest, with the hazards documented there).
+//!
+//! # Children never outlive their parent
+//! Every child, and the fork server, is killed by the kernel when the parent dies, even by
+//! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it.
+//!
+//! # Crate features
+//! None yet.
+//!
+//! # Platform support
+//! Linux (tested). The code is split so that other Unixes can follow: everything
+//! platform-specific is in one module, with fallbacks for systems without pidfds or a fork
+//! server.
+//!
+//! # Limitations
+//! - The function must live in the main executable, not in a dynamic library loaded at run
+//!   time (`-C prefer-dynamic` builds are not supported yet).
+//! - mproc reaps its children with `waitpid` on their pid: a program that reaps every child
+//!   itself (`waitpid(-1)`, or `SIGCHLD` set to ignore) takes their exit status away.
+//! - A platform where load-time constructors do not run needs [`init`] at the top of `main`.
+
+#![deny(missing_docs)]
+
+mod error;
+mod process;
+mod sys;
+mod wire;
+mod worker;
+
+pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
+pub use process::{Builder, Process, StartMethod, Stdio};
+
+/// Runs the worker loop if this process was started by mproc as a worker; otherwise returns at
+/// once.
+///
+/// **You do not need this** on Linux (or any ELF or Mach-O platform): mproc's load-time
+/// constructor does it before `main`. It is the fallback for targets where constructors do
+/// not run; there, call it first thing in `main`, before starting threads or doing anything a
+/// child should not do:
+///
+/// ```
+/// fn main() {
+///     mproc::init();
+///     // ... the program; children never get here
+/// }
+/// ```
+pub fn init() {
+    if let Some(marker) = std::env::var_os(worker::MARKER_ENV) {
+        if !worker::marker_unconsumed() {
+            return;
+        }
+        worker::mark_consumed();
+        sys::ctor::run_from_init(marker);
+    }
+}

@@ -1,0 +1,241 @@
+//! The fork server: one clean copy of this executable, exec'd on first use, that forks workers
+//! on request.
+//!
+//! Forking the user's process is fast but hazardous once it has threads, and slow once it has a
+//! large heap. The server is neither: it is exec'd once (from the spawner thread), serves from
+//! the load-time constructor before any `main`, and stays single-threaded and small. Each
+//! request carries the worker's socket and stdio over `SCM_RIGHTS`; the server creates the
+//! worker with `clone(CLONE_PARENT)`, so the worker is a child of the *user's* process (which
+//! reaps it and sees its true exit status), and sends back its pid and a pidfd.
+//!
+//! The server dies with its parent (`PR_SET_PDEATHSIG`, and EOF on its control socket); a dead
+//! server is noticed on the next request and replaced once.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::{Mutex, PoisonError};
+
+use super::Stdio;
+use super::launch::{self, Spec};
+use crate::sys::{self, child::ChildToken};
+use crate::worker::{self, ChildSetup};
+
+/// Largest request the server accepts (the environment list is the only variable part).
+const MAX_REQUEST: usize = 64 << 10;
+const REQUEST_TAG: u8 = 0xF5;
+
+struct Server {
+    owner: i32,
+    pid: i32,
+    ctrl: OwnedFd,
+}
+
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+
+/// Asks the fork server (started on first use) for a worker serving on `child_end`.
+pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
+    if !sys::HAS_FORK_SERVER {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "the fork server needs Linux"));
+    }
+    let (request, stdio) = encode_request(spec)?;
+    let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
+    fds.extend(stdio.iter().map(|f| f.as_fd()));
+    let mut guard = SERVER.lock().unwrap_or_else(PoisonError::into_inner);
+    for attempt in 0..2 {
+        let server = ensure_started(&mut guard)?;
+        match ask(server, &request, &fds) {
+            Ok(done) => return Ok(done),
+            // The server died (killed from outside?): reap it, start a new one, retry once.
+            Err(e) if attempt == 0 && is_server_gone(&e) => {
+                if let Some(old) = guard.take() {
+                    let _ = sys::kill(old.pid, sys::SIGKILL);
+                    let _ = sys::waitpid(old.pid, true);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+fn is_server_gone(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof)
+}
+
+fn ensure_started(slot: &mut Option<Server>) -> io::Result<&Server> {
+    let me = sys::getpid();
+    if slot.as_ref().is_some_and(|s| s.owner != me) {
+        // Inherited through `fork`: that server belongs to our parent. Close our copy only.
+        *slot = None;
+    }
+    if slot.is_none() {
+        *slot = Some(start()?);
+    }
+    Ok(slot.as_ref().expect("started above"))
+}
+
+fn start() -> io::Result<Server> {
+    let (ctrl, theirs) = sys::seqpacket_pair()?;
+    let pid = launch::on_spawner(move || {
+        let fd = theirs.as_raw_fd();
+        let mut cmd = launch::worker_command(&format!("server:{fd}"));
+        cmd.stdin(std::process::Stdio::null());
+        sys::command_child_setup(&mut cmd, fd, fd);
+        let child = cmd.spawn()?;
+        Ok(child.id() as i32)
+    })?;
+    Ok(Server { owner: sys::getpid(), pid, ctrl })
+}
+
+/// Sends one request and reads the reply: the worker's pid and pidfd.
+fn ask(server: &Server, request: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<(i32, Option<OwnedFd>)> {
+    let sent = sys::send_with_fds(server.ctrl.as_fd(), request, fds)?;
+    if sent != request.len() {
+        return Err(io::Error::other("fork server request was cut short"));
+    }
+    let mut reply = [0u8; 4];
+    let (n, mut got) = sys::recv_with_fds(server.ctrl.as_fd(), &mut reply)?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if n != 4 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed fork server reply"));
+    }
+    let pid = i32::from_le_bytes(reply);
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(-pid));
+    }
+    Ok((pid, got.pop()))
+}
+
+/// The request: a tag, a stdio mask (bit i: the i-th passed fd after the socket replaces stdio
+/// i; otherwise `/dev/null`), then the environment as length-prefixed pairs. Returns it with the
+/// stdio fds to pass.
+fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut out = vec![REQUEST_TAG, 0];
+    let mut fds = Vec::new();
+    for (i, s) in spec.stdio.iter().enumerate() {
+        if *s == Stdio::Inherit && sys::fd_is_open(i as i32) {
+            // SAFETY-free: borrowing our own stdio fd only to duplicate it.
+            let fd = dup_stdio(i as i32)?;
+            fds.push(fd);
+            out[1] |= 1 << i;
+        }
+    }
+    out.extend_from_slice(&(spec.env.len() as u32).to_le_bytes());
+    for (k, v) in &spec.env {
+        for part in [k.as_bytes(), v.as_bytes()] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    if out.len() > MAX_REQUEST {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "environment too large for the fork server"));
+    }
+    Ok((out, fds))
+}
+
+fn dup_stdio(fd: i32) -> io::Result<OwnedFd> {
+    let file = match fd {
+        0 => io::stdin().as_fd().try_clone_to_owned(),
+        1 => io::stdout().as_fd().try_clone_to_owned(),
+        _ => io::stderr().as_fd().try_clone_to_owned(),
+    };
+    file
+}
+
+struct Request {
+    stdio_mask: u8,
+    env: Vec<(OsString, OsString)>,
+}
+
+fn decode_request(bytes: &[u8]) -> Option<Request> {
+    let (&tag, rest) = bytes.split_first()?;
+    if tag != REQUEST_TAG {
+        return None;
+    }
+    let (&stdio_mask, mut rest) = rest.split_first()?;
+    let u32_at = |r: &mut &[u8]| -> Option<usize> {
+        let (n, tail) = r.split_first_chunk::<4>()?;
+        *r = tail;
+        Some(u32::from_le_bytes(*n) as usize)
+    };
+    let count = u32_at(&mut rest)?;
+    let mut env = Vec::new();
+    for _ in 0..count.min(MAX_REQUEST) {
+        let mut pair = [OsString::new(), OsString::new()];
+        for part in &mut pair {
+            let n = u32_at(&mut rest)?;
+            if n > rest.len() {
+                return None;
+            }
+            let (bytes, tail) = rest.split_at(n);
+            *part = OsString::from_vec(bytes.to_vec());
+            rest = tail;
+        }
+        let [k, v] = pair;
+        env.push((k, v));
+    }
+    Some(Request { stdio_mask, env })
+}
+
+/// The server's loop, run from the constructor of the exec'd server process. Returns its exit
+/// code when the parent closes the control socket.
+pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
+    sys::ignore_sigpipe();
+    let parent = sys::getppid();
+    if sys::set_parent_death_signal(parent).is_err() {
+        return 0;
+    }
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let (n, mut fds) = match sys::recv_with_fds(ctrl.as_fd(), &mut buf) {
+            Ok((0, _)) | Err(_) => return 0,
+            Ok(got) => got,
+        };
+        let reply = match serve_one(&ctrl, parent, &buf[..n], &mut fds) {
+            Ok((pid, pidfd)) => sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[pidfd.as_fd()]),
+            Err(e) => {
+                let errno = -e.raw_os_error().unwrap_or(libc_einval());
+                sys::send_with_fds(ctrl.as_fd(), &errno.to_le_bytes(), &[])
+            }
+        };
+        drop(fds);
+        if reply.is_err() {
+            return 0;
+        }
+    }
+}
+
+fn libc_einval() -> i32 {
+    io::Error::from(io::ErrorKind::InvalidInput).raw_os_error().unwrap_or(22)
+}
+
+fn serve_one(ctrl: &OwnedFd, parent: i32, request: &[u8], fds: &mut [OwnedFd]) -> io::Result<(i32, OwnedFd)> {
+    let req = decode_request(request).ok_or_else(|| io::Error::from_raw_os_error(22))?;
+    let expected = 1 + req.stdio_mask.count_ones() as usize;
+    if fds.len() != expected || req.stdio_mask > 0b111 {
+        return Err(io::Error::from_raw_os_error(22));
+    }
+    sys::child::clone_sibling_child(|token| {
+        sys::child::close_inherited(token, ctrl.as_fd());
+        let mut passed = fds.iter().map(|f| sys::child::take_inherited(token, f.as_fd()));
+        let Some(sock) = passed.next() else {
+            return worker::EXIT_INTERNAL;
+        };
+        let mut setup = ChildSetup { env: req.env, parent, ..Default::default() };
+        for (i, slot) in setup.stdio.iter_mut().enumerate() {
+            *slot = if req.stdio_mask & (1 << i) != 0 { passed.next() } else { sys::open_devnull().ok() };
+        }
+        worker::enter_forked(token, sock, setup)
+    })
+}
+
+/// In a freshly forked worker: close the inherited control socket of the parent's server.
+pub(crate) fn forget_server() {
+    if let Ok(mut guard) = SERVER.try_lock() {
+        guard.take();
+    }
+}

@@ -1,0 +1,152 @@
+//! Creating worker processes with each start method.
+//!
+//! Every method ends the same way: a child serving [`crate::worker::serve`] on one end of a
+//! Unix socket pair, whose other end the parent keeps, and whose parent is *this* process (so
+//! we reap it and read its real exit status).
+//!
+//! Children get `PR_SET_PDEATHSIG(SIGKILL)`, which fires when the *thread* that created them
+//! ends. So every child (and the fork server) is created on one long-lived internal thread,
+//! the spawner, never on the caller's thread, which may be short-lived.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError};
+
+use super::{StartMethod, Stdio};
+use crate::sys;
+use crate::worker::{self, ChildSetup, MARKER_ENV};
+
+/// A started worker, seen from the parent.
+pub(crate) struct Launched {
+    pub(crate) pid: i32,
+    /// A pidfd where the platform has them: race-free signals and a pollable exit.
+    pub(crate) pidfd: Option<OwnedFd>,
+    /// The parent's end of the worker's socket.
+    pub(crate) sock: UnixStream,
+}
+
+/// What the caller wants the worker to look like.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Spec {
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) stdio: [Stdio; 3],
+}
+
+/// Starts a worker with `method`.
+pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
+    let (parent_end, child_end) = UnixStream::pair()?;
+    let (pid, pidfd) = match method {
+        StartMethod::Spawn => spawn(spec.clone(), child_end.into())?,
+        StartMethod::Fork => fork(spec.clone(), child_end.into())?,
+        StartMethod::ForkServer => super::forkserver::launch(spec, child_end.into())?,
+    };
+    Ok(Launched { pid, pidfd, sock: parent_end })
+}
+
+/// Exec of this same executable, marked as a worker.
+fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
+    on_spawner(move || {
+        let fd = child_end.as_raw_fd();
+        let mut cmd = worker_command(&format!("spawn:{fd}"));
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        let [i, o, e] = &spec.stdio;
+        cmd.stdin(i.to_std()).stdout(o.to_std()).stderr(e.to_std());
+        sys::command_child_setup(&mut cmd, fd, fd);
+        let child = cmd.spawn()?;
+        drop(child_end);
+        // We reap through waitpid; `Child`'s own drop neither waits nor kills.
+        let pid = child.id() as i32;
+        Ok((pid, sys::pidfd_open(pid).ok()))
+    })
+}
+
+/// A command re-executing this program as a worker with the given marker value.
+pub(crate) fn worker_command(marker: &str) -> Command {
+    let mut cmd = Command::new(sys::exe_path());
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(MARKER_ENV, marker);
+    cmd
+}
+
+/// `fork` of this process; the child serves at once.
+fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
+    on_spawner(move || {
+        let parent = sys::getpid();
+        let devnull = if spec.stdio.iter().any(|s| *s == Stdio::Null) { Some(sys::open_devnull()?) } else { None };
+        let pid = sys::child::fork_child(|token| {
+            let mut setup = ChildSetup { env: spec.env.clone(), parent, ..Default::default() };
+            for (slot, s) in setup.stdio.iter_mut().zip(&spec.stdio) {
+                if *s == Stdio::Null {
+                    *slot = devnull.as_ref().and_then(|d| d.try_clone().ok());
+                }
+            }
+            if let Some(d) = &devnull {
+                sys::child::close_inherited(token, d.as_fd());
+            }
+            let sock = sys::child::take_inherited(token, child_end.as_fd());
+            worker::enter_forked(token, sock, setup)
+        })?;
+        drop(child_end);
+        Ok((pid, sys::pidfd_open(pid).ok()))
+    })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Spawner {
+    owner: i32,
+    jobs: mpsc::Sender<Job>,
+}
+
+static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+
+/// Runs `job` on the spawner thread and returns its result.
+pub(crate) fn on_spawner<T: Send + 'static>(job: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let boxed: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    {
+        let mut guard = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+        let me = sys::getpid();
+        // After a `fork`, the inherited state names a thread that does not exist here.
+        if guard.as_ref().is_none_or(|s| s.owner != me) {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            std::thread::Builder::new().name("mproc-spawner".into()).spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })?;
+            *guard = Some(Spawner { owner: me, jobs });
+        }
+        let spawner = guard.as_ref().expect("set above");
+        spawner.jobs.send(boxed).map_err(|_| io::Error::other("the mproc spawner thread is gone"))?;
+    }
+    rx.recv().map_err(|_| io::Error::other("the mproc spawner thread dropped a request"))?
+}
+
+/// In a freshly forked worker: forget the parent's spawner thread (it does not exist here).
+pub(crate) fn forget_spawner() {
+    if let Ok(mut guard) = SPAWNER.try_lock() {
+        if let Some(s) = guard.take() {
+            // The sender is harmless to drop: its receiver lives in the parent's memory only.
+            drop(s);
+        }
+    }
+}
+
+impl Stdio {
+    fn to_std(self) -> std::process::Stdio {
+        match self {
+            Stdio::Inherit => std::process::Stdio::inherit(),
+            Stdio::Null => std::process::Stdio::null(),
+        }
+    }
+}

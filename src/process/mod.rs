@@ -1,0 +1,509 @@
+//! [`Process`]: one function call in a child process, Python's `multiprocessing.Process`.
+
+pub(crate) mod forkserver;
+pub(crate) mod launch;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ExitStatus, RemotePanic, Result};
+use crate::sys::{self, fnptr::FnRef, identity};
+use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::wire::{codec, msg};
+
+/// How a new process is created.
+///
+/// All three run the same function the same way and report the same errors; they differ in
+/// speed and in what the child inherits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// The default on Linux. On first use, one clean *fork server* is started by re-executing
+    /// this program; each new process is then forked from that server, not from the caller.
+    /// Fast (a fork of a small process) and safe whatever threads and memory the caller has.
+    /// The child sees the environment as it was when the server started, plus
+    /// [`Builder::env`].
+    ForkServer,
+    /// Re-execute this program for every process. The slowest (an `exec` and the dynamic
+    /// loader, about a millisecond) and the most isolated: nothing but the environment, the
+    /// argument and stdio is inherited. The default where there is no fork server.
+    Spawn,
+    /// `fork` the calling process. The fastest for a small parent, and the child sees a copy
+    /// of the parent's memory at the moment of the call.
+    ///
+    /// # Hazards
+    /// Only the forking thread is copied. A lock that another thread held at that moment (a
+    /// `Mutex` in the parent, a lock inside a C library, the stdout lock while another thread
+    /// prints) stays locked forever in the child, which then deadlocks if it takes it. glibc's
+    /// own locks (malloc, stdio) are reset. Forking a parent with gigabytes of touched memory
+    /// costs tens of milliseconds. Python changed its default away from `fork` for these
+    /// reasons; prefer [`ForkServer`](StartMethod::ForkServer).
+    Fork,
+}
+
+impl Default for StartMethod {
+    /// [`ForkServer`](StartMethod::ForkServer) on Linux, [`Spawn`](StartMethod::Spawn)
+    /// elsewhere; the environment variable `MPROC_START_METHOD` (`forkserver`, `spawn`,
+    /// `fork`) overrides it, which lets a whole test suite run under each method.
+    fn default() -> StartMethod {
+        match std::env::var("MPROC_START_METHOD").as_deref() {
+            Ok("spawn") => StartMethod::Spawn,
+            Ok("fork") => StartMethod::Fork,
+            Ok("forkserver") if sys::HAS_FORK_SERVER => StartMethod::ForkServer,
+            _ if sys::HAS_FORK_SERVER => StartMethod::ForkServer,
+            _ => StartMethod::Spawn,
+        }
+    }
+}
+
+impl StartMethod {
+    /// Every start method available on this platform.
+    pub fn all() -> &'static [StartMethod] {
+        if sys::HAS_FORK_SERVER {
+            &[StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork]
+        } else {
+            &[StartMethod::Spawn, StartMethod::Fork]
+        }
+    }
+}
+
+/// What a child's standard stream is connected to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stdio {
+    /// The parent's stream, as it is when the process starts.
+    #[default]
+    Inherit,
+    /// `/dev/null`.
+    Null,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// Configures and starts a [`Process`]; Python's `Process(name=..., ...)` keywords.
+///
+/// # Examples
+/// ```
+/// use mproc::{Process, StartMethod, Stdio};
+///
+/// fn greet(who: String) -> String {
+///     format!("hello, {who}, from {}", std::env::var("GREETING_FROM").unwrap())
+/// }
+///
+/// let mut p = Process::builder()
+///     .name("greeter")
+///     .start_method(StartMethod::Spawn)
+///     .env("GREETING_FROM", "a child")
+///     .stdout(Stdio::Null)
+///     .spawn(greet, "world".to_string())?;
+/// assert_eq!(p.name(), "greeter");
+/// assert_eq!(p.join()?, "hello, world, from a child");
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until `spawn` is called"]
+pub struct Builder {
+    name: Option<String>,
+    start_method: Option<StartMethod>,
+    spec: launch::Spec,
+}
+
+impl Builder {
+    /// A builder with the defaults: a generated name (`Process-N`), the default start method,
+    /// the parent's environment, stdin from `/dev/null` (as Python does) and stdout/stderr
+    /// inherited.
+    pub fn new() -> Builder {
+        let mut b = Builder::default();
+        b.spec.stdio[0] = Stdio::Null;
+        b
+    }
+    /// The process's name, returned by [`Process::name`].
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+    /// How the process is created; see [`StartMethod`].
+    pub fn start_method(mut self, method: StartMethod) -> Builder {
+        self.start_method = Some(method);
+        self
+    }
+    /// Sets an environment variable in the child, on top of the inherited environment.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Builder {
+        self.spec.env.push((key.into(), value.into()));
+        self
+    }
+    /// The child's standard input (default [`Stdio::Null`], as in Python).
+    pub fn stdin(mut self, s: Stdio) -> Builder {
+        self.spec.stdio[0] = s;
+        self
+    }
+    /// The child's standard output (default [`Stdio::Inherit`]).
+    pub fn stdout(mut self, s: Stdio) -> Builder {
+        self.spec.stdio[1] = s;
+        self
+    }
+    /// The child's standard error (default [`Stdio::Inherit`]).
+    pub fn stderr(mut self, s: Stdio) -> Builder {
+        self.spec.stdio[2] = s;
+        self
+    }
+
+    /// Starts a child process running `f(arg)`.
+    ///
+    /// `f` must be a `fn` item or a closure that captures nothing: pass data as the argument.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) if `arg` cannot be serialized;
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses to create the process;
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) when called in a process that mproc
+    /// started but whose constructor did not run (see [`crate::init`]).
+    pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        if crate::worker::marker_unconsumed() {
+            return Err(Error::usage(
+                "this process was started as an mproc worker but mproc's constructor did not run; call mproc::init() first in main",
+            ));
+        }
+        let name = self.name.unwrap_or_else(|| format!("Process-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        let method = self.start_method.unwrap_or_default();
+        let func = FnRef::new(f);
+        let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
+        codec::encode_into(&arg, &mut run.buf).map_err(Error::codec)?;
+        let run = run.finish();
+        let launched = launch::launch(method, &self.spec).map_err(|e| Error::io("cannot start a process", e))?;
+        let mut p = Process {
+            pid: launched.pid,
+            name,
+            pidfd: launched.pidfd,
+            sock: launched.sock,
+            reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            state: State::Running,
+            exit: Mutex::new(None),
+            _result: PhantomData,
+        };
+        // A worker that dies before reading its task makes this write fail; `join` then
+        // reports how it died, which is more useful than the broken pipe.
+        let _ = p.sock.write_all(&run);
+        Ok(p)
+    }
+}
+
+/// A function running in a child process: Python's `multiprocessing.Process`, started at once.
+///
+/// [`join`](Process::join) returns the function's result, or an [`Error`] saying how the child
+/// failed: its panic (message, location, backtrace), or its exit code or signal if it crashed,
+/// aborted, called `exit` or was killed.
+///
+/// # Examples
+/// ```
+/// use mproc::Process;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let mut p = Process::spawn(square, 7)?;
+/// assert!(p.pid() > 0);
+/// assert_eq!(p.join()?, 49);
+/// assert!(!p.is_alive());
+/// assert_eq!(p.exit_status().unwrap().code(), Some(0));
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// A capturing closure is refused at compile time; pass data as the argument instead:
+/// ```compile_fail
+/// let offset = 10;
+/// let p = mproc::Process::spawn(move |x: u64| x + offset, 1);
+/// ```
+///
+/// # Drop
+/// Dropping a `Process` that is still running **kills it** (SIGKILL) and reaps it; dropping
+/// one that has ended reaps it. Either way no zombie and no orphan is left. Call
+/// [`join`](Process::join) to wait for the result instead.
+pub struct Process<R> {
+    pid: i32,
+    name: String,
+    pidfd: Option<OwnedFd>,
+    sock: UnixStream,
+    reader: FrameReader,
+    state: State<R>,
+    /// The exit status once reaped. Reaping and signalling happen under this lock, so a
+    /// signal never reaches a recycled pid.
+    exit: Mutex<Option<ExitStatus>>,
+    _result: PhantomData<fn() -> R>,
+}
+
+enum State<R> {
+    /// No result yet.
+    Running,
+    /// The result (or failure) is known; `join` returns it once the child has been reaped.
+    Finished(Result<R>),
+    /// `join` returned it.
+    Taken,
+}
+
+impl Process<()> {
+    /// A [`Builder`], for a name, a start method, environment variables or stdio.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Process<R> {
+    /// Starts a child process running `f(arg)` with the default settings; the Rust form of
+    /// `Process(target=f, args=(arg,)).start()`.
+    ///
+    /// # Errors
+    /// As [`Builder::spawn`].
+    pub fn spawn<A: Serialize + DeserializeOwned>(f: fn(A) -> R, arg: A) -> Result<Process<R>> {
+        Builder::new().spawn(f, arg)
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the child to finish and returns the function's result.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Panicked`](crate::ErrorKind::Panicked) with the child's
+    /// [`RemotePanic`]; [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its
+    /// [`ExitStatus`] if it ended without a result; [`ErrorKind::Usage`](crate::ErrorKind::Usage)
+    /// if the result was already returned by an earlier `join`.
+    pub fn join(&mut self) -> Result<R> {
+        self.join_deadline(None)
+    }
+
+    /// As [`join`](Process::join), giving up after `timeout` with
+    /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut). The process keeps running and the
+    /// handle stays usable: join again later, or kill it.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.join_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
+        while let State::Running = self.state {
+            self.state = State::Finished(match self.next_frame(deadline)? {
+                Some(frame) => match self.interpret(&frame) {
+                    Some(outcome) => outcome,
+                    None => continue, // the hello
+                },
+                None => {
+                    let status = self.wait_exit(deadline)?;
+                    Err(Error::worker_died(status))
+                }
+            });
+        }
+        if let State::Taken = self.state {
+            return Err(Error::usage("this process's result was already returned by an earlier join"));
+        }
+        self.wait_exit(deadline)?;
+        match std::mem::replace(&mut self.state, State::Taken) {
+            State::Finished(outcome) => outcome,
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// Turns a worker message into the outcome, or `None` for the hello.
+    fn interpret(&mut self, frame: &[u8]) -> Option<Result<R>> {
+        let outcome = match msg::parse_from_worker(frame) {
+            Ok(msg::FromWorker::Hello { identity: id, .. }) => {
+                if id == identity::own() {
+                    return None;
+                }
+                let _ = self.signal(sys::SIGKILL);
+                Err(Error::binary_mismatch(identity::own(), id))
+            }
+            Ok(msg::FromWorker::Refused { identity: id }) => Err(Error::binary_mismatch(identity::own(), id)),
+            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
+            Ok(msg::FromWorker::Panic(bytes)) => match codec::decode::<RemotePanic>(bytes) {
+                Ok(p) => Err(Error::panicked(p)),
+                Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),
+            },
+            Ok(msg::FromWorker::Failed(text)) => Err(Error::codec(text)),
+            Err(bad) => {
+                let _ = self.signal(sys::SIGKILL);
+                Err(Error::protocol(bad.0))
+            }
+        };
+        Some(outcome)
+    }
+}
+
+impl<R> Process<R> {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The name given by [`Builder::name`], or `Process-N`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True until the child has ended. Never blocks.
+    pub fn is_alive(&self) -> bool {
+        self.exit_status().is_none()
+    }
+
+    /// How the child ended (exit code or signal), or `None` while it runs. Never blocks.
+    /// [`ExitStatus::exitcode`] gives Python's `exitcode` (`-N` for signal `N`).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        if exit.is_none() {
+            if let Ok(Some(raw)) = sys::waitpid(self.pid, false) {
+                *exit = Some(ExitStatus::from_raw(raw));
+            }
+        }
+        *exit
+    }
+
+    /// Asks the child to stop with SIGTERM (Python's `terminate()`). Does nothing if it has
+    /// already ended. [`join`](Process::join) then reports `WorkerDied` with that signal,
+    /// unless the function had already returned.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(sys::SIGTERM)
+    }
+
+    /// Kills the child with SIGKILL (Python's `kill()`). Does nothing if it has already ended.
+    pub fn kill(&self) -> Result<()> {
+        self.signal(sys::SIGKILL)
+    }
+
+    fn signal(&self, sig: i32) -> Result<()> {
+        // Holding the lock: the pid cannot be reaped (and recycled) while we signal it.
+        let exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        if exit.is_some() {
+            return Ok(());
+        }
+        let sent = match &self.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
+            None => sys::kill(self.pid, sig),
+        };
+        match sent {
+            Err(e) if e.raw_os_error() != Some(libc_esrch()) => Err(Error::io("cannot signal the process", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next whole frame from the child, or `None` once it has closed the socket or ended.
+    fn next_frame(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        loop {
+            let timeout = remaining(deadline)?;
+            let ready = match &self.pidfd {
+                Some(pidfd) => sys::poll_readable(&[self.sock.as_fd(), pidfd.as_fd()], timeout),
+                None => sys::poll_readable(&[self.sock.as_fd()], timeout),
+            }
+            .map_err(|e| Error::io("cannot wait for the process", e))?;
+            let sock_ready = ready[0].readable;
+            if !sock_ready {
+                if ready.get(1).is_some_and(|r| r.readable) {
+                    // The child has ended and left nothing more to read (whatever it wrote
+                    // before exiting is already readable, so the socket would be ready).
+                    return Ok(None);
+                }
+                continue; // timed out: `remaining` reports it on the next turn
+            }
+            match self.reader.advance(&mut self.sock) {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) | Err(FrameError::WouldBlock) => continue,
+                Err(FrameError::Eof | FrameError::Truncated { .. }) => return Ok(None),
+                Err(FrameError::TooLong { len, limit }) => {
+                    let _ = self.signal(sys::SIGKILL);
+                    return Err(Error::protocol(format!("a message of {len} bytes exceeds the limit of {limit}")));
+                }
+                Err(FrameError::Io(e)) => {
+                    if e.kind() == std::io::ErrorKind::ConnectionReset {
+                        return Ok(None);
+                    }
+                    return Err(Error::io("cannot read from the process", e));
+                }
+            }
+        }
+    }
+
+    /// Waits (until `deadline`) for the child to end and reaps it.
+    fn wait_exit(&self, deadline: Option<Instant>) -> Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Ok(status);
+            }
+            let timeout = remaining(deadline)?;
+            match &self.pidfd {
+                Some(pidfd) => {
+                    sys::poll_readable(&[pidfd.as_fd()], timeout).map_err(|e| Error::io("cannot wait for the process", e))?;
+                }
+                // Without pidfds: block in waitpid when there is no deadline, else poll.
+                None if timeout.is_none() => {
+                    let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+                    if exit.is_none() {
+                        let raw = sys::waitpid(self.pid, true).map_err(|e| Error::io("cannot wait for the process", e))?;
+                        *exit = raw.map(ExitStatus::from_raw);
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+}
+
+fn libc_esrch() -> i32 {
+    3 // ESRCH on every Unix
+}
+
+/// Time left before `deadline` (`None`: no deadline), or `TimedOut` once it has passed.
+fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(Error::timed_out()),
+        },
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        if exit.is_some() {
+            return;
+        }
+        if let Ok(Some(raw)) = sys::waitpid(self.pid, false) {
+            *exit = Some(ExitStatus::from_raw(raw));
+            return;
+        }
+        let _ = match &self.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sys::SIGKILL),
+            None => sys::kill(self.pid, sys::SIGKILL),
+        };
+        // SIGKILL cannot be caught: this returns as soon as the kernel has torn it down.
+        let _ = sys::waitpid(self.pid, true);
+    }
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .field("exit_status", &self.exit_status())
+            .finish()
+    }
+}
+
+/// In a freshly forked worker: drop the parent's spawner thread and fork server handles.
+pub(crate) fn forget_parent_state() {
+    launch::forget_spawner();
+    forkserver::forget_server();
+}

@@ -1,0 +1,128 @@
+//! Entering a new process: forking, and what only a single-threaded new process may do.
+//!
+//! [`ChildToken`] is the proof of being single-threaded. Only the constructor and the child
+//! side of [`fork_child`] / [`clone_sibling_child`] receive one, and the operations that would
+//! race with other threads (changing the environment, replacing stdio) require it.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+
+use super::unix::{Forked, fork, remove_env_single_threaded, set_env_single_threaded};
+
+/// Proof that the current process has a single thread (a fresh child, or the constructor).
+pub(crate) struct ChildToken(());
+
+/// Runs `child` in a forked copy of this process, which then exits with its return value.
+/// Returns the child's pid in the parent.
+///
+/// # Hazards (the `Fork` start method's documented contract)
+/// Only the calling thread exists in the child. A lock another thread held at the moment of
+/// `fork` stays locked forever there; glibc resets its own (malloc, stdio) through `atfork`
+/// handlers, but Rust `Mutex`es and foreign libraries' locks are not reset.
+pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i32> {
+    // SAFETY: POSIX only promises async-signal-safe calls in the child of a multithreaded
+    // process. The `Fork` start method deliberately runs ordinary Rust code there, exactly as
+    // Python's `fork` does; it is opt-in and documented with these hazards (deadlock on locks
+    // held by vanished threads), which are liveness, not memory-safety, failures with glibc.
+    match unsafe { fork() }? {
+        Forked::Parent(pid) => Ok(pid),
+        Forked::Child => run_child(child),
+    }
+}
+
+/// Runs `child` in a new *sibling* process (see `clone_sibling`), which then exits with its
+/// return value. Returns the sibling's pid and a pidfd for it.
+///
+/// Only the fork server calls this, and it is single-threaded (checked in debug builds).
+pub(crate) fn clone_sibling_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<(i32, OwnedFd)> {
+    debug_assert_eq!(thread_count(), Some(1), "clone_sibling_child needs a single-threaded caller");
+    // SAFETY: the fork server that calls this runs from the load-time constructor and never
+    // starts a thread, so the child inherits no lock held by another thread.
+    match unsafe { super::clone_sibling() }? {
+        super::Cloned::Caller { pid, pidfd } => Ok((pid, pidfd)),
+        super::Cloned::Child => run_child(child),
+    }
+}
+
+/// Runs the child side and exits; a panic never unwinds into the parent's copied frames.
+fn run_child(child: impl FnOnce(&ChildToken) -> i32) -> ! {
+    let token = ChildToken(());
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(&token)))
+        .unwrap_or(crate::worker::EXIT_INTERNAL);
+    super::exit_now(code)
+}
+
+/// The number of threads of this process, where `/proc` tells.
+pub(crate) fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line["Threads:".len()..].trim().parse().ok()
+}
+
+/// Called by the constructor: takes (reads and removes) the worker marker, so that nothing this
+/// process starts later inherits it.
+pub(super) fn take_env_at_load(key: &str) -> Option<OsString> {
+    let value = std::env::var_os(key)?;
+    // SAFETY: load-time constructors run before `main`, while the process has one thread.
+    unsafe { remove_env_single_threaded(key) };
+    Some(value)
+}
+
+/// Applies environment changes in a fresh child.
+pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
+    for (k, v) in vars {
+        // SAFETY: the token proves the process is single-threaded.
+        unsafe { set_env_single_threaded(k, v) };
+    }
+}
+
+/// Removes a variable in a fresh child.
+pub(crate) fn remove_env(_token: &ChildToken, key: &str) {
+    // SAFETY: the token proves the process is single-threaded.
+    unsafe { remove_env_single_threaded(key) };
+}
+
+/// Makes `fd` the child's descriptor `target` (0, 1 or 2 for stdio), inherited across exec.
+pub(crate) fn replace_fd(_token: &ChildToken, fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    super::dup_to(fd, target)
+}
+
+/// Takes ownership of an fd number this process inherited, named by its parent in the marker.
+pub(crate) fn adopt_inherited_fd(_token: &ChildToken, fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 || !super::fd_is_open(fd) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the worker marker names no open fd"));
+    }
+    // SAFETY: the parent put this fd here for us (checked open above) and nothing else in this
+    // fresh process refers to it.
+    let owned = unsafe { super::adopt_fd(fd) };
+    super::set_cloexec(owned.as_fd(), true)?;
+    Ok(owned)
+}
+
+/// A token for code that runs in the load-time constructor (only `ctor.rs` calls this).
+pub(super) fn token_at_load() -> ChildToken {
+    ChildToken(())
+}
+
+/// Closes, in a fresh child, an fd the parent side still owns (the child never drops the
+/// parent's owner: it exits without unwinding).
+pub(crate) fn close_inherited(_token: &ChildToken, fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: in the child, the object owning this fd belongs to a stack frame of the parent's
+    // copy that is never unwound or returned to (the child leaves through `_exit`), so closing
+    // it here cannot cause a double close or a use of a closed fd.
+    unsafe {
+        libc::close(fd.as_raw_fd());
+    }
+}
+
+/// Takes ownership, in a fresh child, of an fd whose owner belongs to the parent side (see
+/// [`close_inherited`] for why this is sound).
+pub(crate) fn take_inherited(_token: &ChildToken, fd: BorrowedFd<'_>) -> OwnedFd {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as in `close_inherited`: the original owner is never dropped in the child, so
+    // this becomes the only owner there.
+    unsafe { super::adopt_fd(fd.as_raw_fd()) }
+}

@@ -1,0 +1,103 @@
+//! Function identity: how a `fn(A) -> R` crosses into another process.
+//!
+//! Both processes run the same executable image (checked by [`identity`](super::identity)), but
+//! at different load addresses (ASLR). So a function travels as its offset from a fixed anchor
+//! function, together with the offset of a monomorphized *trampoline* that knows `A` and `R`:
+//! the worker adds its own anchor address to both and calls the trampoline, which decodes `A`,
+//! calls the function and encodes `R`.
+//!
+//! No zero-sized closure value is ever conjured: only real `fn` pointers are sent, so a closure
+//! that captures anything (even a zero-sized value) cannot get here — it does not coerce to a
+//! `fn` pointer.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::identity::Verified;
+
+/// The fixed point offsets are measured from. `#[inline(never)]` gives it an address; if the
+/// linker folds it with an identical function that is still one fixed address in the image.
+#[inline(never)]
+fn anchor() -> usize {
+    std::hint::black_box(0x6d70_726f_63)
+}
+
+fn anchor_addr() -> usize {
+    anchor as fn() -> usize as usize
+}
+
+/// What a trampoline returns: a complete reply frame, and whether the function returned
+/// normally.
+pub(crate) type Reply = (Vec<u8>, bool);
+
+type Trampoline = fn(usize, &[u8]) -> Reply;
+
+/// A function as it travels: two offsets from the anchor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FnRef {
+    /// The trampoline for the function's types.
+    pub(crate) tramp: i64,
+    /// The function itself.
+    pub(crate) func: i64,
+}
+
+impl FnRef {
+    /// Describes `f` for another process running this same executable.
+    pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> FnRef {
+        let tramp: Trampoline = trampoline::<A, R>;
+        FnRef { tramp: offset(tramp as usize), func: offset(f as usize) }
+    }
+}
+
+fn offset(addr: usize) -> i64 {
+    addr.wrapping_sub(anchor_addr()) as i64
+}
+
+fn trampoline<A: DeserializeOwned, R: Serialize>(func: usize, arg: &[u8]) -> Reply {
+    // SAFETY: `func` was produced by `FnRef::new::<A, R>` in a process running this same
+    // executable (the caller holds a `Verified` token, see `call`), and this trampoline is the
+    // `<A, R>` instance recorded next to it, so `func` is the address of a `fn(A) -> R`.
+    let f: fn(A) -> R = unsafe { super::fn_from_addr(func) };
+    crate::worker::run_typed(f, arg)
+}
+
+/// Calls the function described by `f` with the encoded argument `arg`.
+///
+/// The `Verified` token proves the sender's binary identity equals ours, which is what makes
+/// the offsets meaningful here.
+pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8]) -> Reply {
+    let base = anchor_addr();
+    let tramp_addr = base.wrapping_add(f.tramp as usize);
+    let func_addr = base.wrapping_add(f.func as usize);
+    // SAFETY: the identity check behind `Verified` established that the sender runs this very
+    // executable, in which `f.tramp` was computed from a `Trampoline` by `FnRef::new`; the same
+    // offset from the same anchor is therefore that trampoline here.
+    let tramp: Trampoline = unsafe { super::fn_from_addr(tramp_addr) };
+    tramp(func_addr, arg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(x: u32) -> u32 {
+        x * 2
+    }
+
+    #[test]
+    fn offsets_round_trip_in_process() {
+        let f = FnRef::new(double);
+        let mut arg = Vec::new();
+        crate::wire::codec::encode_into(&21u32, &mut arg).unwrap();
+        let proof = super::super::identity::verify(super::super::identity::own()).expect("own identity verifies");
+        let (frame, ok) = call(&proof, f, &arg);
+        assert!(ok);
+        let body = &frame[crate::wire::frame::HEADER..];
+        match crate::wire::msg::parse_from_worker(body).unwrap() {
+            crate::wire::msg::FromWorker::Done(bytes) => {
+                assert_eq!(crate::wire::codec::decode::<u32>(bytes).unwrap(), 42)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

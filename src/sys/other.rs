@@ -1,0 +1,55 @@
+//! Fallbacks for Unix targets without Linux's extras (macOS, the BSDs): no pidfd, no
+//! `CLONE_PARENT`, no parent-death signal. Not tested in CI yet; here so a port has a start.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+/// The path of the running executable.
+pub(crate) fn exe_path() -> &'static str {
+    // A real port would use `_NSGetExecutablePath` / `KERN_PROC_PATHNAME`.
+    "/proc/curproc/file"
+}
+
+/// No parent-death signal here; workers rely on their lifeline socket instead.
+pub(crate) fn set_parent_death_signal(_expected_parent: i32) -> io::Result<()> {
+    Ok(())
+}
+
+/// pidfds do not exist here.
+pub(crate) fn pidfd_open(_pid: i32) -> io::Result<OwnedFd> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// pidfds do not exist here.
+pub(crate) fn pidfd_send_signal(_pidfd: BorrowedFd<'_>, _sig: i32) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// The result of `clone_sibling` (never produced here).
+pub(super) enum Cloned {
+    /// In the caller.
+    Caller {
+        /// The sibling's pid.
+        pid: i32,
+        /// A pidfd referring to the sibling.
+        pidfd: OwnedFd,
+    },
+    /// In the new process.
+    Child,
+}
+
+/// Not available here: the fork server is Linux-only.
+///
+/// # Safety
+/// Never unsafe to call here; the signature matches Linux.
+pub(super) unsafe fn clone_sibling() -> io::Result<Cloned> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// No build id lookup here; the identity falls back to the executable file's metadata.
+pub(crate) fn build_id() -> Option<Vec<u8>> {
+    None
+}
+
+/// Whether this platform can create workers through a fork server.
+pub(crate) const HAS_FORK_SERVER: bool = false;

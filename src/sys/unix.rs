@@ -1,0 +1,422 @@
+//! POSIX calls shared by every Unix target.
+
+use std::ffi::OsStr;
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+/// How a child ended, as `waitpid` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum RawExit {
+    /// `_exit(code)` or a return from `main`.
+    Code(i32),
+    /// Terminated by this signal.
+    Signal(i32),
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// Ends the calling process at once: no destructors, no `atexit` handlers, no stdio flush.
+///
+/// Workers leave this way so that nothing the parent's `main` registered runs in them.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Sets SIGPIPE to ignored, as Rust's `main` does (a worker never reaches `main`).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Sets every signal disposition back to its default and unblocks all signals.
+///
+/// A worker forked from a parent that installed handlers (a Ctrl-C handler, say) must not run
+/// them: their state belongs to the parent.
+pub(crate) fn reset_signals() {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is a valid disposition for every catchable signal; invalid numbers
+        // just make `signal` return an error we ignore.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `sigemptyset` initialises the set it is given; `sigprocmask` reads it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> i32 {
+    std::process::id() as i32
+}
+
+/// The parent process's id.
+pub(crate) fn getppid() -> i32 {
+    // SAFETY: `getppid` cannot fail and has no preconditions.
+    unsafe { libc::getppid() }
+}
+
+/// Removes a variable from this process's environment.
+///
+/// # Safety
+/// No other thread may read or write the environment concurrently. Workers call this from the
+/// load-time constructor or right after `fork`, where the process has a single thread.
+pub(super) unsafe fn remove_env_single_threaded(key: &str) {
+    // SAFETY: forwarded to the caller: the process is single-threaded here.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Sets a variable in this process's environment.
+///
+/// # Safety
+/// As [`remove_env_single_threaded`].
+pub(super) unsafe fn set_env_single_threaded(key: &OsStr, value: &OsStr) {
+    // SAFETY: forwarded to the caller: the process is single-threaded here.
+    unsafe { std::env::set_var(key, value) }
+}
+
+/// The result of [`fork`], seen from each side.
+pub(super) enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// # Safety
+/// If the process has other threads, the child may only call async-signal-safe functions until
+/// it execs or exits, or it must accept the hazards of locks held by threads that no longer
+/// exist (the documented contract of the `Fork` start method).
+pub(super) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: forwarded to the caller.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Waits for a child to end. With `block == false` returns `Ok(None)` while it runs.
+///
+/// Retries on `EINTR`.
+pub(crate) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid out-pointer for the duration of the call.
+        let ret = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if ret == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(decode_status(status)));
+    }
+}
+
+fn decode_status(status: libc::c_int) -> RawExit {
+    if libc::WIFSIGNALED(status) {
+        RawExit::Signal(libc::WTERMSIG(status))
+    } else {
+        RawExit::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Sends `sig` to `pid` with plain `kill(2)`. Callers must know `pid` is not reaped yet.
+pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: `kill` has no memory-safety preconditions.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Readiness reported by [`poll`] for one fd.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ready {
+    /// Data (or EOF, or an error) can be read without blocking.
+    pub(crate) readable: bool,
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `timeout` passes (`None`: forever).
+///
+/// Returns one entry per fd. Retries on `EINTR` with the time that is left.
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<Ready>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                // Round up so that a sub-millisecond remainder does not spin at 0 ms.
+                left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures.
+        let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(pfds
+            .iter()
+            .map(|p| Ready {
+                readable: p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+            })
+            .collect());
+    }
+}
+
+/// Most fds one message may carry.
+pub(crate) const MAX_FDS_PER_MSG: usize = 16;
+
+/// Sends `data` and, in the same message, duplicates of `fds` (`SCM_RIGHTS`).
+///
+/// Returns the number of bytes sent (a stream socket may send fewer than `data.len()`; the fds
+/// travel with the first byte).
+pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MSG {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds in one message"));
+    }
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let fd_bytes = mem::size_of_val(fds);
+    // u64 storage keeps the control buffer aligned for `cmsghdr`.
+    let mut cmsg_buf = [0u64; 64];
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        debug_assert!(space <= mem::size_of_val(&cmsg_buf));
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is `space` bytes, aligned, and large enough for one header
+        // carrying `fds.len()` ints (CMSG_SPACE above), so CMSG_FIRSTHDR is non-null and
+        // CMSG_DATA points at `fd_bytes` writable bytes inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers (`iov`, `cmsg_buf`, `data`) for the call.
+        let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(ret as usize);
+    }
+}
+
+/// Receives bytes into `buf` and any fds sent with them (`SCM_RIGHTS`), which arrive as
+/// close-on-exec `OwnedFd`s. Returns `(0, [])` at end of stream.
+pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut cmsg_buf = [0u64; 64];
+    // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&cmsg_buf) as _;
+    let n = loop {
+        // SAFETY: `msg` points at live, writable buffers of the advertised sizes.
+        let ret = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        break ret as usize;
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed control
+    // messages; CMSG_FIRSTHDR/NXTHDR walk them within that length. Each SCM_RIGHTS payload is
+    // an array of fds that now belong to this process, so wrapping each in `OwnedFd` once is
+    // correct. `read_unaligned` copes with any alignment of the data.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                let count = len / mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many fds in one message"));
+    }
+    Ok((n, fds))
+}
+
+/// Makes `fd` the descriptor numbered `target` (closing what was there) without close-on-exec.
+pub(crate) fn dup_to(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        return set_cloexec(fd, false);
+    }
+    // SAFETY: `dup2` takes plain integers; closing `target` is what the caller asked for.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// Sets or clears close-on-exec on `fd`.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on a borrowed (thus open) fd.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+        let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new)).map(drop)
+    }
+}
+
+/// Takes ownership of a descriptor number inherited from the parent.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else in this process.
+pub(super) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: forwarded to the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// True when `fd` is an open descriptor.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless; EBADF tells it is closed.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Prepares `cmd` so that in the child, before `exec`, `sock` becomes fd `target` (inherited
+/// across exec) and, where the platform has it, the child gets SIGKILL when the thread that
+/// spawns it ends.
+pub(crate) fn command_child_setup(cmd: &mut Command, sock: RawFd, target: RawFd) {
+    let parent = getpid();
+    let setup = move || -> io::Result<()> {
+        // Only async-signal-safe calls here: dup2, fcntl, prctl, getppid.
+        if sock == target {
+            // SAFETY: `sock` is open in the child (inherited); fcntl is async-signal-safe.
+            unsafe {
+                let flags = cvt(libc::fcntl(sock, libc::F_GETFD))?;
+                cvt(libc::fcntl(sock, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
+            }
+        } else {
+            // SAFETY: dup2 is async-signal-safe; `sock` is open in the child.
+            cvt(unsafe { libc::dup2(sock, target) })?;
+        }
+        crate::sys::set_parent_death_signal(parent)
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (dup2, fcntl, prctl, getppid, and
+    // `io::Error::last_os_error`, which reads errno), as `pre_exec` requires.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+}
+
+/// Opens `/dev/null` for reading and writing.
+pub(crate) fn open_devnull() -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    Ok(OwnedFd::from(f))
+}
+
+/// Turns an address inside this executable back into a function pointer of type `F`.
+///
+/// # Safety
+/// `addr` must be the address of a function whose signature is exactly `F` in this same
+/// executable image (checked by the binary identity exchange before any offset is used), and
+/// `F` must be a function-pointer type.
+pub(super) unsafe fn fn_from_addr<F: Copy>(addr: usize) -> F {
+    assert_eq!(mem::size_of::<F>(), mem::size_of::<usize>(), "F must be a fn pointer type");
+    // SAFETY: forwarded to the caller; sizes checked above.
+    unsafe { mem::transmute_copy::<usize, F>(&addr) }
+}
+
+/// A signal's conventional name, like `SIGKILL`.
+pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// Signal numbers the safe layers use.
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// See [`SIGTERM`].
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// Identity fallback: device, inode, size and mtime of the running executable.
+pub(crate) fn exe_file_identity() -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(super::exe_path())?;
+    let mut out = Vec::with_capacity(40);
+    for v in [m.dev(), m.ino(), m.size(), m.mtime() as u64, m.mtime_nsec() as u64] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries kept), close-on-exec.
+#[cfg(target_os = "linux")]
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    // SAFETY: socketpair returned two fresh fds that nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}

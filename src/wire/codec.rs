@@ -1,0 +1,20 @@
+//! The value codec: serde values to compact bytes and back.
+//!
+//! The codec is [postcard]: measured against bincode 1.3 and 2.0 on this machine (see the
+//! foundation notes in `benches/README.md`), it ties on bulk bytes and strings and is 3-9x
+//! slower on integer-heavy values (varints), but it is maintained and its format is stable,
+//! while bincode has been abandoned upstream. This module is the one place to swap codecs.
+//! Decoding never panics on hostile bytes: the codec checks every length against its input.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Appends the encoding of `value` to `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    postcard::to_io(value, out).map(drop).map_err(|e| e.to_string())
+}
+
+/// Decodes a `T` from `bytes`.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}

@@ -1,0 +1,203 @@
+//! The messages between a parent and a worker, encoded by hand: a tag byte, fixed fields, then
+//! the payload (already in the codec) to the end of the frame, so that a payload is written
+//! once, straight into the frame buffer, and read in place.
+
+use super::frame::FrameBuf;
+
+const RUN: u8 = 0x01;
+const HELLO: u8 = 0x10;
+const DONE: u8 = 0x11;
+const PANIC: u8 = 0x12;
+const FAILED: u8 = 0x13;
+const REFUSED: u8 = 0x14;
+
+/// Bit in `Run::flags`: the worker exits after answering.
+pub(crate) const FLAG_LAST: u8 = 1;
+
+/// Parent → worker: run a function.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Run<'a> {
+    pub(crate) flags: u8,
+    /// The parent's binary identity; the worker refuses to run if it differs from its own.
+    pub(crate) identity: &'a [u8],
+    /// Trampoline offset from the anchor.
+    pub(crate) tramp: i64,
+    /// User function offset from the anchor.
+    pub(crate) func: i64,
+    /// The encoded argument.
+    pub(crate) arg: &'a [u8],
+}
+
+/// Worker → parent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FromWorker<'a> {
+    /// First message of every worker.
+    Hello { pid: u32, identity: &'a [u8] },
+    /// The function returned; its encoded result.
+    Done(&'a [u8]),
+    /// The function panicked; an encoded `RemotePanic`.
+    Panic(&'a [u8]),
+    /// The task could not run or its result could not be encoded.
+    Failed(&'a str),
+    /// The worker refused to run: the parent's identity differs from its own (given here).
+    Refused { identity: &'a [u8] },
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadMessage(pub(crate) &'static str);
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BadMessage> {
+        if self.0.len() < n {
+            return Err(BadMessage("message shorter than its fields"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, BadMessage> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, BadMessage> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Result<u32, BadMessage> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn i64(&mut self) -> Result<i64, BadMessage> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn short_bytes(&mut self) -> Result<&'a [u8], BadMessage> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+}
+
+fn put_short_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    let n = u16::try_from(b.len()).expect("identities are far shorter than 64 KiB");
+    buf.extend_from_slice(&n.to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+/// Starts a `Run` frame; the caller appends the encoded argument to `.buf`, then `finish`es.
+pub(crate) fn begin_run(flags: u8, identity: &[u8], tramp: i64, func: i64) -> FrameBuf {
+    let mut f = FrameBuf::new();
+    f.buf.push(RUN);
+    f.buf.push(flags);
+    put_short_bytes(&mut f.buf, identity);
+    f.buf.extend_from_slice(&tramp.to_le_bytes());
+    f.buf.extend_from_slice(&func.to_le_bytes());
+    f
+}
+
+/// Decodes a parent → worker message.
+pub(crate) fn parse_run(body: &[u8]) -> Result<Run<'_>, BadMessage> {
+    let mut c = Cursor(body);
+    if c.u8()? != RUN {
+        return Err(BadMessage("expected a run message"));
+    }
+    let flags = c.u8()?;
+    let identity = c.short_bytes()?;
+    let tramp = c.i64()?;
+    let func = c.i64()?;
+    Ok(Run { flags, identity, tramp, func, arg: c.0 })
+}
+
+/// A `Hello` frame.
+pub(crate) fn hello(pid: u32, identity: &[u8]) -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(HELLO);
+    f.buf.extend_from_slice(&pid.to_le_bytes());
+    put_short_bytes(&mut f.buf, identity);
+    f.finish()
+}
+
+/// Starts a `Done` frame; the caller appends the encoded result.
+pub(crate) fn begin_done() -> FrameBuf {
+    let mut f = FrameBuf::new();
+    f.buf.push(DONE);
+    f
+}
+
+/// Starts a `Panic` frame; the caller appends the encoded `RemotePanic`.
+pub(crate) fn begin_panic() -> FrameBuf {
+    let mut f = FrameBuf::new();
+    f.buf.push(PANIC);
+    f
+}
+
+/// A `Failed` frame.
+pub(crate) fn failed(msg: &str) -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(FAILED);
+    f.buf.extend_from_slice(msg.as_bytes());
+    f.finish()
+}
+
+/// A `Refused` frame.
+pub(crate) fn refused(identity: &[u8]) -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(REFUSED);
+    put_short_bytes(&mut f.buf, identity);
+    f.finish()
+}
+
+/// Decodes a worker → parent message.
+pub(crate) fn parse_from_worker(body: &[u8]) -> Result<FromWorker<'_>, BadMessage> {
+    let mut c = Cursor(body);
+    Ok(match c.u8()? {
+        HELLO => {
+            let pid = c.u32()?;
+            FromWorker::Hello { pid, identity: c.short_bytes()? }
+        }
+        DONE => FromWorker::Done(c.0),
+        PANIC => FromWorker::Panic(c.0),
+        FAILED => FromWorker::Failed(std::str::from_utf8(c.0).map_err(|_| BadMessage("failure text is not UTF-8"))?),
+        REFUSED => FromWorker::Refused { identity: c.short_bytes()? },
+        _ => return Err(BadMessage("unknown message type")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::HEADER;
+
+    #[test]
+    fn run_round_trip() {
+        let mut f = begin_run(FLAG_LAST, b"id", -5, 1 << 40);
+        f.buf.extend_from_slice(b"arg");
+        let bytes = f.finish();
+        let run = parse_run(&bytes[HEADER..]).unwrap();
+        assert_eq!(run, Run { flags: FLAG_LAST, identity: b"id", tramp: -5, func: 1 << 40, arg: b"arg" });
+    }
+
+    #[test]
+    fn worker_messages_round_trip() {
+        let h = hello(42, b"abc");
+        assert_eq!(parse_from_worker(&h[HEADER..]).unwrap(), FromWorker::Hello { pid: 42, identity: b"abc" });
+        let r = refused(b"x");
+        assert_eq!(parse_from_worker(&r[HEADER..]).unwrap(), FromWorker::Refused { identity: b"x" });
+        let e = failed("nope");
+        assert_eq!(parse_from_worker(&e[HEADER..]).unwrap(), FromWorker::Failed("nope"));
+    }
+
+    #[test]
+    fn every_prefix_of_a_message_is_an_error_not_a_panic() {
+        let mut f = begin_run(0, b"identity", 1, 2);
+        f.buf.extend_from_slice(b"payload");
+        let bytes = f.finish();
+        for end in HEADER..HEADER + 20 {
+            assert!(parse_run(&bytes[HEADER..end]).is_err(), "prefix {end}");
+        }
+        let h = hello(1, b"identity");
+        for end in HEADER..h.len() - 1 {
+            assert!(parse_from_worker(&h[HEADER..end]).is_err(), "prefix {end}");
+        }
+        assert!(parse_from_worker(&[0xff]).is_err());
+        assert!(parse_run(&[0x10]).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! The worker side: what a process started by mproc runs instead of `main`.
+//!
+//! The load-time constructor (`sys::ctor`) finds [`MARKER_ENV`] in the environment and calls
+//! [`on_load`], which never returns: it serves tasks over the socket named by the marker and
+//! exits. Forked workers enter [`serve`] directly.
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::RemotePanic;
+use crate::sys::child::{self, ChildToken};
+use crate::sys::fnptr::{self, FnRef, Reply};
+use crate::sys::identity;
+use crate::wire::codec;
+use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::wire::msg;
+
+/// The environment variable that marks a process as an mproc worker. Its value says what to
+/// serve: `spawn:<fd>` (a worker on socket `fd`) or `server:<fd>` (the fork server).
+pub(crate) const MARKER_ENV: &str = "MPROC_WORKER";
+
+/// Exit code of a worker whose function panicked or could not run (as Python's `exitcode` 1).
+pub(crate) const EXIT_TASK_FAILED: i32 = 1;
+/// Exit code of a worker that refused to run foreign function addresses.
+pub(crate) const EXIT_REFUSED: i32 = 2;
+/// Exit code of a worker that received a malformed message or lost its parent mid-message.
+pub(crate) const EXIT_PROTOCOL: i32 = 3;
+/// Exit code of a process started with a marker it cannot understand.
+pub(crate) const EXIT_BAD_MARKER: i32 = 4;
+/// Exit code when mproc itself failed inside a worker (a bug).
+pub(crate) const EXIT_INTERNAL: i32 = 70;
+
+/// Set once this process consumed a marker (it is a worker, or `init()` ran).
+static MARKER_CONSUMED: AtomicBool = AtomicBool::new(false);
+
+/// Called by the load-time constructor (or [`crate::init`]) when the marker is present.
+pub(crate) fn on_load(marker: OsString, token: &ChildToken) -> ! {
+    MARKER_CONSUMED.store(true, Ordering::Relaxed);
+    let code = panic::catch_unwind(AssertUnwindSafe(|| dispatch(&marker, token))).unwrap_or(EXIT_INTERNAL);
+    crate::sys::exit_now(code)
+}
+
+fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
+    let text = marker.to_string_lossy();
+    let parsed = text.split_once(':').and_then(|(kind, fd)| Some((kind, fd.parse::<i32>().ok()?)));
+    let Some((kind, fd)) = parsed else {
+        eprintln!("mproc: unrecognised {MARKER_ENV} value {text:?}; not running main");
+        return EXIT_BAD_MARKER;
+    };
+    let sock = match child::adopt_inherited_fd(token, fd) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mproc: {MARKER_ENV}={text:?}: {e}; not running main");
+            return EXIT_BAD_MARKER;
+        }
+    };
+    match kind {
+        "spawn" => serve(sock),
+        "server" => crate::process::forkserver::serve(token, sock),
+        _ => {
+            eprintln!("mproc: unknown worker kind {kind:?}; not running main");
+            EXIT_BAD_MARKER
+        }
+    }
+}
+
+/// True when this process holds a worker marker that nothing consumed: it was started by mproc
+/// but mproc's constructor did not run. Starting processes then could fork-bomb.
+pub(crate) fn marker_unconsumed() -> bool {
+    !MARKER_CONSUMED.load(Ordering::Relaxed) && std::env::var_os(MARKER_ENV).is_some()
+}
+
+/// Marks this process as having handled its marker (for `init()` on the fallback path).
+pub(crate) fn mark_consumed() {
+    MARKER_CONSUMED.store(true, Ordering::Relaxed);
+}
+
+/// Settings a forked worker applies to itself before serving.
+#[derive(Debug, Default)]
+pub(crate) struct ChildSetup {
+    /// Variables to set.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// `None`: keep; `Some(fd)`: make this fd the worker's stdin, stdout, stderr.
+    pub(crate) stdio: [Option<OwnedFd>; 3],
+    /// The pid the worker's parent must have (for the parent-death signal check).
+    pub(crate) parent: i32,
+}
+
+/// Entry of a worker created by `fork` or the fork server: apply the setup, then serve.
+pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup) -> i32 {
+    if crate::sys::set_parent_death_signal(setup.parent).is_err() {
+        return EXIT_PROTOCOL;
+    }
+    crate::sys::reset_signals();
+    child::remove_env(token, MARKER_ENV);
+    child::set_envs(token, &setup.env);
+    for (target, fd) in setup.stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            if child::replace_fd(token, fd.as_fd(), target as i32).is_err() {
+                return EXIT_INTERNAL;
+            }
+        }
+    }
+    drop(setup);
+    MARKER_CONSUMED.store(true, Ordering::Relaxed);
+    crate::process::forget_parent_state();
+    serve(sock)
+}
+
+thread_local! {
+    /// Location and backtrace of the last panic on this thread, recorded by the hook.
+    static LAST_PANIC: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
+}
+
+fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| l.to_string());
+        let bt = std::backtrace::Backtrace::capture();
+        let backtrace = (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+        LAST_PANIC.with(|p| *p.borrow_mut() = (location, backtrace));
+    }));
+}
+
+/// The worker loop: say hello, then run each task received until told it was the last or the
+/// parent closes the socket. Returns the exit code.
+pub(crate) fn serve(sock: OwnedFd) -> i32 {
+    crate::sys::ignore_sigpipe();
+    install_panic_hook();
+    let mut sock = UnixStream::from(sock);
+    let me = identity::reported();
+    if sock.write_all(&msg::hello(std::process::id(), &me)).is_err() {
+        return EXIT_PROTOCOL;
+    }
+    let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
+    loop {
+        let frame = match reader.read_frame(&mut sock) {
+            Ok(f) => f,
+            Err(FrameError::Eof) => return 0,
+            Err(_) => return EXIT_PROTOCOL,
+        };
+        let Ok(run) = msg::parse_run(&frame) else {
+            return EXIT_PROTOCOL;
+        };
+        let Some(proof) = identity::verify(run.identity) else {
+            let _ = sock.write_all(&msg::refused(&me));
+            return EXIT_REFUSED;
+        };
+        let (reply, ok) = fnptr::call(&proof, FnRef { tramp: run.tramp, func: run.func }, run.arg);
+        if run.flags & msg::FLAG_LAST != 0 {
+            // Output written with `print!` must not be lost on `_exit`.
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+        }
+        if sock.write_all(&reply).is_err() {
+            return EXIT_PROTOCOL;
+        }
+        if run.flags & msg::FLAG_LAST != 0 {
+            return if ok { 0 } else { EXIT_TASK_FAILED };
+        }
+    }
+}
+
+/// Decodes the argument, calls `f`, encodes its result or its panic. Called by the trampoline.
+pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8]) -> Reply {
+    let a: A = match codec::decode(arg) {
+        Ok(a) => a,
+        Err(e) => return (msg::failed(&format!("cannot decode the argument: {e}")), false),
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
+        Ok(r) => {
+            let mut out = msg::begin_done();
+            match codec::encode_into(&r, &mut out.buf) {
+                Ok(()) => (out.finish(), true),
+                Err(e) => (msg::failed(&format!("cannot encode the result: {e}")), false),
+            }
+        }
+        Err(payload) => {
+            let message = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "Box<dyn Any>".to_string()
+            };
+            // A payload whose destructor panics must not take the worker down.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            let (location, backtrace) = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            let p = RemotePanic { message, location, backtrace };
+            let mut out = msg::begin_panic();
+            match codec::encode_into(&p, &mut out.buf) {
+                Ok(()) => (out.finish(), false),
+                Err(e) => (msg::failed(&format!("cannot encode the panic: {e}")), false),
+            }
+        }
+    }
+}
