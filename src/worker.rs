@@ -109,9 +109,10 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
             }
         }
     }
+    let setup_parent = setup.parent;
     drop(setup);
     MARKER_CONSUMED.store(true, Ordering::Relaxed);
-    crate::process::forget_parent_state();
+    crate::process::forget_parent_state(token, setup_parent);
     serve(sock)
 }
 

@@ -15,7 +15,10 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::sys::fork_local::ForkLocal;
 
 use super::Stdio;
 use super::launch::{self, Spec};
@@ -27,12 +30,15 @@ const MAX_REQUEST: usize = 64 << 10;
 const REQUEST_TAG: u8 = 0xF5;
 
 struct Server {
-    owner: i32,
     pid: i32,
     ctrl: OwnedFd,
 }
 
-static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
+
+/// The control socket's fd number and the pid that owns it, readable without the lock: a
+/// forked child closes its inherited copy through these (see `forget_server`).
+static SERVER_FD: AtomicI64 = AtomicI64::new(-1);
 
 /// Asks the fork server (started on first use) for a worker serving on `child_end`.
 pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
@@ -42,7 +48,7 @@ pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option
     let (request, stdio) = encode_request(spec)?;
     let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
     fds.extend(stdio.iter().map(|f| f.as_fd()));
-    let mut guard = SERVER.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guard = SERVER.get().lock().unwrap_or_else(PoisonError::into_inner);
     for attempt in 0..2 {
         let server = ensure_started(&mut guard)?;
         match ask(server, &request, &fds) {
@@ -65,13 +71,11 @@ fn is_server_gone(e: &io::Error) -> bool {
 }
 
 fn ensure_started(slot: &mut Option<Server>) -> io::Result<&Server> {
-    let me = sys::getpid();
-    if slot.as_ref().is_some_and(|s| s.owner != me) {
-        // Inherited through `fork`: that server belongs to our parent. Close our copy only.
-        *slot = None;
-    }
     if slot.is_none() {
-        *slot = Some(start()?);
+        let server = start()?;
+        let stamp = (i64::from(sys::getpid()) << 32) | i64::from(server.ctrl.as_raw_fd());
+        SERVER_FD.store(stamp, Ordering::Release);
+        *slot = Some(server);
     }
     Ok(slot.as_ref().expect("started above"))
 }
@@ -86,7 +90,7 @@ fn start() -> io::Result<Server> {
         let child = cmd.spawn()?;
         Ok(child.id() as i32)
     })?;
-    Ok(Server { owner: sys::getpid(), pid, ctrl })
+    Ok(Server { pid, ctrl })
 }
 
 /// Sends one request and reads the reply: the worker's pid and pidfd.
@@ -233,9 +237,12 @@ fn serve_one(ctrl: &OwnedFd, parent: i32, request: &[u8], fds: &mut [OwnedFd]) -
     })
 }
 
-/// In a freshly forked worker: close the inherited control socket of the parent's server.
-pub(crate) fn forget_server() {
-    if let Ok(mut guard) = SERVER.try_lock() {
-        guard.take();
+/// In a freshly forked worker: close the inherited copy of the parent's server socket, so
+/// that the server sees EOF when the parent goes (the lock protecting it is not touched).
+pub(crate) fn forget_server(token: &ChildToken, parent: i32) {
+    let stamp = SERVER_FD.swap(-1, Ordering::AcqRel);
+    if stamp >= 0 && (stamp >> 32) as i32 == parent {
+        let fd = (stamp & 0xffff_ffff) as i32;
+        sys::child::close_inherited_raw(token, fd);
     }
 }

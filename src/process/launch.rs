@@ -15,7 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::mpsc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
+
+use crate::sys::fork_local::ForkLocal;
 
 use super::{StartMethod, Stdio};
 use crate::sys;
@@ -101,11 +103,10 @@ fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Spawner {
-    owner: i32,
     jobs: mpsc::Sender<Job>,
 }
 
-static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+static SPAWNER: ForkLocal<Option<Spawner>> = ForkLocal::new();
 
 /// Runs `job` on the spawner thread and returns its result.
 pub(crate) fn on_spawner<T: Send + 'static>(job: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -114,32 +115,20 @@ pub(crate) fn on_spawner<T: Send + 'static>(job: impl FnOnce() -> io::Result<T> 
         let _ = tx.send(job());
     });
     {
-        let mut guard = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
-        let me = sys::getpid();
-        // After a `fork`, the inherited state names a thread that does not exist here.
-        if guard.as_ref().is_none_or(|s| s.owner != me) {
+        let mut guard = SPAWNER.get().lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
             let (jobs, queue) = mpsc::channel::<Job>();
             std::thread::Builder::new().name("mproc-spawner".into()).spawn(move || {
                 for job in queue {
                     job();
                 }
             })?;
-            *guard = Some(Spawner { owner: me, jobs });
+            *guard = Some(Spawner { jobs });
         }
         let spawner = guard.as_ref().expect("set above");
         spawner.jobs.send(boxed).map_err(|_| io::Error::other("the mproc spawner thread is gone"))?;
     }
     rx.recv().map_err(|_| io::Error::other("the mproc spawner thread dropped a request"))?
-}
-
-/// In a freshly forked worker: forget the parent's spawner thread (it does not exist here).
-pub(crate) fn forget_spawner() {
-    if let Ok(mut guard) = SPAWNER.try_lock() {
-        if let Some(s) = guard.take() {
-            // The sender is harmless to drop: its receiver lives in the parent's memory only.
-            drop(s);
-        }
-    }
 }
 
 impl Stdio {

@@ -502,8 +502,7 @@ impl<R> fmt::Debug for Process<R> {
     }
 }
 
-/// In a freshly forked worker: drop the parent's spawner thread and fork server handles.
-pub(crate) fn forget_parent_state() {
-    launch::forget_spawner();
-    forkserver::forget_server();
+/// In a freshly forked worker: let go of the parent's fork server connection.
+pub(crate) fn forget_parent_state(token: &crate::sys::child::ChildToken, parent: i32) {
+    forkserver::forget_server(token, parent);
 }

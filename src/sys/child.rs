@@ -9,7 +9,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 
-use super::unix::{Forked, fork, remove_env_single_threaded, set_env_single_threaded};
+use std::os::unix::ffi::OsStrExt;
+
+use super::unix::{Forked, fork, remove_env_single_threaded};
 
 /// Proof that the current process has a single thread (a fresh child, or the constructor).
 pub(crate) struct ChildToken(());
@@ -70,18 +72,24 @@ pub(super) fn take_env_at_load(key: &str) -> Option<OsString> {
     Some(value)
 }
 
-/// Applies environment changes in a fresh child.
+/// Applies environment changes in a fresh child. Calls the C library directly: std's own
+/// environment lock may have been held by another thread of the parent at `fork` time.
 pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
     for (k, v) in vars {
-        // SAFETY: the token proves the process is single-threaded.
-        unsafe { set_env_single_threaded(k, v) };
+        let (Ok(k), Ok(v)) = (std::ffi::CString::new(k.as_bytes()), std::ffi::CString::new(v.as_bytes())) else {
+            continue; // a NUL byte cannot be in the environment
+        };
+        // SAFETY: the token proves the process is single-threaded; both strings are valid
+        // NUL-terminated C strings for the duration of the call.
+        unsafe { libc::setenv(k.as_ptr(), v.as_ptr(), 1) };
     }
 }
 
 /// Removes a variable in a fresh child.
 pub(crate) fn remove_env(_token: &ChildToken, key: &str) {
-    // SAFETY: the token proves the process is single-threaded.
-    unsafe { remove_env_single_threaded(key) };
+    let Ok(k) = std::ffi::CString::new(key) else { return };
+    // SAFETY: as in `set_envs`.
+    unsafe { libc::unsetenv(k.as_ptr()) };
 }
 
 /// Makes `fd` the child's descriptor `target` (0, 1 or 2 for stdio), inherited across exec.
@@ -115,6 +123,15 @@ pub(crate) fn close_inherited(_token: &ChildToken, fd: BorrowedFd<'_>) {
     // it here cannot cause a double close or a use of a closed fd.
     unsafe {
         libc::close(fd.as_raw_fd());
+    }
+}
+
+/// As [`close_inherited`], for an fd known by number only.
+pub(crate) fn close_inherited_raw(_token: &ChildToken, fd: RawFd) {
+    // SAFETY: as in `close_inherited`; the owner of this fd (the parent's fork server handle)
+    // is never used or dropped in this child, which forgets it.
+    unsafe {
+        libc::close(fd);
     }
 }
 

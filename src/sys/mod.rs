@@ -8,6 +8,7 @@
 pub(crate) mod child;
 pub(crate) mod ctor;
 pub(crate) mod fnptr;
+pub(crate) mod fork_local;
 pub(crate) mod identity;
 pub(crate) mod unix;
 

@@ -1,6 +1,5 @@
 //! POSIX calls shared by every Unix target.
 
-use std::ffi::OsStr;
 use std::io;
 use std::mem::{self, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -79,15 +78,6 @@ pub(crate) fn getppid() -> i32 {
 pub(super) unsafe fn remove_env_single_threaded(key: &str) {
     // SAFETY: forwarded to the caller: the process is single-threaded here.
     unsafe { std::env::remove_var(key) }
-}
-
-/// Sets a variable in this process's environment.
-///
-/// # Safety
-/// As [`remove_env_single_threaded`].
-pub(super) unsafe fn set_env_single_threaded(key: &OsStr, value: &OsStr) {
-    // SAFETY: forwarded to the caller: the process is single-threaded here.
-    unsafe { std::env::set_var(key, value) }
 }
 
 /// The result of [`fork`], seen from each side.
