@@ -22,10 +22,16 @@ enum Repr {
     Panicked(RemotePanic),
     WorkerDied(ExitStatus),
     TimedOut,
-    BinaryMismatch { expected: String, found: String },
+    BinaryMismatch {
+        expected: String,
+        found: String,
+    },
     Protocol(String),
     Codec(String),
-    Io { context: &'static str, source: io::Error },
+    Io {
+        context: &'static str,
+        source: io::Error,
+    },
     Usage(&'static str),
 }
 
@@ -65,7 +71,10 @@ impl Error {
         Error::new(Repr::TimedOut)
     }
     pub(crate) fn binary_mismatch(expected: &[u8], found: &[u8]) -> Error {
-        Error::new(Repr::BinaryMismatch { expected: hex(expected), found: hex(found) })
+        Error::new(Repr::BinaryMismatch {
+            expected: hex(expected),
+            found: hex(found),
+        })
     }
     pub(crate) fn protocol(msg: impl Into<String>) -> Error {
         Error::new(Repr::Protocol(msg.into()))
@@ -80,7 +89,9 @@ impl Error {
         Error::new(Repr::Usage(msg))
     }
     fn new(repr: Repr) -> Error {
-        Error { repr: Box::new(repr) }
+        Error {
+            repr: Box::new(repr),
+        }
     }
 
     /// The category of this error.

@@ -78,10 +78,8 @@ pub use process::{Builder, Process, StartMethod, Stdio};
 /// child should not do:
 ///
 /// ```
-/// fn main() {
-///     mproc::init();
-///     // ... the program; children never get here
-/// }
+/// mproc::init();
+/// // ... the program; children never get here
 /// ```
 pub fn init() {
     if let Some(marker) = std::env::var_os(worker::MARKER_ENV) {

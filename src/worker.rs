@@ -44,13 +44,16 @@ static MARKER_CONSUMED: AtomicBool = AtomicBool::new(false);
 /// Called by the load-time constructor (or [`crate::init`]) when the marker is present.
 pub(crate) fn on_load(marker: OsString, token: &ChildToken) -> ! {
     MARKER_CONSUMED.store(true, Ordering::Relaxed);
-    let code = panic::catch_unwind(AssertUnwindSafe(|| dispatch(&marker, token))).unwrap_or(EXIT_INTERNAL);
+    let code =
+        panic::catch_unwind(AssertUnwindSafe(|| dispatch(&marker, token))).unwrap_or(EXIT_INTERNAL);
     crate::sys::exit_now(code)
 }
 
 fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
     let text = marker.to_string_lossy();
-    let parsed = text.split_once(':').and_then(|(kind, fd)| Some((kind, fd.parse::<i32>().ok()?)));
+    let parsed = text
+        .split_once(':')
+        .and_then(|(kind, fd)| Some((kind, fd.parse::<i32>().ok()?)));
     let Some((kind, fd)) = parsed else {
         eprintln!("mproc: unrecognised {MARKER_ENV} value {text:?}; not running main");
         return EXIT_BAD_MARKER;
@@ -125,7 +128,8 @@ fn install_panic_hook() {
     panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| l.to_string());
         let bt = std::backtrace::Backtrace::capture();
-        let backtrace = (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+        let backtrace =
+            (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
         LAST_PANIC.with(|p| *p.borrow_mut() = (location, backtrace));
     }));
 }
@@ -137,7 +141,10 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
     install_panic_hook();
     let mut sock = UnixStream::from(sock);
     let me = identity::reported();
-    if sock.write_all(&msg::hello(std::process::id(), &me)).is_err() {
+    if sock
+        .write_all(&msg::hello(std::process::id(), &me))
+        .is_err()
+    {
         return EXIT_PROTOCOL;
     }
     let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
@@ -154,7 +161,14 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
             let _ = sock.write_all(&msg::refused(&me));
             return EXIT_REFUSED;
         };
-        let (reply, ok) = fnptr::call(&proof, FnRef { tramp: run.tramp, func: run.func }, run.arg);
+        let (reply, ok) = fnptr::call(
+            &proof,
+            FnRef {
+                tramp: run.tramp,
+                func: run.func,
+            },
+            run.arg,
+        );
         if run.flags & msg::FLAG_LAST != 0 {
             // Output written with `print!` must not be lost on `_exit`.
             let _ = std::io::stdout().flush();
@@ -173,14 +187,22 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
 pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8]) -> Reply {
     let a: A = match codec::decode(arg) {
         Ok(a) => a,
-        Err(e) => return (msg::failed(&format!("cannot decode the argument: {e}")), false),
+        Err(e) => {
+            return (
+                msg::failed(&format!("cannot decode the argument: {e}")),
+                false,
+            );
+        }
     };
     match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
         Ok(r) => {
             let mut out = msg::begin_done();
             match codec::encode_into(&r, &mut out.buf) {
                 Ok(()) => (out.finish(), true),
-                Err(e) => (msg::failed(&format!("cannot encode the result: {e}")), false),
+                Err(e) => (
+                    msg::failed(&format!("cannot encode the result: {e}")),
+                    false,
+                ),
             }
         }
         Err(payload) => {
@@ -194,7 +216,11 @@ pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &
             // A payload whose destructor panics must not take the worker down.
             let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
             let (location, backtrace) = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            let p = RemotePanic { message, location, backtrace };
+            let p = RemotePanic {
+                message,
+                location,
+                backtrace,
+            };
             let mut out = msg::begin_panic();
             match codec::encode_into(&p, &mut out.buf) {
                 Ok(()) => (out.finish(), false),

@@ -23,7 +23,10 @@ where
     A: Serialize + for<'de> Deserialize<'de>,
     R: Serialize + for<'de> Deserialize<'de>,
 {
-    Process::builder().start_method(m).spawn(f, arg).expect("spawn")
+    Process::builder()
+        .start_method(m)
+        .spawn(f, arg)
+        .expect("spawn")
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn join_returns_the_result_and_reaps() {
         assert_eq!(p.join_timeout(LIMIT).unwrap(), 49, "{m:?}");
         assert!(!p.is_alive());
         let status = p.exit_status().expect("reaped");
-        assert_eq!((status.code(), status.exitcode(), status.success()), (Some(0), 0, true));
+        assert_eq!(
+            (status.code(), status.exitcode(), status.success()),
+            (Some(0), 0, true)
+        );
         assert!(pid_gone(p.pid()), "{m:?}: no zombie after join");
     }
 }
@@ -43,7 +49,10 @@ fn join_returns_the_result_and_reaps() {
 #[test]
 fn closures_that_capture_nothing_coerce() {
     for &m in methods() {
-        let mut p = Process::builder().start_method(m).spawn(|(a, b): (i32, i32)| a * b, (6, 7)).unwrap();
+        let mut p = Process::builder()
+            .start_method(m)
+            .spawn(|(a, b): (i32, i32)| a * b, (6, 7))
+            .unwrap();
         assert_eq!(p.join_timeout(LIMIT).unwrap(), 42);
     }
 }
@@ -68,7 +77,12 @@ fn structured_data_round_trips() {
         id: 9,
         name: "ünïcode".into(),
         values: vec![1.5, -2.0, f64::MAX],
-        tag: Some(Box::new(Record { id: 1, name: "inner".into(), values: vec![], tag: None })),
+        tag: Some(Box::new(Record {
+            id: 1,
+            name: "inner".into(),
+            values: vec![],
+            tag: None,
+        })),
     };
     for &m in methods() {
         let got = spawn(m, rename, r.clone()).join_timeout(LIMIT).unwrap();
@@ -86,7 +100,9 @@ fn large_arguments_and_results_cross() {
     let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
     let want: u64 = data.iter().map(|&b| b as u64).sum();
     for &m in methods() {
-        let (len, sum, back) = spawn(m, checksum, data.clone()).join_timeout(LIMIT).unwrap();
+        let (len, sum, back) = spawn(m, checksum, data.clone())
+            .join_timeout(LIMIT)
+            .unwrap();
         assert_eq!((len, sum), (data.len(), want));
         assert!(back == data, "{m:?}: payload came back intact");
     }
@@ -107,7 +123,11 @@ fn a_panic_comes_back_with_message_and_location() {
         assert_eq!(err.kind(), ErrorKind::Panicked, "{m:?}: {err}");
         let panic = err.remote_panic().unwrap();
         assert_eq!(panic.message(), "kaboom 42");
-        assert!(panic.location().unwrap().contains("tests/process.rs"), "{:?}", panic.location());
+        assert!(
+            panic.location().unwrap().contains("tests/process.rs"),
+            "{:?}",
+            panic.location()
+        );
         assert!(err.to_string().contains("kaboom 42"), "{err}");
         // Python's exitcode after an uncaught exception is 1.
         assert_eq!(p.exit_status().unwrap().code(), Some(1));
@@ -121,12 +141,19 @@ fn boom_string(_: ()) -> u32 {
 #[test]
 fn a_panic_with_backtrace_when_asked() {
     for &m in methods() {
-        let mut p = Process::builder().start_method(m).env("RUST_BACKTRACE", "1").spawn(boom_string, ()).unwrap();
+        let mut p = Process::builder()
+            .start_method(m)
+            .env("RUST_BACKTRACE", "1")
+            .spawn(boom_string, ())
+            .unwrap();
         let err = p.join_timeout(LIMIT).unwrap_err();
         let panic = err.remote_panic().expect("a panic");
         assert_eq!(panic.message(), "owned message");
         let bt = panic.backtrace().unwrap_or_default();
-        assert!(bt.contains("boom_string"), "{m:?}: backtrace names the function: {bt}");
+        assert!(
+            bt.contains("boom_string"),
+            "{m:?}: backtrace names the function: {bt}"
+        );
     }
 }
 
@@ -143,6 +170,7 @@ fn segfault(_: ()) {
     unsafe { std::ptr::null_mut::<u64>().write_volatile(1) }
 }
 
+#[allow(unconditional_recursion)]
 fn overflow(n: u64) -> u64 {
     // Unbounded recursion: a stack overflow, which Rust turns into SIGSEGV/SIGABRT.
     let v = [n; 64];
@@ -155,12 +183,20 @@ fn crashes_come_back_as_exit_code_or_signal() {
     for &m in methods() {
         let err = spawn(m, abort, ()).join_timeout(LIMIT).unwrap_err();
         assert!(err.is_worker_lost(), "{m:?}: {err}");
-        assert_eq!(err.exit_status().unwrap().signal(), Some(libc::SIGABRT), "{err}");
+        assert_eq!(
+            err.exit_status().unwrap().signal(),
+            Some(libc::SIGABRT),
+            "{err}"
+        );
         assert_eq!(err.exit_status().unwrap().exitcode(), -libc::SIGABRT);
         assert!(err.to_string().contains("SIGABRT"), "{err}");
 
         let err = spawn(m, segfault, ()).join_timeout(LIMIT).unwrap_err();
-        assert_eq!(err.exit_status().unwrap().signal(), Some(libc::SIGSEGV), "{m:?}: {err}");
+        assert_eq!(
+            err.exit_status().unwrap().signal(),
+            Some(libc::SIGSEGV),
+            "{m:?}: {err}"
+        );
 
         let err = spawn(m, exit3, ()).join_timeout(LIMIT).unwrap_err();
         assert_eq!(err.exit_status().unwrap().code(), Some(3), "{m:?}: {err}");
@@ -168,7 +204,10 @@ fn crashes_come_back_as_exit_code_or_signal() {
 
         let err = spawn(m, overflow, 0).join_timeout(LIMIT).unwrap_err();
         let sig = err.exit_status().unwrap().signal();
-        assert!(matches!(sig, Some(libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS)), "{m:?}: {err}");
+        assert!(
+            matches!(sig, Some(libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS)),
+            "{m:?}: {err}"
+        );
     }
 }
 
@@ -185,7 +224,11 @@ fn kill_and_terminate_are_reported_as_signals() {
         assert!(p.is_alive());
         p.kill().unwrap();
         let err = p.join_timeout(LIMIT).unwrap_err();
-        assert_eq!(err.exit_status().unwrap().signal(), Some(libc::SIGKILL), "{m:?}: {err}");
+        assert_eq!(
+            err.exit_status().unwrap().signal(),
+            Some(libc::SIGKILL),
+            "{m:?}: {err}"
+        );
         assert_eq!(p.exit_status().unwrap().exitcode(), -9);
         // Signalling an ended (reaped) process is a no-op, never a stray signal.
         p.kill().unwrap();
@@ -194,7 +237,11 @@ fn kill_and_terminate_are_reported_as_signals() {
         let mut p = spawn(m, sleep_forever, ());
         p.terminate().unwrap();
         let err = p.join_timeout(LIMIT).unwrap_err();
-        assert_eq!(err.exit_status().unwrap().signal(), Some(libc::SIGTERM), "{m:?}: {err}");
+        assert_eq!(
+            err.exit_status().unwrap().signal(),
+            Some(libc::SIGTERM),
+            "{m:?}: {err}"
+        );
     }
 }
 
@@ -245,7 +292,10 @@ fn drop_kills_and_reaps_a_running_process() {
         let pid = p.pid();
         assert!(!pid_gone(pid));
         drop(p);
-        assert!(pid_gone(pid), "{m:?}: dropped process {pid} is gone, not a zombie");
+        assert!(
+            pid_gone(pid),
+            "{m:?}: dropped process {pid} is gone, not a zombie"
+        );
 
         // One that ended without being joined is reaped too.
         let p = spawn(m, square, 2);
@@ -272,9 +322,15 @@ fn builder_sets_name_env_and_stdio() {
             .spawn(read_env, "MPROC_TEST_VALUE".to_string())
             .unwrap();
         assert_eq!(p.name(), "w1");
-        assert_eq!(p.join_timeout(LIMIT).unwrap().as_deref(), Some("hello"), "{m:?}");
+        assert_eq!(
+            p.join_timeout(LIMIT).unwrap().as_deref(),
+            Some("hello"),
+            "{m:?}"
+        );
         // The worker marker never leaks into user code.
-        let marker = spawn(m, read_env, "MPROC_WORKER".to_string()).join_timeout(LIMIT).unwrap();
+        let marker = spawn(m, read_env, "MPROC_WORKER".to_string())
+            .join_timeout(LIMIT)
+            .unwrap();
         assert_eq!(marker, None, "{m:?}");
     }
 }
@@ -326,7 +382,9 @@ fn spawn_grandchild(m: u8) -> u64 {
 fn a_child_can_start_its_own_children() {
     for (i, &m) in methods().iter().enumerate() {
         for (j, _) in methods().iter().enumerate() {
-            let got = spawn(m, spawn_grandchild, j as u8).join_timeout(LIMIT).unwrap();
+            let got = spawn(m, spawn_grandchild, j as u8)
+                .join_timeout(LIMIT)
+                .unwrap();
             assert_eq!(got, 26, "{m:?} -> {i}/{j}");
         }
     }

@@ -26,10 +26,17 @@ fn sleep_forever(_: ()) {
 /// The helper parent's body: only does something when re-executed with `ROLE` set.
 #[test]
 fn helper_parent() {
-    let Some(role) = std::env::var_os(ROLE) else { return };
+    let Some(role) = std::env::var_os(ROLE) else {
+        return;
+    };
     let kids: Vec<Process<()>> = StartMethod::all()
         .iter()
-        .map(|&m| Process::builder().start_method(m).spawn(sleep_forever, ()).expect("spawn"))
+        .map(|&m| {
+            Process::builder()
+                .start_method(m)
+                .spawn(sleep_forever, ())
+                .expect("spawn")
+        })
         .collect();
     let pids: Vec<String> = kids.iter().map(|p| p.pid().to_string()).collect();
     println!("PIDS {}", pids.join(" "));
@@ -46,7 +53,9 @@ fn descendants_of(pid: u32) -> Vec<u32> {
     let mut out = vec![];
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
         for t in tasks.flatten() {
             if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
                 for c in s.split_whitespace().filter_map(|c| c.parse().ok()) {
@@ -76,8 +85,13 @@ fn reaped(pid: u32) -> bool {
 fn run_helper_and_end_it(role: &str) {
     become_subreaper();
     let exe = std::env::current_exe().unwrap();
-    let mut helper = Command::new(exe)
-        .args(["helper_parent", "--exact", "--nocapture", "--test-threads=1"])
+    let helper = Command::new(exe)
+        .args([
+            "helper_parent",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, role)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -92,18 +106,30 @@ fn run_helper_and_end_it(role: &str) {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // libtest prints "test helper_parent ... " on the same line first.
             if let Some((_, rest)) = line.split_once("PIDS ") {
-                let _ = tx.send(rest.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).collect::<Vec<_>>());
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok())
+                        .collect::<Vec<_>>(),
+                );
             }
         }
     });
-    let kids = rx.recv_timeout(LIMIT).expect("the helper reports its children");
+    let kids = rx
+        .recv_timeout(LIMIT)
+        .expect("the helper reports its children");
     assert_eq!(kids.len(), StartMethod::all().len());
     let family = descendants_of(helper.id());
     for k in &kids {
-        assert!(family.contains(k), "child {k} is the helper's own child: {family:?}");
+        assert!(
+            family.contains(k),
+            "child {k} is the helper's own child: {family:?}"
+        );
     }
     // The fork server is a descendant too.
-    assert!(family.len() > kids.len(), "the fork server is among {family:?}");
+    assert!(
+        family.len() > kids.len(),
+        "the fork server is among {family:?}"
+    );
     if role == "kill" {
         helper.kill().unwrap();
     } else {
@@ -114,7 +140,10 @@ fn run_helper_and_end_it(role: &str) {
     assert!(!status.success());
     let all_gone = common::eventually(Duration::from_secs(1), || family.iter().all(|&p| reaped(p)));
     let alive: Vec<_> = family.iter().filter(|&&p| !common::pid_gone(p)).collect();
-    assert!(all_gone, "descendants still alive 1 s after the parent died: {alive:?}");
+    assert!(
+        all_gone,
+        "descendants still alive 1 s after the parent died: {alive:?}"
+    );
 }
 
 /// Kills the helper if an assertion fails before it ended, so that a failing run leaves nothing.

@@ -43,7 +43,10 @@ static SERVER_FD: AtomicI64 = AtomicI64::new(-1);
 /// Asks the fork server (started on first use) for a worker serving on `child_end`.
 pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     if !sys::HAS_FORK_SERVER {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "the fork server needs Linux"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the fork server needs Linux",
+        ));
     }
     let (request, stdio) = encode_request(spec)?;
     let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
@@ -67,7 +70,10 @@ pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option
 }
 
 fn is_server_gone(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof)
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+    )
 }
 
 fn ensure_started(slot: &mut Option<Server>) -> io::Result<&Server> {
@@ -94,7 +100,11 @@ fn start() -> io::Result<Server> {
 }
 
 /// Sends one request and reads the reply: the worker's pid and pidfd.
-fn ask(server: &Server, request: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<(i32, Option<OwnedFd>)> {
+fn ask(
+    server: &Server,
+    request: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<(i32, Option<OwnedFd>)> {
     let sent = sys::send_with_fds(server.ctrl.as_fd(), request, fds)?;
     if sent != request.len() {
         return Err(io::Error::other("fork server request was cut short"));
@@ -105,7 +115,10 @@ fn ask(server: &Server, request: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<(i
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     if n != 4 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed fork server reply"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed fork server reply",
+        ));
     }
     let pid = i32::from_le_bytes(reply);
     if pid <= 0 {
@@ -122,7 +135,6 @@ fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut fds = Vec::new();
     for (i, s) in spec.stdio.iter().enumerate() {
         if *s == Stdio::Inherit && sys::fd_is_open(i as i32) {
-            // SAFETY-free: borrowing our own stdio fd only to duplicate it.
             let fd = dup_stdio(i as i32)?;
             fds.push(fd);
             out[1] |= 1 << i;
@@ -136,18 +148,20 @@ fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         }
     }
     if out.len() > MAX_REQUEST {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "environment too large for the fork server"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "environment too large for the fork server",
+        ));
     }
     Ok((out, fds))
 }
 
 fn dup_stdio(fd: i32) -> io::Result<OwnedFd> {
-    let file = match fd {
+    match fd {
         0 => io::stdin().as_fd().try_clone_to_owned(),
         1 => io::stdout().as_fd().try_clone_to_owned(),
         _ => io::stderr().as_fd().try_clone_to_owned(),
-    };
-    file
+    }
 }
 
 struct Request {
@@ -200,7 +214,9 @@ pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
             Ok(got) => got,
         };
         let reply = match serve_one(&ctrl, parent, &buf[..n], &mut fds) {
-            Ok((pid, pidfd)) => sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[pidfd.as_fd()]),
+            Ok((pid, pidfd)) => {
+                sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[pidfd.as_fd()])
+            }
             Err(e) => {
                 let errno = -e.raw_os_error().unwrap_or(libc_einval());
                 sys::send_with_fds(ctrl.as_fd(), &errno.to_le_bytes(), &[])
@@ -214,10 +230,17 @@ pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
 }
 
 fn libc_einval() -> i32 {
-    io::Error::from(io::ErrorKind::InvalidInput).raw_os_error().unwrap_or(22)
+    io::Error::from(io::ErrorKind::InvalidInput)
+        .raw_os_error()
+        .unwrap_or(22)
 }
 
-fn serve_one(ctrl: &OwnedFd, parent: i32, request: &[u8], fds: &mut [OwnedFd]) -> io::Result<(i32, OwnedFd)> {
+fn serve_one(
+    ctrl: &OwnedFd,
+    parent: i32,
+    request: &[u8],
+    fds: &mut [OwnedFd],
+) -> io::Result<(i32, OwnedFd)> {
     let req = decode_request(request).ok_or_else(|| io::Error::from_raw_os_error(22))?;
     let expected = 1 + req.stdio_mask.count_ones() as usize;
     if fds.len() != expected || req.stdio_mask > 0b111 {
@@ -225,13 +248,23 @@ fn serve_one(ctrl: &OwnedFd, parent: i32, request: &[u8], fds: &mut [OwnedFd]) -
     }
     sys::child::clone_sibling_child(|token| {
         sys::child::close_inherited(token, ctrl.as_fd());
-        let mut passed = fds.iter().map(|f| sys::child::take_inherited(token, f.as_fd()));
+        let mut passed = fds
+            .iter()
+            .map(|f| sys::child::take_inherited(token, f.as_fd()));
         let Some(sock) = passed.next() else {
             return worker::EXIT_INTERNAL;
         };
-        let mut setup = ChildSetup { env: req.env, parent, ..Default::default() };
+        let mut setup = ChildSetup {
+            env: req.env,
+            parent,
+            ..Default::default()
+        };
         for (i, slot) in setup.stdio.iter_mut().enumerate() {
-            *slot = if req.stdio_mask & (1 << i) != 0 { passed.next() } else { sys::open_devnull().ok() };
+            *slot = if req.stdio_mask & (1 << i) != 0 {
+                passed.next()
+            } else {
+                sys::open_devnull().ok()
+            };
         }
         worker::enter_forked(token, sock, setup)
     })

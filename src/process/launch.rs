@@ -14,8 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::mpsc;
 use std::sync::PoisonError;
+use std::sync::mpsc;
 
 use crate::sys::fork_local::ForkLocal;
 
@@ -47,7 +47,11 @@ pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
         StartMethod::Fork => fork(spec.clone(), child_end.into())?,
         StartMethod::ForkServer => super::forkserver::launch(spec, child_end.into())?,
     };
-    Ok(Launched { pid, pidfd, sock: parent_end })
+    Ok(Launched {
+        pid,
+        pidfd,
+        sock: parent_end,
+    })
 }
 
 /// Exec of this same executable, marked as a worker.
@@ -81,9 +85,17 @@ pub(crate) fn worker_command(marker: &str) -> Command {
 fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     on_spawner(move || {
         let parent = sys::getpid();
-        let devnull = if spec.stdio.iter().any(|s| *s == Stdio::Null) { Some(sys::open_devnull()?) } else { None };
+        let devnull = if spec.stdio.contains(&Stdio::Null) {
+            Some(sys::open_devnull()?)
+        } else {
+            None
+        };
         let pid = sys::child::fork_child(|token| {
-            let mut setup = ChildSetup { env: spec.env.clone(), parent, ..Default::default() };
+            let mut setup = ChildSetup {
+                env: spec.env.clone(),
+                parent,
+                ..Default::default()
+            };
             for (slot, s) in setup.stdio.iter_mut().zip(&spec.stdio) {
                 if *s == Stdio::Null {
                     *slot = devnull.as_ref().and_then(|d| d.try_clone().ok());
@@ -109,7 +121,9 @@ struct Spawner {
 static SPAWNER: ForkLocal<Option<Spawner>> = ForkLocal::new();
 
 /// Runs `job` on the spawner thread and returns its result.
-pub(crate) fn on_spawner<T: Send + 'static>(job: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+pub(crate) fn on_spawner<T: Send + 'static>(
+    job: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
     let boxed: Job = Box::new(move || {
         let _ = tx.send(job());
@@ -118,17 +132,23 @@ pub(crate) fn on_spawner<T: Send + 'static>(job: impl FnOnce() -> io::Result<T> 
         let mut guard = SPAWNER.get().lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
             let (jobs, queue) = mpsc::channel::<Job>();
-            std::thread::Builder::new().name("mproc-spawner".into()).spawn(move || {
-                for job in queue {
-                    job();
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("mproc-spawner".into())
+                .spawn(move || {
+                    for job in queue {
+                        job();
+                    }
+                })?;
             *guard = Some(Spawner { jobs });
         }
         let spawner = guard.as_ref().expect("set above");
-        spawner.jobs.send(boxed).map_err(|_| io::Error::other("the mproc spawner thread is gone"))?;
+        spawner
+            .jobs
+            .send(boxed)
+            .map_err(|_| io::Error::other("the mproc spawner thread is gone"))?;
     }
-    rx.recv().map_err(|_| io::Error::other("the mproc spawner thread dropped a request"))?
+    rx.recv()
+        .map_err(|_| io::Error::other("the mproc spawner thread dropped a request"))?
 }
 
 impl Stdio {

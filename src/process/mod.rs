@@ -70,7 +70,11 @@ impl StartMethod {
     /// Every start method available on this platform.
     pub fn all() -> &'static [StartMethod] {
         if sys::HAS_FORK_SERVER {
-            &[StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork]
+            &[
+                StartMethod::ForkServer,
+                StartMethod::Spawn,
+                StartMethod::Fork,
+            ]
         } else {
             &[StartMethod::Spawn, StartMethod::Fork]
         }
@@ -177,13 +181,16 @@ impl Builder {
                 "this process was started as an mproc worker but mproc's constructor did not run; call mproc::init() first in main",
             ));
         }
-        let name = self.name.unwrap_or_else(|| format!("Process-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        let name = self
+            .name
+            .unwrap_or_else(|| format!("Process-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let method = self.start_method.unwrap_or_default();
         let func = FnRef::new(f);
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
         codec::encode_into(&arg, &mut run.buf).map_err(Error::codec)?;
         let run = run.finish();
-        let launched = launch::launch(method, &self.spec).map_err(|e| Error::io("cannot start a process", e))?;
+        let launched = launch::launch(method, &self.spec)
+            .map_err(|e| Error::io("cannot start a process", e))?;
         let mut p = Process {
             pid: launched.pid,
             name,
@@ -306,7 +313,9 @@ impl<R: DeserializeOwned> Process<R> {
             });
         }
         if let State::Taken = self.state {
-            return Err(Error::usage("this process's result was already returned by an earlier join"));
+            return Err(Error::usage(
+                "this process's result was already returned by an earlier join",
+            ));
         }
         self.wait_exit(deadline)?;
         match std::mem::replace(&mut self.state, State::Taken) {
@@ -325,7 +334,9 @@ impl<R: DeserializeOwned> Process<R> {
                 let _ = self.signal(sys::SIGKILL);
                 Err(Error::binary_mismatch(identity::own(), id))
             }
-            Ok(msg::FromWorker::Refused { identity: id }) => Err(Error::binary_mismatch(identity::own(), id)),
+            Ok(msg::FromWorker::Refused { identity: id }) => {
+                Err(Error::binary_mismatch(identity::own(), id))
+            }
             Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
             Ok(msg::FromWorker::Panic(bytes)) => match codec::decode::<RemotePanic>(bytes) {
                 Ok(p) => Err(Error::panicked(p)),
@@ -392,7 +403,9 @@ impl<R> Process<R> {
             None => sys::kill(self.pid, sig),
         };
         match sent {
-            Err(e) if e.raw_os_error() != Some(libc_esrch()) => Err(Error::io("cannot signal the process", e)),
+            Err(e) if e.raw_os_error() != Some(libc_esrch()) => {
+                Err(Error::io("cannot signal the process", e))
+            }
             _ => Ok(()),
         }
     }
@@ -421,7 +434,9 @@ impl<R> Process<R> {
                 Err(FrameError::Eof | FrameError::Truncated { .. }) => return Ok(None),
                 Err(FrameError::TooLong { len, limit }) => {
                     let _ = self.signal(sys::SIGKILL);
-                    return Err(Error::protocol(format!("a message of {len} bytes exceeds the limit of {limit}")));
+                    return Err(Error::protocol(format!(
+                        "a message of {len} bytes exceeds the limit of {limit}"
+                    )));
                 }
                 Err(FrameError::Io(e)) => {
                     if e.kind() == std::io::ErrorKind::ConnectionReset {
@@ -442,13 +457,15 @@ impl<R> Process<R> {
             let timeout = remaining(deadline)?;
             match &self.pidfd {
                 Some(pidfd) => {
-                    sys::poll_readable(&[pidfd.as_fd()], timeout).map_err(|e| Error::io("cannot wait for the process", e))?;
+                    sys::poll_readable(&[pidfd.as_fd()], timeout)
+                        .map_err(|e| Error::io("cannot wait for the process", e))?;
                 }
                 // Without pidfds: block in waitpid when there is no deadline, else poll.
                 None if timeout.is_none() => {
                     let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
                     if exit.is_none() {
-                        let raw = sys::waitpid(self.pid, true).map_err(|e| Error::io("cannot wait for the process", e))?;
+                        let raw = sys::waitpid(self.pid, true)
+                            .map_err(|e| Error::io("cannot wait for the process", e))?;
                         *exit = raw.map(ExitStatus::from_raw);
                     }
                 }
@@ -505,4 +522,134 @@ impl<R> fmt::Debug for Process<R> {
 /// In a freshly forked worker: let go of the parent's fork server connection.
 pub(crate) fn forget_parent_state(token: &crate::sys::child::ChildToken, parent: i32) {
     forkserver::forget_server(token, parent);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::FrameBuf;
+    use std::os::unix::net::UnixStream;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// The worker entry works in a unit-test harness too (this binary is libtest's).
+    #[test]
+    fn spawn_works_inside_a_unit_test() {
+        for &m in StartMethod::all() {
+            let mut p = Process::builder()
+                .start_method(m)
+                .spawn(square, 12)
+                .unwrap();
+            assert_eq!(p.join_timeout(LIMIT).unwrap(), 144, "{m:?}");
+        }
+    }
+
+    /// A `Process` whose "worker" is this test: a real child (`sleep`) supplies the pid, and
+    /// the test writes whatever it likes into the socket.
+    fn fake_worker() -> (Process<u64>, UnixStream) {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        drop(child); // the Process reaps it
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let p = Process {
+            pid,
+            name: "fake".into(),
+            pidfd: sys::pidfd_open(pid).ok(),
+            sock: ours,
+            reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            state: State::Running,
+            exit: Mutex::new(None),
+            _result: PhantomData,
+        };
+        (p, theirs)
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = FrameBuf::new();
+        f.buf.extend_from_slice(body);
+        f.finish()
+    }
+
+    fn good_hello() -> Vec<u8> {
+        msg::hello(1, identity::own())
+    }
+
+    #[test]
+    fn an_absurd_length_is_a_protocol_error_and_the_worker_is_killed() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&u64::MAX.to_le_bytes()).unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+        assert!(p.wait_exit(Some(Instant::now() + LIMIT)).unwrap().signal() == Some(sys::SIGKILL));
+    }
+
+    #[test]
+    fn an_unknown_message_type_is_a_protocol_error() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&frame(&[0xEE, 1, 2, 3])).unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
+    }
+
+    #[test]
+    fn a_message_meant_for_workers_is_refused() {
+        let (mut p, mut peer) = fake_worker();
+        let mut run = msg::begin_run(0, identity::own(), 0, 0);
+        run.buf.push(0);
+        peer.write_all(&run.finish()).unwrap();
+        assert_eq!(
+            p.join_timeout(LIMIT).unwrap_err().kind(),
+            crate::ErrorKind::Protocol
+        );
+    }
+
+    #[test]
+    fn a_foreign_identity_is_a_binary_mismatch() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&msg::hello(1, b"Bsomeone-else")).unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::BinaryMismatch, "{err}");
+    }
+
+    #[test]
+    fn a_garbage_result_is_a_codec_error_not_a_panic() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&good_hello()).unwrap();
+        let mut done = msg::begin_done();
+        done.buf.extend_from_slice(&[0xff; 20]);
+        peer.write_all(&done.finish()).unwrap();
+        p.kill().unwrap(); // let `join` reap after the result
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Codec, "{err}");
+    }
+
+    #[test]
+    fn a_worker_closing_mid_frame_is_reported_by_its_exit_status() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&good_hello()).unwrap();
+        peer.write_all(&100u64.to_le_bytes()).unwrap();
+        peer.write_all(&[1; 10]).unwrap();
+        drop(peer);
+        // The socket is closed but the process lives: join waits for its exit.
+        assert!(
+            p.join_timeout(Duration::from_millis(100))
+                .unwrap_err()
+                .is_timeout()
+        );
+        p.kill().unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(
+            err.exit_status().and_then(|s| s.signal()),
+            Some(sys::SIGKILL),
+            "{err}"
+        );
+    }
 }

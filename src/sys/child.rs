@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
-
 use std::os::unix::ffi::OsStrExt;
 
 use super::unix::{Forked, fork, remove_env_single_threaded};
@@ -38,8 +37,14 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
 /// return value. Returns the sibling's pid and a pidfd for it.
 ///
 /// Only the fork server calls this, and it is single-threaded (checked in debug builds).
-pub(crate) fn clone_sibling_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<(i32, OwnedFd)> {
-    debug_assert_eq!(thread_count(), Some(1), "clone_sibling_child needs a single-threaded caller");
+pub(crate) fn clone_sibling_child(
+    child: impl FnOnce(&ChildToken) -> i32,
+) -> io::Result<(i32, OwnedFd)> {
+    debug_assert_eq!(
+        thread_count(),
+        Some(1),
+        "clone_sibling_child needs a single-threaded caller"
+    );
     // SAFETY: the fork server that calls this runs from the load-time constructor and never
     // starts a thread, so the child inherits no lock held by another thread.
     match unsafe { super::clone_sibling() }? {
@@ -76,7 +81,10 @@ pub(super) fn take_env_at_load(key: &str) -> Option<OsString> {
 /// environment lock may have been held by another thread of the parent at `fork` time.
 pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
     for (k, v) in vars {
-        let (Ok(k), Ok(v)) = (std::ffi::CString::new(k.as_bytes()), std::ffi::CString::new(v.as_bytes())) else {
+        let (Ok(k), Ok(v)) = (
+            std::ffi::CString::new(k.as_bytes()),
+            std::ffi::CString::new(v.as_bytes()),
+        ) else {
             continue; // a NUL byte cannot be in the environment
         };
         // SAFETY: the token proves the process is single-threaded; both strings are valid
@@ -87,7 +95,9 @@ pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
 
 /// Removes a variable in a fresh child.
 pub(crate) fn remove_env(_token: &ChildToken, key: &str) {
-    let Ok(k) = std::ffi::CString::new(key) else { return };
+    let Ok(k) = std::ffi::CString::new(key) else {
+        return;
+    };
     // SAFETY: as in `set_envs`.
     unsafe { libc::unsetenv(k.as_ptr()) };
 }
@@ -100,7 +110,10 @@ pub(crate) fn replace_fd(_token: &ChildToken, fd: BorrowedFd<'_>, target: RawFd)
 /// Takes ownership of an fd number this process inherited, named by its parent in the marker.
 pub(crate) fn adopt_inherited_fd(_token: &ChildToken, fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 3 || !super::fd_is_open(fd) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the worker marker names no open fd"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the worker marker names no open fd",
+        ));
     }
     // SAFETY: the parent put this fd here for us (checked open above) and nothing else in this
     // fresh process refers to it.

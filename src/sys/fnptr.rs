@@ -19,7 +19,7 @@ use super::identity::Verified;
 /// linker folds it with an identical function that is still one fixed address in the image.
 #[inline(never)]
 fn anchor() -> usize {
-    std::hint::black_box(0x6d70_726f_63)
+    std::hint::black_box(0x006d_7072_6f63)
 }
 
 fn anchor_addr() -> usize {
@@ -45,7 +45,10 @@ impl FnRef {
     /// Describes `f` for another process running this same executable.
     pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> FnRef {
         let tramp: Trampoline = trampoline::<A, R>;
-        FnRef { tramp: offset(tramp as usize), func: offset(f as usize) }
+        FnRef {
+            tramp: offset(tramp as usize),
+            func: offset(f as usize),
+        }
     }
 }
 
@@ -89,7 +92,8 @@ mod tests {
         let f = FnRef::new(double);
         let mut arg = Vec::new();
         crate::wire::codec::encode_into(&21u32, &mut arg).unwrap();
-        let proof = super::super::identity::verify(super::super::identity::own()).expect("own identity verifies");
+        let proof = super::super::identity::verify(super::super::identity::own())
+            .expect("own identity verifies");
         let (frame, ok) = call(&proof, f, &arg);
         assert!(ok);
         let body = &frame[crate::wire::frame::HEADER..];

@@ -23,7 +23,9 @@ pub(crate) struct ForkLocal<T> {
 impl<T: Default> ForkLocal<T> {
     /// An empty slot, for a `static`.
     pub(crate) const fn new() -> ForkLocal<T> {
-        ForkLocal { ptr: AtomicPtr::new(std::ptr::null_mut()) }
+        ForkLocal {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     /// This process's value.
@@ -40,8 +42,15 @@ impl<T: Default> ForkLocal<T> {
             }
             // First use in this process. The inherited slot (if any) is leaked on purpose: its
             // lock may be held by a thread that does not exist here.
-            let fresh = Box::leak(Box::new(Slot { owner: me, value: Mutex::new(T::default()) }));
-            if self.ptr.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            let fresh = Box::leak(Box::new(Slot {
+                owner: me,
+                value: Mutex::new(T::default()),
+            }));
+            if self
+                .ptr
+                .compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
                 // Another thread installed one first: drop ours and use theirs.
                 // SAFETY: `fresh` came from `Box::leak` just above and was never shared.
                 drop(unsafe { Box::from_raw(fresh as *mut Slot<T>) });

@@ -14,14 +14,25 @@ pub(crate) fn exe_path() -> &'static str {
 /// Async-signal-safe: may be called between `fork` and `exec`.
 pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG with a valid signal number has no memory-safety preconditions.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if ret == -1 {
         return Err(io::Error::last_os_error());
     }
     // The parent may have died before the prctl: then we were re-parented and must go.
     // SAFETY: `getppid` has no preconditions.
     if unsafe { libc::getppid() } != expected_parent {
-        return Err(io::Error::new(io::ErrorKind::BrokenPipe, "parent exited during start"));
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "parent exited during start",
+        ));
     }
     Ok(())
 }
@@ -42,9 +53,19 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     // SAFETY: the raw syscall takes an fd, a signal, a null siginfo and zero flags.
     let ret = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// The result of [`clone_sibling`], seen from each side.
@@ -73,13 +94,21 @@ pub(super) enum Cloned {
 /// freely, because no lock can be held by another thread.
 pub(super) unsafe fn clone_sibling() -> io::Result<Cloned> {
     let mut pidfd: libc::c_int = -1;
-    let flags = (libc::CLONE_PARENT | libc::CLONE_PIDFD) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    let flags =
+        (libc::CLONE_PARENT | libc::CLONE_PIDFD) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: with a null stack the kernel gives the child a copy-on-write copy of our stack,
     // like fork; `pidfd` is a valid out-pointer (the parent-tid slot when CLONE_PIDFD is set).
     // Argument order (flags, stack, parent_tid, child_tid, tls) holds for x86_64 and aarch64
     // in the slots we use.
     let ret = unsafe {
-        libc::syscall(libc::SYS_clone, flags, 0usize, &mut pidfd as *mut libc::c_int, 0usize, 0usize)
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0usize,
+            &mut pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
@@ -130,7 +159,11 @@ pub(crate) fn parse_build_id_notes(mut notes: &[u8]) -> Option<&[u8]> {
     const NT_GNU_BUILD_ID: u32 = 3;
     let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
     while notes.len() >= 12 {
-        let (namesz, descsz, kind) = (word(notes) as usize, word(&notes[4..]) as usize, word(&notes[8..]));
+        let (namesz, descsz, kind) = (
+            word(notes) as usize,
+            word(&notes[4..]) as usize,
+            word(&notes[8..]),
+        );
         let name_end = 12usize.checked_add(namesz)?;
         let desc_start = name_end.checked_next_multiple_of(4)?;
         let desc_end = desc_start.checked_add(descsz)?;
@@ -151,7 +184,10 @@ pub(crate) fn build_id() -> Option<Vec<u8>> {
     // SAFETY: the callback matches dl_iterate_phdr's signature and only reads the memory it
     // describes; `search` outlives the call.
     unsafe {
-        libc::dl_iterate_phdr(Some(find_build_id), (&mut search as *mut BuildIdSearch).cast());
+        libc::dl_iterate_phdr(
+            Some(find_build_id),
+            (&mut search as *mut BuildIdSearch).cast(),
+        );
     }
     search.found
 }

@@ -17,7 +17,11 @@ pub(crate) enum RawExit {
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Ends the calling process at once: no destructors, no `atexit` handlers, no stdio flush.
@@ -149,10 +153,17 @@ pub(crate) struct Ready {
 /// Waits until one of `fds` is readable (or hung up), or `timeout` passes (`None`: forever).
 ///
 /// Returns one entry per fd. Retries on `EINTR` with the time that is left.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<Ready>> {
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<Ready>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
@@ -176,7 +187,9 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -
         return Ok(pfds
             .iter()
             .map(|p| Ready {
-                readable: p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+                readable: p.revents
+                    & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
+                    != 0,
             })
             .collect());
     }
@@ -189,11 +202,21 @@ pub(crate) const MAX_FDS_PER_MSG: usize = 16;
 ///
 /// Returns the number of bytes sent (a stream socket may send fewer than `data.len()`; the fds
 /// travel with the first byte).
-pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MSG {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds in one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds in one message",
+        ));
     }
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     let fd_bytes = mem::size_of_val(fds);
     // u64 storage keeps the control buffer aligned for `cmsghdr`.
     let mut cmsg_buf = [0u64; 64];
@@ -216,7 +239,11 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
             let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
         }
     }
     loop {
@@ -235,8 +262,14 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
 
 /// Receives bytes into `buf` and any fds sent with them (`SCM_RIGHTS`), which arrive as
 /// close-on-exec `OwnedFd`s. Returns `(0, [])` at end of stream.
-pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     let mut cmsg_buf = [0u64; 64];
     // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
@@ -277,7 +310,10 @@ pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many fds in one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many fds in one message",
+        ));
     }
     Ok((n, fds))
 }
@@ -296,7 +332,11 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on a borrowed (thus open) fd.
     unsafe {
         let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
-        let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+        let new = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
         cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new)).map(drop)
     }
 }
@@ -344,7 +384,10 @@ pub(crate) fn command_child_setup(cmd: &mut Command, sock: RawFd, target: RawFd)
 
 /// Opens `/dev/null` for reading and writing.
 pub(crate) fn open_devnull() -> io::Result<OwnedFd> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     Ok(OwnedFd::from(f))
 }
 
@@ -355,7 +398,11 @@ pub(crate) fn open_devnull() -> io::Result<OwnedFd> {
 /// executable image (checked by the binary identity exchange before any offset is used), and
 /// `F` must be a function-pointer type.
 pub(super) unsafe fn fn_from_addr<F: Copy>(addr: usize) -> F {
-    assert_eq!(mem::size_of::<F>(), mem::size_of::<usize>(), "F must be a fn pointer type");
+    assert_eq!(
+        mem::size_of::<F>(),
+        mem::size_of::<usize>(),
+        "F must be a fn pointer type"
+    );
     // SAFETY: forwarded to the caller; sizes checked above.
     unsafe { mem::transmute_copy::<usize, F>(&addr) }
 }
@@ -395,7 +442,13 @@ pub(crate) fn exe_file_identity() -> io::Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(super::exe_path())?;
     let mut out = Vec::with_capacity(40);
-    for v in [m.dev(), m.ino(), m.size(), m.mtime() as u64, m.mtime_nsec() as u64] {
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     Ok(out)
@@ -406,7 +459,14 @@ pub(crate) fn exe_file_identity() -> io::Result<Vec<u8>> {
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` is a valid out-array of two ints.
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
     // SAFETY: socketpair returned two fresh fds that nobody else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -10,8 +10,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Appends the encoding of `value` to `out`.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    postcard::to_io(value, out).map(drop).map_err(|e| e.to_string())
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    postcard::to_io(value, out)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Decodes a `T` from `bytes`.

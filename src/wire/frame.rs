@@ -42,7 +42,13 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// A reader refusing frames longer than `limit` bytes.
     pub(crate) fn new(limit: u64) -> FrameReader {
-        FrameReader { head: [0; HEADER], head_got: 0, body: Vec::new(), body_len: 0, limit }
+        FrameReader {
+            head: [0; HEADER],
+            head_got: 0,
+            body: Vec::new(),
+            body_len: 0,
+            limit,
+        }
     }
 
     /// Performs one `read` from `r`. `Ok(Some(frame))` when a frame completed, `Ok(None)` when
@@ -59,10 +65,16 @@ impl FrameReader {
             }
             let len = u64::from_le_bytes(self.head);
             if len > self.limit {
-                return Err(FrameError::TooLong { len, limit: self.limit });
+                return Err(FrameError::TooLong {
+                    len,
+                    limit: self.limit,
+                });
             }
             // Checked above against a limit that a caller sets within usize on 64-bit targets.
-            self.body_len = usize::try_from(len).map_err(|_| FrameError::TooLong { len, limit: self.limit })?;
+            self.body_len = usize::try_from(len).map_err(|_| FrameError::TooLong {
+                len,
+                limit: self.limit,
+            })?;
             self.body = Vec::with_capacity(self.body_len.min(INITIAL_BODY));
             if self.body_len == 0 {
                 return Ok(Some(self.take()));
@@ -88,7 +100,11 @@ impl FrameReader {
         if n == 0 {
             return Err(self.eof());
         }
-        if self.body.len() == self.body_len { Ok(Some(self.take())) } else { Ok(None) }
+        if self.body.len() == self.body_len {
+            Ok(Some(self.take()))
+        } else {
+            Ok(None)
+        }
     }
 
     /// Reads one whole frame, blocking as the stream does.
@@ -110,9 +126,20 @@ impl FrameReader {
         if self.head_got == 0 {
             FrameError::Eof
         } else {
-            let got = if self.head_got < HEADER { self.head_got } else { HEADER + self.body.len() };
-            let expected = if self.head_got < HEADER { HEADER as u64 } else { HEADER as u64 + self.body_len as u64 };
-            FrameError::Truncated { expected, got: got as u64 }
+            let got = if self.head_got < HEADER {
+                self.head_got
+            } else {
+                HEADER + self.body.len()
+            };
+            let expected = if self.head_got < HEADER {
+                HEADER as u64
+            } else {
+                HEADER as u64 + self.body_len as u64
+            };
+            FrameError::Truncated {
+                expected,
+                got: got as u64,
+            }
         }
     }
 }
@@ -122,7 +149,12 @@ fn read_once(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, FrameError> {
         match r.read(buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(FrameError::WouldBlock);
             }
             Err(e) => return Err(FrameError::Io(e)),
@@ -184,7 +216,10 @@ mod tests {
     fn huge_length_is_refused_without_allocating() {
         let bytes = u64::MAX.to_le_bytes();
         let mut r = FrameReader::new(1 << 20);
-        assert!(matches!(r.read_frame(&mut &bytes[..]), Err(FrameError::TooLong { len: u64::MAX, .. })));
+        assert!(matches!(
+            r.read_frame(&mut &bytes[..]),
+            Err(FrameError::TooLong { len: u64::MAX, .. })
+        ));
     }
 
     #[test]
@@ -193,7 +228,10 @@ mod tests {
         bytes.extend_from_slice(&[1, 2, 3]);
         let mut r = FrameReader::new(DEFAULT_LIMIT);
         let err = r.read_frame(&mut &bytes[..]).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { got: 11, .. }), "{err:?}");
+        assert!(
+            matches!(err, FrameError::Truncated { got: 11, .. }),
+            "{err:?}"
+        );
         assert!(r.body.capacity() <= INITIAL_BODY);
     }
 
@@ -201,6 +239,12 @@ mod tests {
     fn truncated_header_is_reported() {
         let bytes = [5u8, 0, 0];
         let mut r = FrameReader::new(DEFAULT_LIMIT);
-        assert!(matches!(r.read_frame(&mut &bytes[..]), Err(FrameError::Truncated { expected: 8, got: 3 })));
+        assert!(matches!(
+            r.read_frame(&mut &bytes[..]),
+            Err(FrameError::Truncated {
+                expected: 8,
+                got: 3
+            })
+        ));
     }
 }

@@ -62,13 +62,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, BadMessage> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self) -> Result<u32, BadMessage> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn i64(&mut self) -> Result<i64, BadMessage> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn short_bytes(&mut self) -> Result<&'a [u8], BadMessage> {
         let n = self.u16()? as usize;
@@ -103,7 +109,13 @@ pub(crate) fn parse_run(body: &[u8]) -> Result<Run<'_>, BadMessage> {
     let identity = c.short_bytes()?;
     let tramp = c.i64()?;
     let func = c.i64()?;
-    Ok(Run { flags, identity, tramp, func, arg: c.0 })
+    Ok(Run {
+        flags,
+        identity,
+        tramp,
+        func,
+        arg: c.0,
+    })
 }
 
 /// A `Hello` frame.
@@ -151,12 +163,19 @@ pub(crate) fn parse_from_worker(body: &[u8]) -> Result<FromWorker<'_>, BadMessag
     Ok(match c.u8()? {
         HELLO => {
             let pid = c.u32()?;
-            FromWorker::Hello { pid, identity: c.short_bytes()? }
+            FromWorker::Hello {
+                pid,
+                identity: c.short_bytes()?,
+            }
         }
         DONE => FromWorker::Done(c.0),
         PANIC => FromWorker::Panic(c.0),
-        FAILED => FromWorker::Failed(std::str::from_utf8(c.0).map_err(|_| BadMessage("failure text is not UTF-8"))?),
-        REFUSED => FromWorker::Refused { identity: c.short_bytes()? },
+        FAILED => FromWorker::Failed(
+            std::str::from_utf8(c.0).map_err(|_| BadMessage("failure text is not UTF-8"))?,
+        ),
+        REFUSED => FromWorker::Refused {
+            identity: c.short_bytes()?,
+        },
         _ => return Err(BadMessage("unknown message type")),
     })
 }
@@ -172,17 +191,38 @@ mod tests {
         f.buf.extend_from_slice(b"arg");
         let bytes = f.finish();
         let run = parse_run(&bytes[HEADER..]).unwrap();
-        assert_eq!(run, Run { flags: FLAG_LAST, identity: b"id", tramp: -5, func: 1 << 40, arg: b"arg" });
+        assert_eq!(
+            run,
+            Run {
+                flags: FLAG_LAST,
+                identity: b"id",
+                tramp: -5,
+                func: 1 << 40,
+                arg: b"arg"
+            }
+        );
     }
 
     #[test]
     fn worker_messages_round_trip() {
         let h = hello(42, b"abc");
-        assert_eq!(parse_from_worker(&h[HEADER..]).unwrap(), FromWorker::Hello { pid: 42, identity: b"abc" });
+        assert_eq!(
+            parse_from_worker(&h[HEADER..]).unwrap(),
+            FromWorker::Hello {
+                pid: 42,
+                identity: b"abc"
+            }
+        );
         let r = refused(b"x");
-        assert_eq!(parse_from_worker(&r[HEADER..]).unwrap(), FromWorker::Refused { identity: b"x" });
+        assert_eq!(
+            parse_from_worker(&r[HEADER..]).unwrap(),
+            FromWorker::Refused { identity: b"x" }
+        );
         let e = failed("nope");
-        assert_eq!(parse_from_worker(&e[HEADER..]).unwrap(), FromWorker::Failed("nope"));
+        assert_eq!(
+            parse_from_worker(&e[HEADER..]).unwrap(),
+            FromWorker::Failed("nope")
+        );
     }
 
     #[test]
@@ -199,5 +239,57 @@ mod tests {
         }
         assert!(parse_from_worker(&[0xff]).is_err());
         assert!(parse_run(&[0x10]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::wire::frame::{FrameReader, HEADER};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes through the frame reader and both message decoders: errors, never
+        /// panics, and never a buffer beyond what arrived.
+        #[test]
+        fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut reader = FrameReader::new(1 << 16);
+            let mut src = &bytes[..];
+            while let Ok(frame) = reader.read_frame(&mut src) {
+                prop_assert!(frame.len() <= bytes.len());
+                let _ = parse_from_worker(&frame);
+                let _ = parse_run(&frame);
+            }
+            let _ = parse_from_worker(&bytes);
+            let _ = parse_run(&bytes);
+        }
+
+        #[test]
+        fn run_messages_round_trip(
+            flags in any::<u8>(),
+            identity in proptest::collection::vec(any::<u8>(), 0..64),
+            tramp in any::<i64>(),
+            func in any::<i64>(),
+            arg in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut f = begin_run(flags, &identity, tramp, func);
+            f.buf.extend_from_slice(&arg);
+            let bytes = f.finish();
+            let mut reader = FrameReader::new(1 << 16);
+            let frame = reader.read_frame(&mut &bytes[..]).unwrap();
+            prop_assert_eq!(frame.len() + HEADER, bytes.len());
+            let run = parse_run(&frame).unwrap();
+            prop_assert_eq!(run, Run { flags, identity: &identity, tramp, func, arg: &arg });
+        }
+
+        #[test]
+        fn values_round_trip_through_the_codec(v in proptest::collection::vec((any::<u64>(), ".{0,8}", any::<Option<i32>>()), 0..32)) {
+            let mut buf = Vec::new();
+            crate::wire::codec::encode_into(&v, &mut buf).unwrap();
+            let back: Vec<(u64, String, Option<i32>)> = crate::wire::codec::decode(&buf).unwrap();
+            prop_assert_eq!(back, v);
+        }
     }
 }

@@ -33,7 +33,9 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Pids of this process's children (all threads), from /proc.
@@ -52,5 +54,7 @@ pub fn children() -> Vec<u32> {
 
 /// Entries in /dev/shm.
 pub fn shm_entries() -> usize {
-    std::fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
