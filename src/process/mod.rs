@@ -195,7 +195,7 @@ impl Builder {
             pid: launched.pid,
             name,
             pidfd: launched.pidfd,
-            sock: launched.sock,
+            sock: Some(launched.sock),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             state: State::Running,
             exit: Mutex::new(None),
@@ -203,7 +203,9 @@ impl Builder {
         };
         // A worker that dies before reading its task makes this write fail; `join` then
         // reports how it died, which is more useful than the broken pipe.
-        let _ = p.sock.write_all(&run);
+        if let Some(sock) = &mut p.sock {
+            let _ = sock.write_all(&run);
+        }
         Ok(p)
     }
 }
@@ -243,8 +245,9 @@ impl Builder {
 pub struct Process<R> {
     pid: i32,
     name: String,
+    /// Dropped, with `sock`, once `join` has returned: a joined handle holds no fd.
     pidfd: Option<OwnedFd>,
-    sock: UnixStream,
+    sock: Option<UnixStream>,
     reader: FrameReader,
     state: State<R>,
     /// The exit status once reaped. Reaping and signalling happen under this lock, so a
@@ -318,6 +321,8 @@ impl<R: DeserializeOwned> Process<R> {
             ));
         }
         self.wait_exit(deadline)?;
+        self.sock = None;
+        self.pidfd = None;
         match std::mem::replace(&mut self.state, State::Taken) {
             State::Finished(outcome) => outcome,
             _ => unreachable!("checked above"),
@@ -412,11 +417,14 @@ impl<R> Process<R> {
 
     /// The next whole frame from the child, or `None` once it has closed the socket or ended.
     fn next_frame(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        let Some(sock) = &mut self.sock else {
+            return Ok(None);
+        };
         loop {
             let timeout = remaining(deadline)?;
             let ready = match &self.pidfd {
-                Some(pidfd) => sys::poll_readable(&[self.sock.as_fd(), pidfd.as_fd()], timeout),
-                None => sys::poll_readable(&[self.sock.as_fd()], timeout),
+                Some(pidfd) => sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], timeout),
+                None => sys::poll_readable(&[sock.as_fd()], timeout),
             }
             .map_err(|e| Error::io("cannot wait for the process", e))?;
             let sock_ready = ready[0].readable;
@@ -428,7 +436,7 @@ impl<R> Process<R> {
                 }
                 continue; // timed out: `remaining` reports it on the next turn
             }
-            match self.reader.advance(&mut self.sock) {
+            match self.reader.advance(sock) {
                 Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) | Err(FrameError::WouldBlock) => continue,
                 Err(FrameError::Eof | FrameError::Truncated { .. }) => return Ok(None),
@@ -562,7 +570,7 @@ mod tests {
             pid,
             name: "fake".into(),
             pidfd: sys::pidfd_open(pid).ok(),
-            sock: ours,
+            sock: Some(ours),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             state: State::Running,
             exit: Mutex::new(None),
