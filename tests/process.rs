@@ -97,7 +97,7 @@ fn checksum(v: Vec<u8>) -> (usize, u64, Vec<u8>) {
 
 #[test]
 fn large_arguments_and_results_cross() {
-    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
     let want: u64 = data.iter().map(|&b| b as u64).sum();
     for &m in methods() {
         let (len, sum, back) = spawn(m, checksum, data.clone())
