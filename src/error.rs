@@ -253,3 +253,40 @@ impl fmt::Display for ExitStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn errors_and_handles_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Error>();
+        send_sync::<crate::Process<Vec<String>>>();
+        send_sync::<ExitStatus>();
+    }
+
+    #[test]
+    fn display_is_lowercase_without_period() {
+        let e = Error::worker_died(ExitStatus::from_raw(crate::sys::RawExit::Signal(9)));
+        assert_eq!(
+            e.to_string(),
+            "the child died without a result (killed by signal 9 (SIGKILL))"
+        );
+        let e = Error::worker_died(ExitStatus::from_raw(crate::sys::RawExit::Code(3)));
+        assert_eq!(
+            e.to_string(),
+            "the child died without a result (exit code 3)"
+        );
+        assert_eq!(Error::timed_out().to_string(), "timed out");
+        assert!(
+            Error::io(
+                "cannot start a process",
+                std::io::Error::from_raw_os_error(11)
+            )
+            .source()
+            .is_some()
+        );
+    }
+}

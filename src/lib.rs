@@ -69,6 +69,11 @@ mod worker;
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
 pub use process::{Builder, Process, StartMethod, Stdio};
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Runs the worker loop if this process was started by mproc as a worker; otherwise returns at
 /// once.
 ///

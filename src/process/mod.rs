@@ -38,8 +38,9 @@ pub enum StartMethod {
     /// loader, about a millisecond) and the most isolated: nothing but the environment, the
     /// argument and stdio is inherited. The default where there is no fork server.
     Spawn,
-    /// `fork` the calling process. The fastest for a small parent, and the child sees a copy
-    /// of the parent's memory at the moment of the call.
+    /// `fork` the calling process: the child sees a copy of the parent's memory at the moment
+    /// of the call. About as fast as the fork server for a small parent (measured in
+    /// `benches/process.rs`), and slower the more memory the parent has touched.
     ///
     /// # Hazards
     /// Only the forking thread is copied. A lock that another thread held at that moment (a
