@@ -33,6 +33,8 @@ enum Repr {
         source: io::Error,
     },
     Usage(&'static str),
+    Closed(&'static str),
+    Broken(String),
 }
 
 /// The category of an [`Error`].
@@ -58,6 +60,10 @@ pub enum ErrorKind {
     /// The API was used in a way it does not allow (joining twice, spawning from a worker's
     /// constructor...).
     Usage,
+    /// The pool was closed or terminated before the task could run.
+    Closed,
+    /// The pool cannot run tasks: its initializer failed, or its workers cannot start.
+    Broken,
 }
 
 impl Error {
@@ -88,6 +94,37 @@ impl Error {
     pub(crate) fn usage(msg: &'static str) -> Error {
         Error::new(Repr::Usage(msg))
     }
+    pub(crate) fn closed(msg: &'static str) -> Error {
+        Error::new(Repr::Closed(msg))
+    }
+    pub(crate) fn broken(msg: impl Into<String>) -> Error {
+        Error::new(Repr::Broken(msg.into()))
+    }
+    /// A copy, for reporting one failure on every item of a chunk.
+    pub(crate) fn duplicate(&self) -> Error {
+        Error::new(match &*self.repr {
+            Repr::Panicked(p) => Repr::Panicked(p.clone()),
+            Repr::WorkerDied(s) => Repr::WorkerDied(*s),
+            Repr::TimedOut => Repr::TimedOut,
+            Repr::BinaryMismatch { expected, found } => Repr::BinaryMismatch {
+                expected: expected.clone(),
+                found: found.clone(),
+            },
+            Repr::Protocol(m) => Repr::Protocol(m.clone()),
+            Repr::Codec(m) => Repr::Codec(m.clone()),
+            Repr::Io { context, source } => {
+                let source = match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                };
+                Repr::Io { context, source }
+            }
+            Repr::Usage(m) => Repr::Usage(m),
+            Repr::Closed(m) => Repr::Closed(m),
+            Repr::Broken(m) => Repr::Broken(m.clone()),
+        })
+    }
+
     fn new(repr: Repr) -> Error {
         Error {
             repr: Box::new(repr),
@@ -105,6 +142,8 @@ impl Error {
             Repr::Codec(_) => ErrorKind::Codec,
             Repr::Io { .. } => ErrorKind::Io,
             Repr::Usage(_) => ErrorKind::Usage,
+            Repr::Closed(_) => ErrorKind::Closed,
+            Repr::Broken(_) => ErrorKind::Broken,
         }
     }
 
@@ -142,8 +181,8 @@ fn hex(bytes: &[u8]) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.repr {
-            Repr::Panicked(p) => write!(f, "the child panicked: {p}"),
-            Repr::WorkerDied(s) => write!(f, "the child died without a result ({s})"),
+            Repr::Panicked(p) => write!(f, "the task panicked: {p}"),
+            Repr::WorkerDied(s) => write!(f, "the worker process died without a result ({s})"),
             Repr::TimedOut => f.write_str("timed out"),
             Repr::BinaryMismatch { expected, found } => write!(
                 f,
@@ -152,7 +191,8 @@ impl fmt::Display for Error {
             Repr::Protocol(m) => write!(f, "protocol error: {m}"),
             Repr::Codec(m) => write!(f, "serialization error: {m}"),
             Repr::Io { context, source } => write!(f, "{context}: {source}"),
-            Repr::Usage(m) => f.write_str(m),
+            Repr::Usage(m) | Repr::Closed(m) => f.write_str(m),
+            Repr::Broken(m) => write!(f, "the pool is broken: {m}"),
         }
     }
 }
@@ -272,12 +312,12 @@ mod tests {
         let e = Error::worker_died(ExitStatus::from_raw(crate::sys::RawExit::Signal(9)));
         assert_eq!(
             e.to_string(),
-            "the child died without a result (killed by signal 9 (SIGKILL))"
+            "the worker process died without a result (killed by signal 9 (SIGKILL))"
         );
         let e = Error::worker_died(ExitStatus::from_raw(crate::sys::RawExit::Code(3)));
         assert_eq!(
             e.to_string(),
-            "the child died without a result (exit code 3)"
+            "the worker process died without a result (exit code 3)"
         );
         assert_eq!(Error::timed_out().to_string(), "timed out");
         assert!(

@@ -61,13 +61,21 @@
 #![deny(missing_docs)]
 
 mod error;
+mod pool;
 mod process;
 mod sys;
 mod wire;
 mod worker;
 
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
+pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use process::{Builder, Process, StartMethod, Stdio};
+
+/// The number of CPUs this process may use: its affinity mask and cgroup CPU quota taken into
+/// account (unlike Python's `os.cpu_count()`), and at least 1. The default pool size.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

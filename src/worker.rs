@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::RemotePanic;
 use crate::sys::child::{self, ChildToken};
-use crate::sys::fnptr::{self, FnRef, Reply};
+use crate::sys::fnptr::{self, Callable, FnRef, Reply};
 use crate::sys::identity;
 use crate::wire::codec;
 use crate::wire::frame::{self, FrameError, FrameReader};
@@ -139,6 +139,14 @@ fn install_panic_hook() {
 pub(crate) fn serve(sock: OwnedFd) -> i32 {
     crate::sys::ignore_sigpipe();
     install_panic_hook();
+    if let Some(limit) = std::env::var(crate::pool::MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        if crate::sys::set_memory_limit(limit).is_err() {
+            return EXIT_INTERNAL;
+        }
+    }
     let mut sock = UnixStream::from(sock);
     let me = identity::reported();
     if sock
@@ -183,6 +191,50 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
     }
 }
 
+/// Decodes a chunk of arguments, calls `f` on each (a panic fails only its own item) and
+/// encodes the list of results. Called by the chunk trampoline.
+pub(crate) fn run_chunk<F: Callable>(f: F, arg: &[u8]) -> Reply {
+    let items: Vec<F::Args> = match codec::decode(arg) {
+        Ok(a) => a,
+        Err(e) => {
+            return (
+                msg::failed(&format!("cannot decode the arguments: {e}")),
+                false,
+            );
+        }
+    };
+    let results: Vec<Result<F::Out, RemotePanic>> = items
+        .into_iter()
+        .map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report))
+        .collect();
+    let mut out = msg::begin_done();
+    match codec::encode_into(&results, &mut out.buf) {
+        Ok(()) => (out.finish(), true),
+        Err(e) => (
+            msg::failed(&format!("cannot encode the results: {e}")),
+            false,
+        ),
+    }
+}
+
+fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    };
+    // A payload whose destructor panics must not take the worker down.
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    let (location, backtrace) = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    RemotePanic {
+        message,
+        location,
+        backtrace,
+    }
+}
+
 /// Decodes the argument, calls `f`, encodes its result or its panic. Called by the trampoline.
 pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8]) -> Reply {
     let a: A = match codec::decode(arg) {
@@ -206,21 +258,7 @@ pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &
             }
         }
         Err(payload) => {
-            let message = if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_string()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "Box<dyn Any>".to_string()
-            };
-            // A payload whose destructor panics must not take the worker down.
-            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            let (location, backtrace) = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            let p = RemotePanic {
-                message,
-                location,
-                backtrace,
-            };
+            let p = panic_report(payload);
             let mut out = msg::begin_panic();
             match codec::encode_into(&p, &mut out.buf) {
                 Ok(()) => (out.finish(), false),

@@ -52,6 +52,70 @@ impl FnRef {
     }
 }
 
+/// A task function of one or more arguments, as a `fn` pointer type. Pools run it over chunks
+/// of argument values (see [`FnRef::chunked`]).
+pub(crate) trait Callable: Copy + Send + Sync + 'static {
+    /// The argument(s), as one value (a tuple for several).
+    type Args: Serialize + DeserializeOwned;
+    /// The result.
+    type Out: Serialize + DeserializeOwned;
+    /// Calls the function.
+    fn invoke(self, args: Self::Args) -> Self::Out;
+    /// The function's address.
+    fn addr(self) -> usize;
+}
+
+impl<A, R> Callable for fn(A) -> R
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Args = A;
+    type Out = R;
+    fn invoke(self, a: A) -> R {
+        self(a)
+    }
+    fn addr(self) -> usize {
+        self as usize
+    }
+}
+
+impl<A, B, R> Callable for fn(A, B) -> R
+where
+    A: Serialize + DeserializeOwned + 'static,
+    B: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Args = (A, B);
+    type Out = R;
+    fn invoke(self, (a, b): (A, B)) -> R {
+        self(a, b)
+    }
+    fn addr(self) -> usize {
+        self as usize
+    }
+}
+
+impl FnRef {
+    /// Describes `f` run over a chunk of arguments: the worker decodes a `Vec<F::Args>`, calls
+    /// `f` on each (catching each panic separately) and answers with a
+    /// `Vec<Result<F::Out, RemotePanic>>`.
+    pub(crate) fn chunked<F: Callable>(f: F) -> FnRef {
+        let tramp: Trampoline = chunk_trampoline::<F>;
+        FnRef {
+            tramp: offset(tramp as usize),
+            func: offset(f.addr()),
+        }
+    }
+}
+
+fn chunk_trampoline<F: Callable>(func: usize, arg: &[u8]) -> Reply {
+    // SAFETY: as in `trampoline`: `func` was produced by `FnRef::chunked::<F>` from a value of
+    // the fn-pointer type `F` in this same executable, and this is that `F`'s trampoline.
+    let f: F = unsafe { super::fn_from_addr(func) };
+    crate::worker::run_chunk(f, arg)
+}
+
 fn offset(addr: usize) -> i64 {
     addr.wrapping_sub(anchor_addr()) as i64
 }

@@ -470,3 +470,37 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: socketpair returned two fresh fds that nobody else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
+
+/// One `recv` that never blocks: `WouldBlock` when nothing is waiting.
+pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+        let ret = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(ret as usize);
+    }
+}
+
+/// Caps this process's data segment (heap and private mappings) at `bytes`, so that a runaway
+/// allocation fails in this process alone.
+pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: `lim` is a valid rlimit for the duration of the call.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }).map(drop)
+}

@@ -1,0 +1,532 @@
+//! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
+
+mod imap;
+mod result;
+mod supervisor;
+
+pub use imap::{Imap, ImapUnordered};
+pub use result::AsyncResult;
+
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, RemotePanic, Result};
+use crate::process::launch::Spec;
+use crate::process::{StartMethod, Stdio};
+use crate::sys::fnptr::{Callable, FnRef};
+use crate::sys::identity;
+use crate::wire::{codec, msg};
+use result::{Outcome, Slot};
+use supervisor::{Config, Job, Shared, Sink};
+
+/// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
+pub(crate) const MEMORY_LIMIT_ENV: &str = "MPROC_MEMORY_LIMIT";
+
+/// A pool of worker processes: Python's `multiprocessing.Pool`.
+///
+/// Tasks are `fn` pointers with serde arguments and results, run in separate processes. A task
+/// that panics fails alone; a worker that crashes, aborts or is killed fails only the task it
+/// was running (or that task is re-run, with [`max_retries`](PoolBuilder::max_retries)) and is
+/// replaced; a task past [`task_timeout`](PoolBuilder::task_timeout) has its worker killed.
+/// The pool never hangs on a lost worker.
+///
+/// # Examples
+/// ```
+/// use mproc::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::new(4)?;                          // Pool(processes=4)
+/// let squares = pool.map(square, 1..=8)?;            // pool.map(square, range(1, 9))
+/// assert_eq!(squares, [1, 4, 9, 16, 25, 36, 49, 64]);
+/// assert_eq!(pool.apply(square, 12)?, 144);          // pool.apply(square, (12,))
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// `Pool` is `Send + Sync`: share it (`&Pool`, `Arc<Pool>`) and submit from many threads.
+///
+/// # Drop
+/// Dropping the pool **terminates** it, like Python's `with Pool() as p:` does on exit: every
+/// worker is killed (SIGKILL) and reaped, tasks still queued or running fail with
+/// [`ErrorKind::Closed`](crate::ErrorKind::Closed), and `drop` returns promptly even if tasks
+/// never end. To wait for outstanding work instead, collect its results first, or call
+/// [`close`](Pool::close) then [`join`](Pool::join).
+pub struct Pool {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+    max_retries: u32,
+    chunksize: Option<usize>,
+}
+
+/// Configures a [`Pool`]; Python's `Pool(...)` keyword arguments and more.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn init(greeting: String) {
+///     assert_eq!(greeting, "ready");
+/// }
+///
+/// let pool = mproc::Pool::builder()
+///     .processes(2)
+///     .initializer(init, "ready".to_string())
+///     .max_tasks_per_child(100)
+///     .task_timeout(Duration::from_secs(60))
+///     .max_retries(2)
+///     .build()?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+    spec: Spec,
+    init: Option<Vec<u8>>,
+    max_tasks_per_child: Option<usize>,
+    task_timeout: Option<Duration>,
+    max_retries: u32,
+    chunksize: Option<usize>,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    pub fn processes(mut self, n: usize) -> PoolBuilder {
+        self.processes = Some(n);
+        self
+    }
+    /// How workers are created (default: [`StartMethod::default`]).
+    pub fn start_method(mut self, m: StartMethod) -> PoolBuilder {
+        self.method = Some(m);
+        self
+    }
+    /// Runs `f(arg)` once in every worker before its first task, including workers started
+    /// later to replace dead or retired ones. If it panics or crashes, the pool is broken:
+    /// every task fails with [`ErrorKind::Broken`](crate::ErrorKind::Broken) saying why —
+    /// never a hang, never an endless respawn loop.
+    pub fn initializer<I: Serialize + DeserializeOwned>(mut self, f: fn(I), arg: I) -> PoolBuilder {
+        let func = FnRef::new(f);
+        let mut run = msg::begin_run(0, identity::own(), func.tramp, func.func);
+        // An initializer argument that cannot be encoded surfaces in `build`.
+        self.init = codec::encode_into(&arg, &mut run.buf)
+            .ok()
+            .map(|()| run.finish())
+            .or(Some(Vec::new()));
+        self
+    }
+    /// Replaces each worker after it has run `n` tasks (chunks, for `map`), like Python's
+    /// `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
+    pub fn max_tasks_per_child(mut self, n: usize) -> PoolBuilder {
+        self.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+    /// Kills a worker whose task (chunk, for `map`) runs longer than `t`; the task fails with
+    /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) and the worker is replaced.
+    pub fn task_timeout(mut self, t: Duration) -> PoolBuilder {
+        self.task_timeout = Some(t);
+        self
+    }
+    /// Re-runs a task whose worker died (crash, kill, OOM) up to `n` more times before failing
+    /// it with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied). Default 0. Timed-out
+    /// tasks are not retried.
+    pub fn max_retries(mut self, n: u32) -> PoolBuilder {
+        self.max_retries = n;
+        self
+    }
+    /// Caps each worker's data segment (heap) at `bytes` (`RLIMIT_DATA`): an allocation past
+    /// it fails in that worker alone — Rust aborts on allocation failure, so the task fails
+    /// with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) (SIGABRT) and the worker
+    /// is replaced.
+    pub fn memory_limit(mut self, bytes: u64) -> PoolBuilder {
+        self.spec
+            .env
+            .push((MEMORY_LIMIT_ENV.into(), bytes.to_string().into()));
+        self
+    }
+    /// Sets an environment variable in every worker.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> PoolBuilder {
+        self.spec.env.push((key.into(), value.into()));
+        self
+    }
+    /// Workers' standard output (default [`Stdio::Inherit`]).
+    pub fn stdout(mut self, s: Stdio) -> PoolBuilder {
+        self.spec.stdio[1] = s;
+        self
+    }
+    /// Workers' standard error (default [`Stdio::Inherit`]).
+    pub fn stderr(mut self, s: Stdio) -> PoolBuilder {
+        self.spec.stdio[2] = s;
+        self
+    }
+    /// The default chunk size for `map`, `starmap` and `imap*` (default: Python's rule for
+    /// `map`, 1 for `imap`).
+    pub fn chunksize(mut self, n: usize) -> PoolBuilder {
+        self.chunksize = Some(n.max(1));
+        self
+    }
+
+    /// Starts the pool: the supervisor thread and its workers.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for zero processes,
+    /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) if the initializer argument cannot be
+    /// encoded, [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses a thread or socket.
+    pub fn build(self) -> Result<Pool> {
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(Error::usage("a pool needs at least one process"));
+        }
+        if crate::worker::marker_unconsumed() {
+            return Err(Error::usage(
+                "mproc's constructor did not run in this worker; call mproc::init() first in main",
+            ));
+        }
+        if self.init.as_ref().is_some_and(|f| f.is_empty()) {
+            return Err(Error::codec(
+                "the initializer argument cannot be serialized",
+            ));
+        }
+        let mut spec = self.spec;
+        spec.stdio[0] = Stdio::Null;
+        let config = Config {
+            processes,
+            method: self.method.unwrap_or_default(),
+            spec,
+            init: self.init,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
+        };
+        let (shared, handle) =
+            supervisor::start(config).map_err(|e| Error::io("cannot start the pool", e))?;
+        Ok(Pool {
+            shared,
+            supervisor: Mutex::new(Some(handle)),
+            processes,
+            max_retries: self.max_retries,
+            chunksize: self.chunksize,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default settings: Python's `Pool(processes)`.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(processes: usize) -> Result<Pool> {
+        PoolBuilder::default().processes(processes).build()
+    }
+
+    /// A [`PoolBuilder`] for the pool's settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Runs `f` on every item and returns the results in input order: Python's `map`.
+    ///
+    /// The input is collected first, then cut into chunks (Python's automatic chunk size: about
+    /// four chunks per worker; see [`map_chunked`](Pool::map_chunked) to choose).
+    ///
+    /// # Errors
+    /// The first failure in input order: a task's panic, its worker's death, its timeout, or
+    /// why the pool refused the work.
+    pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async_impl(f, items.into_iter().collect(), None)
+            .get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunk size (Python's `chunksize=`).
+    pub fn map_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async_impl(f, items.into_iter().collect(), Some(chunksize.max(1)))
+            .get()
+    }
+
+    /// [`map`](Pool::map) without waiting: Python's `map_async`.
+    pub fn map_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async_impl(f, items.into_iter().collect(), None)
+    }
+
+    /// Runs `f(a, b)` on every pair, results in input order: Python's `starmap`. For more
+    /// arguments, take a tuple in a one-argument function and use [`map`](Pool::map).
+    pub fn starmap<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        B: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async_impl(f, items.into_iter().collect(), None)
+            .get()
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result: Python's `apply`.
+    ///
+    /// # Errors
+    /// As [`AsyncResult::get`].
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async(f, arg).get()
+    }
+
+    /// Runs `f(arg)` in a worker; the result arrives through the returned handle: Python's
+    /// `apply_async`.
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let slot = Arc::new(Slot::default());
+        let job = match self.job(
+            FnRef::chunked(f),
+            std::slice::from_ref(&arg),
+            Sink::Slot(Arc::clone(&slot)),
+        ) {
+            Ok(j) => j,
+            Err(e) => return AsyncResult::failed(e),
+        };
+        match self.shared.submit([job]) {
+            Ok(()) => AsyncResult::new(vec![slot], finish_one::<R>),
+            Err(e) => AsyncResult::failed(e),
+        }
+    }
+
+    /// Lazily runs `f` over `items`, yielding results in input order: Python's `imap`. Only a
+    /// bounded window of chunks is in flight, pulled from `items` as workers free up, so an
+    /// endless iterator works and memory stays flat. Each result is yielded in its place; a
+    /// failed item does not stop the iteration.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(
+            self,
+            FnRef::chunked(f),
+            items.into_iter(),
+            self.chunksize.unwrap_or(1),
+        )
+    }
+
+    /// As [`imap`](Pool::imap), yielding results as they complete: Python's
+    /// `imap_unordered`.
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> ImapUnordered<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        ImapUnordered::new(
+            self,
+            FnRef::chunked(f),
+            items.into_iter(),
+            self.chunksize.unwrap_or(1),
+        )
+    }
+
+    /// Stops accepting tasks; queued and running ones still complete. Python's `close()`.
+    pub fn close(&self) {
+        let mut q = self.shared.lock();
+        q.closed = true;
+        self.shared.wake_locked(q);
+    }
+
+    /// Waits until every task has completed and every worker has exited; call
+    /// [`close`](Pool::close) first. Python's `join()`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the pool was not closed (or
+    /// terminated) first, as in Python.
+    pub fn join(&self) -> Result<()> {
+        {
+            let q = self.shared.lock();
+            if !q.closed && !q.terminate {
+                return Err(Error::usage("join() needs close() or terminate() first"));
+            }
+        }
+        let handle = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            h.join()
+                .map_err(|_| Error::broken("the pool's supervisor thread panicked"))?;
+        }
+        Ok(())
+    }
+
+    /// Kills every worker at once (SIGKILL) and reaps it; queued and running tasks fail with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Python's `terminate()`.
+    pub fn terminate(&self) {
+        let mut q = self.shared.lock();
+        q.terminate = true;
+        self.shared.wake_locked(q);
+        let handle = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn map_async_impl<F: Callable>(
+        &self,
+        f: F,
+        items: Vec<F::Args>,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<F::Out>> {
+        let chunksize = chunksize
+            .or(self.chunksize)
+            .unwrap_or_else(|| auto_chunksize(items.len(), self.processes));
+        let fnref = FnRef::chunked(f);
+        let mut slots = Vec::new();
+        let mut jobs = Vec::new();
+        for chunk in items.chunks(chunksize.max(1)) {
+            let slot = Arc::new(Slot::default());
+            match self.job(fnref, chunk, Sink::Slot(Arc::clone(&slot))) {
+                Ok(j) => jobs.push(j),
+                Err(e) => return AsyncResult::failed(e),
+            }
+            slots.push(slot);
+        }
+        if jobs.is_empty() {
+            return AsyncResult::new(Vec::new(), finish_map::<F::Out>);
+        }
+        match self.shared.submit(jobs) {
+            Ok(()) => AsyncResult::new(slots, finish_map::<F::Out>),
+            Err(e) => AsyncResult::failed(e),
+        }
+    }
+
+    /// Encodes a chunk of arguments into a job.
+    fn job<T: Serialize>(&self, f: FnRef, chunk: &[T], sink: Sink) -> Result<Job> {
+        let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
+        codec::encode_into(chunk, &mut run.buf).map_err(Error::codec)?;
+        Ok(Job {
+            frame: run.finish(),
+            sink,
+            retries_left: self.max_retries,
+        })
+    }
+
+    pub(crate) fn submit_chunk<T: Serialize>(
+        &self,
+        f: FnRef,
+        chunk: &[T],
+        sink: Sink,
+    ) -> Result<()> {
+        let job = self.job(f, chunk, sink)?;
+        self.shared.submit([job])
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .finish()
+    }
+}
+
+/// Python's automatic chunk size for `map`: about four chunks per worker.
+pub(crate) fn auto_chunksize(len: usize, processes: usize) -> usize {
+    let per = processes.max(1) * 4;
+    (len / per + usize::from(len % per != 0)).max(1)
+}
+
+/// Decodes one chunk's reply into its items' results.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) -> Vec<Result<R>> {
+    let frame = match outcome {
+        Ok(frame) => frame,
+        // The whole chunk failed (its worker died, timed out...): every item reports it.
+        Err(e) => return repeat_error(e, items),
+    };
+    // The frame is a DONE message: the tag byte, then the encoded results.
+    match codec::decode::<Vec<std::result::Result<R, RemotePanic>>>(&frame[1..]) {
+        Ok(list) => list
+            .into_iter()
+            .map(|r| r.map_err(Error::panicked))
+            .collect(),
+        Err(e) => repeat_error(Error::codec(e), items),
+    }
+}
+
+fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
+    let mut out: Vec<Result<R>> = (1..items).map(|_| Err(e.duplicate())).collect();
+    out.push(Err(e));
+    out
+}
+
+fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
+    let outcome = outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::protocol("no outcome"))?;
+    decode_chunk(outcome, 1)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(Error::protocol("an empty reply")))
+}
+
+fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
+    let mut out = Vec::new();
+    for outcome in outcomes {
+        for r in decode_chunk(outcome, 1) {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}

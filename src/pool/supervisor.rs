@@ -1,0 +1,557 @@
+//! The supervisor: one thread per pool that owns its workers.
+//!
+//! It waits in `poll` on: a wake socket (new jobs, close, terminate), every worker's socket
+//! (results, EOF) and every worker's pidfd (death, noticed at once), with a timeout at the next
+//! task deadline. Each turn of the loop it reads what arrived, delivers results, handles deaths
+//! and timeouts, starts replacement workers and hands queued jobs to idle workers.
+//!
+//! Failure rules (see the `Pool` docs): a job whose worker dies is re-queued while it has
+//! retries left, else it fails with `WorkerDied`; a job past its deadline has its worker killed
+//! and fails with `TimedOut`; a failing initializer, or workers that die before serving
+//! anything again and again, break the pool (every job fails with `Broken`) instead of
+//! respawning forever.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::result::{Outcome, Slot};
+use crate::error::{Error, ExitStatus, RemotePanic};
+use crate::process::StartMethod;
+use crate::process::launch::{self, Spec};
+use crate::sys::{self, identity};
+use crate::wire::codec;
+use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::wire::msg::{self, FromWorker};
+
+/// Where a job's outcome goes.
+pub(crate) enum Sink {
+    /// A slot someone waits on.
+    Slot(Arc<Slot>),
+    /// A channel shared by the jobs of one `imap_unordered`, tagged with the job's item count.
+    Channel(mpsc::Sender<(usize, Outcome)>, usize),
+}
+
+impl Sink {
+    fn deliver(self, outcome: Outcome) {
+        match self {
+            Sink::Slot(s) => s.complete(outcome),
+            Sink::Channel(tx, n) => {
+                let _ = tx.send((n, outcome));
+            }
+        }
+    }
+}
+
+/// One unit of work: an encoded `Run` frame and where its outcome goes.
+pub(crate) struct Job {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) sink: Sink,
+    pub(crate) retries_left: u32,
+}
+
+/// What clients and the supervisor share.
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<Queue>,
+    wake_tx: UnixStream,
+}
+
+/// Pending jobs and the pool's life-cycle flags.
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) jobs: VecDeque<Job>,
+    pub(crate) closed: bool,
+    pub(crate) terminate: bool,
+    pub(crate) broken: Option<String>,
+    wake_pending: bool,
+}
+
+impl Shared {
+    /// Queues jobs, or refuses them if the pool no longer accepts work.
+    pub(crate) fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<(), Error> {
+        let mut q = self.lock();
+        if q.terminate {
+            return Err(Error::closed("the pool was terminated"));
+        }
+        if q.closed {
+            return Err(Error::closed(
+                "the pool is closed: no new tasks after close()",
+            ));
+        }
+        if let Some(why) = &q.broken {
+            return Err(Error::broken(why.clone()));
+        }
+        q.jobs.extend(jobs);
+        self.wake_locked(q);
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the supervisor; at most one wake byte is in flight.
+    pub(crate) fn wake_locked(&self, mut q: std::sync::MutexGuard<'_, Queue>) {
+        if !q.wake_pending {
+            q.wake_pending = true;
+            drop(q);
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+}
+
+/// Settings the supervisor needs.
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) method: StartMethod,
+    pub(crate) spec: Spec,
+    /// The initializer's `Run` frame, sent first to every new worker.
+    pub(crate) init: Option<Vec<u8>>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) task_timeout: Option<Duration>,
+}
+
+enum State {
+    /// Running the initializer.
+    Init,
+    Idle,
+    Busy {
+        job: Job,
+        deadline: Option<Instant>,
+    },
+    /// Killed (timeout, protocol error) or retiring; reaped when its pidfd fires.
+    Ending,
+}
+
+struct Worker {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    sock: Option<UnixStream>,
+    reader: FrameReader,
+    state: State,
+    tasks: usize,
+    /// Reached the point of serving (hello checked and initializer done).
+    served: bool,
+}
+
+/// Reads without blocking, so the supervisor can drain a socket until it is empty.
+struct NoWait<'a>(BorrowedFd<'a>);
+
+impl Read for NoWait<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv_nowait(self.0, buf)
+    }
+}
+
+/// Starts the supervisor thread for a new pool.
+pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
+    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        wake_tx,
+    });
+    let sup = Supervisor {
+        shared: Arc::clone(&shared),
+        config,
+        wake_rx,
+        workers: Vec::new(),
+        startup_failures: 0,
+        respawn_at: None,
+    };
+    let handle = std::thread::Builder::new()
+        .name("mproc-pool".into())
+        .spawn(move || sup.run())?;
+    Ok((shared, handle))
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    config: Config,
+    wake_rx: UnixStream,
+    workers: Vec<Worker>,
+    /// Workers that died before serving anything, since the last one that did.
+    startup_failures: usize,
+    /// When to try starting workers again after the OS refused.
+    respawn_at: Option<Instant>,
+}
+
+impl Supervisor {
+    fn run(mut self) {
+        loop {
+            let (terminate, closed, broken) = {
+                let q = self.shared.lock();
+                (q.terminate, q.closed, q.broken.is_some())
+            };
+            if terminate {
+                self.kill_all();
+                self.fail_queued(|| Error::closed("the pool was terminated"));
+                return;
+            }
+            if broken {
+                self.kill_all();
+                let why = self.shared.lock().broken.clone().unwrap_or_default();
+                self.fail_queued(|| Error::broken(why.clone()));
+                if closed {
+                    return;
+                }
+            } else {
+                self.fill();
+                self.assign();
+                if closed && self.drained() {
+                    self.shutdown();
+                    return;
+                }
+            }
+            self.wait_and_handle();
+        }
+    }
+
+    /// True when no job is queued or running.
+    fn drained(&self) -> bool {
+        self.shared.lock().jobs.is_empty()
+            && self
+                .workers
+                .iter()
+                .all(|w| matches!(w.state, State::Idle | State::Ending))
+    }
+
+    /// Starts workers until there are `processes` of them serving or starting.
+    fn fill(&mut self) {
+        if self.respawn_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.respawn_at = None;
+        while self
+            .workers
+            .iter()
+            .filter(|w| !matches!(w.state, State::Ending))
+            .count()
+            < self.config.processes
+        {
+            match self.launch() {
+                Ok(w) => self.workers.push(w),
+                Err(e) => {
+                    if self.workers.is_empty() {
+                        self.break_pool(format!("cannot start a worker: {e}"));
+                    }
+                    self.respawn_at = Some(Instant::now() + Duration::from_millis(50));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn launch(&mut self) -> io::Result<Worker> {
+        let l = launch::launch(self.config.method, &self.config.spec)?;
+        let mut w = Worker {
+            pid: l.pid,
+            pidfd: l.pidfd,
+            sock: Some(l.sock),
+            reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            state: State::Idle,
+            tasks: 0,
+            served: false,
+        };
+        if let Some(init) = &self.config.init {
+            w.state = State::Init;
+            if let Some(s) = &mut w.sock {
+                // A failed write means it died: its pidfd says so on the next turn.
+                let _ = s.write_all(init);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Hands queued jobs to idle workers.
+    fn assign(&mut self) {
+        for w in &mut self.workers {
+            if !matches!(w.state, State::Idle) {
+                continue;
+            }
+            let Some(job) = self.shared.lock().jobs.pop_front() else {
+                return;
+            };
+            let sock = w.sock.as_mut().expect("an idle worker has its socket");
+            if sock.write_all(&job.frame).is_err() {
+                // The worker died before taking it: the job never started, so re-queue it
+                // without spending a retry; the death is handled when its pidfd fires.
+                self.shared.lock().jobs.push_front(job);
+                w.state = State::Ending;
+                continue;
+            }
+            let deadline = self.config.task_timeout.map(|t| Instant::now() + t);
+            w.state = State::Busy { job, deadline };
+        }
+    }
+
+    fn wait_and_handle(&mut self) {
+        let now = Instant::now();
+        let mut timeout = self.respawn_at.map(|t| t.saturating_duration_since(now));
+        for w in &self.workers {
+            if let State::Busy {
+                deadline: Some(d), ..
+            } = w.state
+            {
+                let left = d.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+        }
+        // Poll set: the wake socket, then per worker its socket (if open) and its pidfd.
+        let mut fds: Vec<BorrowedFd<'_>> = vec![self.wake_rx.as_fd()];
+        let mut owners = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(s) = &w.sock {
+                fds.push(s.as_fd());
+                owners.push((i, false));
+            }
+            if let Some(p) = &w.pidfd {
+                fds.push(p.as_fd());
+                owners.push((i, true));
+            }
+        }
+        let ready = match sys::poll_readable(&fds, timeout) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        drop(fds);
+        if ready[0].readable {
+            self.drain_wake();
+        }
+        let mut readable = Vec::new();
+        let mut exited = Vec::new();
+        for (r, &(i, is_pidfd)) in ready[1..].iter().zip(&owners) {
+            if r.readable {
+                if is_pidfd {
+                    exited.push(i)
+                } else {
+                    readable.push(i)
+                }
+            }
+        }
+        // Results first: a worker that answered and then died must not lose its answer.
+        for i in readable {
+            self.read_worker(i);
+        }
+        // Workers without pidfds are reaped when their socket closes.
+        for i in 0..self.workers.len() {
+            if self.workers[i].pidfd.is_none()
+                && self.workers[i].sock.is_none()
+                && !exited.contains(&i)
+            {
+                exited.push(i);
+            }
+        }
+        self.expire_deadlines();
+        exited.sort_unstable();
+        for &i in exited.iter().rev() {
+            self.reap(i);
+        }
+    }
+
+    fn drain_wake(&mut self) {
+        let mut q = self.shared.lock();
+        q.wake_pending = false;
+        drop(q);
+        let mut buf = [0u8; 64];
+        while let Ok(n) = sys::recv_nowait(self.wake_rx.as_fd(), &mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+
+    fn read_worker(&mut self, i: usize) {
+        loop {
+            let w = &mut self.workers[i];
+            let Some(sock) = &w.sock else { return };
+            match w.reader.advance(&mut NoWait(sock.as_fd())) {
+                Ok(Some(frame)) => self.on_frame(i, frame),
+                Ok(None) => continue,
+                Err(FrameError::WouldBlock) => return,
+                Err(FrameError::TooLong { len, limit }) => {
+                    let e = format!(
+                        "a worker sent a message of {len} bytes, over the limit of {limit}"
+                    );
+                    self.fail_worker(i, Error::protocol(e));
+                    return;
+                }
+                // EOF or a broken socket: the death itself arrives through the pidfd.
+                Err(FrameError::Eof | FrameError::Truncated { .. } | FrameError::Io(_)) => {
+                    w.sock = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, i: usize, frame: Vec<u8>) {
+        let parsed = match msg::parse_from_worker(&frame) {
+            Ok(m) => m,
+            Err(bad) => return self.fail_worker(i, Error::protocol(bad.0)),
+        };
+        let outcome: Outcome = match parsed {
+            FromWorker::Hello { identity: id, .. } => {
+                if id != identity::own() {
+                    let e = Error::binary_mismatch(identity::own(), id);
+                    self.break_pool(e.to_string());
+                }
+                return;
+            }
+            FromWorker::Done(_) => Ok(frame),
+            FromWorker::Panic(bytes) => Err(match codec::decode::<RemotePanic>(bytes) {
+                Ok(p) => Error::panicked(p),
+                Err(e) => Error::protocol(format!("undecodable panic report: {e}")),
+            }),
+            FromWorker::Failed(text) => Err(Error::codec(text)),
+            FromWorker::Refused { identity: id } => {
+                Err(Error::binary_mismatch(identity::own(), id))
+            }
+        };
+        let w = &mut self.workers[i];
+        match std::mem::replace(&mut w.state, State::Idle) {
+            State::Init => match outcome {
+                Ok(_) => {
+                    w.served = true;
+                    self.startup_failures = 0;
+                }
+                Err(e) => self.break_pool(format!("the initializer failed: {e}")),
+            },
+            State::Busy { job, .. } => {
+                w.served = true;
+                self.startup_failures = 0;
+                w.tasks += 1;
+                job.sink.deliver(outcome);
+                if self
+                    .config
+                    .max_tasks_per_child
+                    .is_some_and(|max| w.tasks >= max)
+                {
+                    // Retire: closing the socket makes the worker exit; reaped via its pidfd.
+                    w.sock = None;
+                    w.state = State::Ending;
+                }
+            }
+            other => {
+                w.state = other;
+                self.fail_worker(i, Error::protocol("a worker answered without a task"));
+            }
+        }
+    }
+
+    /// Kills a misbehaving worker; its job (if any) fails with `err`, without retry.
+    fn fail_worker(&mut self, i: usize, err: Error) {
+        let w = &mut self.workers[i];
+        signal(w, sys::SIGKILL);
+        w.sock = None;
+        if let State::Busy { job, .. } = std::mem::replace(&mut w.state, State::Ending) {
+            job.sink.deliver(Err(err));
+        }
+    }
+
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        for w in &mut self.workers {
+            if let State::Busy {
+                deadline: Some(d), ..
+            } = w.state
+            {
+                if d <= now {
+                    signal(w, sys::SIGKILL);
+                    w.sock = None;
+                    if let State::Busy { job, .. } = std::mem::replace(&mut w.state, State::Ending)
+                    {
+                        job.sink.deliver(Err(Error::timed_out()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reaps worker `i` if it has ended, and settles its job.
+    fn reap(&mut self, i: usize) {
+        let w = &self.workers[i];
+        let block = w.pidfd.is_none();
+        let status = match sys::waitpid(w.pid, block) {
+            Ok(Some(raw)) => ExitStatus::from_raw(raw),
+            Ok(None) => return, // not yet: the pidfd fires again
+            Err(_) => ExitStatus::from_raw(sys::RawExit::Code(-1)),
+        };
+        let w = self.workers.swap_remove(i);
+        match w.state {
+            State::Busy { mut job, .. } => {
+                if job.retries_left > 0 {
+                    job.retries_left -= 1;
+                    self.shared.lock().jobs.push_front(job);
+                } else {
+                    job.sink.deliver(Err(Error::worker_died(status)));
+                }
+            }
+            State::Init => self.break_pool(format!("the initializer died ({status})")),
+            State::Idle | State::Ending => {}
+        }
+        if !w.served {
+            self.startup_failures += 1;
+            if self.startup_failures > 3 * self.config.processes.max(1) {
+                self.break_pool(format!(
+                    "workers keep dying before serving a task (last: {status})"
+                ));
+            }
+        }
+    }
+
+    fn break_pool(&mut self, why: String) {
+        let mut q = self.shared.lock();
+        if q.broken.is_none() {
+            q.broken = Some(why);
+        }
+    }
+
+    fn fail_queued(&mut self, err: impl Fn() -> Error) {
+        let jobs: Vec<Job> = self.shared.lock().jobs.drain(..).collect();
+        for j in jobs {
+            j.sink.deliver(Err(err()));
+        }
+    }
+
+    /// SIGKILLs and reaps every worker; running jobs fail as terminated.
+    fn kill_all(&mut self) {
+        for w in &self.workers {
+            signal(w, sys::SIGKILL);
+        }
+        for w in self.workers.drain(..) {
+            let _ = sys::waitpid(w.pid, true);
+            if let State::Busy { job, .. } = w.state {
+                job.sink
+                    .deliver(Err(Error::closed("the pool was terminated")));
+            }
+        }
+    }
+
+    /// Closed and drained: let every worker exit on EOF, then reap it.
+    fn shutdown(&mut self) {
+        for w in &mut self.workers {
+            w.sock = None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for w in self.workers.drain(..) {
+            if let Some(p) = &w.pidfd {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !sys::poll_readable(&[p.as_fd()], Some(left)).is_ok_and(|r| r[0].readable) {
+                    signal(&w, sys::SIGKILL);
+                }
+            }
+            let _ = sys::waitpid(w.pid, true);
+        }
+    }
+}
+
+fn signal(w: &Worker, sig: i32) {
+    let _ = match &w.pidfd {
+        Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
+        None => sys::kill(w.pid, sig),
+    };
+}
