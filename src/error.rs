@@ -259,25 +259,27 @@ impl ExitStatus {
     pub fn code(&self) -> Option<i32> {
         match self.raw {
             crate::sys::RawExit::Code(c) => Some(c),
-            crate::sys::RawExit::Signal(_) => None,
+            _ => None,
         }
     }
     /// The signal that ended the process, if any.
     pub fn signal(&self) -> Option<i32> {
         match self.raw {
             crate::sys::RawExit::Signal(s) => Some(s),
-            crate::sys::RawExit::Code(_) => None,
+            _ => None,
         }
     }
     /// True for exit code 0.
     pub fn success(&self) -> bool {
         self.code() == Some(0)
     }
-    /// Python's `Process.exitcode`: the exit code, or `-N` when killed by signal `N`.
+    /// Python's `Process.exitcode`: the exit code, or `-N` when killed by signal `N`
+    /// (`i32::MIN` if the status was lost because another part of the program reaped it).
     pub fn exitcode(&self) -> i32 {
         match self.raw {
             crate::sys::RawExit::Code(c) => c,
             crate::sys::RawExit::Signal(s) => -s,
+            crate::sys::RawExit::Unknown => i32::MIN,
         }
     }
 }
@@ -286,6 +288,7 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.raw {
             crate::sys::RawExit::Code(c) => write!(f, "exit code {c}"),
+            crate::sys::RawExit::Unknown => f.write_str("exit status lost: reaped elsewhere"),
             crate::sys::RawExit::Signal(s) => match crate::sys::signal_name(s) {
                 Some(name) => write!(f, "killed by signal {s} ({name})"),
                 None => write!(f, "killed by signal {s}"),

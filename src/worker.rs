@@ -66,7 +66,7 @@ fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
         }
     };
     match kind {
-        "spawn" => serve(sock),
+        "spawn" => serve(token, sock),
         "server" => crate::process::forkserver::serve(token, sock),
         _ => {
             eprintln!("mproc: unknown worker kind {kind:?}; not running main");
@@ -116,7 +116,7 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
     drop(setup);
     MARKER_CONSUMED.store(true, Ordering::Relaxed);
     crate::process::forget_parent_state(token, setup_parent);
-    serve(sock)
+    serve(token, sock)
 }
 
 thread_local! {
@@ -124,31 +124,44 @@ thread_local! {
     static LAST_PANIC: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
 }
 
-fn install_panic_hook() {
-    panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| l.to_string());
-        let bt = std::backtrace::Backtrace::capture();
-        let backtrace =
-            (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
-        LAST_PANIC.with(|p| *p.borrow_mut() = (location, backtrace));
-    }));
+/// True in a process serving as a worker: the panic hook records instead of printing.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Installs mproc's panic hook once per process. It records the location and backtrace of a
+/// panic for the [`RemotePanic`] when this process is a worker, and defers to the previous hook
+/// otherwise. The `Fork` start method installs it in the parent *before* forking, so a forked
+/// child never takes the hook lock (which another thread of the parent might have held).
+pub(crate) fn ensure_panic_hook() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_WORKER.load(Ordering::Relaxed) {
+                return previous(info);
+            }
+            let location = info.location().map(|l| l.to_string());
+            let bt = std::backtrace::Backtrace::capture();
+            let backtrace =
+                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+            LAST_PANIC.with(|p| *p.borrow_mut() = (location, backtrace));
+        }));
+    });
 }
 
 /// The worker loop: say hello, then run each task received until told it was the last or the
 /// parent closes the socket. Returns the exit code.
-pub(crate) fn serve(sock: OwnedFd) -> i32 {
+pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
     crate::sys::ignore_sigpipe();
-    install_panic_hook();
-    if let Some(limit) = std::env::var(crate::pool::MEMORY_LIMIT_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    ensure_panic_hook();
+    IN_WORKER.store(true, Ordering::Relaxed);
+    let limit = child::getenv(token, crate::pool::MEMORY_LIMIT_ENV);
+    if let Some(limit) = limit.and_then(|v| v.to_str()?.parse().ok()) {
         if crate::sys::set_memory_limit(limit).is_err() {
             return EXIT_INTERNAL;
         }
     }
     let mut sock = UnixStream::from(sock);
-    let me = identity::reported();
+    let me = identity::reported(token);
     if sock
         .write_all(&msg::hello(std::process::id(), &me))
         .is_err()
@@ -165,7 +178,7 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
         let Ok(run) = msg::parse_run(&frame) else {
             return EXIT_PROTOCOL;
         };
-        let Some(proof) = identity::verify(run.identity) else {
+        let Some(proof) = identity::verify(run.identity, &me) else {
             let _ = sock.write_all(&msg::refused(&me));
             return EXIT_REFUSED;
         };
@@ -194,6 +207,20 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
 /// Decodes a chunk of arguments, calls `f` on each (a panic fails only its own item) and
 /// encodes the list of results. Called by the chunk trampoline.
 pub(crate) fn run_chunk<F: Callable>(f: F, arg: &[u8]) -> Reply {
+    // A panic in serde code (a hand-written `Serialize`, say) fails the chunk, not the worker.
+    panic::catch_unwind(AssertUnwindSafe(|| run_chunk_inner(f, arg))).unwrap_or_else(panic_reply)
+}
+
+fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
+    let p = panic_report(payload);
+    let mut out = msg::begin_panic();
+    match codec::encode_into(&p, &mut out.buf) {
+        Ok(()) => (out.finish(), false),
+        Err(e) => (msg::failed(&format!("cannot encode the panic: {e}")), false),
+    }
+}
+
+fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
     let items: Vec<F::Args> = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
@@ -237,6 +264,11 @@ fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
 
 /// Decodes the argument, calls `f`, encodes its result or its panic. Called by the trampoline.
 pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8]) -> Reply {
+    // A panic in serde code or a destructor is reported like one in `f`.
+    panic::catch_unwind(AssertUnwindSafe(|| run_typed_inner(f, arg))).unwrap_or_else(panic_reply)
+}
+
+fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8]) -> Reply {
     let a: A = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
@@ -257,13 +289,6 @@ pub(crate) fn run_typed<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &
                 ),
             }
         }
-        Err(payload) => {
-            let p = panic_report(payload);
-            let mut out = msg::begin_panic();
-            match codec::encode_into(&p, &mut out.buf) {
-                Ok(()) => (out.finish(), false),
-                Err(e) => (msg::failed(&format!("cannot encode the panic: {e}")), false),
-            }
-        }
+        Err(payload) => panic_reply(payload),
     }
 }

@@ -411,3 +411,61 @@ fn default_start_method_is_the_fork_server() {
         assert_eq!(StartMethod::default(), StartMethod::ForkServer);
     }
 }
+
+#[test]
+fn fork_children_survive_a_parent_thread_holding_stdout() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Takes and releases the stdout lock in a tight loop, writing nothing.
+            while !stop.load(Ordering::Relaxed) {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(b"");
+            }
+        });
+        for i in 0..40u64 {
+            let mut p = spawn(StartMethod::Fork, square, i);
+            assert_eq!(p.join_timeout(LIMIT).unwrap(), i * i, "fork #{i}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+#[derive(Debug)]
+struct PanicsWhenSerialized;
+
+impl Serialize for PanicsWhenSerialized {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("serialize exploded")
+    }
+}
+
+impl<'de> Deserialize<'de> for PanicsWhenSerialized {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| PanicsWhenSerialized)
+    }
+}
+
+fn bad_result(_: ()) -> PanicsWhenSerialized {
+    PanicsWhenSerialized
+}
+
+#[test]
+fn a_panic_in_serde_code_is_reported_as_a_panic() {
+    for &m in methods() {
+        let err = spawn(m, bad_result, ()).join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Panicked, "{m:?}: {err}");
+        assert_eq!(err.remote_panic().unwrap().message(), "serialize exploded");
+    }
+}
+
+#[test]
+fn a_zero_timeout_still_sees_a_finished_child() {
+    for &m in methods() {
+        let mut p = spawn(m, square, 5);
+        assert!(common::eventually(LIMIT, || p.exit_status().is_some()));
+        assert_eq!(p.join_timeout(Duration::ZERO).unwrap(), 25, "{m:?}");
+    }
+}

@@ -32,7 +32,7 @@ fn next_chunk<I: Iterator>(iter: &mut I, size: usize) -> Vec<I::Item> {
 /// Besides `next`, [`next_timeout`](Imap::next_timeout) waits a bounded time.
 pub struct Imap<'p, I, R> {
     pool: &'p Pool,
-    f: FnRef,
+    f: Option<FnRef>,
     input: std::iter::Fuse<I>,
     chunksize: usize,
     /// Chunks in flight, in input order, with their item counts.
@@ -47,7 +47,7 @@ where
     I::Item: Serialize,
     R: DeserializeOwned,
 {
-    pub(crate) fn new(pool: &'p Pool, f: FnRef, input: I, chunksize: usize) -> Self {
+    pub(crate) fn new(pool: &'p Pool, f: Option<FnRef>, input: I, chunksize: usize) -> Self {
         Imap {
             pool,
             f,
@@ -118,7 +118,7 @@ where
 /// Lazy results of [`Pool::imap_unordered`], in completion order.
 pub struct ImapUnordered<'p, I, R> {
     pool: &'p Pool,
-    f: FnRef,
+    f: Option<FnRef>,
     input: std::iter::Fuse<I>,
     chunksize: usize,
     inflight: usize,
@@ -134,7 +134,7 @@ where
     I::Item: Serialize,
     R: DeserializeOwned,
 {
-    pub(crate) fn new(pool: &'p Pool, f: FnRef, input: I, chunksize: usize) -> Self {
+    pub(crate) fn new(pool: &'p Pool, f: Option<FnRef>, input: I, chunksize: usize) -> Self {
         let (tx, rx) = mpsc::channel();
         ImapUnordered {
             pool,

@@ -90,7 +90,8 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
     spec: Spec,
-    init: Option<Vec<u8>>,
+    /// The initializer's `Run` frame, or why it could not be made.
+    init: Option<std::result::Result<Vec<u8>, String>>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
     max_retries: u32,
@@ -113,13 +114,19 @@ impl PoolBuilder {
     /// every task fails with [`ErrorKind::Broken`](crate::ErrorKind::Broken) saying why —
     /// never a hang, never an endless respawn loop.
     pub fn initializer<I: Serialize + DeserializeOwned>(mut self, f: fn(I), arg: I) -> PoolBuilder {
-        let func = FnRef::new(f);
-        let mut run = msg::begin_run(0, identity::own(), func.tramp, func.func);
-        // An initializer argument that cannot be encoded surfaces in `build`.
-        self.init = codec::encode_into(&arg, &mut run.buf)
-            .ok()
-            .map(|()| run.finish())
-            .or(Some(Vec::new()));
+        // A problem surfaces as an error from `build`.
+        self.init = Some(match FnRef::new(f) {
+            None => Err(crate::sys::fnptr::NOT_IN_MAIN_IMAGE.to_string()),
+            Some(func) => {
+                let mut run = msg::begin_run(0, identity::own(), func.tramp, func.func);
+                match codec::encode_into(&arg, &mut run.buf) {
+                    Ok(()) => Ok(run.finish()),
+                    Err(e) => Err(format!(
+                        "the initializer argument cannot be serialized: {e}"
+                    )),
+                }
+            }
+        });
         self
     }
     /// Replaces each worker after it has run `n` tasks (chunks, for `map`), like Python's
@@ -189,18 +196,18 @@ impl PoolBuilder {
                 "mproc's constructor did not run in this worker; call mproc::init() first in main",
             ));
         }
-        if self.init.as_ref().is_some_and(|f| f.is_empty()) {
-            return Err(Error::codec(
-                "the initializer argument cannot be serialized",
-            ));
-        }
+        let init = match self.init {
+            Some(Err(why)) => return Err(Error::codec(why)),
+            Some(Ok(frame)) => Some(frame),
+            None => None,
+        };
         let mut spec = self.spec;
         spec.stdio[0] = Stdio::Null;
         let config = Config {
             processes,
             method: self.method.unwrap_or_default(),
             spec,
-            init: self.init,
+            init,
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
         };
@@ -446,7 +453,8 @@ impl Pool {
     }
 
     /// Encodes a chunk of arguments into a job.
-    fn job<T: Serialize>(&self, f: FnRef, chunk: &[T], sink: Sink) -> Result<Job> {
+    fn job<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
+        let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
         codec::encode_into(chunk, &mut run.buf).map_err(Error::codec)?;
         Ok(Job {
@@ -458,7 +466,7 @@ impl Pool {
 
     pub(crate) fn submit_chunk<T: Serialize>(
         &self,
-        f: FnRef,
+        f: Option<FnRef>,
         chunk: &[T],
         sink: Sink,
     ) -> Result<()> {

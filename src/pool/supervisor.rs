@@ -478,7 +478,7 @@ impl Supervisor {
         let status = match sys::waitpid(w.pid, block) {
             Ok(Some(raw)) => ExitStatus::from_raw(raw),
             Ok(None) => return, // not yet: the pidfd fires again
-            Err(_) => ExitStatus::from_raw(sys::RawExit::Code(-1)),
+            Err(_) => ExitStatus::from_raw(sys::RawExit::Unknown),
         };
         let w = self.workers.swap_remove(i);
         match w.state {

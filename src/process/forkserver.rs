@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixStream;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -31,7 +32,28 @@ const REQUEST_TAG: u8 = 0xF5;
 
 struct Server {
     pid: i32,
+    /// Signals reach the server through this, never through a pid that may have been reused.
+    pidfd: Option<OwnedFd>,
     ctrl: OwnedFd,
+}
+
+/// How long a request may wait for the server's reply before the server is deemed stuck.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Server {
+    /// Kills and reaps a server that died or stopped answering.
+    fn discard(self) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), sys::SIGKILL);
+            }
+            None => {
+                let _ = sys::kill(self.pid, sys::SIGKILL);
+            }
+        }
+        let _ = sys::waitpid(self.pid, true);
+        SERVER_FD.store(-1, Ordering::Release);
+    }
 }
 
 static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
@@ -40,8 +62,9 @@ static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
 /// forked child closes its inherited copy through these (see `forget_server`).
 static SERVER_FD: AtomicI64 = AtomicI64::new(-1);
 
-/// Asks the fork server (started on first use) for a worker serving on `child_end`.
-pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
+/// Asks the fork server (started on first use) for a worker; returns its pid, pidfd and the
+/// parent's end of its socket.
+pub(crate) fn launch(spec: &Spec) -> io::Result<(i32, Option<OwnedFd>, UnixStream)> {
     if !sys::HAS_FORK_SERVER {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -49,54 +72,63 @@ pub(crate) fn launch(spec: &Spec, child_end: OwnedFd) -> io::Result<(i32, Option
         ));
     }
     let (request, stdio) = encode_request(spec)?;
-    let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
-    fds.extend(stdio.iter().map(|f| f.as_fd()));
     let mut guard = SERVER.get().lock().unwrap_or_else(PoisonError::into_inner);
     for attempt in 0..2 {
+        // A fresh socket pair per attempt: a worker the failed attempt may have created keeps
+        // the old one, sees EOF when we drop our end, and exits; it never shares a socket.
+        let (parent_end, child_end) = sys::socket_pair()?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
+        fds.extend(stdio.iter().map(|f| f.as_fd()));
         let server = ensure_started(&mut guard)?;
         match ask(server, &request, &fds) {
-            Ok(done) => return Ok(done),
-            // The server died (killed from outside?): reap it, start a new one, retry once.
-            Err(e) if attempt == 0 && is_server_gone(&e) => {
+            Ok((pid, pidfd)) => return Ok((pid, pidfd, parent_end)),
+            // The server died (killed from outside?) before or while handling the request:
+            // replace it and try once more.
+            Err(Asked::NotSent(e) | Asked::Unanswered(e)) => {
                 if let Some(old) = guard.take() {
-                    let _ = sys::kill(old.pid, sys::SIGKILL);
-                    let _ = sys::waitpid(old.pid, true);
+                    old.discard();
+                }
+                if attempt == 1 {
+                    return Err(e);
                 }
             }
-            Err(e) => return Err(e),
+            Err(Asked::Refused(e)) => return Err(e),
         }
     }
     unreachable!("the loop returns on its second attempt")
 }
 
-fn is_server_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
-    )
+/// How a request failed.
+enum Asked {
+    NotSent(io::Error),
+    Unanswered(io::Error),
+    Refused(io::Error),
 }
 
 fn ensure_started(slot: &mut Option<Server>) -> io::Result<&Server> {
     if slot.is_none() {
-        let server = start()?;
-        let stamp = (i64::from(sys::getpid()) << 32) | i64::from(server.ctrl.as_raw_fd());
-        SERVER_FD.store(stamp, Ordering::Release);
-        *slot = Some(server);
+        *slot = Some(start()?);
     }
     Ok(slot.as_ref().expect("started above"))
 }
 
 fn start() -> io::Result<Server> {
     let (ctrl, theirs) = sys::seqpacket_pair()?;
-    let pid = launch::on_spawner(move || {
+    sys::set_recv_timeout(ctrl.as_fd(), REPLY_TIMEOUT)?;
+    let ctrl_fd = ctrl.as_raw_fd();
+    let (pid, pidfd) = launch::on_spawner(move || {
         let fd = theirs.as_raw_fd();
         let mut cmd = launch::worker_command(&format!("server:{fd}"));
         cmd.stdin(std::process::Stdio::null());
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;
-        Ok(child.id() as i32)
+        // Recorded on the spawner thread, before any later `Fork` there can copy the fd.
+        let stamp = (i64::from(sys::getpid()) << 32) | i64::from(ctrl_fd);
+        SERVER_FD.store(stamp, Ordering::Release);
+        let pid = child.id() as i32;
+        Ok((pid, sys::pidfd_open(pid).ok()))
     })?;
-    Ok(Server { pid, ctrl })
+    Ok(Server { pid, pidfd, ctrl })
 }
 
 /// Sends one request and reads the reply: the worker's pid and pidfd.
@@ -104,27 +136,29 @@ fn ask(
     server: &Server,
     request: &[u8],
     fds: &[BorrowedFd<'_>],
-) -> io::Result<(i32, Option<OwnedFd>)> {
-    let sent = sys::send_with_fds(server.ctrl.as_fd(), request, fds)?;
-    if sent != request.len() {
-        return Err(io::Error::other("fork server request was cut short"));
-    }
+) -> Result<(i32, Option<OwnedFd>), Asked> {
+    // SEQPACKET: a message is sent whole or not at all.
+    sys::send_with_fds(server.ctrl.as_fd(), request, fds).map_err(Asked::NotSent)?;
     let mut reply = [0u8; 4];
-    let (n, mut got) = sys::recv_with_fds(server.ctrl.as_fd(), &mut reply)?;
-    if n == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    if n != 4 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "malformed fork server reply",
-        ));
-    }
+    let (n, mut got) = match sys::recv_with_fds(server.ctrl.as_fd(), &mut reply) {
+        Ok((0, _)) => return Err(Asked::Unanswered(io::ErrorKind::UnexpectedEof.into())),
+        Ok((4, got)) => (4, got),
+        Ok(_) => {
+            return Err(Asked::Unanswered(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed fork server reply",
+            )));
+        }
+        Err(e) => return Err(Asked::Unanswered(e)),
+    };
+    debug_assert_eq!(n, 4);
     let pid = i32::from_le_bytes(reply);
     if pid <= 0 {
-        return Err(io::Error::from_raw_os_error(-pid));
+        return Err(Asked::Refused(io::Error::from_raw_os_error(-pid)));
     }
-    Ok((pid, got.pop()))
+    // Kernels before 5.2 send no pidfd; open one here (5.3+) or go without.
+    let pidfd = got.pop().or_else(|| sys::pidfd_open(pid).ok());
+    Ok((pid, pidfd))
 }
 
 /// The request: a tag, a stdio mask (bit i: the i-th passed fd after the socket replaces stdio
@@ -214,9 +248,10 @@ pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
             Ok(got) => got,
         };
         let reply = match serve_one(&ctrl, parent, &buf[..n], &mut fds) {
-            Ok((pid, pidfd)) => {
+            Ok((pid, Some(pidfd))) => {
                 sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[pidfd.as_fd()])
             }
+            Ok((pid, None)) => sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[]),
             Err(e) => {
                 let errno = -e.raw_os_error().unwrap_or(libc_einval());
                 sys::send_with_fds(ctrl.as_fd(), &errno.to_le_bytes(), &[])
@@ -240,7 +275,7 @@ fn serve_one(
     parent: i32,
     request: &[u8],
     fds: &mut [OwnedFd],
-) -> io::Result<(i32, OwnedFd)> {
+) -> io::Result<(i32, Option<OwnedFd>)> {
     let req = decode_request(request).ok_or_else(|| io::Error::from_raw_os_error(22))?;
     let expected = 1 + req.stdio_mask.count_ones() as usize;
     if fds.len() != expected || req.stdio_mask > 0b111 {

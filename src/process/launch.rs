@@ -41,11 +41,14 @@ pub(crate) struct Spec {
 
 /// Starts a worker with `method`.
 pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
-    let (parent_end, child_end) = UnixStream::pair()?;
+    if method == StartMethod::ForkServer {
+        let (pid, pidfd, sock) = super::forkserver::launch(spec)?;
+        return Ok(Launched { pid, pidfd, sock });
+    }
+    let (parent_end, child_end) = sys::socket_pair()?;
     let (pid, pidfd) = match method {
-        StartMethod::Spawn => spawn(spec.clone(), child_end.into())?,
         StartMethod::Fork => fork(spec.clone(), child_end.into())?,
-        StartMethod::ForkServer => super::forkserver::launch(spec, child_end.into())?,
+        _ => spawn(spec.clone(), child_end.into())?,
     };
     Ok(Launched {
         pid,
@@ -85,12 +88,19 @@ pub(crate) fn worker_command(marker: &str) -> Command {
 fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     on_spawner(move || {
         let parent = sys::getpid();
+        // The child must not inherit a held panic-hook lock, nor stdout/stderr locks held by
+        // other threads: install the hook here, and hold both stream locks across `fork` (the
+        // child releases its copies at once; they are reentrant, owned by this thread).
+        worker::ensure_panic_hook();
+        let stdio_locks =
+            std::cell::RefCell::new(Some((std::io::stdout().lock(), std::io::stderr().lock())));
         let devnull = if spec.stdio.contains(&Stdio::Null) {
             Some(sys::open_devnull()?)
         } else {
             None
         };
         let pid = sys::child::fork_child(|token| {
+            drop(stdio_locks.borrow_mut().take());
             let mut setup = ChildSetup {
                 env: spec.env.clone(),
                 parent,
@@ -106,7 +116,9 @@ fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
             }
             let sock = sys::child::take_inherited(token, child_end.as_fd());
             worker::enter_forked(token, sock, setup)
-        })?;
+        });
+        drop(stdio_locks.borrow_mut().take());
+        let pid = pid?;
         drop(child_end);
         Ok((pid, sys::pidfd_open(pid).ok()))
     })
@@ -126,7 +138,11 @@ pub(crate) fn on_spawner<T: Send + 'static>(
 ) -> io::Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
     let boxed: Job = Box::new(move || {
-        let _ = tx.send(job());
+        // A panic must not end the spawner thread: every child's parent-death signal is tied
+        // to it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+            .unwrap_or_else(|_| Err(io::Error::other("mproc's spawner panicked")));
+        let _ = tx.send(result);
     });
     {
         let mut guard = SPAWNER.get().lock().unwrap_or_else(PoisonError::into_inner);

@@ -186,7 +186,8 @@ impl Builder {
             .name
             .unwrap_or_else(|| format!("Process-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let method = self.start_method.unwrap_or_default();
-        let func = FnRef::new(f);
+        let func =
+            FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
         codec::encode_into(&arg, &mut run.buf).map_err(Error::codec)?;
         let run = run.finish();
@@ -422,7 +423,7 @@ impl<R> Process<R> {
             return Ok(None);
         };
         loop {
-            let timeout = remaining(deadline)?;
+            let timeout = remaining(deadline);
             let ready = match &self.pidfd {
                 Some(pidfd) => sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], timeout),
                 None => sys::poll_readable(&[sock.as_fd()], timeout),
@@ -435,7 +436,10 @@ impl<R> Process<R> {
                     // before exiting is already readable, so the socket would be ready).
                     return Ok(None);
                 }
-                continue; // timed out: `remaining` reports it on the next turn
+                if passed(deadline) {
+                    return Err(Error::timed_out());
+                }
+                continue;
             }
             match self.reader.advance(sock) {
                 Ok(Some(frame)) => return Ok(Some(frame)),
@@ -463,7 +467,10 @@ impl<R> Process<R> {
             if let Some(status) = self.exit_status() {
                 return Ok(status);
             }
-            let timeout = remaining(deadline)?;
+            if passed(deadline) {
+                return Err(Error::timed_out());
+            }
+            let timeout = remaining(deadline);
             match &self.pidfd {
                 Some(pidfd) => {
                     sys::poll_readable(&[pidfd.as_fd()], timeout)
@@ -489,14 +496,14 @@ fn libc_esrch() -> i32 {
 }
 
 /// Time left before `deadline` (`None`: no deadline), or `TimedOut` once it has passed.
-fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
-    match deadline {
-        None => Ok(None),
-        Some(d) => match d.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(Some(left)),
-            _ => Err(Error::timed_out()),
-        },
-    }
+/// Time left before `deadline` (`None`: no deadline; zero once passed, so that one last
+/// non-blocking look still happens).
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 impl<R> Drop for Process<R> {

@@ -39,7 +39,7 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
 /// Only the fork server calls this, and it is single-threaded (checked in debug builds).
 pub(crate) fn clone_sibling_child(
     child: impl FnOnce(&ChildToken) -> i32,
-) -> io::Result<(i32, OwnedFd)> {
+) -> io::Result<(i32, Option<OwnedFd>)> {
     debug_assert_eq!(
         thread_count(),
         Some(1),
@@ -77,6 +77,25 @@ pub(super) fn take_env_at_load(key: &str) -> Option<OsString> {
     Some(value)
 }
 
+/// Reads an environment variable without std's environment lock, which a thread of the parent
+/// may have held at `fork` time.
+pub(crate) fn getenv(_token: &ChildToken, key: &str) -> Option<OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let k = std::ffi::CString::new(key).ok()?;
+    // SAFETY: the token proves the process is single-threaded, so nothing modifies the
+    // environment during the call; a non-null result is a valid NUL-terminated string that we
+    // copy out before returning.
+    unsafe {
+        let v = libc::getenv(k.as_ptr());
+        if v.is_null() {
+            return None;
+        }
+        Some(OsString::from_vec(
+            std::ffi::CStr::from_ptr(v).to_bytes().to_vec(),
+        ))
+    }
+}
+
 /// Applies environment changes in a fresh child. Calls the C library directly: std's own
 /// environment lock may have been held by another thread of the parent at `fork` time.
 pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
@@ -94,7 +113,10 @@ pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
 }
 
 /// Removes a variable in a fresh child.
-pub(crate) fn remove_env(_token: &ChildToken, key: &str) {
+pub(crate) fn remove_env(token: &ChildToken, key: &str) {
+    if getenv(token, key).is_none() {
+        return; // nothing to do: skip glibc's environment lock entirely
+    }
     let Ok(k) = std::ffi::CString::new(key) else {
         return;
     };

@@ -41,15 +41,27 @@ pub(crate) struct FnRef {
     pub(crate) func: i64,
 }
 
+/// Why a function cannot travel.
+pub(crate) const NOT_IN_MAIN_IMAGE: &str = "the function does not live in the main executable (a dynamic library?), so another process cannot find it";
+
 impl FnRef {
-    /// Describes `f` for another process running this same executable.
-    pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> FnRef {
+    /// Describes `f` for another process running this same executable, or `None` if `f` does
+    /// not live in the executable's own image.
+    pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Option<FnRef> {
         let tramp: Trampoline = trampoline::<A, R>;
-        FnRef {
-            tramp: offset(tramp as usize),
-            func: offset(f as usize),
-        }
+        FnRef::from_addrs(tramp as usize, f as usize)
     }
+
+    fn from_addrs(tramp: usize, func: usize) -> Option<FnRef> {
+        (in_main_image(tramp) && in_main_image(func)).then(|| FnRef {
+            tramp: offset(tramp),
+            func: offset(func),
+        })
+    }
+}
+
+fn in_main_image(addr: usize) -> bool {
+    super::main_image_range().is_none_or(|(lo, hi)| (lo..hi).contains(&addr))
 }
 
 /// A task function of one or more arguments, as a `fn` pointer type. Pools run it over chunks
@@ -100,12 +112,9 @@ impl FnRef {
     /// Describes `f` run over a chunk of arguments: the worker decodes a `Vec<F::Args>`, calls
     /// `f` on each (catching each panic separately) and answers with a
     /// `Vec<Result<F::Out, RemotePanic>>`.
-    pub(crate) fn chunked<F: Callable>(f: F) -> FnRef {
+    pub(crate) fn chunked<F: Callable>(f: F) -> Option<FnRef> {
         let tramp: Trampoline = chunk_trampoline::<F>;
-        FnRef {
-            tramp: offset(tramp as usize),
-            func: offset(f.addr()),
-        }
+        FnRef::from_addrs(tramp as usize, f.addr())
     }
 }
 
@@ -136,6 +145,12 @@ pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8]) -> Reply {
     let base = anchor_addr();
     let tramp_addr = base.wrapping_add(f.tramp as usize);
     let func_addr = base.wrapping_add(f.func as usize);
+    if !in_main_image(tramp_addr) || !in_main_image(func_addr) {
+        return (
+            crate::wire::msg::failed("a function address outside the executable was refused"),
+            false,
+        );
+    }
     // SAFETY: the identity check behind `Verified` established that the sender runs this very
     // executable, in which `f.tramp` was computed from a `Trampoline` by `FnRef::new`; the same
     // offset from the same anchor is therefore that trampoline here.
@@ -153,11 +168,14 @@ mod tests {
 
     #[test]
     fn offsets_round_trip_in_process() {
-        let f = FnRef::new(double);
+        let f = FnRef::new(double).unwrap();
         let mut arg = Vec::new();
         crate::wire::codec::encode_into(&21u32, &mut arg).unwrap();
-        let proof = super::super::identity::verify(super::super::identity::own())
-            .expect("own identity verifies");
+        let proof = super::super::identity::verify(
+            super::super::identity::own(),
+            super::super::identity::own(),
+        )
+        .expect("own identity verifies");
         let (frame, ok) = call(&proof, f, &arg);
         assert!(ok);
         let body = &frame[crate::wire::frame::HEADER..];

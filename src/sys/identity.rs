@@ -33,9 +33,10 @@ pub(crate) fn own() -> &'static [u8] {
     })
 }
 
-/// The identity a worker reports and checks: [`own`], unless a test overrides it.
-pub(crate) fn reported() -> Vec<u8> {
-    match std::env::var_os(TEST_OVERRIDE_ENV) {
+/// The identity a worker reports and checks: [`own`], unless a test overrides it. Read once,
+/// when the worker starts.
+pub(crate) fn reported(token: &super::child::ChildToken) -> Vec<u8> {
+    match super::child::getenv(token, TEST_OVERRIDE_ENV) {
         Some(fake) => {
             let mut v = b"T".to_vec();
             v.extend(fake.as_encoded_bytes().iter().take(64));
@@ -45,9 +46,10 @@ pub(crate) fn reported() -> Vec<u8> {
     }
 }
 
-/// Checks a peer's identity against ours.
-pub(crate) fn verify(peer: &[u8]) -> Option<Verified> {
-    (peer == reported().as_slice()).then_some(Verified(()))
+/// Checks a peer's identity against ours (`mine`: from [`reported`], or [`own`]). `mine` is
+/// never empty: both sources always produce at least a kind byte.
+pub(crate) fn verify(peer: &[u8], mine: &[u8]) -> Option<Verified> {
+    (!mine.is_empty() && peer == mine).then_some(Verified(()))
 }
 
 #[cfg(test)]
@@ -57,7 +59,8 @@ mod tests {
         let a = super::own();
         assert!(a.len() > 8, "{a:?}");
         assert_eq!(a, super::own());
-        assert!(super::verify(a).is_some());
-        assert!(super::verify(b"Bnot-us").is_none());
+        assert!(super::verify(a, a).is_some());
+        assert!(super::verify(b"Bnot-us", a).is_none());
+        assert!(super::verify(b"", b"").is_none());
     }
 }

@@ -29,10 +29,8 @@ pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
     // The parent may have died before the prctl: then we were re-parented and must go.
     // SAFETY: `getppid` has no preconditions.
     if unsafe { libc::getppid() } != expected_parent {
-        return Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "parent exited during start",
-        ));
+        // No allocation here: this runs between fork and exec.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
 }
@@ -46,7 +44,7 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel returned a fresh fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+    super::above_stdio(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
 
 /// Sends `sig` through a pidfd: it can never hit a recycled pid.
@@ -70,12 +68,13 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<(
 
 /// The result of [`clone_sibling`], seen from each side.
 pub(super) enum Cloned {
-    /// In the caller: the new process's pid and a pidfd for it.
+    /// In the caller: the new process's pid and a pidfd for it (`None` on kernels before
+    /// 5.2, which ignore `CLONE_PIDFD`).
     Caller {
         /// The sibling's pid.
         pid: i32,
         /// A pidfd referring to the sibling.
-        pidfd: OwnedFd,
+        pidfd: Option<OwnedFd>,
     },
     /// In the new process.
     Child,
@@ -115,8 +114,8 @@ pub(super) unsafe fn clone_sibling() -> io::Result<Cloned> {
         0 => Ok(Cloned::Child),
         pid => Ok(Cloned::Caller {
             pid: pid as i32,
-            // SAFETY: CLONE_PIDFD stored a fresh fd that nobody else owns.
-            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+            // SAFETY: when non-negative, CLONE_PIDFD stored a fresh fd that nobody else owns.
+            pidfd: (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
         }),
     }
 }
@@ -192,5 +191,47 @@ pub(crate) fn build_id() -> Option<Vec<u8>> {
     search.found
 }
 
-/// Whether this platform can create workers through a fork server.
-pub(crate) const HAS_FORK_SERVER: bool = true;
+unsafe extern "C" fn find_main_range(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: `data` is the `(usize, usize)` passed by `main_image_range`; `info` and its
+    // program headers are valid for the call, per dl_iterate_phdr's contract. The first object
+    // reported is the main program.
+    unsafe {
+        let range = &mut *(data as *mut (usize, usize));
+        let info = &*info;
+        for i in 0..info.dlpi_phnum as usize {
+            let ph = &*info.dlpi_phdr.add(i);
+            if ph.p_type == libc::PT_LOAD {
+                let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                range.0 = range.0.min(start);
+                range.1 = range.1.max(start + ph.p_memsz as usize);
+            }
+        }
+    }
+    1
+}
+
+/// The address range the main executable is mapped at: function addresses must fall inside it
+/// to be meaningful in another process.
+pub(crate) fn main_image_range() -> Option<(usize, usize)> {
+    static RANGE: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let mut range = (usize::MAX, 0usize);
+        // SAFETY: the callback matches dl_iterate_phdr's signature and only reads the headers
+        // it is given; `range` outlives the call.
+        unsafe {
+            libc::dl_iterate_phdr(
+                Some(find_main_range),
+                (&mut range as *mut (usize, usize)).cast(),
+            );
+        }
+        (range.0 < range.1).then_some(range)
+    })
+}
+
+/// Whether this platform can create workers through a fork server: the raw `clone` call in
+/// [`clone_sibling`] is written for the argument order of these architectures.
+pub(crate) const HAS_FORK_SERVER: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));

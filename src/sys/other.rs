@@ -32,7 +32,7 @@ pub(super) enum Cloned {
         /// The sibling's pid.
         pid: i32,
         /// A pidfd referring to the sibling.
-        pidfd: OwnedFd,
+        pidfd: Option<OwnedFd>,
     },
     /// In the new process.
     Child,
@@ -48,6 +48,11 @@ pub(super) unsafe fn clone_sibling() -> io::Result<Cloned> {
 
 /// No build id lookup here; the identity falls back to the executable file's metadata.
 pub(crate) fn build_id() -> Option<Vec<u8>> {
+    None
+}
+
+/// Not known here: addresses are not range-checked.
+pub(crate) fn main_image_range() -> Option<(usize, usize)> {
     None
 }
 

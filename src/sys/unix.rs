@@ -14,6 +14,8 @@ pub(crate) enum RawExit {
     Code(i32),
     /// Terminated by this signal.
     Signal(i32),
+    /// Someone else reaped it (`waitpid(-1)`, `SIGCHLD` ignored): how it ended is lost.
+    Unknown,
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -108,7 +110,8 @@ pub(super) unsafe fn fork() -> io::Result<Forked> {
 
 /// Waits for a child to end. With `block == false` returns `Ok(None)` while it runs.
 ///
-/// Retries on `EINTR`.
+/// Retries on `EINTR`. A child reaped by someone else (`ECHILD`) is reported as
+/// [`RawExit::Unknown`]: it has ended, and its pid must not be signalled any more.
 pub(crate) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
     let flags = if block { 0 } else { libc::WNOHANG };
     loop {
@@ -119,6 +122,9 @@ pub(crate) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
+            }
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                return Ok(Some(RawExit::Unknown));
             }
             return Err(err);
         }
@@ -315,6 +321,10 @@ pub(crate) fn recv_with_fds(
             "too many fds in one message",
         ));
     }
+    let fds = fds
+        .into_iter()
+        .map(above_stdio)
+        .collect::<io::Result<Vec<_>>>()?;
     Ok((n, fds))
 }
 
@@ -454,6 +464,47 @@ pub(crate) fn exe_file_identity() -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Moves `fd` to a number of at least 3 if it is 0, 1 or 2, which happens when the program
+/// closed its stdio: mproc's own fds must never be mistaken for (or passed on as) stdio.
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd (>= 3) that we then own.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `new` is a fresh fd owned by nobody else; `fd` is closed by its drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// A connected pair of stream Unix sockets, close-on-exec, numbered above stdio.
+pub(crate) fn socket_pair() -> io::Result<(
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+)> {
+    let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    Ok((above_stdio(a.into())?.into(), above_stdio(b.into())?.into()))
+}
+
+/// Gives `recv` on `fd` a timeout (`SO_RCVTIMEO`): a blocked receive then fails with
+/// `WouldBlock`.
+pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval for the duration of the call, with its exact size given.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries kept), close-on-exec.
 #[cfg(target_os = "linux")]
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -468,7 +519,8 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     // SAFETY: socketpair returned two fresh fds that nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(a)?, above_stdio(b)?))
 }
 
 /// One `recv` that never blocks: `WouldBlock` when nothing is waiting.
