@@ -175,6 +175,11 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
             Err(FrameError::Eof) => return 0,
             Err(_) => return EXIT_PROTOCOL,
         };
+        if msg::is_exit(&frame) {
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            return 0;
+        }
         let Ok(run) = msg::parse_run(&frame) else {
             return EXIT_PROTOCOL;
         };

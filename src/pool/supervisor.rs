@@ -352,16 +352,18 @@ impl Supervisor {
         }
     }
 
+    /// Consumes wake bytes, then re-arms waking. The order matters: while `wake_pending` is
+    /// set no client writes a byte, so draining first cannot swallow a wake meant for later;
+    /// and the queue is read (next turn of the loop) only after the flag is cleared, so a job
+    /// queued before that is seen, and one queued after it writes a new byte.
     fn drain_wake(&mut self) {
-        let mut q = self.shared.lock();
-        q.wake_pending = false;
-        drop(q);
         let mut buf = [0u8; 64];
         while let Ok(n) = sys::recv_nowait(self.wake_rx.as_fd(), &mut buf) {
             if n < buf.len() {
                 break;
             }
         }
+        self.shared.lock().wake_pending = false;
     }
 
     fn read_worker(&mut self, i: usize) {
@@ -430,9 +432,8 @@ impl Supervisor {
                     .max_tasks_per_child
                     .is_some_and(|max| w.tasks >= max)
                 {
-                    // Retire: closing the socket makes the worker exit; reaped via its pidfd.
-                    w.sock = None;
-                    w.state = State::Ending;
+                    // Retire: the worker exits on `Exit`; reaped when its pidfd fires.
+                    retire(w);
                 }
             }
             other => {
@@ -531,10 +532,10 @@ impl Supervisor {
         }
     }
 
-    /// Closed and drained: let every worker exit on EOF, then reap it.
+    /// Closed and drained: tell every worker to exit, then reap it.
     fn shutdown(&mut self) {
         for w in &mut self.workers {
-            w.sock = None;
+            retire(w);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for w in self.workers.drain(..) {
@@ -547,6 +548,14 @@ impl Supervisor {
             let _ = sys::waitpid(w.pid, true);
         }
     }
+}
+
+/// Asks a worker to exit and stops reading from it.
+fn retire(w: &mut Worker) {
+    if let Some(mut s) = w.sock.take() {
+        let _ = s.write_all(&msg::exit());
+    }
+    w.state = State::Ending;
 }
 
 fn signal(w: &Worker, sig: i32) {

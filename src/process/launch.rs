@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -47,7 +47,7 @@ pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     }
     let (parent_end, child_end) = sys::socket_pair()?;
     let (pid, pidfd) = match method {
-        StartMethod::Fork => fork(spec.clone(), child_end.into())?,
+        StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
         _ => spawn(spec.clone(), child_end.into())?,
     };
     Ok(Launched {
@@ -85,7 +85,7 @@ pub(crate) fn worker_command(marker: &str) -> Command {
 }
 
 /// `fork` of this process; the child serves at once.
-fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
+fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<(i32, Option<OwnedFd>)> {
     on_spawner(move || {
         let parent = sys::getpid();
         // The child must not inherit a held panic-hook lock, nor stdout/stderr locks held by
@@ -101,6 +101,8 @@ fn fork(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
         };
         let pid = sys::child::fork_child(|token| {
             drop(stdio_locks.borrow_mut().take());
+            // Our own copy of the parent's end would hide the parent's close from us.
+            sys::child::close_inherited_raw(token, parent_end);
             let mut setup = ChildSetup {
                 env: spec.env.clone(),
                 parent,

@@ -5,6 +5,7 @@
 use super::frame::FrameBuf;
 
 const RUN: u8 = 0x01;
+const EXIT: u8 = 0x02;
 const HELLO: u8 = 0x10;
 const DONE: u8 = 0x11;
 const PANIC: u8 = 0x12;
@@ -97,6 +98,20 @@ pub(crate) fn begin_run(flags: u8, identity: &[u8], tramp: i64, func: i64) -> Fr
     f.buf.extend_from_slice(&tramp.to_le_bytes());
     f.buf.extend_from_slice(&func.to_le_bytes());
     f
+}
+
+/// An `Exit` frame: the worker finishes at once with exit code 0. Pools retire workers this
+/// way rather than by closing the socket, because a `Fork` worker may hold a copy of another
+/// worker's socket, which would hide the EOF.
+pub(crate) fn exit() -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(EXIT);
+    f.finish()
+}
+
+/// True for an `Exit` message.
+pub(crate) fn is_exit(body: &[u8]) -> bool {
+    body == [EXIT]
 }
 
 /// Decodes a parent → worker message.
