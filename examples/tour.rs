@@ -2,15 +2,18 @@
 //!
 //! Run it with `cargo run --release --example tour`.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use mproc::Process;
+use mproc::{AsyncResult, Pool, Process};
 
-/// Python: `def worker(num): print(f"Worker {num} started"); time.sleep(...); print(...)`
-fn worker(num: u32) {
+/// Python: `def worker(num): print(f"Worker {num} started"); time.sleep(...); print(...)`.
+/// Returns its pid, so the caller can see which process ran it.
+fn worker(num: u32) -> u32 {
     println!("  Worker {num} started (pid {})", std::process::id());
     std::thread::sleep(Duration::from_millis(100));
     println!("  Worker {num} finished");
+    std::process::id()
 }
 
 fn square(n: u64) -> u64 {
@@ -29,6 +32,14 @@ fn print_number(n: u32) -> u32 {
 
 fn crash(_: ()) {
     std::process::abort()
+}
+
+/// A task with a fatal bug on one input: the whole worker process dies, not just the task.
+fn fragile(n: u64) -> u64 {
+    if n == 3 {
+        std::process::abort();
+    }
+    n * n
 }
 
 fn main() -> mproc::Result<()> {
@@ -83,8 +94,74 @@ fn main() -> mproc::Result<()> {
         Ok(()) => println!("  unexpectedly succeeded"),
     }
 
+    let mut crashes = 1;
+    let mut pools = 0;
+    let mut tasks = 0;
+
+    println!("\n5. A pool of four workers: Pool(processes=4), then pool.map(worker, range(4))");
+    let pool = Pool::new(4)?;
+    pools += 1;
+    let t = Instant::now();
+    let pids = pool.map(worker, 0..4)?; // one result per item, in input order
+    tasks += pids.len();
+    let distinct: BTreeSet<_> = pids.iter().collect();
     println!(
-        "\n{started} processes started, 1 crash survived, in {:.1?}",
+        "  4 tasks of 100 ms each took {:.0?}: {} worker processes ran them at once",
+        t.elapsed(),
+        distinct.len()
+    );
+
+    println!("\n6. Squares of 1..8: print(pool.map(square, range(1, 9)))");
+    let squares = pool.map(square, 1..=8)?;
+    tasks += squares.len();
+    println!("  {squares:?}");
+
+    println!("\n7. apply_async handles, collected with .get(); then close() and join()");
+    let handles: Vec<AsyncResult<u64>> = (1..=5).map(|n| pool.apply_async(cube, n)).collect();
+    let cubes = handles
+        .into_iter()
+        .map(AsyncResult::get)
+        .collect::<mproc::Result<Vec<_>>>()?;
+    tasks += cubes.len();
+    println!("  cubes of 1..5 = {cubes:?}");
+    pool.close(); // no more tasks
+    pool.join()?; // wait for the workers to finish and exit
+    println!("  closed and joined");
+
+    println!("\n8. with Pool(5) as p: print(p.map(square, [1, 2, 3]))");
+    {
+        let p = Pool::new(5)?;
+        pools += 1;
+        let v = p.map(square, [1, 2, 3])?;
+        tasks += v.len();
+        println!("  {v:?}");
+    } // `p` is dropped here: drop terminates the pool, just as leaving Python's with-block does
+    println!("  the block ended: its pool was terminated and its workers reaped");
+
+    println!("\n9. A worker crashes mid-map: item 3 calls abort() (Python's Pool hangs forever)");
+    let pool = Pool::new(2)?;
+    pools += 1;
+    let mut ok = Vec::new();
+    for (n, r) in (1..=6).zip(pool.imap(fragile, 1..=6)) {
+        tasks += 1;
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => {
+                crashes += 1;
+                println!("  item {n}: {e}");
+            }
+        }
+    }
+    println!("  the other items completed: {ok:?}");
+    println!(
+        "  the pool still works (its dead worker was replaced): apply(square, 12) = {}",
+        pool.apply(square, 12)?
+    );
+    tasks += 1;
+
+    println!(
+        "\n{started} processes and {pools} pools started, {tasks} pool tasks run, \
+         {crashes} crashes survived, in {:.1?}",
         start.elapsed()
     );
     Ok(())

@@ -68,9 +68,9 @@ where
             let slot = Arc::new(Slot::default());
             if let Err(e) = self
                 .pool
-                .submit_chunk(self.f, &chunk, Sink::Slot(Arc::clone(&slot)))
+                .submit_chunk(self.f, &chunk, Sink::Slot(Arc::clone(&slot), 0))
             {
-                slot.complete(Err(e));
+                slot.complete(0, Err(e));
             }
             self.inflight.push_back((slot, chunk.len()));
         }
@@ -95,6 +95,7 @@ where
             let (slot, n) = self.inflight.pop_front().expect("checked above");
             let outcome = slot
                 .take()
+                .pop()
                 .unwrap_or_else(|| Err(Error::protocol("a result was lost")));
             self.ready.extend(decode_chunk(outcome, n));
             self.refill();

@@ -326,13 +326,13 @@ impl Pool {
         let job = match self.job(
             FnRef::chunked(f),
             std::slice::from_ref(&arg),
-            Sink::Slot(Arc::clone(&slot)),
+            Sink::Slot(Arc::clone(&slot), 0),
         ) {
             Ok(j) => j,
             Err(e) => return AsyncResult::failed(e),
         };
         match self.shared.submit([job]) {
-            Ok(()) => AsyncResult::new(vec![slot], finish_one::<R>),
+            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -433,21 +433,20 @@ impl Pool {
             .or(self.chunksize)
             .unwrap_or_else(|| auto_chunksize(items.len(), self.processes));
         let fnref = FnRef::chunked(f);
-        let mut slots = Vec::new();
-        let mut jobs = Vec::new();
-        for chunk in items.chunks(chunksize.max(1)) {
-            let slot = Arc::new(Slot::default());
-            match self.job(fnref, chunk, Sink::Slot(Arc::clone(&slot))) {
+        let chunks = items.chunks(chunksize.max(1));
+        let slot = Arc::new(Slot::new(chunks.len()));
+        let mut jobs = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.enumerate() {
+            match self.job(fnref, chunk, Sink::Slot(Arc::clone(&slot), i)) {
                 Ok(j) => jobs.push(j),
                 Err(e) => return AsyncResult::failed(e),
             }
-            slots.push(slot);
         }
         if jobs.is_empty() {
-            return AsyncResult::new(Vec::new(), finish_map::<F::Out>);
+            return AsyncResult::new(None, finish_map::<F::Out>);
         }
         match self.shared.submit(jobs) {
-            Ok(()) => AsyncResult::new(slots, finish_map::<F::Out>),
+            Ok(()) => AsyncResult::new(Some(slot), finish_map::<F::Out>),
             Err(e) => AsyncResult::failed(e),
         }
     }

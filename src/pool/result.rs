@@ -12,30 +12,56 @@ use crate::error::{Error, Result};
 /// the message tag), or why there is none.
 pub(crate) type Outcome = Result<Vec<u8>>;
 
-/// A one-shot cell the supervisor fills and a client waits on (blocking or as a future).
-#[derive(Default)]
+/// One-shot cells for the outcomes of a request's jobs (one for `apply`, one per chunk for
+/// `map`). The supervisor fills them in any order; waiters wake once, when the last arrives,
+/// so a `map` of thousands of chunks costs its caller one wake-up, not thousands.
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     ready: Condvar,
 }
 
-#[derive(Default)]
 struct SlotState {
-    outcome: Option<Outcome>,
-    done: bool,
+    outcomes: Vec<Option<Outcome>>,
+    remaining: usize,
+    taken: bool,
     waker: Option<Waker>,
 }
 
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot::new(1)
+    }
+}
+
 impl Slot {
-    /// Delivers the outcome and wakes every waiter. Later deliveries are ignored.
-    pub(crate) fn complete(&self, outcome: Outcome) {
+    /// Cells for `n` outcomes.
+    pub(crate) fn new(n: usize) -> Slot {
+        Slot {
+            state: Mutex::new(SlotState {
+                outcomes: (0..n).map(|_| None).collect(),
+                remaining: n,
+                taken: false,
+                waker: None,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// Delivers outcome `i`; the last one wakes every waiter. Repeated deliveries are ignored.
+    pub(crate) fn complete(&self, i: usize, outcome: Outcome) {
         let waker = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if s.done {
+            if s.taken {
                 return;
             }
-            s.outcome = Some(outcome);
-            s.done = true;
+            match s.outcomes.get_mut(i) {
+                Some(cell @ None) => *cell = Some(outcome),
+                _ => return,
+            }
+            s.remaining -= 1;
+            if s.remaining > 0 {
+                return;
+            }
             s.waker.take()
         };
         self.ready.notify_all();
@@ -44,18 +70,19 @@ impl Slot {
         }
     }
 
-    /// True once an outcome was delivered.
+    /// True once every outcome was delivered.
     pub(crate) fn is_done(&self) -> bool {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .done
+            .remaining
+            == 0
     }
 
-    /// Blocks until delivered or `deadline` passes; true if delivered.
+    /// Blocks until all are delivered or `deadline` passes; true if all were delivered.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while !s.done {
+        while s.remaining > 0 {
             match deadline {
                 None => s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner),
                 Some(d) => {
@@ -74,22 +101,23 @@ impl Slot {
         true
     }
 
-    /// Takes the outcome (once).
-    pub(crate) fn take(&self) -> Option<Outcome> {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .outcome
-            .take()
+    /// Takes every outcome (once; later calls get none).
+    pub(crate) fn take(&self) -> Vec<Outcome> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.taken = true;
+        std::mem::take(&mut s.outcomes)
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Error::protocol("a result was lost"))))
+            .collect()
     }
 
-    /// True if delivered; otherwise remembers `waker` to wake on delivery.
+    /// True if all delivered; otherwise remembers `waker` to wake on the last delivery.
     fn poll_done(&self, waker: &Waker) -> bool {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !s.done {
+        if s.remaining > 0 {
             s.waker = Some(waker.clone());
         }
-        s.done
+        s.remaining == 0
     }
 }
 
@@ -122,16 +150,16 @@ pub(crate) type Finish<R> = fn(Vec<Outcome>) -> Result<R>;
 /// Dropping it does not cancel the task: the pool still runs it and discards the result.
 #[must_use = "the result is only available through the handle"]
 pub struct AsyncResult<R> {
-    slots: Vec<Arc<Slot>>,
+    slot: Option<Arc<Slot>>,
     finish: Finish<R>,
     value: Mutex<Option<Result<R>>>,
     taken: bool,
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(slots: Vec<Arc<Slot>>, finish: Finish<R>) -> AsyncResult<R> {
+    pub(crate) fn new(slot: Option<Arc<Slot>>, finish: Finish<R>) -> AsyncResult<R> {
         AsyncResult {
-            slots,
+            slot,
             finish,
             value: Mutex::new(None),
             taken: false,
@@ -140,7 +168,7 @@ impl<R> AsyncResult<R> {
 
     /// An already failed result (the pool refused the request).
     pub(crate) fn failed(e: Error) -> AsyncResult<R> {
-        let r = AsyncResult::new(Vec::new(), |_| Err(Error::usage("unreachable")));
+        let r = AsyncResult::new(None, |_| Err(Error::usage("unreachable")));
         *r.value.lock().unwrap_or_else(PoisonError::into_inner) = Some(Err(e));
         r
     }
@@ -153,7 +181,7 @@ impl<R> AsyncResult<R> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_some()
-            || self.slots.iter().all(|s| s.is_done())
+            || self.slot.as_ref().is_none_or(|s| s.is_done())
     }
 
     /// Once ready: whether the task(s) succeeded (Python's `successful()`); `None` before.
@@ -168,7 +196,7 @@ impl<R> AsyncResult<R> {
 
     /// Blocks until the result is available (Python's `wait()`).
     pub fn wait(&self) {
-        for s in &self.slots {
+        if let Some(s) = &self.slot {
             s.wait(None);
         }
     }
@@ -176,7 +204,7 @@ impl<R> AsyncResult<R> {
     /// Blocks until the result is available or `timeout` passes; true if it is available.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        self.slots.iter().all(|s| s.wait(Some(deadline)))
+        self.slot.as_ref().is_none_or(|s| s.wait(Some(deadline)))
     }
 
     /// Waits for and returns the result (Python's `get()`).
@@ -218,14 +246,7 @@ impl<R> AsyncResult<R> {
     }
 
     fn compute(&self) -> Result<R> {
-        let outcomes = self
-            .slots
-            .iter()
-            .map(|s| {
-                s.take()
-                    .unwrap_or_else(|| Err(Error::usage("this result was already taken")))
-            })
-            .collect();
+        let outcomes = self.slot.as_ref().map(|s| s.take()).unwrap_or_default();
         (self.finish)(outcomes)
     }
 }
@@ -246,8 +267,7 @@ impl<R> Future for AsyncResult<R> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some();
-        // Register with every slot not yet done, so whichever finishes last wakes us.
-        if has_value || this.slots.iter().all(|s| s.poll_done(cx.waker())) {
+        if has_value || this.slot.as_ref().is_none_or(|s| s.poll_done(cx.waker())) {
             Poll::Ready(this.take_value())
         } else {
             Poll::Pending

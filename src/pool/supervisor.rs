@@ -30,8 +30,8 @@ use crate::wire::msg::{self, FromWorker};
 
 /// Where a job's outcome goes.
 pub(crate) enum Sink {
-    /// A slot someone waits on.
-    Slot(Arc<Slot>),
+    /// Cell `i` of a slot someone waits on.
+    Slot(Arc<Slot>, usize),
     /// A channel shared by the jobs of one `imap_unordered`, tagged with the job's item count.
     Channel(mpsc::Sender<(usize, Outcome)>, usize),
 }
@@ -39,7 +39,7 @@ pub(crate) enum Sink {
 impl Sink {
     fn deliver(self, outcome: Outcome) {
         match self {
-            Sink::Slot(s) => s.complete(outcome),
+            Sink::Slot(s, i) => s.complete(i, outcome),
             Sink::Channel(tx, n) => {
                 let _ = tx.send((n, outcome));
             }
@@ -118,14 +118,18 @@ pub(crate) struct Config {
 enum State {
     /// Running the initializer.
     Init,
-    Idle,
-    Busy {
-        job: Job,
-        deadline: Option<Instant>,
-    },
+    /// Serving; its jobs in flight are in `Worker::inflight` (none: idle).
+    Active,
     /// Killed (timeout, protocol error) or retiring; reaped when its pidfd fires.
     Ending,
 }
+
+/// Jobs sent ahead to a worker whose tasks are fast, so that it never waits for the supervisor
+/// between them. Slow tasks get no look-ahead, so that a long task never holds back queued
+/// ones while another worker is idle.
+const MAX_DEPTH: usize = 16;
+/// Tasks shorter than this (moving average) count as fast.
+const FAST_TASK: Duration = Duration::from_micros(200);
 
 struct Worker {
     pid: i32,
@@ -133,9 +137,24 @@ struct Worker {
     sock: Option<UnixStream>,
     reader: FrameReader,
     state: State,
+    /// Jobs written to the worker, in order: the first is running, the rest wait in its socket.
+    inflight: VecDeque<Job>,
+    /// When the running job started, and its deadline.
+    head_started: Instant,
+    head_deadline: Option<Instant>,
     tasks: usize,
     /// Reached the point of serving (hello checked and initializer done).
     served: bool,
+}
+
+impl Worker {
+    /// The job at the head finished (or failed): the next one, if any, starts now.
+    fn pop_head(&mut self, timeout: Option<Duration>) -> Option<Job> {
+        let job = self.inflight.pop_front();
+        self.head_started = Instant::now();
+        self.head_deadline = timeout.map(|t| self.head_started + t);
+        job
+    }
 }
 
 /// Reads without blocking, so the supervisor can drain a socket until it is empty.
@@ -149,7 +168,7 @@ impl Read for NoWait<'_> {
 
 /// Starts the supervisor thread for a new pool.
 pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
-    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    let (wake_tx, wake_rx) = sys::socket_pair()?;
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         wake_tx,
@@ -161,6 +180,7 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
         workers: Vec::new(),
         startup_failures: 0,
         respawn_at: None,
+        avg_task: Duration::from_millis(1),
     };
     let handle = std::thread::Builder::new()
         .name("mproc-pool".into())
@@ -177,6 +197,8 @@ struct Supervisor {
     startup_failures: usize,
     /// When to try starting workers again after the OS refused.
     respawn_at: Option<Instant>,
+    /// Moving average of task run time; it sets the look-ahead depth.
+    avg_task: Duration,
 }
 
 impl Supervisor {
@@ -216,7 +238,7 @@ impl Supervisor {
             && self
                 .workers
                 .iter()
-                .all(|w| matches!(w.state, State::Idle | State::Ending))
+                .all(|w| w.inflight.is_empty() && !matches!(w.state, State::Init))
     }
 
     /// Starts workers until there are `processes` of them serving or starting.
@@ -252,7 +274,10 @@ impl Supervisor {
             pidfd: l.pidfd,
             sock: Some(l.sock),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
-            state: State::Idle,
+            state: State::Active,
+            inflight: VecDeque::new(),
+            head_started: Instant::now(),
+            head_deadline: None,
             tasks: 0,
             served: false,
         };
@@ -266,25 +291,60 @@ impl Supervisor {
         Ok(w)
     }
 
-    /// Hands queued jobs to idle workers.
+    /// Hands queued jobs to workers: one to each idle worker first, then, when tasks are fast,
+    /// more to fill each worker's look-ahead. Several jobs go out in one write.
     fn assign(&mut self) {
-        for w in &mut self.workers {
-            if !matches!(w.state, State::Idle) {
-                continue;
+        let depth = if self.avg_task < FAST_TASK {
+            MAX_DEPTH
+        } else {
+            1
+        };
+        for round in [1, depth] {
+            for w in &mut self.workers {
+                if !matches!(w.state, State::Active) || w.inflight.len() >= round {
+                    continue;
+                }
+                let mut want = round - w.inflight.len();
+                if let Some(max) = self.config.max_tasks_per_child {
+                    // Never send a worker more than it may still run before it retires.
+                    want = want.min(max.saturating_sub(w.tasks + w.inflight.len()));
+                }
+                let jobs: Vec<Job> = {
+                    let mut q = self.shared.lock();
+                    let n = want.min(q.jobs.len());
+                    q.jobs.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    continue;
+                }
+                let Some(sock) = w.sock.as_mut() else {
+                    continue;
+                };
+                let sent = if let [one] = jobs.as_slice() {
+                    sock.write_all(&one.frame)
+                } else {
+                    let mut batch = Vec::with_capacity(jobs.iter().map(|j| j.frame.len()).sum());
+                    for j in &jobs {
+                        batch.extend_from_slice(&j.frame);
+                    }
+                    sock.write_all(&batch)
+                };
+                if sent.is_err() {
+                    // The worker died before taking them: the jobs never started, so they go
+                    // back to the queue without spending a retry. Its pidfd reports the death.
+                    let mut q = self.shared.lock();
+                    for j in jobs.into_iter().rev() {
+                        q.jobs.push_front(j);
+                    }
+                    w.state = State::Ending;
+                    continue;
+                }
+                if w.inflight.is_empty() {
+                    w.head_started = Instant::now();
+                    w.head_deadline = self.config.task_timeout.map(|t| w.head_started + t);
+                }
+                w.inflight.extend(jobs);
             }
-            let Some(job) = self.shared.lock().jobs.pop_front() else {
-                return;
-            };
-            let sock = w.sock.as_mut().expect("an idle worker has its socket");
-            if sock.write_all(&job.frame).is_err() {
-                // The worker died before taking it: the job never started, so re-queue it
-                // without spending a retry; the death is handled when its pidfd fires.
-                self.shared.lock().jobs.push_front(job);
-                w.state = State::Ending;
-                continue;
-            }
-            let deadline = self.config.task_timeout.map(|t| Instant::now() + t);
-            w.state = State::Busy { job, deadline };
         }
     }
 
@@ -292,10 +352,7 @@ impl Supervisor {
         let now = Instant::now();
         let mut timeout = self.respawn_at.map(|t| t.saturating_duration_since(now));
         for w in &self.workers {
-            if let State::Busy {
-                deadline: Some(d), ..
-            } = w.state
-            {
+            if let (false, Some(d)) = (w.inflight.is_empty(), w.head_deadline) {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
@@ -413,19 +470,23 @@ impl Supervisor {
                 Err(Error::binary_mismatch(identity::own(), id))
             }
         };
+        let timeout = self.config.task_timeout;
         let w = &mut self.workers[i];
-        match std::mem::replace(&mut w.state, State::Idle) {
+        match w.state {
             State::Init => match outcome {
                 Ok(_) => {
+                    w.state = State::Active;
                     w.served = true;
                     self.startup_failures = 0;
                 }
                 Err(e) => self.break_pool(format!("the initializer failed: {e}")),
             },
-            State::Busy { job, .. } => {
+            State::Active if !w.inflight.is_empty() => {
+                let took = w.head_started.elapsed();
+                let job = w.pop_head(timeout).expect("checked non-empty");
                 w.served = true;
-                self.startup_failures = 0;
                 w.tasks += 1;
+                self.startup_failures = 0;
                 job.sink.deliver(outcome);
                 if self
                     .config
@@ -435,44 +496,46 @@ impl Supervisor {
                     // Retire: the worker exits on `Exit`; reaped when its pidfd fires.
                     retire(w);
                 }
+                // Moving average over about eight tasks.
+                self.avg_task = (self.avg_task * 7 + took) / 8;
             }
-            other => {
-                w.state = other;
-                self.fail_worker(i, Error::protocol("a worker answered without a task"));
-            }
+            _ => self.fail_worker(i, Error::protocol("a worker answered without a task")),
         }
     }
 
-    /// Kills a misbehaving worker; its job (if any) fails with `err`, without retry.
+    /// Kills a misbehaving worker: its running job fails with `err` (no retry); the jobs
+    /// waiting behind it never started and go back to the queue.
     fn fail_worker(&mut self, i: usize, err: Error) {
         let w = &mut self.workers[i];
         signal(w, sys::SIGKILL);
         w.sock = None;
-        if let State::Busy { job, .. } = std::mem::replace(&mut w.state, State::Ending) {
+        w.state = State::Ending;
+        if let Some(job) = w.inflight.pop_front() {
             job.sink.deliver(Err(err));
+        }
+        let waiting: Vec<Job> = w.inflight.drain(..).collect();
+        self.requeue(waiting);
+    }
+
+    /// Puts jobs that never started back at the front of the queue, in order.
+    fn requeue(&mut self, jobs: Vec<Job>) {
+        let mut q = self.shared.lock();
+        for j in jobs.into_iter().rev() {
+            q.jobs.push_front(j);
         }
     }
 
     fn expire_deadlines(&mut self) {
         let now = Instant::now();
-        for w in &mut self.workers {
-            if let State::Busy {
-                deadline: Some(d), ..
-            } = w.state
-            {
-                if d <= now {
-                    signal(w, sys::SIGKILL);
-                    w.sock = None;
-                    if let State::Busy { job, .. } = std::mem::replace(&mut w.state, State::Ending)
-                    {
-                        job.sink.deliver(Err(Error::timed_out()));
-                    }
-                }
+        for i in 0..self.workers.len() {
+            let w = &self.workers[i];
+            if !w.inflight.is_empty() && w.head_deadline.is_some_and(|d| d <= now) {
+                self.fail_worker(i, Error::timed_out());
             }
         }
     }
 
-    /// Reaps worker `i` if it has ended, and settles its job.
+    /// Reaps worker `i` if it has ended, and settles its jobs.
     fn reap(&mut self, i: usize) {
         let w = &self.workers[i];
         let block = w.pidfd.is_none();
@@ -481,18 +544,19 @@ impl Supervisor {
             Ok(None) => return, // not yet: the pidfd fires again
             Err(_) => ExitStatus::from_raw(sys::RawExit::Unknown),
         };
-        let w = self.workers.swap_remove(i);
-        match w.state {
-            State::Busy { mut job, .. } => {
-                if job.retries_left > 0 {
-                    job.retries_left -= 1;
-                    self.shared.lock().jobs.push_front(job);
-                } else {
-                    job.sink.deliver(Err(Error::worker_died(status)));
-                }
+        let mut w = self.workers.swap_remove(i);
+        if let Some(mut job) = w.inflight.pop_front() {
+            if job.retries_left > 0 {
+                job.retries_left -= 1;
+                w.inflight.push_front(job);
+            } else {
+                job.sink.deliver(Err(Error::worker_died(status)));
             }
-            State::Init => self.break_pool(format!("the initializer died ({status})")),
-            State::Idle | State::Ending => {}
+        }
+        let waiting: Vec<Job> = w.inflight.drain(..).collect();
+        self.requeue(waiting);
+        if let State::Init = w.state {
+            self.break_pool(format!("the initializer died ({status})"));
         }
         if !w.served {
             self.startup_failures += 1;
@@ -518,16 +582,23 @@ impl Supervisor {
         }
     }
 
-    /// SIGKILLs and reaps every worker; running jobs fail as terminated.
+    /// SIGKILLs and reaps every worker; running and waiting jobs fail as terminated (or, for
+    /// a broken pool, with the reason, via `fail_queued`).
     fn kill_all(&mut self) {
         for w in &self.workers {
             signal(w, sys::SIGKILL);
         }
-        for w in self.workers.drain(..) {
+        let terminating = self.shared.lock().terminate;
+        for mut w in std::mem::take(&mut self.workers) {
             let _ = sys::waitpid(w.pid, true);
-            if let State::Busy { job, .. } = w.state {
-                job.sink
-                    .deliver(Err(Error::closed("the pool was terminated")));
+            let jobs: Vec<Job> = w.inflight.drain(..).collect();
+            if terminating {
+                for j in jobs {
+                    j.sink
+                        .deliver(Err(Error::closed("the pool was terminated")));
+                }
+            } else {
+                self.requeue(jobs);
             }
         }
     }

@@ -423,6 +423,12 @@ impl<R> Process<R> {
             return Ok(None);
         };
         loop {
+            // A frame already buffered does not make the socket readable: take it first.
+            if self.reader.has_frame() {
+                if let Ok(Some(frame)) = self.reader.advance(sock) {
+                    return Ok(Some(frame));
+                }
+            }
             let timeout = remaining(deadline);
             let ready = match &self.pidfd {
                 Some(pidfd) => sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], timeout),

@@ -28,14 +28,25 @@ pub(crate) enum FrameError {
     Io(io::Error),
 }
 
-/// A resumable frame reader: call [`advance`](FrameReader::advance) whenever the stream is
-/// readable; it performs exactly one `read` and returns a frame once one is complete.
+/// Bytes read from the stream at a time while between frames: several small frames (a burst of
+/// results, say) then arrive with one `read`.
+const STAGE: usize = 64 << 10;
+
+/// A resumable, buffered frame reader. [`advance`](FrameReader::advance) returns a frame
+/// already buffered without touching the stream, else performs exactly one `read`. Callers
+/// that wait for readiness (`poll`) must first drain [`has_frame`](FrameReader::has_frame):
+/// buffered frames do not make the fd readable.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
-    head: [u8; HEADER],
-    head_got: usize,
+    /// Bytes read but not yet consumed: `stage[pos..end]`. Allocated (once) on first read,
+    /// never shrunk or re-zeroed.
+    stage: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// A frame too large for the stage, being read straight into its own buffer.
     body: Vec<u8>,
     body_len: usize,
+    in_body: bool,
     limit: u64,
 }
 
@@ -43,44 +54,95 @@ impl FrameReader {
     /// A reader refusing frames longer than `limit` bytes.
     pub(crate) fn new(limit: u64) -> FrameReader {
         FrameReader {
-            head: [0; HEADER],
-            head_got: 0,
+            stage: Vec::new(),
+            pos: 0,
+            end: 0,
             body: Vec::new(),
             body_len: 0,
+            in_body: false,
             limit,
         }
     }
 
-    /// Performs one `read` from `r`. `Ok(Some(frame))` when a frame completed, `Ok(None)` when
-    /// more bytes are needed.
+    /// True when a whole frame is buffered: `advance` returns it without reading.
+    pub(crate) fn has_frame(&self) -> bool {
+        !self.in_body
+            && matches!(self.peek_len(), Some(len) if HEADER as u64 + len <= (self.end - self.pos) as u64)
+    }
+
+    fn peek_len(&self) -> Option<u64> {
+        if self.end - self.pos < HEADER {
+            return None;
+        }
+        let head = &self.stage[self.pos..self.pos + HEADER];
+        Some(u64::from_le_bytes(head.try_into().expect("8 bytes")))
+    }
+
+    /// Returns a buffered frame, or performs one `read` from `r`. `Ok(Some(frame))` when a frame
+    /// completed, `Ok(None)` when more bytes are needed.
     pub(crate) fn advance(&mut self, r: &mut impl Read) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.head_got < HEADER {
-            let n = read_once(r, &mut self.head[self.head_got..])?;
-            if n == 0 {
-                return Err(self.eof());
-            }
-            self.head_got += n;
-            if self.head_got < HEADER {
-                return Ok(None);
-            }
-            let len = u64::from_le_bytes(self.head);
-            if len > self.limit {
-                return Err(FrameError::TooLong {
-                    len,
-                    limit: self.limit,
-                });
-            }
-            // Checked above against a limit that a caller sets within usize on 64-bit targets.
-            self.body_len = usize::try_from(len).map_err(|_| FrameError::TooLong {
-                len,
-                limit: self.limit,
-            })?;
-            self.body = Vec::with_capacity(self.body_len.min(INITIAL_BODY));
-            if self.body_len == 0 {
-                return Ok(Some(self.take()));
-            }
+        if let Some(frame) = self.take_staged()? {
+            return Ok(Some(frame));
+        }
+        if self.in_body {
+            return self.read_body(r);
+        }
+        if self.stage.is_empty() {
+            self.stage = vec![0; STAGE];
+        }
+        // Make room: move the unconsumed bytes to the front.
+        if self.pos > 0 {
+            self.stage.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        let n = read_once(r, &mut self.stage[self.end..])?;
+        if n == 0 {
+            return Err(self.eof());
+        }
+        self.end += n;
+        self.take_staged()
+    }
+
+    /// Takes a whole frame out of the stage, or moves a large frame's start into `body`.
+    fn take_staged(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.in_body {
             return Ok(None);
         }
+        let Some(len) = self.peek_len() else {
+            return Ok(None);
+        };
+        if len > self.limit {
+            return Err(FrameError::TooLong {
+                len,
+                limit: self.limit,
+            });
+        }
+        // Checked above against a limit that a caller sets within usize on 64-bit targets.
+        let len = usize::try_from(len).map_err(|_| FrameError::TooLong {
+            len,
+            limit: self.limit,
+        })?;
+        let avail = self.end - self.pos - HEADER;
+        let start = self.pos + HEADER;
+        if len <= avail {
+            self.pos = start + len;
+            return Ok(Some(self.stage[start..start + len].to_vec()));
+        }
+        if HEADER + len <= STAGE {
+            return Ok(None); // it will fit in the stage: read more
+        }
+        // Large: read the rest directly into a buffer that grows only as bytes arrive.
+        self.body_len = len;
+        self.body = Vec::with_capacity(avail.max(INITIAL_BODY).min(len));
+        self.body.extend_from_slice(&self.stage[start..self.end]);
+        self.pos = 0;
+        self.end = 0;
+        self.in_body = true;
+        Ok(None)
+    }
+
+    fn read_body(&mut self, r: &mut impl Read) -> Result<Option<Vec<u8>>, FrameError> {
         if self.body.len() == self.body.capacity() {
             // Grow geometrically, never past the announced length.
             let want = (self.body.capacity() * 2).clamp(INITIAL_BODY, self.body_len);
@@ -100,11 +162,12 @@ impl FrameReader {
         if n == 0 {
             return Err(self.eof());
         }
-        if self.body.len() == self.body_len {
-            Ok(Some(self.take()))
-        } else {
-            Ok(None)
+        if self.body.len() < self.body_len {
+            return Ok(None);
         }
+        self.in_body = false;
+        self.body_len = 0;
+        Ok(Some(std::mem::take(&mut self.body)))
     }
 
     /// Reads one whole frame, blocking as the stream does.
@@ -116,30 +179,24 @@ impl FrameReader {
         }
     }
 
-    fn take(&mut self) -> Vec<u8> {
-        self.head_got = 0;
-        self.body_len = 0;
-        std::mem::take(&mut self.body)
-    }
-
     fn eof(&self) -> FrameError {
-        if self.head_got == 0 {
-            FrameError::Eof
-        } else {
-            let got = if self.head_got < HEADER {
-                self.head_got
-            } else {
-                HEADER + self.body.len()
+        let avail = (self.end - self.pos) as u64;
+        if self.in_body {
+            let got = (HEADER + self.body.len()) as u64;
+            return FrameError::Truncated {
+                expected: (HEADER + self.body_len) as u64,
+                got,
             };
-            let expected = if self.head_got < HEADER {
-                HEADER as u64
-            } else {
-                HEADER as u64 + self.body_len as u64
-            };
-            FrameError::Truncated {
-                expected,
-                got: got as u64,
-            }
+        }
+        if avail == 0 {
+            return FrameError::Eof;
+        }
+        let expected = self
+            .peek_len()
+            .map_or(HEADER as u64, |l| (HEADER as u64).saturating_add(l));
+        FrameError::Truncated {
+            expected,
+            got: avail,
         }
     }
 }
