@@ -130,6 +130,10 @@ enum State {
 const MAX_DEPTH: usize = 16;
 /// Tasks shorter than this (moving average) count as fast.
 const FAST_TASK: Duration = Duration::from_micros(200);
+/// Bytes of jobs sent ahead of the running one, at most. Well under a socket's send buffer,
+/// so writing them never blocks: a blocked write here while the worker blocks writing a large
+/// result to us would deadlock both.
+const LOOKAHEAD_BYTES: usize = 48 << 10;
 
 struct Worker {
     pid: i32,
@@ -311,7 +315,18 @@ impl Supervisor {
                 }
                 let jobs: Vec<Job> = {
                     let mut q = self.shared.lock();
-                    let n = want.min(q.jobs.len());
+                    let mut ahead: usize = w.inflight.iter().skip(1).map(|j| j.frame.len()).sum();
+                    let mut n = 0;
+                    for (k, j) in q.jobs.iter().take(want).enumerate() {
+                        // The first job to an idle worker may be any size: it is reading.
+                        if !(w.inflight.is_empty() && k == 0) {
+                            ahead += j.frame.len();
+                            if ahead > LOOKAHEAD_BYTES {
+                                break;
+                            }
+                        }
+                        n += 1;
+                    }
                     q.jobs.drain(..n).collect()
                 };
                 if jobs.is_empty() {
