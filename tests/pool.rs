@@ -518,3 +518,46 @@ fn pool_is_send_and_sync() {
     send_sync::<Pool>();
     send_sync::<mproc::AsyncResult<Vec<u8>>>();
 }
+
+/// `apply` borrows an idle worker directly (the fast path); every failure rule must hold there
+/// too.
+#[test]
+fn synchronous_apply_keeps_every_failure_rule() {
+    let p = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(p.apply(square, 4).unwrap(), 16);
+    assert!(p.apply(sleep_forever, 0).unwrap_err().is_timeout());
+    let err = p.apply(die_on, 17).unwrap_err();
+    assert_eq!(
+        err.exit_status().unwrap().signal(),
+        Some(libc::SIGSEGV),
+        "{err}"
+    );
+    assert_eq!(
+        p.apply(panics_on_3, 3).unwrap_err().kind(),
+        ErrorKind::Panicked
+    );
+    assert_eq!(p.apply(square, 5).unwrap(), 25);
+
+    // Recycling counts tasks run on borrowed workers.
+    let p = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(2)
+        .build()
+        .unwrap();
+    let pids: HashSet<u32> = (0..10).map(|i| p.apply(my_pid, i).unwrap()).collect();
+    assert!(pids.len() >= 5, "10 tasks, 2 per worker: {pids:?}");
+
+    // Terminating the pool while a thread waits in `apply` (or is about to) fails that call
+    // with `Closed`, promptly: never a hang.
+    let p = pool(1);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| p.apply(sleep_forever, 0));
+        p.terminate();
+        let err = waiter.join().unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    });
+}

@@ -1,6 +1,7 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
 
 mod imap;
+mod lease;
 mod result;
 mod supervisor;
 
@@ -64,6 +65,7 @@ pub struct Pool {
     processes: usize,
     max_retries: u32,
     chunksize: Option<usize>,
+    task_timeout: Option<Duration>,
 }
 
 /// Configures a [`Pool`]; Python's `Pool(...)` keyword arguments and more.
@@ -219,6 +221,7 @@ impl PoolBuilder {
             processes,
             max_retries: self.max_retries,
             chunksize: self.chunksize,
+            task_timeout: self.task_timeout,
         })
     }
 }
@@ -312,7 +315,27 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.apply_async(f, arg).get()
+        let fnref = FnRef::chunked(f);
+        let frame = self.encode(fnref, std::slice::from_ref(&arg))?;
+        let retries = self.max_retries;
+        let rebuild = |sink| Job {
+            frame: frame.clone(),
+            sink,
+            retries_left: retries,
+        };
+        if let Some(outcome) = lease::run(&self.shared, &frame, self.task_timeout, rebuild) {
+            return finish_one(vec![outcome]);
+        }
+        let slot = Arc::new(Slot::default());
+        let job = Job {
+            frame,
+            sink: Sink::Slot(Arc::clone(&slot), 0),
+            retries_left: retries,
+        };
+        match self.shared.submit([job]) {
+            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).get(),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `f(arg)` in a worker; the result arrives through the returned handle: Python's
@@ -451,13 +474,18 @@ impl Pool {
         }
     }
 
-    /// Encodes a chunk of arguments into a job.
-    fn job<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
+    /// Encodes a chunk of arguments into a `Run` frame.
+    fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<Vec<u8>> {
         let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
         codec::encode_into(chunk, &mut run.buf).map_err(Error::codec)?;
+        Ok(run.finish())
+    }
+
+    /// Encodes a chunk of arguments into a job.
+    fn job<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
         Ok(Job {
-            frame: run.finish(),
+            frame: self.encode(f, chunk)?,
             sink,
             retries_left: self.max_retries,
         })

@@ -68,6 +68,31 @@ pub(crate) struct Queue {
     pub(crate) terminate: bool,
     pub(crate) broken: Option<String>,
     wake_pending: bool,
+    /// Idle workers a client may borrow for one synchronous task (see `lease`).
+    pub(crate) idle: Vec<Lease>,
+    /// Borrowed workers handed back with news for the supervisor.
+    pub(crate) returned: Vec<Returned>,
+}
+
+/// An idle worker lent to a client thread for one `apply`: the client writes the task and
+/// reads the answer itself, saving two thread hand-offs per round trip. While lent, the
+/// supervisor neither reads its socket nor reaps it.
+pub(crate) struct Lease {
+    pub(crate) id: u64,
+    pub(crate) sock: Arc<UnixStream>,
+    pub(crate) pidfd: Option<Arc<OwnedFd>>,
+    /// Tasks run while lent since the supervisor last looked.
+    pub(crate) tasks: usize,
+    /// Tasks it may still run before it must retire (`max_tasks_per_child`).
+    pub(crate) tasks_left: Option<usize>,
+}
+
+/// What a client hands back instead of an idle lease.
+pub(crate) enum Returned {
+    /// It reached `max_tasks_per_child`: retire it.
+    Retire { id: u64, tasks: usize },
+    /// It died, hung past its timeout (killed), or misbehaved while running `job`.
+    Lost { id: u64, job: Job, timed_out: bool },
 }
 
 impl Shared {
@@ -136,9 +161,12 @@ const FAST_TASK: Duration = Duration::from_micros(200);
 const LOOKAHEAD_BYTES: usize = 48 << 10;
 
 struct Worker {
+    id: u64,
     pid: i32,
-    pidfd: Option<OwnedFd>,
-    sock: Option<UnixStream>,
+    pidfd: Option<Arc<OwnedFd>>,
+    sock: Option<Arc<UnixStream>>,
+    /// Offered to clients in `Queue::idle` (or lent to one right now).
+    published: bool,
     reader: FrameReader,
     state: State,
     /// Jobs written to the worker, in order: the first is running, the rest wait in its socket.
@@ -185,6 +213,7 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
         startup_failures: 0,
         respawn_at: None,
         avg_task: Duration::from_millis(1),
+        next_id: 0,
     };
     let handle = std::thread::Builder::new()
         .name("mproc-pool".into())
@@ -203,6 +232,7 @@ struct Supervisor {
     respawn_at: Option<Instant>,
     /// Moving average of task run time; it sets the look-ahead depth.
     avg_task: Duration,
+    next_id: u64,
 }
 
 impl Supervisor {
@@ -225,8 +255,10 @@ impl Supervisor {
                     return;
                 }
             } else {
+                self.absorb_returned();
                 self.fill();
                 self.assign();
+                self.publish(closed);
                 if closed && self.drained() {
                     self.shutdown();
                     return;
@@ -236,9 +268,93 @@ impl Supervisor {
         }
     }
 
-    /// True when no job is queued or running.
+    /// Ids of published workers a client has borrowed right now.
+    fn lent(&self) -> Vec<u64> {
+        let q = self.shared.lock();
+        self.workers
+            .iter()
+            .filter(|w| w.published && !q.idle.iter().any(|l| l.id == w.id))
+            .map(|w| w.id)
+            .collect()
+    }
+
+    /// Offers idle workers to clients, when nothing is queued for them.
+    fn publish(&mut self, closed: bool) {
+        let mut q = self.shared.lock();
+        if closed || !q.jobs.is_empty() {
+            return;
+        }
+        for w in &mut self.workers {
+            let idle = matches!(w.state, State::Active) && w.inflight.is_empty() && !w.published;
+            let (Some(sock), true) = (&w.sock, idle) else {
+                continue;
+            };
+            let tasks_left = self
+                .config
+                .max_tasks_per_child
+                .map(|m| m.saturating_sub(w.tasks));
+            if tasks_left == Some(0) {
+                continue;
+            }
+            q.idle.push(Lease {
+                id: w.id,
+                sock: Arc::clone(sock),
+                pidfd: w.pidfd.clone(),
+                tasks: 0,
+                tasks_left,
+            });
+            w.published = true;
+        }
+    }
+
+    /// Takes back the published workers no client has borrowed, to give them queued jobs.
+    fn reclaim(&mut self) {
+        let leases: Vec<Lease> = self.shared.lock().idle.drain(..).collect();
+        for l in leases {
+            if let Some(w) = self.workers.iter_mut().find(|w| w.id == l.id) {
+                w.published = false;
+                w.tasks += l.tasks;
+            }
+        }
+    }
+
+    /// Settles what borrowers handed back.
+    fn absorb_returned(&mut self) {
+        let returned: Vec<Returned> = self.shared.lock().returned.drain(..).collect();
+        for r in returned {
+            match r {
+                Returned::Retire { id, tasks } => {
+                    if let Some(w) = self.workers.iter_mut().find(|w| w.id == id) {
+                        w.published = false;
+                        w.tasks += tasks;
+                        retire(w);
+                    }
+                }
+                Returned::Lost { id, job, timed_out } => {
+                    let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
+                        job.sink
+                            .deliver(Err(Error::protocol("a lent worker vanished")));
+                        continue;
+                    };
+                    w.published = false;
+                    signal(w, sys::SIGKILL);
+                    w.sock = None;
+                    w.state = State::Ending;
+                    if timed_out {
+                        job.sink.deliver(Err(Error::timed_out()));
+                    } else {
+                        // Settled (retry or WorkerDied with its status) when it is reaped.
+                        w.inflight.push_back(job);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when no job is queued or running (on a lent worker too).
     fn drained(&self) -> bool {
-        self.shared.lock().jobs.is_empty()
+        self.lent().is_empty()
+            && self.shared.lock().jobs.is_empty()
             && self
                 .workers
                 .iter()
@@ -273,10 +389,13 @@ impl Supervisor {
 
     fn launch(&mut self) -> io::Result<Worker> {
         let l = launch::launch(self.config.method, &self.config.spec)?;
+        self.next_id += 1;
         let mut w = Worker {
+            id: self.next_id,
             pid: l.pid,
-            pidfd: l.pidfd,
-            sock: Some(l.sock),
+            pidfd: l.pidfd.map(Arc::new),
+            sock: Some(Arc::new(l.sock)),
+            published: false,
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             state: State::Active,
             inflight: VecDeque::new(),
@@ -287,9 +406,9 @@ impl Supervisor {
         };
         if let Some(init) = &self.config.init {
             w.state = State::Init;
-            if let Some(s) = &mut w.sock {
+            if let Some(s) = &w.sock {
                 // A failed write means it died: its pidfd says so on the next turn.
-                let _ = s.write_all(init);
+                let _ = (&**s).write_all(init);
             }
         }
         Ok(w)
@@ -303,9 +422,12 @@ impl Supervisor {
         } else {
             1
         };
+        if !self.shared.lock().jobs.is_empty() {
+            self.reclaim();
+        }
         for round in [1, depth] {
             for w in &mut self.workers {
-                if !matches!(w.state, State::Active) || w.inflight.len() >= round {
+                if !matches!(w.state, State::Active) || w.published || w.inflight.len() >= round {
                     continue;
                 }
                 let mut want = round - w.inflight.len();
@@ -332,9 +454,10 @@ impl Supervisor {
                 if jobs.is_empty() {
                     continue;
                 }
-                let Some(sock) = w.sock.as_mut() else {
+                let Some(sock) = w.sock.as_deref() else {
                     continue;
                 };
+                let mut sock = sock;
                 let sent = if let [one] = jobs.as_slice() {
                     sock.write_all(&one.frame)
                 } else {
@@ -375,12 +498,15 @@ impl Supervisor {
         // Poll set: the wake socket, then per worker its socket (if open) and its pidfd.
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.wake_rx.as_fd()];
         let mut owners = Vec::new();
+        let lent = self.lent();
         for (i, w) in self.workers.iter().enumerate() {
-            if let Some(s) = &w.sock {
+            // A published worker's socket belongs to whichever client borrows it; a lent
+            // worker's death is its borrower's to notice.
+            if let (Some(s), false) = (&w.sock, w.published) {
                 fds.push(s.as_fd());
                 owners.push((i, false));
             }
-            if let Some(p) = &w.pidfd {
+            if let (Some(p), false) = (&w.pidfd, lent.contains(&w.id)) {
                 fds.push(p.as_fd());
                 owners.push((i, true));
             }
@@ -463,27 +589,14 @@ impl Supervisor {
     }
 
     fn on_frame(&mut self, i: usize, frame: Vec<u8>) {
-        let parsed = match msg::parse_from_worker(&frame) {
-            Ok(m) => m,
+        let outcome = match classify(frame) {
+            Ok(Classified::Outcome(o)) => o,
+            Ok(Classified::Hello { ours: true }) => return,
+            Ok(Classified::Hello { ours: false }) => {
+                let e = Error::binary_mismatch(identity::own(), b"(another build)");
+                return self.break_pool(e.to_string());
+            }
             Err(bad) => return self.fail_worker(i, Error::protocol(bad.0)),
-        };
-        let outcome: Outcome = match parsed {
-            FromWorker::Hello { identity: id, .. } => {
-                if id != identity::own() {
-                    let e = Error::binary_mismatch(identity::own(), id);
-                    self.break_pool(e.to_string());
-                }
-                return;
-            }
-            FromWorker::Done(_) => Ok(frame),
-            FromWorker::Panic(bytes) => Err(match codec::decode::<RemotePanic>(bytes) {
-                Ok(p) => Error::panicked(p),
-                Err(e) => Error::protocol(format!("undecodable panic report: {e}")),
-            }),
-            FromWorker::Failed(text) => Err(Error::codec(text)),
-            FromWorker::Refused { identity: id } => {
-                Err(Error::binary_mismatch(identity::own(), id))
-            }
         };
         let timeout = self.config.task_timeout;
         let w = &mut self.workers[i];
@@ -552,6 +665,14 @@ impl Supervisor {
 
     /// Reaps worker `i` if it has ended, and settles its jobs.
     fn reap(&mut self, i: usize) {
+        if self.workers[i].published {
+            if self.lent().contains(&self.workers[i].id) {
+                return; // its borrower reports what happened
+            }
+            let id = self.workers[i].id;
+            self.shared.lock().idle.retain(|l| l.id != id);
+            self.workers[i].published = false;
+        }
         let w = &self.workers[i];
         let block = w.pidfd.is_none();
         let status = match sys::waitpid(w.pid, block) {
@@ -636,10 +757,37 @@ impl Supervisor {
     }
 }
 
+/// A worker's message, sorted.
+pub(crate) enum Classified {
+    /// Its first message; `ours`: it runs this same executable.
+    Hello { ours: bool },
+    /// The answer to a task: the frame (for `Done`) or the failure.
+    Outcome(Outcome),
+}
+
+/// Sorts a worker's message.
+pub(crate) fn classify(frame: Vec<u8>) -> Result<Classified, msg::BadMessage> {
+    let outcome = match msg::parse_from_worker(&frame)? {
+        FromWorker::Hello { identity: id, .. } => {
+            return Ok(Classified::Hello {
+                ours: id == identity::own(),
+            });
+        }
+        FromWorker::Done(_) => Ok(frame),
+        FromWorker::Panic(bytes) => Err(match codec::decode::<RemotePanic>(bytes) {
+            Ok(p) => Error::panicked(p),
+            Err(e) => Error::protocol(format!("undecodable panic report: {e}")),
+        }),
+        FromWorker::Failed(text) => Err(Error::codec(text)),
+        FromWorker::Refused { identity: id } => Err(Error::binary_mismatch(identity::own(), id)),
+    };
+    Ok(Classified::Outcome(outcome))
+}
+
 /// Asks a worker to exit and stops reading from it.
 fn retire(w: &mut Worker) {
-    if let Some(mut s) = w.sock.take() {
-        let _ = s.write_all(&msg::exit());
+    if let Some(s) = w.sock.take() {
+        let _ = (&*s).write_all(&msg::exit());
     }
     w.state = State::Ending;
 }
