@@ -37,6 +37,9 @@
 //!
 //! Run with `cargo bench --bench pool` (about 30 s once built, Python included).
 
+mod common;
+use common::{BoxResult, fork_waitpid, reap};
+
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -47,8 +50,6 @@ use std::time::{Duration, Instant};
 
 use mproc::Pool;
 use rayon::prelude::*;
-
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Section 1: rounds, and calls per series per round.
 const RT_ROUNDS: usize = 10;
@@ -91,42 +92,6 @@ fn spin(iters: u64) -> u64 {
         x ^= x << 17;
     }
     x
-}
-
-/// Reaps our child `pid`, retrying on EINTR; an error unless it exited with status 0.
-fn reap(pid: libc::pid_t) -> BoxResult<()> {
-    let mut status = 0;
-    loop {
-        // SAFETY: `pid` is our own unreaped child and `status` is a valid, writable c_int.
-        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-        if r == pid {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err.into());
-        }
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!("child {pid} ended with raw status {status}").into());
-    }
-    Ok(())
-}
-
-/// Floor of section 3 (run twice per sample): fork a child that exits at once, and reap it.
-fn fork_waitpid() -> BoxResult<()> {
-    // SAFETY: the child calls only `_exit`, which is async-signal-safe, so forking this
-    // multi-threaded process is sound; the parent only reads the returned pid.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    if pid == 0 {
-        // SAFETY: in the child; `_exit` ends it without running the parent's destructors or
-        // atexit handlers.
-        unsafe { libc::_exit(0) };
-    }
-    reap(pid)
 }
 
 /// Floor of section 1: a forked child that echoes every byte on a socketpair until EOF.

@@ -20,6 +20,9 @@
 //!
 //! Run with `cargo bench --bench process`.
 
+mod common;
+use common::{BoxResult, fork_waitpid};
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -29,41 +32,8 @@ const ROUNDS: usize = 5;
 const ITERS: usize = 400;
 const TARGET_RATIO: f64 = 2.0;
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
-
 fn noop(x: u64) -> u64 {
     x
-}
-
-/// Floor A: fork a child that exits at once, and reap it.
-fn fork_waitpid() -> BoxResult<()> {
-    // SAFETY: the child calls only `_exit`, which is async-signal-safe, so forking a
-    // (possibly multi-threaded) process is sound; the parent only reads the returned pid.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    if pid == 0 {
-        // SAFETY: in the child; `_exit` ends it without running any of the parent's
-        // destructors or atexit handlers.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    loop {
-        // SAFETY: `pid` is our own child and `status` is a valid, writable c_int.
-        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-        if r == pid {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err.into());
-        }
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!("fork child ended with raw status {status}").into());
-    }
-    Ok(())
 }
 
 /// Floor B: exec `/bin/true` and wait for it.
