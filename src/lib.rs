@@ -26,6 +26,29 @@
 //! crosses as the argument and the result, which are serde values (`Serialize +
 //! DeserializeOwned`).
 //!
+//! # Pools
+//! [`Pool`] is Python's `Pool`: [`map`](Pool::map), [`imap`](Pool::imap),
+//! [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap),
+//! [`apply`](Pool::apply) and [`apply_async`](Pool::apply_async) (an [`AsyncResult`], which is
+//! also a `Future`), [`close`](Pool::close), [`join`](Pool::join),
+//! [`terminate`](Pool::terminate). One supervisor thread per pool owns the workers: a task
+//! that panics fails alone; a worker that crashes or is killed fails only the task it was
+//! running (or that task is re-run, [`max_retries`](PoolBuilder::max_retries)) and is
+//! replaced; [`task_timeout`](PoolBuilder::task_timeout) kills runaway tasks; the pool never
+//! hangs on a lost worker.
+//!
+//! ```
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = mproc::Pool::new(2)?;
+//! assert_eq!(pool.map(square, 1..=4)?, [1, 4, 9, 16]);
+//! let first: Vec<u64> = pool.imap(square, 1..).take(3).collect::<mproc::Result<_>>()?;
+//! assert_eq!(first, [1, 4, 9]);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
 //! # How a child runs your function
 //! A child is this same executable, started with a marker in its environment. A load-time
 //! constructor inside mproc sees the marker and runs the worker loop *before* `main`, so code
@@ -57,6 +80,8 @@
 //! - mproc reaps its children with `waitpid` on their pid: a program that reaps every child
 //!   itself (`waitpid(-1)`, or `SIGCHLD` set to ignore) takes their exit status away.
 //! - A platform where load-time constructors do not run needs [`init`] at the top of `main`.
+//! - Under the `Fork` start method a child inherits every fd of the parent, as with Python's
+//!   `fork`; under `ForkServer` and `Spawn` it inherits only stdio.
 
 #![deny(missing_docs)]
 

@@ -47,7 +47,7 @@ pub(crate) fn ignore_sigpipe() {
 /// A worker forked from a parent that installed handlers (a Ctrl-C handler, say) must not run
 /// them: their state belongs to the parent.
 pub(crate) fn reset_signals() {
-    for sig in 1..32 {
+    for sig in 1..65 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
