@@ -95,6 +95,10 @@ pub(crate) struct ChildSetup {
     pub(crate) stdio: [Option<OwnedFd>; 3],
     /// The pid the worker's parent must have (for the parent-death signal check).
     pub(crate) parent: i32,
+    /// Put every signal disposition back to default: needed after `fork` of a user's process
+    /// (its handlers are not ours to run), not in children of the fork server, which never
+    /// installs any.
+    pub(crate) reset_signals: bool,
 }
 
 /// Entry of a worker created by `fork` or the fork server: apply the setup, then serve.
@@ -102,7 +106,9 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
     if crate::sys::set_parent_death_signal(setup.parent).is_err() {
         return EXIT_PROTOCOL;
     }
-    crate::sys::reset_signals();
+    if setup.reset_signals {
+        crate::sys::reset_signals();
+    }
     child::remove_env(token, MARKER_ENV);
     child::set_envs(token, &setup.env);
     for (target, fd) in setup.stdio.iter().enumerate() {

@@ -106,6 +106,7 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<(i32, O
             let mut setup = ChildSetup {
                 env: spec.env.clone(),
                 parent,
+                reset_signals: true,
                 ..Default::default()
             };
             for (slot, s) in setup.stdio.iter_mut().zip(&spec.stdio) {
