@@ -1,0 +1,106 @@
+//! Chaos: a 100,000-task map while a thread SIGKILLs a random worker every 50 ms.
+//!
+//! With `max_retries`, every result is correct and the map finishes. Without, only tasks that
+//! were running on killed workers fail, each with SIGKILL, at most one per kill; all others
+//! are correct. Alone in its binary: the killer picks its victims among this process's
+//! children.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{LIMIT, children};
+use mproc::{Pool, StartMethod};
+
+const TASKS: u64 = 100_000;
+
+fn work(x: u64) -> u64 {
+    // A few microseconds of work, so that kills land mid-task.
+    let mut h = x;
+    for _ in 0..200 {
+        h = std::hint::black_box(h.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    x * 2 + (h & 0)
+}
+
+/// Kills a random child (a worker) every 50 ms until told to stop; returns the kill count.
+fn killer(stop: &AtomicBool, kills: &AtomicUsize) {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let kids = children();
+        if kids.is_empty() {
+            continue;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = kids[(seed % kids.len() as u64) as usize];
+        // SAFETY: SIGKILL to one of our own children, listed just now from /proc.
+        if unsafe { libc::kill(victim as i32, libc::SIGKILL) } == 0 {
+            kills.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The two scenarios must not run at once: each killer would strike the other's workers.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn chaos(retries: u32) -> (usize, usize, usize) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Spawn workers: no fork server among the children, so every victim is a worker.
+    let pool = Pool::builder()
+        .processes(3)
+        .start_method(StartMethod::Spawn)
+        .max_retries(retries)
+        .build()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let kills = AtomicUsize::new(0);
+    let (mut ok, mut failed) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| killer(&stop, &kills));
+        let mut it = pool.imap(work, 0..TASKS);
+        for x in 0..TASKS {
+            match it.next_timeout(LIMIT).expect("one result per task") {
+                Ok(v) => {
+                    assert_eq!(v, x * 2, "task {x}");
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert_eq!(
+                        e.exit_status().and_then(|s| s.signal()),
+                        Some(libc::SIGKILL),
+                        "task {x}: {e}"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        assert!(it.next_timeout(LIMIT).is_none());
+        stop.store(true, Ordering::Relaxed);
+    });
+    (ok, failed, kills.load(Ordering::Relaxed))
+}
+
+#[test]
+fn chaos_with_retries_loses_nothing() {
+    let (ok, failed, kills) = chaos(1000);
+    eprintln!("chaos with retries: {TASKS} tasks, {kills} workers killed, {failed} results lost");
+    assert_eq!((ok, failed), (TASKS as usize, 0));
+    assert!(kills > 0, "the killer must have struck");
+}
+
+#[test]
+fn chaos_without_retries_fails_only_the_running_tasks() {
+    let (ok, failed, kills) = chaos(0);
+    eprintln!(
+        "chaos without retries: {TASKS} tasks, {kills} workers killed, {failed} tasks failed"
+    );
+    assert_eq!(ok + failed, TASKS as usize);
+    assert!(
+        failed <= kills,
+        "at most one task per kill: {failed} failed, {kills} kills"
+    );
+}
