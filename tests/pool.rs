@@ -561,3 +561,63 @@ fn synchronous_apply_keeps_every_failure_rule() {
         assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
     });
 }
+
+fn hang_up_then_exit(x: u64) -> u64 {
+    if x == 100 {
+        // Close this worker's side of every socket, linger, then die: the supervisor sees
+        // EOF well before the exit.
+        for fd in 3..256 {
+            // SAFETY: shutting down sockets of this doomed worker process; other fds ignore it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        std::process::exit(3);
+    }
+    x
+}
+
+#[test]
+fn a_worker_hanging_up_mid_map_loses_no_queued_job() {
+    let p = pool(1);
+    let mut h = p.map_async(hang_up_then_exit, 0..400);
+    let err = h.get_timeout(LIMIT).unwrap_err();
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(3), "{err}");
+    // Every other item still ran: nothing was dropped on the floor.
+    let got: Vec<_> = p
+        .imap(hang_up_then_exit, (0..400).filter(|&x| x != 100))
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got.len(), 399);
+}
+
+#[test]
+fn workers_used_only_through_apply_are_recycled_without_breaking_the_pool() {
+    let p = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    for i in 0..12 {
+        assert_eq!(p.apply(square, i).unwrap(), i * i, "call {i}");
+        // Give the replacement time to become idle, so that the next call borrows it.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_crash_on_a_borrowed_worker_is_not_mistaken_for_a_timeout() {
+    let p = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(p.apply(square, 2).unwrap(), 4);
+    // Let the last deadline the supervisor computed go stale.
+    std::thread::sleep(Duration::from_millis(600));
+    let err = p.apply(die_on, 13).unwrap_err();
+    assert_eq!(
+        err.exit_status().and_then(|s| s.signal()),
+        Some(libc::SIGABRT),
+        "{err}"
+    );
+}

@@ -89,6 +89,9 @@ fn lost(shared: &Shared, lease: Lease, loss: Loss, job: impl FnOnce(Sink) -> Job
         if q.terminate {
             return Err(Error::closed("the pool was terminated"));
         }
+        if let Some(why) = &q.broken {
+            return Err(Error::broken(why.clone()));
+        }
         let job = job(Sink::Slot(Arc::clone(&slot), 0));
         let timed_out = matches!(loss, Loss::TimedOut);
         q.returned.push(Returned::Lost {
@@ -119,7 +122,11 @@ fn exchange(lease: &Lease, frame: &[u8], deadline: Option<Instant>) -> Result<Ou
             .map_err(|_| Loss::Died)?;
             if !ready[0].readable {
                 if ready.get(1).is_some_and(|r| r.readable) {
-                    return Err(Loss::Died);
+                    // It ended; it may have answered between poll's two looks.
+                    let again = sys::poll_readable(&[sock.as_fd()], Some(Duration::ZERO));
+                    if !again.is_ok_and(|r| r[0].readable) {
+                        return Err(Loss::Died);
+                    }
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(Loss::TimedOut);

@@ -244,12 +244,14 @@ impl Supervisor {
             };
             if terminate {
                 self.kill_all();
+                self.fail_returned(|| Error::closed("the pool was terminated"));
                 self.fail_queued(|| Error::closed("the pool was terminated"));
                 return;
             }
             if broken {
                 self.kill_all();
                 let why = self.shared.lock().broken.clone().unwrap_or_default();
+                self.fail_returned(|| Error::broken(why.clone()));
                 self.fail_queued(|| Error::broken(why.clone()));
                 if closed {
                     return;
@@ -314,6 +316,10 @@ impl Supervisor {
             if let Some(w) = self.workers.iter_mut().find(|w| w.id == l.id) {
                 w.published = false;
                 w.tasks += l.tasks;
+                if l.tasks > 0 {
+                    w.served = true;
+                    self.startup_failures = 0;
+                }
             }
         }
     }
@@ -327,6 +333,8 @@ impl Supervisor {
                     if let Some(w) = self.workers.iter_mut().find(|w| w.id == id) {
                         w.published = false;
                         w.tasks += tasks;
+                        w.served = true;
+                        self.startup_failures = 0;
                         retire(w);
                     }
                 }
@@ -340,6 +348,8 @@ impl Supervisor {
                     signal(w, sys::SIGKILL);
                     w.sock = None;
                     w.state = State::Ending;
+                    // Its fate is decided when it is reaped, not by an old deadline.
+                    w.head_deadline = None;
                     if timed_out {
                         job.sink.deliver(Err(Error::timed_out()));
                     } else {
@@ -427,7 +437,8 @@ impl Supervisor {
         }
         for round in [1, depth] {
             for w in &mut self.workers {
-                if !matches!(w.state, State::Active) || w.published || w.inflight.len() >= round {
+                let usable = matches!(w.state, State::Active) && w.sock.is_some() && !w.published;
+                if !usable || w.inflight.len() >= round {
                     continue;
                 }
                 let mut want = round - w.inflight.len();
@@ -582,6 +593,9 @@ impl Supervisor {
                 // EOF or a broken socket: the death itself arrives through the pidfd.
                 Err(FrameError::Eof | FrameError::Truncated { .. } | FrameError::Io(_)) => {
                     w.sock = None;
+                    if !matches!(w.state, State::Init) {
+                        w.state = State::Ending;
+                    }
                     return;
                 }
             }
@@ -666,12 +680,20 @@ impl Supervisor {
     /// Reaps worker `i` if it has ended, and settles its jobs.
     fn reap(&mut self, i: usize) {
         if self.workers[i].published {
-            if self.lent().contains(&self.workers[i].id) {
-                return; // its borrower reports what happened
-            }
             let id = self.workers[i].id;
-            self.shared.lock().idle.retain(|l| l.id != id);
+            let mut q = self.shared.lock();
+            let before = q.idle.len();
+            q.idle.retain(|l| l.id != id);
+            if q.idle.len() == before {
+                return; // lent: its borrower reports what happened
+            }
+            drop(q);
             self.workers[i].published = false;
+        }
+        // A worker may write its last answer and exit between `poll`'s look at its socket and
+        // at its pidfd: read whatever it left before settling its jobs.
+        if self.workers[i].sock.is_some() {
+            self.read_worker(i);
         }
         let w = &self.workers[i];
         let block = w.pidfd.is_none();
@@ -705,9 +727,20 @@ impl Supervisor {
     }
 
     fn break_pool(&mut self, why: String) {
+        self.respawn_at = None;
         let mut q = self.shared.lock();
         if q.broken.is_none() {
             q.broken = Some(why);
+        }
+    }
+
+    /// Settles jobs handed back by borrowers when the pool will not run them again.
+    fn fail_returned(&mut self, err: impl Fn() -> Error) {
+        let returned: Vec<Returned> = self.shared.lock().returned.drain(..).collect();
+        for r in returned {
+            if let Returned::Lost { job, .. } = r {
+                job.sink.deliver(Err(err()));
+            }
         }
     }
 

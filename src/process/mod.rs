@@ -438,9 +438,14 @@ impl<R> Process<R> {
             let sock_ready = ready[0].readable;
             if !sock_ready {
                 if ready.get(1).is_some_and(|r| r.readable) {
-                    // The child has ended and left nothing more to read (whatever it wrote
-                    // before exiting is already readable, so the socket would be ready).
-                    return Ok(None);
+                    // The child has ended. Whatever it wrote before exiting is readable now,
+                    // but it may have written between poll's look at the socket and at the
+                    // pidfd: look at the socket once more before concluding it said nothing.
+                    let again = sys::poll_readable(&[sock.as_fd()], Some(Duration::ZERO));
+                    if !again.is_ok_and(|r| r[0].readable) {
+                        return Ok(None);
+                    }
+                    continue;
                 }
                 if passed(deadline) {
                     return Err(Error::timed_out());
