@@ -45,6 +45,14 @@ fn killer(stop: &AtomicBool, kills: &AtomicUsize) {
     }
 }
 
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The two scenarios must not run at once: each killer would strike the other's workers.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -62,6 +70,9 @@ fn chaos(retries: u32) -> (usize, usize, usize) {
     let (mut ok, mut failed) = (0, 0);
     std::thread::scope(|s| {
         s.spawn(|| killer(&stop, &kills));
+        // Stops the killer however this scope ends, even by a failed assertion: otherwise
+        // the scope would wait for it forever.
+        let _stop = StopOnDrop(&stop);
         let mut it = pool.imap(work, 0..TASKS);
         for x in 0..TASKS {
             match it.next_timeout(LIMIT).expect("one result per task") {
@@ -80,7 +91,6 @@ fn chaos(retries: u32) -> (usize, usize, usize) {
             }
         }
         assert!(it.next_timeout(LIMIT).is_none());
-        stop.store(true, Ordering::Relaxed);
     });
     (ok, failed, kills.load(Ordering::Relaxed))
 }

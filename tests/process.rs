@@ -425,11 +425,19 @@ fn fork_children_survive_a_parent_thread_holding_stdout() {
                 let _ = out.write_all(b"");
             }
         });
+        // Stop the other thread however this ends (a failed assertion included), or the
+        // scope would wait for it forever.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
         for i in 0..40u64 {
             let mut p = spawn(StartMethod::Fork, square, i);
             assert_eq!(p.join_timeout(LIMIT).unwrap(), i * i, "fork #{i}");
         }
-        stop.store(true, Ordering::Relaxed);
     });
 }
 
