@@ -152,7 +152,7 @@ enum State {
 /// Jobs sent ahead to a worker whose tasks are fast, so that it never waits for the supervisor
 /// between them. Slow tasks get no look-ahead, so that a long task never holds back queued
 /// ones while another worker is idle.
-const MAX_DEPTH: usize = 16;
+const MAX_DEPTH: usize = 64;
 /// Tasks shorter than this (moving average) count as fast.
 const FAST_TASK: Duration = Duration::from_micros(200);
 /// Bytes of jobs sent ahead of the running one, at most. Well under a socket's send buffer,
@@ -438,7 +438,10 @@ impl Supervisor {
         for round in [1, depth] {
             for w in &mut self.workers {
                 let usable = matches!(w.state, State::Active) && w.sock.is_some() && !w.published;
-                if !usable || w.inflight.len() >= round {
+                // Top a look-ahead up only once it is half used, so that one write carries
+                // many jobs instead of one write per finished task.
+                let low = if round == 1 { 1 } else { round / 2 + 1 };
+                if !usable || w.inflight.len() >= low {
                     continue;
                 }
                 let mut want = round - w.inflight.len();
