@@ -18,6 +18,20 @@ pub(crate) enum RawExit {
     Unknown,
 }
 
+/// Runs a byte-count syscall wrapper (`-1` on error) until it is not interrupted.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let ret = call();
+        if ret != -1 {
+            return Ok(ret as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())
@@ -252,18 +266,8 @@ pub(crate) fn send_with_fds(
             );
         }
     }
-    loop {
-        // SAFETY: `msg` points at live buffers (`iov`, `cmsg_buf`, `data`) for the call.
-        let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        return Ok(ret as usize);
-    }
+    // SAFETY: `msg` points at live buffers (`iov`, `cmsg_buf`, `data`) for the call.
+    retry_eintr(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
 }
 
 /// Receives bytes into `buf` and any fds sent with them (`SCM_RIGHTS`), which arrive as
@@ -283,18 +287,10 @@ pub(crate) fn recv_with_fds(
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg_buf.as_mut_ptr().cast();
     msg.msg_controllen = mem::size_of_val(&cmsg_buf) as _;
-    let n = loop {
-        // SAFETY: `msg` points at live, writable buffers of the advertised sizes.
-        let ret = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        break ret as usize;
-    };
+    // SAFETY: `msg` points at live, writable buffers of the advertised sizes.
+    let n = retry_eintr(|| unsafe {
+        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)
+    })?;
     let mut fds = Vec::new();
     // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed control
     // messages; CMSG_FIRSTHDR/NXTHDR walk them within that length. Each SCM_RIGHTS payload is
@@ -525,25 +521,15 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// One `recv` that never blocks: `WouldBlock` when nothing is waiting.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
-        let ret = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        return Ok(ret as usize);
-    }
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+    retry_eintr(|| unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    })
 }
 
 /// Caps this process's data segment (heap and private mappings) at `bytes`, so that a runaway
