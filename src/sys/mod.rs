@@ -9,7 +9,9 @@ pub(crate) mod child;
 pub(crate) mod ctor;
 pub(crate) mod fnptr;
 pub(crate) mod fork_local;
+pub(crate) mod futex;
 pub(crate) mod identity;
+pub(crate) mod shm;
 pub(crate) mod unix;
 
 #[cfg(target_os = "linux")]

@@ -216,7 +216,7 @@ pub(crate) fn poll_readable(
 }
 
 /// Most fds one message may carry.
-pub(crate) const MAX_FDS_PER_MSG: usize = 16;
+pub(crate) const MAX_FDS_PER_MSG: usize = 64;
 
 /// Sends `data` and, in the same message, duplicates of `fds` (`SCM_RIGHTS`).
 ///
@@ -239,7 +239,7 @@ pub(crate) fn send_with_fds(
     };
     let fd_bytes = mem::size_of_val(fds);
     // u64 storage keeps the control buffer aligned for `cmsghdr`.
-    let mut cmsg_buf = [0u64; 64];
+    let mut cmsg_buf = [0u64; 72];
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
     // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
@@ -280,7 +280,7 @@ pub(crate) fn recv_with_fds(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut cmsg_buf = [0u64; 64];
+    let mut cmsg_buf = [0u64; 72];
     // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;

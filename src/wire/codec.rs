@@ -17,10 +17,17 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), String> {
     postcard::to_io(value, out)
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| super::fds::explain(e.to_string()))
+}
+
+/// The encoding of `value`.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
+    Ok(out)
 }
 
 /// Decodes a `T` from `bytes`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+    postcard::from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))
 }

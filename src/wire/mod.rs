@@ -7,5 +7,6 @@
 //! arrive, so a lying peer cannot make us allocate more than twice what it actually sent.
 
 pub(crate) mod codec;
+pub(crate) mod fds;
 pub(crate) mod frame;
 pub(crate) mod msg;

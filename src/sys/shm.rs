@@ -1,0 +1,326 @@
+//! Shared memory regions: anonymous files (`memfd`) mapped into every process holding them.
+//!
+//! Every IPC object of mproc (queue, lock, value, array, shared memory) is one [`Region`]. A
+//! region has no name in any filesystem: it lives exactly as long as some process holds its fd
+//! or a mapping of it, so the kernel frees it when the last holder exits, however it exits.
+//! That is the whole leak-freedom story — nothing to unlink, nothing in `/dev/shm`.
+//!
+//! A fresh region reads as zeros. Objects place their state at fixed offsets: atomics through
+//! [`Region::atomic_u32`] / [`Region::atomic_u64`], bulk bytes through [`Region::read`] /
+//! [`Region::write`], typed views through [`Region::pod_slice_mut`].
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use super::unix::above_stdio;
+
+/// A shared memory mapping of a whole anonymous file.
+#[derive(Debug)]
+pub(crate) struct Region {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory with no thread affinity; every access to it goes
+// through atomics or through data guarded by a lock living in the region itself (see the
+// accessors below), so moving or sharing the handle between threads is sound.
+unsafe impl Send for Region {}
+// SAFETY: as above: `&Region` only hands out atomics, copies, and slices guarded by callers.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A new zero-filled region of `len` bytes. `name` shows in `/proc/PID/fd` (debugging only).
+    ///
+    /// The size is reserved, not allocated: pages are allocated as they are first written, so
+    /// a large sparse region (a queue's ring) costs only what is used.
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<Region> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared memory region needs at least one byte",
+            ));
+        }
+        let fd = anonymous_file(name)?;
+        let size = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        // SAFETY: `fd` is an open file we own; ftruncate has no memory-safety preconditions.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Region::map(fd, len)
+    }
+
+    /// Maps a region received from another process (its fd came through `SCM_RIGHTS`).
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+        let len = file_size(fd.as_fd())?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an mproc shared memory region (empty file)",
+            ));
+        }
+        Region::map(fd, len)
+    }
+
+    /// Opens a region by path, e.g. `/proc/PID/fd/N` of a process that holds it.
+    pub(crate) fn open_path(path: &str) -> io::Result<Region> {
+        let c = CString::new(path)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL"))?;
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if raw == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd owned by nobody else.
+        let fd = above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })?;
+        Region::from_fd(fd)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
+        // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
+        // open; no existing memory is affected. The result is checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(Region { fd, ptr, len })
+    }
+
+    /// Bytes in the region.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The file behind the region (to send it to another process).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Address of the first byte in this process (for `SharedMemory::as_ptr`).
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn check(&self, offset: usize, size: usize, align: usize) {
+        assert!(
+            offset.checked_add(size).is_some_and(|end| end <= self.len),
+            "region access out of bounds: {offset}+{size} > {}",
+            self.len
+        );
+        assert!(offset % align == 0, "misaligned region access at {offset}");
+    }
+
+    /// The `AtomicU32` at byte `offset` (4-aligned, in bounds; a bug otherwise, so it panics).
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        self.check(offset, 4, 4);
+        // SAFETY: in bounds and aligned (checked); the mapping lives as long as `self`; an
+        // `AtomicU32` is valid for any bit pattern and is the only way mproc touches these
+        // bytes, so shared references to it from many threads and processes are sound.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The `AtomicU64` at byte `offset` (8-aligned, in bounds).
+    pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        self.check(offset, 8, 8);
+        // SAFETY: as in `atomic_u32`.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// Copies `src` into the region at `offset`.
+    ///
+    /// The caller must own that range (hold the lock guarding it, or have reserved it); a
+    /// racing writer in another process could tear the bytes, never break memory safety here,
+    /// since bytes have no invalid values.
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        self.check(offset, src.len(), 1);
+        // SAFETY: destination in bounds (checked), source a valid slice, the two cannot overlap
+        // (the region is a mapping of its own, never a Rust allocation).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
+        }
+    }
+
+    /// Copies bytes at `offset` out of the region into `dst` (same ownership rule as `write`).
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len(), 1);
+        // SAFETY: source in bounds (checked), destination a valid exclusive slice, no overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
+        }
+    }
+
+    /// A typed view of `n` values of `T` at `offset`.
+    ///
+    /// Taking `&mut self.guard` stands for exclusive access: callers pass the guard of the lock
+    /// that protects this range in every process, so no other `&mut` or write exists while the
+    /// slice lives. `T: Pod` makes every bit pattern another process wrote a valid `T`.
+    pub(crate) fn pod_slice_mut<'a, T: bytemuck::Pod, G>(
+        &'a self,
+        _exclusive: &'a mut G,
+        offset: usize,
+        n: usize,
+    ) -> &'a mut [T] {
+        let size = std::mem::size_of::<T>()
+            .checked_mul(n)
+            .expect("caller checked the array size");
+        self.check(offset, size, std::mem::align_of::<T>());
+        // SAFETY: in bounds and aligned for `T` (checked); `T: Pod` is valid for any bytes; the
+        // caller holds the cross-process lock for this range (witnessed by `_exclusive`, borrowed
+        // for the slice's lifetime), so the slice is the only access while it lives.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset).cast::<T>(), n) }
+    }
+
+    /// Gives the pages of `[offset, offset + len)` back to the kernel; they read as zeros
+    /// after. Used by queues on ranges already consumed, so a long-lived queue holds memory
+    /// in proportion to what is queued, not to what ever passed through. Best effort.
+    pub(crate) fn discard(&self, offset: usize, len: usize) {
+        self.check(offset, len, 1);
+        punch_hole(self.fd.as_fd(), offset, len);
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping created in `map`, unmapped once here; no
+        // reference into it outlives `self` (all accessors borrow `self`).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: zeroed `stat` is a valid out-buffer; `fd` is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat` for the call.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an mproc shared memory region (not a regular file)",
+        ));
+    }
+    usize::try_from(st.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "region size out of range"))
+}
+
+#[cfg(target_os = "linux")]
+fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
+    let c = CString::new(format!("mproc-{name}")).expect("names are ours, without NUL");
+    // SAFETY: `c` is a valid NUL-terminated name; memfd_create has no other preconditions.
+    let raw = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd owned by nobody else.
+    above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Without memfd: a POSIX shared memory object unlinked at once, so it is just as anonymous.
+#[cfg(not(target_os = "linux"))]
+fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
+    use std::sync::atomic::Ordering;
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let path = format!(
+        "/mproc-{}-{}-{name}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let c = CString::new(path).expect("names are ours, without NUL");
+    // SAFETY: `c` is a valid NUL-terminated name.
+    let raw = unsafe {
+        libc::shm_open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o600 as libc::c_uint,
+        )
+    };
+    if raw == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `c` names the object just created; unlinking leaves our fd valid.
+    unsafe { libc::shm_unlink(c.as_ptr()) };
+    // SAFETY: `raw` is a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    super::unix::set_cloexec(fd.as_fd(), true)?;
+    above_stdio(fd)
+}
+
+#[cfg(target_os = "linux")]
+fn punch_hole(fd: BorrowedFd<'_>, offset: usize, len: usize) {
+    // SAFETY: fallocate on an fd we hold; no memory is passed.
+    unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch_hole(_fd: BorrowedFd<'_>, _offset: usize, _len: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn two_mappings_of_one_region_share_bytes() {
+        let a = Region::create("test", 4096).unwrap();
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        let b = Region::from_fd(fd).unwrap();
+        assert_eq!(b.len(), 4096);
+        a.atomic_u64(8).store(42, Ordering::SeqCst);
+        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 42);
+        b.write(100, b"hello");
+        let mut out = [0u8; 5];
+        a.read(100, &mut out);
+        assert_eq!(&out, b"hello");
+        a.discard(0, 4096);
+        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 0, "discarded pages read as zero");
+    }
+
+    #[test]
+    fn a_region_opens_by_its_proc_path() {
+        let a = Region::create("test", 64).unwrap();
+        a.write(0, b"x");
+        let path = format!("/proc/{}/fd/{}", std::process::id(), a.fd().as_raw_fd());
+        let b = Region::open_path(&path).unwrap();
+        let mut out = [0u8; 1];
+        b.read(0, &mut out);
+        assert_eq!(&out, b"x");
+    }
+
+    #[test]
+    fn foreign_files_are_refused() {
+        let (s, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(Region::from_fd(s.into()).is_err());
+        assert!(Region::create("test", 0).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn out_of_bounds_access_is_a_bug() {
+        let a = Region::create("test", 64).unwrap();
+        a.atomic_u64(64);
+    }
+}

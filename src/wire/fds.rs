@@ -1,0 +1,133 @@
+//! File descriptors inside serde values: how a `Queue`, a `Lock` or a `Connection` inside an
+//! argument reaches another process.
+//!
+//! A handle's `Serialize` does not write its fd number (meaningless elsewhere): it hands a
+//! duplicate of the fd to the *collector* of the message being encoded and writes the fd's
+//! index in that message. The message then travels with its fds attached (`SCM_RIGHTS`), and
+//! the receiver decodes it with those fds *supplied*: a handle's `Deserialize` takes the fd at
+//! its index. Collector and supply are per thread and exist only while mproc encodes or
+//! decodes a message that can carry fds (a task's argument, a pipe message); anywhere else —
+//! JSON, a queue's shared ring — a handle refuses to serialize with a clear error.
+
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::de::Error as _;
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Most handles (fds) one message may carry.
+pub(crate) const MAX_FDS: usize = crate::sys::MAX_FDS_PER_MSG;
+
+const NO_COLLECTOR: &str = "mproc handles (Queue, Lock, Value, Connection, ...) can travel only inside the argument of a Process or pool task, or through a Pipe";
+
+thread_local! {
+    /// The codec drops custom error messages; the last one a handle raised waits here.
+    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+    static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` with a collector installed and returns its result with the fds handles gave.
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let saved = OUT.with(|o| o.replace(Some(Vec::new())));
+    let r = encode();
+    let fds = OUT.with(|o| o.replace(saved)).unwrap_or_default();
+    (r, fds)
+}
+
+/// Runs `decode` with `fds` supplied to the handles inside. Fds no handle took are closed.
+pub(crate) fn supplying<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    let saved = IN.with(|i| i.replace(Some(fds.into_iter().map(Some).collect())));
+    let r = decode();
+    IN.with(|i| i.replace(saved));
+    r
+}
+
+fn raise(msg: String) -> String {
+    LAST_ERROR.with(|e| *e.borrow_mut() = Some(msg.clone()));
+    msg
+}
+
+/// The message of a codec error: a handle's own explanation if it raised one, since the codec
+/// (postcard) keeps only "custom error" for those.
+pub(crate) fn explain(codec_error: String) -> String {
+    LAST_ERROR
+        .with(|e| e.borrow_mut().take())
+        .unwrap_or(codec_error)
+}
+
+/// Serializes `fd` as an index into the message's fds (for handles' `Serialize`).
+pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let index = OUT.with(|o| -> Result<u32, String> {
+        let mut o = o.borrow_mut();
+        let fds = o.as_mut().ok_or_else(|| NO_COLLECTOR.to_string())?;
+        if fds.len() >= MAX_FDS {
+            return Err(format!(
+                "one message can carry at most {MAX_FDS} mproc handles"
+            ));
+        }
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate a handle's fd: {e}"))?;
+        fds.push(dup);
+        Ok((fds.len() - 1) as u32)
+    });
+    index.map_err(|m| S::Error::custom(raise(m)))?.serialize(s)
+}
+
+/// Takes the fd a handle serialized with [`serialize_fd`] (for handles' `Deserialize`).
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(d)? as usize;
+    IN.with(|i| {
+        let mut i = i.borrow_mut();
+        let fds = i
+            .as_mut()
+            .ok_or_else(|| D::Error::custom(raise(NO_COLLECTOR.to_string())))?;
+        fds.get_mut(index).and_then(Option::take).ok_or_else(|| {
+            D::Error::custom(raise("a handle's fd is missing from the message".to_string()))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    #[derive(Debug)]
+    struct Handle(OwnedFd);
+    impl Serialize for Handle {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_fd(self.0.as_fd(), s)
+        }
+    }
+    impl<'de> Deserialize<'de> for Handle {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            deserialize_fd(d).map(Handle)
+        }
+    }
+
+    #[test]
+    fn handles_travel_with_their_fds() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let h = (7u8, Handle(a.into()));
+        let (bytes, fds) = collecting(|| codec::encode(&h));
+        let bytes = bytes.unwrap();
+        assert_eq!(fds.len(), 1);
+        assert_ne!(fds[0].as_raw_fd(), h.1.0.as_raw_fd(), "a duplicate travels");
+        let back: (u8, Handle) = supplying(fds, || codec::decode(&bytes)).unwrap();
+        assert_eq!(back.0, 7);
+    }
+
+    #[test]
+    fn outside_a_message_handles_refuse_clearly() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let err = codec::encode(&Handle(a.into())).unwrap_err().to_string();
+        assert!(err.contains("can travel only"), "{err}");
+        let bytes = collecting(|| codec::encode(&Handle(_b.into()))).0.unwrap();
+        let err = supplying(Vec::new(), || codec::decode::<Handle>(&bytes)).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}
