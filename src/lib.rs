@@ -86,6 +86,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod ipc;
 mod pool;
 mod process;
 mod sys;

@@ -93,7 +93,11 @@ mod tests {
     fn wait_times_out_and_returns_at_once_on_a_changed_word() {
         let w = AtomicU32::new(1);
         let t = Instant::now();
-        assert!(!wait(&w, 1, Some(Instant::now() + Duration::from_millis(20))));
+        assert!(!wait(
+            &w,
+            1,
+            Some(Instant::now() + Duration::from_millis(20))
+        ));
         assert!(t.elapsed() >= Duration::from_millis(20));
         assert!(wait(&w, 2, Some(Instant::now() + Duration::from_secs(30))));
     }

@@ -11,6 +11,7 @@ pub(crate) mod fnptr;
 pub(crate) mod fork_local;
 pub(crate) mod futex;
 pub(crate) mod identity;
+pub(crate) mod robust;
 pub(crate) mod shm;
 pub(crate) mod unix;
 

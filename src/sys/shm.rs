@@ -159,7 +159,11 @@ impl Region {
         self.check(offset, dst.len(), 1);
         // SAFETY: source in bounds (checked), destination a valid exclusive slice, no overlap.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
         }
     }
 
@@ -296,7 +300,11 @@ mod tests {
         a.read(100, &mut out);
         assert_eq!(&out, b"hello");
         a.discard(0, 4096);
-        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 0, "discarded pages read as zero");
+        assert_eq!(
+            b.atomic_u64(8).load(Ordering::SeqCst),
+            0,
+            "discarded pages read as zero"
+        );
     }
 
     #[test]

@@ -85,7 +85,9 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
             .as_mut()
             .ok_or_else(|| D::Error::custom(raise(NO_COLLECTOR.to_string())))?;
         fds.get_mut(index).and_then(Option::take).ok_or_else(|| {
-            D::Error::custom(raise("a handle's fd is missing from the message".to_string()))
+            D::Error::custom(raise(
+                "a handle's fd is missing from the message".to_string(),
+            ))
         })
     })
 }

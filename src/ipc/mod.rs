@@ -1,0 +1,107 @@
+//! Objects shared between processes: queues, pipes, locks and shared memory.
+//!
+//! Every object here except [`Connection`] is one shared memory [`Region`] (an anonymous
+//! `memfd`): a handle is the region mapped into this process, and cloning a handle or sending
+//! it to another process (inside a task's argument) shares the same object. The kernel frees
+//! the region when the last process holding it exits, however it exits: nothing is left in
+//! `/dev/shm`, nothing needs unlinking.
+//!
+//! Each region starts with a 64-byte header: a magic number and the object's kind, so a
+//! handle decoded from the wrong fd is a clear error instead of a misread, then room for the
+//! object's own fields.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::de::Error as _;
+use serde::{Deserializer, Serializer};
+
+use crate::sys::shm::Region;
+use crate::wire::fds;
+
+const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
+
+/// Bytes before an object's own fields.
+pub(crate) const HEADER: usize = 64;
+
+/// What a region holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    Lock = 1,
+    RLock = 2,
+    Semaphore = 3,
+    Event = 4,
+    Condition = 5,
+    Barrier = 6,
+    Queue = 7,
+    Value = 8,
+    Array = 9,
+    SharedMemory = 10,
+}
+
+/// A region holding one object of a known kind, shared by every clone of its handle.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    region: Arc<Region>,
+}
+
+impl Shared {
+    /// A new object: `len` bytes after the header, zeroed.
+    pub(crate) fn create(kind: Kind, len: usize) -> io::Result<Shared> {
+        let total = HEADER
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "object too large"))?;
+        let region = Region::create(&format!("{kind:?}"), total)?;
+        region.atomic_u32(4).store(kind as u32, Ordering::Relaxed);
+        region.atomic_u32(0).store(MAGIC, Ordering::Release);
+        Ok(Shared {
+            region: Arc::new(region),
+        })
+    }
+
+    /// The mapping. Object fields start at [`HEADER`].
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// True when `other` is a handle to the same object (in this process).
+    pub(crate) fn same(&self, other: &Shared) -> bool {
+        Arc::ptr_eq(&self.region, &other.region)
+    }
+
+    /// Serializes the handle (for `Serialize` impls): the fd travels beside the message.
+    pub(crate) fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fds::serialize_fd(self.region.fd(), s)
+    }
+
+    /// Deserializes a handle of `kind` (for `Deserialize` impls), mapping the received fd.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+        kind: Kind,
+    ) -> Result<Shared, D::Error> {
+        let fd = fds::deserialize_fd(d)?;
+        let region = Region::from_fd(fd).map_err(|e| D::Error::custom(e.to_string()))?;
+        Shared::check(region, kind).map_err(D::Error::custom)
+    }
+
+    fn check(region: Region, kind: Kind) -> Result<Shared, String> {
+        if region.len() < HEADER || region.atomic_u32(0).load(Ordering::Acquire) != MAGIC {
+            return Err("not an mproc object".to_string());
+        }
+        let found = region.atomic_u32(4).load(Ordering::Relaxed);
+        if found != kind as u32 {
+            return Err(format!("expected an mproc {kind:?}, found kind {found}"));
+        }
+        Ok(Shared {
+            region: Arc::new(region),
+        })
+    }
+
+    /// Opens an object by the path of its fd in a process holding it (`SharedMemory` names).
+    pub(crate) fn open_path(path: &str, kind: Kind) -> io::Result<Shared> {
+        let region = Region::open_path(path)?;
+        Shared::check(region, kind).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
