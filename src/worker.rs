@@ -5,6 +5,7 @@
 //! exits. Forked workers enter [`serve`] directly.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,9 +20,9 @@ use crate::error::RemotePanic;
 use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, Callable, FnRef, Reply};
 use crate::sys::identity;
-use crate::wire::codec;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
+use crate::wire::{codec, fds};
 
 /// The environment variable that marks a process as an mproc worker. Its value says what to
 /// serve: `spawn:<fd>` (a worker on socket `fd`) or `server:<fd>` (the fork server).
@@ -175,12 +176,26 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         return EXIT_PROTOCOL;
     }
     let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
+    // Fds received, in order, and those an `Fds` frame gave to the next task.
+    let mut fifo = VecDeque::new();
+    let mut task_fds = Vec::new();
     loop {
-        let frame = match reader.read_frame(&mut sock) {
+        let mut src = fds::FdRead {
+            sock: sock.as_fd(),
+            fifo: &mut fifo,
+        };
+        let frame = match reader.read_frame(&mut src) {
             Ok(f) => f,
             Err(FrameError::Eof) => return 0,
             Err(_) => return EXIT_PROTOCOL,
         };
+        if let Some(n) = msg::parse_fds(&frame) {
+            match fds::take(&mut fifo, n) {
+                Some(taken) => task_fds = taken,
+                None => return EXIT_PROTOCOL,
+            }
+            continue;
+        }
         if msg::is_exit(&frame) {
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
@@ -193,14 +208,14 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
             let _ = sock.write_all(&msg::refused(&me));
             return EXIT_REFUSED;
         };
-        let (reply, ok) = fnptr::call(
-            &proof,
-            FnRef {
-                tramp: run.tramp,
-                func: run.func,
-            },
-            run.arg,
-        );
+        let func = FnRef {
+            tramp: run.tramp,
+            func: run.func,
+        };
+        // Handles inside the argument take their fds from those sent with this task.
+        let (reply, ok) = fds::supplying(std::mem::take(&mut task_fds), || {
+            fnptr::call(&proof, func, run.arg)
+        });
         if run.flags & msg::FLAG_LAST != 0 {
             // Output written with `print!` must not be lost on `_exit`.
             let _ = std::io::stdout().flush();

@@ -9,7 +9,7 @@
 //! job: retried, or failed with the worker's exit status, or `TimedOut`.
 
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use super::result::{Outcome, Slot};
 use super::supervisor::{Classified, Job, Lease, Returned, Shared, Sink, classify};
 use crate::error::Error;
 use crate::sys;
+use crate::wire::fds;
 use crate::wire::frame::{self, FrameError, FrameReader};
 
 /// How a borrowed exchange went wrong.
@@ -33,6 +34,7 @@ enum Loss {
 pub(crate) fn run(
     shared: &Shared,
     frame: &[u8],
+    fds: &[OwnedFd],
     timeout: Option<Duration>,
     job: impl FnOnce(Sink) -> Job,
 ) -> Option<Outcome> {
@@ -44,7 +46,7 @@ pub(crate) fn run(
         q.idle.pop()?
     };
     let deadline = timeout.map(|t| Instant::now() + t);
-    match exchange(&lease, frame, deadline) {
+    match exchange(&lease, frame, fds, deadline) {
         Ok(outcome) => {
             give_back(shared, &mut lease);
             Some(outcome)
@@ -108,9 +110,14 @@ fn lost(shared: &Shared, lease: Lease, loss: Loss, job: impl FnOnce(Sink) -> Job
 }
 
 /// Writes the task and reads its reply, watching the worker's pidfd and the deadline.
-fn exchange(lease: &Lease, frame: &[u8], deadline: Option<Instant>) -> Result<Outcome, Loss> {
+fn exchange(
+    lease: &Lease,
+    frame: &[u8],
+    fds: &[OwnedFd],
+    deadline: Option<Instant>,
+) -> Result<Outcome, Loss> {
     let mut sock: &UnixStream = &lease.sock;
-    sock.write_all(frame).map_err(|_| Loss::Died)?;
+    fds::write_frame(sock, frame, fds).map_err(|_| Loss::Died)?;
     let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
     loop {
         if !reader.has_frame() {

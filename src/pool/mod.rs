@@ -21,6 +21,7 @@ use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
 use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
+use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
 use result::{Outcome, Slot};
 use supervisor::{Config, Job, Shared, Sink};
@@ -93,7 +94,7 @@ pub struct PoolBuilder {
     method: Option<StartMethod>,
     spec: Spec,
     /// The initializer's `Run` frame, or why it could not be made.
-    init: Option<std::result::Result<Vec<u8>, String>>,
+    init: Option<std::result::Result<(Vec<u8>, Fds), String>>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
     max_retries: u32,
@@ -121,8 +122,9 @@ impl PoolBuilder {
             None => Err(crate::sys::fnptr::NOT_IN_MAIN_IMAGE.to_string()),
             Some(func) => {
                 let mut run = msg::begin_run(0, identity::own(), func.tramp, func.func);
-                match codec::encode_into(&arg, &mut run.buf) {
-                    Ok(()) => Ok(run.finish()),
+                let (encoded, fds) = fds::collecting(|| codec::encode_into(&arg, &mut run.buf));
+                match encoded {
+                    Ok(()) => Ok((run.finish(), fds::shared(fds))),
                     Err(e) => Err(format!(
                         "the initializer argument cannot be serialized: {e}"
                     )),
@@ -316,19 +318,24 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let fnref = FnRef::chunked(f);
-        let frame = self.encode(fnref, std::slice::from_ref(&arg))?;
+        let (frame, fds) = self.encode(fnref, std::slice::from_ref(&arg))?;
         let retries = self.max_retries;
         let rebuild = |sink| Job {
             frame: frame.clone(),
+            fds: fds.clone(),
             sink,
             retries_left: retries,
         };
-        if let Some(outcome) = lease::run(&self.shared, &frame, self.task_timeout, rebuild) {
+        let sent_fds = fds.as_deref().unwrap_or_default();
+        if let Some(outcome) =
+            lease::run(&self.shared, &frame, sent_fds, self.task_timeout, rebuild)
+        {
             return finish_one(vec![outcome]);
         }
         let slot = Arc::new(Slot::default());
         let job = Job {
             frame,
+            fds,
             sink: Sink::Slot(Arc::clone(&slot), 0),
             retries_left: retries,
         };
@@ -474,18 +481,21 @@ impl Pool {
         }
     }
 
-    /// Encodes a chunk of arguments into a `Run` frame.
-    fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<Vec<u8>> {
+    /// Encodes a chunk of arguments into a `Run` frame and the fds of handles inside them.
+    fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<(Vec<u8>, Fds)> {
         let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-        codec::encode_into(chunk, &mut run.buf).map_err(Error::codec)?;
-        Ok(run.finish())
+        let (encoded, fds) = fds::collecting(|| codec::encode_into(chunk, &mut run.buf));
+        encoded.map_err(Error::codec)?;
+        Ok((run.finish(), fds::shared(fds)))
     }
 
     /// Encodes a chunk of arguments into a job.
     fn job<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
+        let (frame, fds) = self.encode(f, chunk)?;
         Ok(Job {
-            frame: self.encode(f, chunk)?,
+            frame,
+            fds,
             sink,
             retries_left: self.max_retries,
         })

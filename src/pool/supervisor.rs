@@ -25,6 +25,7 @@ use crate::process::StartMethod;
 use crate::process::launch::{self, Spec};
 use crate::sys::{self, identity};
 use crate::wire::codec;
+use crate::wire::fds::{self, Fds};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg::{self, FromWorker};
 
@@ -50,6 +51,8 @@ impl Sink {
 /// One unit of work: an encoded `Run` frame and where its outcome goes.
 pub(crate) struct Job {
     pub(crate) frame: Vec<u8>,
+    /// Fds of handles inside the argument, sent with the frame (and again on a retry).
+    pub(crate) fds: Fds,
     pub(crate) sink: Sink,
     pub(crate) retries_left: u32,
 }
@@ -135,7 +138,7 @@ pub(crate) struct Config {
     pub(crate) method: StartMethod,
     pub(crate) spec: Spec,
     /// The initializer's `Run` frame, sent first to every new worker.
-    pub(crate) init: Option<Vec<u8>>,
+    pub(crate) init: Option<(Vec<u8>, Fds)>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
 }
@@ -423,7 +426,7 @@ impl Supervisor {
             w.state = State::Init;
             if let Some(s) = &w.sock {
                 // A failed write means it died: its pidfd says so on the next turn.
-                let _ = (&**s).write_all(init);
+                let _ = fds::write_frame(s, &init.0, init.1.as_deref().unwrap_or_default());
             }
         }
         Ok(w)
@@ -477,7 +480,12 @@ impl Supervisor {
                     continue;
                 };
                 let mut sock = sock;
-                let sent = if let [one] = jobs.as_slice() {
+                let sent = if jobs.iter().any(|j| j.fds.is_some()) {
+                    // Rare: handles inside arguments. Each such job goes with its own fds.
+                    jobs.iter().try_for_each(|j| {
+                        fds::write_frame(sock, &j.frame, j.fds.as_deref().unwrap_or_default())
+                    })
+                } else if let [one] = jobs.as_slice() {
                     sock.write_all(&one.frame)
                 } else {
                     let mut batch = Vec::with_capacity(jobs.iter().map(|j| j.frame.len()).sum());

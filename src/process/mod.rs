@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ExitStatus, RemotePanic, Result};
 use crate::sys::{self, fnptr::FnRef, identity};
 use crate::wire::frame::{self, FrameError, FrameReader};
-use crate::wire::{codec, msg};
+use crate::wire::{codec, fds, msg};
 
 /// How a new process is created.
 ///
@@ -189,7 +189,8 @@ impl Builder {
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
-        codec::encode_into(&arg, &mut run.buf).map_err(Error::codec)?;
+        let (encoded, fds) = fds::collecting(|| codec::encode_into(&arg, &mut run.buf));
+        encoded.map_err(Error::codec)?;
         let run = run.finish();
         let launched = launch::launch(method, &self.spec)
             .map_err(|e| Error::io("cannot start a process", e))?;
@@ -205,8 +206,8 @@ impl Builder {
         };
         // A worker that dies before reading its task makes this write fail; `join` then
         // reports how it died, which is more useful than the broken pipe.
-        if let Some(sock) = &mut p.sock {
-            let _ = sock.write_all(&run);
+        if let Some(sock) = &p.sock {
+            let _ = fds::write_frame(sock, &run, &fds);
         }
         Ok(p)
     }
@@ -572,6 +573,42 @@ mod tests {
                 .spawn(square, 12)
                 .unwrap();
             assert_eq!(p.join_timeout(LIMIT).unwrap(), 144, "{m:?}");
+        }
+    }
+
+    /// A value holding an fd, serialized the way mproc's handles are.
+    #[derive(Debug)]
+    struct FdBox(std::os::fd::OwnedFd);
+    impl serde::Serialize for FdBox {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            crate::wire::fds::serialize_fd(std::os::fd::AsFd::as_fd(&self.0), s)
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for FdBox {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            crate::wire::fds::deserialize_fd(d).map(FdBox)
+        }
+    }
+
+    fn write_through((tag, sock): (u8, FdBox)) -> usize {
+        let mut s = UnixStream::from(sock.0);
+        s.write(&[tag]).unwrap()
+    }
+
+    /// Fds inside an argument reach the child, under every start method.
+    #[test]
+    fn fds_inside_arguments_reach_the_child() {
+        for &m in StartMethod::all() {
+            let (mut ours, theirs) = UnixStream::pair().unwrap();
+            let mut p = Process::builder()
+                .start_method(m)
+                .spawn(write_through, (7, FdBox(theirs.into())))
+                .unwrap();
+            assert_eq!(p.join_timeout(LIMIT).unwrap(), 1, "{m:?}");
+            ours.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut b = [0u8];
+            std::io::Read::read_exact(&mut ours, &mut b).unwrap();
+            assert_eq!(b, [7], "{m:?}");
         }
     }
 

@@ -10,7 +10,11 @@
 //! JSON, a queue's shared ring — a handle refuses to serialize with a clear error.
 
 use std::cell::RefCell;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use serde::de::Error as _;
 use serde::ser::Error as _;
@@ -26,6 +30,49 @@ thread_local! {
     static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
     static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// The fds a message carries, shared by the copies of a job that may be sent again (retries).
+pub(crate) type Fds = Option<Arc<[OwnedFd]>>;
+
+/// Wraps collected fds: `None` when there are none (the common case costs nothing).
+pub(crate) fn shared(fds: Vec<OwnedFd>) -> Fds {
+    (!fds.is_empty()).then(|| fds.into())
+}
+
+/// Writes one frame and the fds it owns: first an `Fds` frame carrying them, then the frame.
+pub(crate) fn write_frame(sock: &UnixStream, frame: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+    let mut w = sock;
+    if !fds.is_empty() {
+        let n = u16::try_from(fds.len()).map_err(|_| io::Error::other("too many fds"))?;
+        let head = super::msg::fds(n);
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        let sent = crate::sys::send_with_fds(sock.as_fd(), &head, &borrowed)?;
+        // The fds went with the first byte; a short send only leaves plain bytes to write.
+        w.write_all(&head[sent..])?;
+    }
+    w.write_all(frame)
+}
+
+/// A socket read through `recvmsg`, keeping the fds that arrive, in order, for the `Fds` frames
+/// that announce them.
+pub(crate) struct FdRead<'a> {
+    pub(crate) sock: BorrowedFd<'a>,
+    pub(crate) fifo: &'a mut VecDeque<OwnedFd>,
+}
+
+impl Read for FdRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, fds) = crate::sys::recv_with_fds(self.sock, buf)?;
+        self.fifo.extend(fds);
+        Ok(n)
+    }
+}
+
+/// Takes the `n` fds an `Fds` frame announced, or `None` if fewer arrived (a protocol error).
+pub(crate) fn take(fifo: &mut VecDeque<OwnedFd>, n: u16) -> Option<Vec<OwnedFd>> {
+    let n = usize::from(n);
+    (fifo.len() >= n).then(|| fifo.drain(..n).collect())
 }
 
 /// Runs `encode` with a collector installed and returns its result with the fds handles gave.

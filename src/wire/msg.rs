@@ -6,6 +6,7 @@ use super::frame::FrameBuf;
 
 const RUN: u8 = 0x01;
 const EXIT: u8 = 0x02;
+const FDS: u8 = 0x03;
 const HELLO: u8 = 0x10;
 const DONE: u8 = 0x11;
 const PANIC: u8 = 0x12;
@@ -107,6 +108,24 @@ pub(crate) fn exit() -> Vec<u8> {
     let mut f = FrameBuf::new();
     f.buf.push(EXIT);
     f.finish()
+}
+
+/// An `Fds` frame: the message after it owns the `n` fds sent with this frame (`SCM_RIGHTS`).
+/// Kept apart from the message so that the fds ride on a tiny frame sent whole by one
+/// `sendmsg`, and any message layout can carry fds.
+pub(crate) fn fds(n: u16) -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(FDS);
+    f.buf.extend_from_slice(&n.to_le_bytes());
+    f.finish()
+}
+
+/// `Some(n)` for an `Fds` message announcing `n` fds.
+pub(crate) fn parse_fds(body: &[u8]) -> Option<u16> {
+    match body {
+        [FDS, a, b] => Some(u16::from_le_bytes([*a, *b])),
+        _ => None,
+    }
 }
 
 /// True for an `Exit` message.
@@ -253,6 +272,8 @@ mod tests {
             assert!(parse_from_worker(&h[HEADER..end]).is_err(), "prefix {end}");
         }
         assert!(parse_from_worker(&[0xff]).is_err());
+        assert_eq!(parse_fds(&fds(3)[HEADER..]), Some(3));
+        assert_eq!(parse_fds(&[FDS, 1]), None);
         assert!(parse_run(&[0x10]).is_err());
     }
 }
