@@ -60,7 +60,8 @@ pub enum ErrorKind {
     /// The API was used in a way it does not allow (joining twice, spawning from a worker's
     /// constructor...).
     Usage,
-    /// The pool was closed or terminated before the task could run.
+    /// The pool was closed or terminated before the task could run, or the other end of a
+    /// pipe is gone.
     Closed,
     /// The pool cannot run tasks: its initializer failed, or its workers cannot start.
     Broken,

@@ -20,6 +20,10 @@ use serde::{Deserializer, Serializer};
 use crate::sys::shm::Region;
 use crate::wire::fds;
 
+mod pipe;
+
+pub use pipe::{Connection, pipe};
+
 const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
 
 /// Bytes before an object's own fields.

@@ -276,6 +276,24 @@ pub(crate) fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recvmsg_fds(sock, buf, 0)
+}
+
+/// [`recv_with_fds`] that never blocks: `WouldBlock` when nothing is waiting. The socket
+/// itself stays blocking (`MSG_DONTWAIT`), so other holders of the same socket — a duplicate
+/// in another process — are not affected.
+pub(crate) fn recv_with_fds_nowait(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recvmsg_fds(sock, buf, libc::MSG_DONTWAIT)
+}
+
+fn recvmsg_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -289,7 +307,7 @@ pub(crate) fn recv_with_fds(
     msg.msg_controllen = mem::size_of_val(&cmsg_buf) as _;
     // SAFETY: `msg` points at live, writable buffers of the advertised sizes.
     let n = retry_eintr(|| unsafe {
-        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)
+        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags)
     })?;
     let mut fds = Vec::new();
     // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed control

@@ -91,7 +91,9 @@ pub(crate) fn supplying<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     r
 }
 
-fn raise(msg: String) -> String {
+/// Keeps `msg` as the explanation of the codec error a handle is about to raise (see
+/// [`explain`]) and returns it.
+pub(crate) fn raise(msg: String) -> String {
     LAST_ERROR.with(|e| *e.borrow_mut() = Some(msg.clone()));
     msg
 }
