@@ -94,7 +94,7 @@ mod wire;
 mod worker;
 
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
-pub use ipc::{Connection, pipe};
+pub use ipc::{Array, ArrayGuard, Connection, SharedMemory, Value, ValueGuard, pipe};
 pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use process::{Builder, Process, StartMethod, Stdio};
 

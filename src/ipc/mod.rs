@@ -21,8 +21,10 @@ use crate::sys::shm::Region;
 use crate::wire::fds;
 
 mod pipe;
+mod shared;
 
 pub use pipe::{Connection, pipe};
+pub use shared::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
 
 const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
 
@@ -86,8 +88,10 @@ impl Shared {
         kind: Kind,
     ) -> Result<Shared, D::Error> {
         let fd = fds::deserialize_fd(d)?;
-        let region = Region::from_fd(fd).map_err(|e| D::Error::custom(e.to_string()))?;
-        Shared::check(region, kind).map_err(D::Error::custom)
+        // `raise` keeps the explanation: the codec reports only "custom error" itself.
+        let region =
+            Region::from_fd(fd).map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
+        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
     }
 
     fn check(region: Region, kind: Kind) -> Result<Shared, String> {

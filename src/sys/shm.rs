@@ -188,6 +188,29 @@ impl Region {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset).cast::<T>(), n) }
     }
 
+    /// A shared typed view of `n` values of `T` at `offset`: [`pod_slice_mut`] for a guard
+    /// borrowed shared. Callers pass the guard of the lock protecting this range: while the
+    /// view lives, the guard cannot give out a `&mut` view (it is borrowed), and other threads
+    /// and processes wait for the lock.
+    ///
+    /// [`pod_slice_mut`]: Region::pod_slice_mut
+    pub(crate) fn pod_slice<'a, T: bytemuck::Pod, G>(
+        &'a self,
+        _held: &'a G,
+        offset: usize,
+        n: usize,
+    ) -> &'a [T] {
+        let size = std::mem::size_of::<T>()
+            .checked_mul(n)
+            .expect("caller checked the array size");
+        self.check(offset, size, std::mem::align_of::<T>());
+        // SAFETY: in bounds and aligned for `T` (checked); `T: Pod` is valid for any bytes; the
+        // caller holds the cross-process lock for this range (witnessed by `_held`, borrowed for
+        // the slice's lifetime, so no `&mut` view through the same guard can coexist), so no
+        // one writes the range while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset).cast::<T>(), n) }
+    }
+
     /// Gives the pages of `[offset, offset + len)` back to the kernel; they read as zeros
     /// after. Used by queues on ranges already consumed, so a long-lived queue holds memory
     /// in proportion to what is queued, not to what ever passed through. Best effort.
