@@ -35,6 +35,8 @@ enum Repr {
     Usage(&'static str),
     Closed(&'static str),
     Broken(String),
+    Full,
+    Empty,
 }
 
 /// The category of an [`Error`].
@@ -60,10 +62,14 @@ pub enum ErrorKind {
     /// The API was used in a way it does not allow (joining twice, spawning from a worker's
     /// constructor...).
     Usage,
-    /// The pool was closed or terminated before the task could run.
+    /// The pool was closed or terminated before the task could run, or a queue was closed.
     Closed,
     /// The pool cannot run tasks: its initializer failed, or its workers cannot start.
     Broken,
+    /// A queue had no room (`try_put`); the value is handed back.
+    Full,
+    /// A queue had nothing to take (`try_get`).
+    Empty,
 }
 
 impl Error {
@@ -100,6 +106,12 @@ impl Error {
     pub(crate) fn broken(msg: impl Into<String>) -> Error {
         Error::new(Repr::Broken(msg.into()))
     }
+    pub(crate) fn full() -> Error {
+        Error::new(Repr::Full)
+    }
+    pub(crate) fn empty() -> Error {
+        Error::new(Repr::Empty)
+    }
     /// A copy, for reporting one failure on every item of a chunk.
     pub(crate) fn duplicate(&self) -> Error {
         Error::new(match &*self.repr {
@@ -122,6 +134,8 @@ impl Error {
             Repr::Usage(m) => Repr::Usage(m),
             Repr::Closed(m) => Repr::Closed(m),
             Repr::Broken(m) => Repr::Broken(m.clone()),
+            Repr::Full => Repr::Full,
+            Repr::Empty => Repr::Empty,
         })
     }
 
@@ -144,6 +158,8 @@ impl Error {
             Repr::Usage(_) => ErrorKind::Usage,
             Repr::Closed(_) => ErrorKind::Closed,
             Repr::Broken(_) => ErrorKind::Broken,
+            Repr::Full => ErrorKind::Full,
+            Repr::Empty => ErrorKind::Empty,
         }
     }
 
@@ -193,6 +209,8 @@ impl fmt::Display for Error {
             Repr::Io { context, source } => write!(f, "{context}: {source}"),
             Repr::Usage(m) | Repr::Closed(m) => f.write_str(m),
             Repr::Broken(m) => write!(f, "the pool is broken: {m}"),
+            Repr::Full => f.write_str("the queue is full"),
+            Repr::Empty => f.write_str("the queue is empty"),
         }
     }
 }

@@ -94,6 +94,7 @@ mod wire;
 mod worker;
 
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
+pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use process::{Builder, Process, StartMethod, Stdio};
 

@@ -18,7 +18,10 @@ use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
 use crate::sys::shm::Region;
+
+mod queue;
 use crate::wire::fds;
+pub use queue::{DEFAULT_CAPACITY_BYTES, JoinableQueue, PutError, Queue, SimpleQueue};
 
 const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
 
