@@ -35,6 +35,7 @@ enum Repr {
     Usage(&'static str),
     Closed(&'static str),
     Broken(String),
+    BrokenBarrier,
 }
 
 /// The category of an [`Error`].
@@ -62,7 +63,9 @@ pub enum ErrorKind {
     Usage,
     /// The pool was closed or terminated before the task could run.
     Closed,
-    /// The pool cannot run tasks: its initializer failed, or its workers cannot start.
+    /// The pool cannot run tasks: its initializer failed, or its workers cannot start. Also a
+    /// [`Barrier`](crate::Barrier) that was aborted, or whose waiter timed out (Python's
+    /// `BrokenBarrierError`).
     Broken,
 }
 
@@ -100,6 +103,9 @@ impl Error {
     pub(crate) fn broken(msg: impl Into<String>) -> Error {
         Error::new(Repr::Broken(msg.into()))
     }
+    pub(crate) fn broken_barrier() -> Error {
+        Error::new(Repr::BrokenBarrier)
+    }
     /// A copy, for reporting one failure on every item of a chunk.
     pub(crate) fn duplicate(&self) -> Error {
         Error::new(match &*self.repr {
@@ -122,6 +128,7 @@ impl Error {
             Repr::Usage(m) => Repr::Usage(m),
             Repr::Closed(m) => Repr::Closed(m),
             Repr::Broken(m) => Repr::Broken(m.clone()),
+            Repr::BrokenBarrier => Repr::BrokenBarrier,
         })
     }
 
@@ -143,7 +150,7 @@ impl Error {
             Repr::Io { .. } => ErrorKind::Io,
             Repr::Usage(_) => ErrorKind::Usage,
             Repr::Closed(_) => ErrorKind::Closed,
-            Repr::Broken(_) => ErrorKind::Broken,
+            Repr::Broken(_) | Repr::BrokenBarrier => ErrorKind::Broken,
         }
     }
 
@@ -193,6 +200,7 @@ impl fmt::Display for Error {
             Repr::Io { context, source } => write!(f, "{context}: {source}"),
             Repr::Usage(m) | Repr::Closed(m) => f.write_str(m),
             Repr::Broken(m) => write!(f, "the pool is broken: {m}"),
+            Repr::BrokenBarrier => f.write_str("the barrier is broken"),
         }
     }
 }

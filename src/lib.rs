@@ -94,6 +94,10 @@ mod wire;
 mod worker;
 
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
+pub use ipc::{
+    Barrier, BarrierWaitResult, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock,
+    RLockGuard, Semaphore, SemaphoreGuard,
+};
 pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use process::{Builder, Process, StartMethod, Stdio};
 
