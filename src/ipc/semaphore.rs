@@ -182,7 +182,8 @@ macro_rules! semaphore_api {
             ///
             /// # Examples
             /// ```
-            #[doc = concat!("let sem = mproc::", stringify!($ty), "::new(0)?;")]
+            #[doc = concat!("let sem = mproc::", stringify!($ty), "::new(1)?;")]
+            /// let _unit = sem.acquire()?;
             /// let r = sem.acquire_timeout(std::time::Duration::from_millis(5));
             /// assert!(r.unwrap_err().is_timeout());
             /// # Ok::<(), mproc::Error>(())
