@@ -303,3 +303,35 @@ fn a_barrier_waiter_timing_out_in_another_process_breaks_it() {
     b.reset().unwrap();
     assert!(!b.is_broken());
 }
+
+/// Holds `a` in a second thread and `b` in the main thread, then waits to be killed.
+fn hold_two_in_two_threads((a, b, held, never): (Lock, Lock, Semaphore, Event)) -> bool {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _a = a.acquire_timeout(LIMIT).expect("a");
+            held.release().expect("held");
+            never.wait_timeout(LIMIT)
+        });
+        let _b = b.acquire_timeout(LIMIT).expect("b");
+        held.release().expect("held");
+        never.wait_timeout(LIMIT)
+    })
+}
+
+#[test]
+fn every_lock_of_a_killed_process_is_released_whichever_thread_held_it() {
+    let (a, b) = (Lock::new().unwrap(), Lock::new().unwrap());
+    let (held, never) = (Semaphore::new(0).unwrap(), Event::new().unwrap());
+    let mut p = Process::spawn(
+        hold_two_in_two_threads,
+        (a.clone(), b.clone(), held.clone(), never),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        held.acquire_timeout(LIMIT).unwrap().forget();
+    }
+    p.kill().unwrap();
+    assert!(a.acquire_timeout(LIMIT).unwrap().was_abandoned(), "a");
+    assert!(b.acquire_timeout(LIMIT).unwrap().was_abandoned(), "b");
+    assert_killed(&mut p);
+}
