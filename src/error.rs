@@ -37,6 +37,7 @@ enum Repr {
     Broken(String),
     Full,
     Empty,
+    BrokenBarrier,
 }
 
 /// The category of an [`Error`].
@@ -64,7 +65,9 @@ pub enum ErrorKind {
     Usage,
     /// The pool was closed or terminated before the task could run, or a queue was closed.
     Closed,
-    /// The pool cannot run tasks: its initializer failed, or its workers cannot start.
+    /// The pool cannot run tasks: its initializer failed, or its workers cannot start. Also a
+    /// [`Barrier`](crate::Barrier) that was aborted, or whose waiter timed out (Python's
+    /// `BrokenBarrierError`).
     Broken,
     /// A queue had no room (`try_put`); the value is handed back.
     Full,
@@ -112,6 +115,9 @@ impl Error {
     pub(crate) fn empty() -> Error {
         Error::new(Repr::Empty)
     }
+    pub(crate) fn broken_barrier() -> Error {
+        Error::new(Repr::BrokenBarrier)
+    }
     /// A copy, for reporting one failure on every item of a chunk.
     pub(crate) fn duplicate(&self) -> Error {
         Error::new(match &*self.repr {
@@ -136,6 +142,7 @@ impl Error {
             Repr::Broken(m) => Repr::Broken(m.clone()),
             Repr::Full => Repr::Full,
             Repr::Empty => Repr::Empty,
+            Repr::BrokenBarrier => Repr::BrokenBarrier,
         })
     }
 
@@ -157,9 +164,9 @@ impl Error {
             Repr::Io { .. } => ErrorKind::Io,
             Repr::Usage(_) => ErrorKind::Usage,
             Repr::Closed(_) => ErrorKind::Closed,
-            Repr::Broken(_) => ErrorKind::Broken,
             Repr::Full => ErrorKind::Full,
             Repr::Empty => ErrorKind::Empty,
+            Repr::Broken(_) | Repr::BrokenBarrier => ErrorKind::Broken,
         }
     }
 
@@ -211,6 +218,7 @@ impl fmt::Display for Error {
             Repr::Broken(m) => write!(f, "the pool is broken: {m}"),
             Repr::Full => f.write_str("the queue is full"),
             Repr::Empty => f.write_str("the queue is empty"),
+            Repr::BrokenBarrier => f.write_str("the barrier is broken"),
         }
     }
 }
