@@ -35,6 +35,9 @@ enum Repr {
     Usage(&'static str),
     Closed(&'static str),
     Broken(String),
+    Full,
+    Empty,
+    BrokenBarrier,
 }
 
 /// The category of an [`Error`].
@@ -60,11 +63,17 @@ pub enum ErrorKind {
     /// The API was used in a way it does not allow (joining twice, spawning from a worker's
     /// constructor...).
     Usage,
-    /// The pool was closed or terminated before the task could run, or the other end of a
-    /// pipe is gone.
+    /// The pool was closed or terminated before the task could run, a queue was closed, or
+    /// the other end of a pipe is gone.
     Closed,
-    /// The pool cannot run tasks: its initializer failed, or its workers cannot start.
+    /// The pool cannot run tasks: its initializer failed, or its workers cannot start. Also a
+    /// [`Barrier`](crate::Barrier) that was aborted, or whose waiter timed out (Python's
+    /// `BrokenBarrierError`).
     Broken,
+    /// A queue had no room (`try_put`); the value is handed back.
+    Full,
+    /// A queue had nothing to take (`try_get`).
+    Empty,
 }
 
 impl Error {
@@ -101,6 +110,15 @@ impl Error {
     pub(crate) fn broken(msg: impl Into<String>) -> Error {
         Error::new(Repr::Broken(msg.into()))
     }
+    pub(crate) fn full() -> Error {
+        Error::new(Repr::Full)
+    }
+    pub(crate) fn empty() -> Error {
+        Error::new(Repr::Empty)
+    }
+    pub(crate) fn broken_barrier() -> Error {
+        Error::new(Repr::BrokenBarrier)
+    }
     /// A copy, for reporting one failure on every item of a chunk.
     pub(crate) fn duplicate(&self) -> Error {
         Error::new(match &*self.repr {
@@ -123,6 +141,9 @@ impl Error {
             Repr::Usage(m) => Repr::Usage(m),
             Repr::Closed(m) => Repr::Closed(m),
             Repr::Broken(m) => Repr::Broken(m.clone()),
+            Repr::Full => Repr::Full,
+            Repr::Empty => Repr::Empty,
+            Repr::BrokenBarrier => Repr::BrokenBarrier,
         })
     }
 
@@ -144,7 +165,9 @@ impl Error {
             Repr::Io { .. } => ErrorKind::Io,
             Repr::Usage(_) => ErrorKind::Usage,
             Repr::Closed(_) => ErrorKind::Closed,
-            Repr::Broken(_) => ErrorKind::Broken,
+            Repr::Full => ErrorKind::Full,
+            Repr::Empty => ErrorKind::Empty,
+            Repr::Broken(_) | Repr::BrokenBarrier => ErrorKind::Broken,
         }
     }
 
@@ -194,6 +217,9 @@ impl fmt::Display for Error {
             Repr::Io { context, source } => write!(f, "{context}: {source}"),
             Repr::Usage(m) | Repr::Closed(m) => f.write_str(m),
             Repr::Broken(m) => write!(f, "the pool is broken: {m}"),
+            Repr::Full => f.write_str("the queue is full"),
+            Repr::Empty => f.write_str("the queue is empty"),
+            Repr::BrokenBarrier => f.write_str("the barrier is broken"),
         }
     }
 }

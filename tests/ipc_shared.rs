@@ -259,3 +259,36 @@ fn shared_objects_leave_nothing_behind() {
     assert_eq!(open_fds(), fds, "no fd leaked");
     assert_eq!(shm_entries(), shm, "nothing in /dev/shm");
 }
+
+fn hold_and_hang((v, ready): (Value<u64>, Connection<u8>)) {
+    let Ok(mut g) = v.lock_timeout(LIMIT) else {
+        return;
+    };
+    *g = 99; // half of an update the parent will have to check
+    let _ = ready.send(&1);
+    // Wait for the SIGKILL, never past the test's limit.
+    let _ = ready.recv_timeout(LIMIT);
+}
+
+#[test]
+fn a_value_locked_by_a_killed_process_is_handed_over_as_abandoned() {
+    let _g = shared();
+    for &m in StartMethod::all() {
+        let v = Value::new(0u64).unwrap();
+        let (ours, theirs) = pipe::<u8>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(hold_and_hang, (v.clone(), theirs))
+            .unwrap();
+        assert_eq!(ours.recv_timeout(LIMIT).unwrap(), 1, "{m:?}");
+        p.kill().unwrap();
+        let g = v.lock_timeout(LIMIT).unwrap();
+        assert!(g.was_abandoned(), "{m:?}");
+        assert_eq!(*g, 99);
+        drop(g);
+        assert!(
+            !v.lock_timeout(LIMIT).unwrap().was_abandoned(),
+            "{m:?}: reported once"
+        );
+    }
+}

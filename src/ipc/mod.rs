@@ -10,9 +10,30 @@
 //! handle decoded from the wrong fd is a clear error instead of a misread, then room for the
 //! object's own fields.
 
+mod barrier;
+mod condition;
+mod event;
+mod lock;
+mod pipe;
+mod queue;
+mod rlock;
+mod semaphore;
+mod shared;
+
+pub use barrier::{Barrier, BarrierWaitResult};
+pub use condition::Condition;
+pub use event::Event;
+pub use lock::{Lock, LockGuard};
+pub use pipe::{Connection, pipe};
+pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
+pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
+pub use shared::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
+
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
@@ -20,16 +41,42 @@ use serde::{Deserializer, Serializer};
 use crate::sys::shm::Region;
 use crate::wire::fds;
 
-mod pipe;
-mod shared;
-
-pub use pipe::{Connection, pipe};
-pub use shared::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
-
 const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
 
 /// Bytes before an object's own fields.
 pub(crate) const HEADER: usize = 64;
+
+/// The deadline `timeout` from now; `None` (no deadline) if that is beyond what `Instant`
+/// can represent.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// `Shared::create` for the public constructors: an OS refusal becomes an `Io` error.
+pub(crate) fn create(kind: Kind, len: usize) -> crate::Result<Shared> {
+    Shared::create(kind, len)
+        .map_err(|e| crate::Error::io("cannot create a shared memory object", e))
+}
+
+/// `Serialize` / `Deserialize` for a handle whose only field is `shared: Shared`.
+macro_rules! shared_serde {
+    ($ty:ident, $kind:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.shared.serialize(s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Ok($ty {
+                    shared: $crate::ipc::Shared::deserialize(d, $kind)?,
+                })
+            }
+        }
+    };
+}
+pub(crate) use shared_serde;
 
 /// What a region holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

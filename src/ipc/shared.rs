@@ -20,7 +20,7 @@ use bytemuck::Pod;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{HEADER, Kind, Shared};
+use super::{HEADER, Kind, Shared, deadline};
 use crate::error::{Error, Result};
 use crate::sys::robust::{self, Acquired, MUTEX_SIZE};
 
@@ -148,10 +148,6 @@ impl<T: Pod> Cells<T> {
     }
 }
 
-fn deadline(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
-}
-
 /// The lock of a `Cells`, held; unlocks on drop. Not `Send`: a lock is released by the
 /// thread that took it (a robust mutex is recorded per thread).
 struct Held<'a, T> {
@@ -194,8 +190,9 @@ impl<T> Drop for Held<'_, T> {
 ///
 /// Clones, and copies sent to other processes inside a [`Process`](crate::Process) or pool
 /// task argument or through a [`Connection`](crate::Connection), are the same object. The
-/// lock survives the death of a process holding it: the next locker gets it and
-/// [`was_abandoned`](ValueGuard::was_abandoned) says so.
+/// lock survives the death of a process holding it (on Linux): the kernel releases it, the
+/// next locker gets it and [`was_abandoned`](ValueGuard::was_abandoned) says so — the value
+/// may then be half-updated. Robustness is per process, as for [`Lock`](crate::Lock).
 ///
 /// # Examples
 /// ```
@@ -508,8 +505,7 @@ impl SharedMemory {
                 "shared memory needs a size of at least 1 byte",
             ));
         }
-        let shared = Shared::create(Kind::SharedMemory, size)
-            .map_err(|e| Error::io("cannot create shared memory", e))?;
+        let shared = super::create(Kind::SharedMemory, size)?;
         Ok(SharedMemory { shared })
     }
 

@@ -8,7 +8,6 @@
 //! supervisor as [`Returned::Lost`] with the job, and settled there exactly as for any other
 //! job: retried, or failed with the worker's exit status, or `TimedOut`.
 
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;

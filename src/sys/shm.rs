@@ -222,6 +222,8 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // A mutex in here held through a forgotten guard must leave the robust list first.
+        super::robust::unmapping(self.ptr.as_ptr() as usize, self.len);
         // SAFETY: `ptr`/`len` are exactly the mapping created in `map`, unmapped once here; no
         // reference into it outlives `self` (all accessors borrow `self`).
         unsafe {

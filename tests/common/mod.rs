@@ -58,3 +58,62 @@ pub fn shm_entries() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Shared memory regions of mproc mapped in this process (`memfd:mproc-*` in /proc/self/maps).
+pub fn mapped_regions() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().filter(|l| l.contains("/memfd:mproc-")).count())
+        .unwrap_or(0)
+}
+
+/// Serializes the tests of one binary that check for leaks (tests run on parallel threads).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn noop(_: ()) {}
+
+/// What a test might leak, counted at its start; [`Leaks::check`] asserts it came back.
+pub struct Leaks {
+    fds: usize,
+    children: Vec<u32>,
+    shm: usize,
+    regions: usize,
+}
+
+impl Leaks {
+    /// Counts now. Hold [`serial`] around the test so other tests do not disturb the counts.
+    pub fn start() -> Leaks {
+        // The fork server is a long-lived child started on first use: start it now, so that
+        // it counts as already there.
+        mproc::Process::spawn(noop, ())
+            .and_then(|mut p| p.join_timeout(LIMIT))
+            .expect("a trivial process runs");
+        Leaks {
+            fds: open_fds(),
+            children: children(),
+            shm: shm_entries(),
+            regions: mapped_regions(),
+        }
+    }
+
+    /// Asserts that fds, children, `/dev/shm` entries and mapped regions are back to the
+    /// starting counts (children are reaped asynchronously by their handles: allow a moment).
+    pub fn check(self) {
+        assert!(
+            eventually(LIMIT, || children() == self.children),
+            "children left: {:?} (before: {:?})",
+            children(),
+            self.children
+        );
+        assert_eq!(open_fds(), self.fds, "fds leaked");
+        assert_eq!(shm_entries(), self.shm, "/dev/shm entries leaked");
+        assert_eq!(
+            mapped_regions(),
+            self.regions,
+            "shared regions still mapped"
+        );
+    }
+}
