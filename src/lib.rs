@@ -94,11 +94,11 @@ mod wire;
 mod worker;
 
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
-pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use ipc::{
     Barrier, BarrierWaitResult, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock,
     RLockGuard, Semaphore, SemaphoreGuard,
 };
+pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use process::{Builder, Process, StartMethod, Stdio};
 

@@ -36,7 +36,7 @@ use crate::sys::shm::Region;
 
 mod queue;
 use crate::wire::fds;
-pub use queue::{DEFAULT_CAPACITY_BYTES, JoinableQueue, PutError, Queue, SimpleQueue};
+pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 
 const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
 
