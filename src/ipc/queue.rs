@@ -94,7 +94,7 @@ const SPINS: u32 = 64;
 /// }
 ///
 /// let q = Queue::new()?;
-/// let p = Process::spawn(produce, (q.clone(), 4))?;
+/// let mut p = Process::spawn(produce, (q.clone(), 4))?;
 /// let got: Vec<u64> = (0..4).map(|_| q.get()).collect::<Result<_, _>>()?;
 /// assert_eq!(got, [0, 1, 4, 9]);
 /// p.join()?;
@@ -609,7 +609,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// }
 ///
 /// let q = JoinableQueue::new()?;
-/// let c = Process::spawn(consume, q.clone())?;
+/// let mut c = Process::spawn(consume, q.clone())?;
 /// q.put("a".to_string())?;
 /// q.put("b".to_string())?;
 /// q.join_timeout(std::time::Duration::from_secs(30))?; // both done

@@ -5,7 +5,6 @@ pub(crate) mod launch;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Write;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -194,7 +193,7 @@ impl Builder {
         let run = run.finish();
         let launched = launch::launch(method, &self.spec)
             .map_err(|e| Error::io("cannot start a process", e))?;
-        let mut p = Process {
+        let p = Process {
             pid: launched.pid,
             name,
             pidfd: launched.pidfd,

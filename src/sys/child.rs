@@ -55,6 +55,8 @@ pub(crate) fn clone_sibling_child(
 
 /// Runs the child side and exits; a panic never unwinds into the parent's copied frames.
 fn run_child(child: impl FnOnce(&ChildToken) -> i32) -> ! {
+    // A raw `clone` runs no `pthread_atfork` handler: forget the parent's pid here.
+    super::unix::forget_pid();
     let token = ChildToken(());
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(&token)))
         .unwrap_or(crate::worker::EXIT_INTERNAL);

@@ -97,6 +97,8 @@ mod imp {
     const WAITERS: u32 = 0x8000_0000;
     const OWNER_DIED: u32 = 0x4000_0000;
     const TID_MASK: u32 = 0x3fff_ffff;
+    /// Busy checks of a held lock before sleeping on it.
+    const SPINS: u32 = 200;
     /// Where the futex word sits relative to the node (`robust_list_head.futex_offset`).
     const FUTEX_OFFSET: usize = 8;
 
@@ -284,6 +286,15 @@ mod imp {
     ) -> Option<Acquired> {
         let m = at(region, offset);
         let mut extra = 0;
+        // Spin briefly on a lock held by a running process: critical sections are short,
+        // and a futex sleep + wake costs far more than the usual wait.
+        for _ in 0..SPINS {
+            let w = m.word.load(Ordering::Relaxed);
+            if w == 0 || w & TID_MASK == 0 || w & WAITERS != 0 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
         loop {
             let cur = match attempt(&m, extra) {
                 Ok(how) => return Some(how),

@@ -5,6 +5,7 @@ use std::mem::{self, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How a child ended, as `waitpid` reports it.
@@ -80,8 +81,35 @@ pub(crate) fn reset_signals() {
 }
 
 /// This process's id.
+///
+/// Cached: `getpid` is a real system call (glibc stopped caching it), and lock paths ask for it
+/// on every operation. A child forget the cache as it starts: mproc's own children in
+/// `child::run_child`, other `fork`s through a `pthread_atfork` handler.
 pub(crate) fn getpid() -> i32 {
-    std::process::id() as i32
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: registers a child handler that only performs an atomic store
+        // (async-signal-safe); the function lives for the whole program.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_handler)) };
+    });
+    let pid = std::process::id() as i32;
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}
+
+static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forget_pid_handler() {
+    forget_pid();
+}
+
+/// Drops the cached pid: called first thing in a new child. Async-signal-safe.
+pub(crate) fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
 }
 
 /// The parent process's id.
