@@ -451,10 +451,13 @@ fn json_num(line: &str, key: &str) -> Option<f64> {
 
 // ---- the run ----
 
+/// A named measurement returning `T`.
+type Named<T> = (&'static str, fn() -> BoxResult<T>);
+
 type Series = (&'static str, fn() -> BoxResult<f64>);
 
 /// Runs every series `ROUNDS` times, interleaved in a rotated order; samples per series.
-fn interleaved<T>(series: &[(&'static str, fn() -> BoxResult<T>)]) -> BoxResult<Vec<Vec<T>>> {
+fn interleaved<T>(series: &[Named<T>]) -> BoxResult<Vec<Vec<T>>> {
     let mut out: Vec<Vec<T>> = series.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {
         for k in 0..series.len() {
@@ -492,7 +495,7 @@ fn main() -> BoxResult<()> {
         ("raw 1 MiB", || raw_rate(LARGE_N, MIB)),
     ];
     let l = interleaved(&large)?;
-    let rtt: [(&'static str, fn() -> BoxResult<Vec<f64>>); 3] = [
+    let rtt: [Named<Vec<f64>>; 3] = [
         ("pipe", || pipe_rtt(RTT_ITERS)),
         ("queue", || queue_rtt(RTT_ITERS)),
         ("raw", || raw_rtt(RTT_ITERS)),

@@ -49,6 +49,48 @@
 //! # Ok::<(), mproc::Error>(())
 //! ```
 //!
+//! # Queues and pipes
+//! [`Queue`] (and [`JoinableQueue`], [`SimpleQueue`]) carries values between any number of
+//! producer and consumer processes; [`pipe`] makes two connected [`Connection`] ends, for two
+//! processes talking both ways. Pass a handle (or a clone) inside the argument of a
+//! [`Process`] or a pool task: the object is shared, not copied. A queue lives in shared
+//! memory and has no feeder thread: once `put` returns, the value is in the queue, even if the
+//! putting process dies a moment later.
+//!
+//! ```
+//! use mproc::{Process, Queue};
+//!
+//! fn worker((q, id): (Queue<String>, u32)) {
+//!     q.put(format!("hello from worker {id}")).unwrap();
+//! }
+//!
+//! let q = Queue::new()?;
+//! let mut ps: Vec<_> = (0..3).map(|id| Process::spawn(worker, (q.clone(), id))).collect::<Result<_, _>>()?;
+//! for p in &mut ps {
+//!     p.join()?;
+//! }
+//! let mut got: Vec<String> = (0..3).map(|_| q.get()).collect::<Result<_, _>>()?;
+//! got.sort();
+//! assert_eq!(got[0], "hello from worker 0");
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # Locks and synchronisation
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and
+//! [`Barrier`] work across processes, with `_timeout` forms. Locks are *robust*: when a process
+//! dies holding one (even by SIGKILL), the next process to lock it gets it at once and is told
+//! the lock was abandoned ([`LockGuard::was_abandoned`]), where Python deadlocks everyone.
+//!
+//! # Shared memory
+//! [`Value`] and [`Array`] hold plain-old-data (`bytemuck::Pod`) in shared memory behind a
+//! robust lock, like Python's `Value` and `Array` with `lock=True`; a worker writing into an
+//! `Array` is seen by the parent without a copy. [`SharedMemory`] is a raw block of bytes that
+//! an unrelated process can open by [`name`](SharedMemory::name).
+//!
+//! Every one of these objects is an anonymous memory file (`memfd`): the kernel frees it when
+//! the last process holding it exits, however it exits. Nothing is created in `/dev/shm`, so
+//! nothing can leak there (Python leaks semaphores and segments when a process is killed).
+//!
 //! # How a child runs your function
 //! A child is this same executable, started with a marker in its environment. A load-time
 //! constructor inside mproc sees the marker and runs the worker loop *before* `main`, so code

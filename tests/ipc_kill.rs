@@ -111,10 +111,8 @@ impl Drop for KillOnDrop {
 fn sigkill_mid_operation_leaves_no_process_no_memory_no_shm_entry() {
     // Orphans are re-parented to us, so we can reap them and see them gone.
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(ret, 0);
     let shm_before = common::shm_entries();
     let helper = Command::new(std::env::current_exe().unwrap())
         .args([

@@ -64,7 +64,7 @@ const _: () = assert!(JOIN_WAITERS + 4 <= RING);
 const LEN: usize = 8;
 
 /// Ring capacity of [`Queue::new`]: reserved address space, not memory (see "Memory" above).
-pub const DEFAULT_CAPACITY_BYTES: usize = 1 << 30;
+pub(crate) const DEFAULT_CAPACITY_BYTES: usize = 1 << 30;
 
 /// Consumed ring bytes are given back to the kernel in chunks of this size.
 const DISCARD_CHUNK: u64 = 1 << 20;
@@ -273,7 +273,7 @@ thread_local! {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// An unbounded queue. Its ring holds up to [`DEFAULT_CAPACITY_BYTES`] (1 GiB) of encoded
+    /// An unbounded queue. Its ring holds up to 1 GiB of encoded
     /// values — address space reserved, memory used only as values are queued; beyond that
     /// `put` waits for room.
     ///

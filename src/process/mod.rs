@@ -555,6 +555,7 @@ pub(crate) fn forget_parent_state(token: &crate::sys::child::ChildToken, parent:
 mod tests {
     use super::*;
     use crate::wire::frame::FrameBuf;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     const LIMIT: Duration = Duration::from_secs(30);

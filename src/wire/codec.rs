@@ -21,6 +21,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// The encoding of `value`.
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     encode_into(value, &mut out)?;
