@@ -21,9 +21,11 @@
 //! records, then wakes every sleeper, and the queue goes on.
 //!
 //! # Memory
-//! The ring is sparse: its pages are allocated when first written, and pages already consumed
-//! are given back to the kernel a chunk at a time, so a queue holds memory in proportion to
-//! what is queued now, not to its capacity or to what ever passed through it.
+//! The ring is sparse: its pages are allocated when first written. Whenever the queue runs
+//! empty it rewinds to the start of the ring, so a busy queue keeps reusing the same warm
+//! pages; pages beyond the first 8 MiB are given back to the kernel once consumed. A queue
+//! thus holds memory in proportion to what is queued now (plus up to 8 MiB), not to its
+//! capacity or to what ever passed through it.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -56,9 +58,11 @@ const ALL_DONE: usize = NOT_FULL + 4;
 const GET_WAITERS: usize = ALL_DONE + 4;
 const PUT_WAITERS: usize = GET_WAITERS + 4;
 const JOIN_WAITERS: usize = PUT_WAITERS + 4;
+/// Highest ring position written since the ring last rewound (see `Locked::rewind`).
+const HIGH: usize = JOIN_WAITERS + 8;
 /// The ring starts on its own page, so consumed pages can be discarded whole.
 const RING: usize = 4096;
-const _: () = assert!(JOIN_WAITERS + 4 <= RING);
+const _: () = assert!(HIGH + 8 <= RING && HIGH % 8 == 0);
 
 /// Bytes before each record's payload.
 const LEN: usize = 8;
@@ -68,6 +72,10 @@ pub(crate) const DEFAULT_CAPACITY_BYTES: usize = 1 << 30;
 
 /// Consumed ring bytes are given back to the kernel in chunks of this size.
 const DISCARD_CHUNK: u64 = 1 << 20;
+
+/// The first bytes of the ring are never given back: an emptied queue rewinds to position 0,
+/// so a busy queue writes into these warm pages instead of faulting in fresh ones.
+const WARM: u64 = 8 << 20;
 
 /// Spins on an empty (or full) queue before sleeping: a message usually arrives within a few
 /// microseconds when a producer is busy, and a futex sleep + wake costs more than that.
@@ -201,7 +209,14 @@ impl<'a> Locked<'a> {
     /// After a holder died: make the counters agree with the records again, and wake everyone
     /// (a wake it owed may have died with it).
     fn recover(&self) {
-        let (head, mut tail, cap) = (self.u64(HEAD), self.u64(TAIL), self.capacity());
+        let (mut head, mut tail, cap) = (self.u64(HEAD), self.u64(TAIL), self.capacity());
+        if head > tail {
+            // Died rewinding (tail is reset first): the queue was empty.
+            head = tail;
+            self.set(HEAD, head);
+        }
+        // Pages written past the high mark may exist: let the next rewind discard them all.
+        self.set(HIGH, cap);
         let mut count = 0;
         let mut pos = head;
         while pos < tail {
@@ -224,13 +239,75 @@ impl<'a> Locked<'a> {
         }
     }
 
-    /// Gives back the pages of chunks entirely consumed (only rings of several chunks).
-    fn discard_consumed(&self) {
+    /// Takes the record at the head (there is one: `count > 0`) and decodes it straight from
+    /// the ring, under the lock, saving a copy. The record is consumed whatever the decoding
+    /// does; a panic in a `Deserialize` impl is handed back to be resumed after unlocking.
+    fn take<T: DeserializeOwned>(&self, count: u64) -> std::thread::Result<Result<T>> {
+        let head = self.u64(HEAD);
+        let len = self.record_len(head);
         let cap = self.capacity();
-        if cap < 4 * DISCARD_CHUNK {
+        let decoded = if LEN as u64 + len > self.u64(TAIL) - head {
+            Ok(Err(Error::protocol(
+                "the queue's shared memory is corrupted",
+            )))
+        } else {
+            let at = (head + LEN as u64) % cap;
+            let decode = |bytes: &[u8]| codec::decode(bytes).map_err(Error::codec);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if at + len <= cap {
+                    decode(
+                        self.region
+                            .pod_slice::<u8, _>(self, RING + at as usize, len as usize),
+                    )
+                } else {
+                    let mut bytes = vec![0; len as usize];
+                    self.ring_read(head + LEN as u64, &mut bytes);
+                    decode(&bytes)
+                }
+            }))
+        };
+        let size = (LEN as u64 + len).min(self.u64(TAIL) - head);
+        self.set(HEAD, head + size);
+        self.set(COUNT, count - 1);
+        self.after_get();
+        bump(self.region, NOT_FULL);
+        decoded
+    }
+
+    /// After a get: rewinds an emptied ring, or gives back consumed chunks past the warm
+    /// pages of a ring that stays busy.
+    fn after_get(&self) {
+        let (head, tail) = (self.u64(HEAD), self.u64(TAIL));
+        if head == tail {
+            self.rewind();
+        } else {
+            self.discard_consumed(head);
+        }
+    }
+
+    /// Moves an empty ring back to position 0 (tail first: see `recover`), and gives back the
+    /// pages a burst wrote past the warm ones.
+    fn rewind(&self) {
+        if self.u64(TAIL) != 0 {
+            self.set(TAIL, 0);
+            self.set(HEAD, 0);
+        }
+        self.set(DISCARDED, 0);
+        let (cap, high) = (self.capacity(), self.u64(HIGH).min(self.capacity()));
+        if high > WARM {
+            self.region
+                .discard(RING + WARM as usize, (high - WARM) as usize);
+        }
+        self.set(HIGH, high.min(WARM).min(cap));
+    }
+
+    /// Gives back the pages of chunks entirely consumed, except the warm ones.
+    fn discard_consumed(&self, head: u64) {
+        let cap = self.capacity();
+        if cap <= WARM + 2 * DISCARD_CHUNK {
             return;
         }
-        let done = self.u64(HEAD) / DISCARD_CHUNK * DISCARD_CHUNK;
+        let done = head / DISCARD_CHUNK * DISCARD_CHUNK;
         let mut from = self.u64(DISCARDED);
         if done <= from {
             return;
@@ -240,7 +317,11 @@ impl<'a> Locked<'a> {
         while from < done {
             let at = from % cap;
             let len = (done - from).min(cap - at);
-            self.region.discard(RING + at as usize, len as usize);
+            let start = at.max(WARM);
+            if start < at + len {
+                self.region
+                    .discard(RING + start as usize, (at + len - start) as usize);
+            }
             from += len;
         }
         self.set(DISCARDED, done);
@@ -379,7 +460,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     self.put_record(&buf, deadline, now_or_never)
                 }
             };
-            if buf.capacity() <= 1 << 20 {
+            // Kept for the next put unless huge (a thread that once put a big value should
+            // not hold that much forever).
+            if buf.capacity() <= 4 << 20 {
                 scratch.replace(buf);
             }
             r.map_err(|error| PutError { value, error })
@@ -408,6 +491,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 q.ring_write(tail, rec);
                 // The record becomes visible with this store (see "Crash safety").
                 q.set(TAIL, tail + size);
+                if tail + size > q.u64(HIGH) {
+                    q.set(HIGH, tail + size);
+                }
                 q.set(COUNT, count + 1);
                 q.set(UNFINISHED, q.u64(UNFINISHED) + 1);
                 bump(region, NOT_EMPTY);
@@ -459,36 +545,23 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>, now_or_never: bool) -> Result<T> {
-        let bytes = self.get_record(deadline, now_or_never)?;
-        codec::decode(&bytes).map_err(Error::codec)
-    }
-
-    fn get_record(&self, deadline: Option<Instant>, now_or_never: bool) -> Result<Vec<u8>> {
         let region = self.region();
         let mut spins = if now_or_never { 0 } else { SPINS };
         loop {
             let q = self.lock(deadline).ok_or_else(Error::timed_out)?;
             let count = q.u64(COUNT);
             if count > 0 {
-                let head = q.u64(HEAD);
-                let len = q.record_len(head);
-                let size = LEN as u64 + len;
-                if size > q.u64(TAIL) - head {
-                    return Err(Error::protocol("the queue's shared memory is corrupted"));
-                }
-                let mut out = vec![0; len as usize];
-                q.ring_read(head + LEN as u64, &mut out);
-                q.set(HEAD, head + size);
-                q.set(COUNT, count - 1);
-                q.discard_consumed();
-                bump(region, NOT_FULL);
+                let decoded = q.take(count);
                 drop(q);
                 wake_if_waiting(region, NOT_FULL, PUT_WAITERS, 1);
                 if count > 1 {
                     // Pass the baton: a consumer woken for an earlier item may have died.
                     wake_if_waiting(region, NOT_EMPTY, GET_WAITERS, 1);
                 }
-                return Ok(out);
+                return match decoded {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
             }
             if q.closed() {
                 return Err(Error::closed("the queue is closed"));
@@ -905,13 +978,26 @@ mod tests {
     }
 
     #[test]
-    fn consumed_pages_are_given_back() {
-        let q = Queue::<Vec<u8>>::with_capacity(0, 16 << 20).unwrap();
+    fn consumed_pages_are_given_back_and_warm_ones_reused() {
+        let q = Queue::<serde_bytes::ByteBuf>::with_capacity(0, 64 << 20).unwrap();
+        let mib = || serde_bytes::ByteBuf::from(vec![7; 1 << 20]);
         for _ in 0..40 {
-            q.put(vec![7; 1 << 20]).unwrap();
+            q.put(mib()).unwrap();
+        }
+        assert!(
+            q.region().allocated() >= 40 << 20,
+            "a backlog of 40 MiB is in memory"
+        );
+        for _ in 0..40 {
             assert_eq!(q.get().unwrap().len(), 1 << 20);
         }
-        let r = q.region();
-        assert!(r.atomic_u64(DISCARDED).load(Ordering::Relaxed) >= 38 << 20);
+        let left = q.region().allocated();
+        assert!(left <= WARM + (1 << 20), "only the warm pages stay: {left}");
+        // A busy queue that keeps emptying stays within the warm pages.
+        for _ in 0..100 {
+            q.put(mib()).unwrap();
+            q.get().unwrap();
+        }
+        assert!(q.region().allocated() <= WARM + (1 << 20));
     }
 }

@@ -211,6 +211,18 @@ impl Region {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset).cast::<T>(), n) }
     }
 
+    /// Bytes of memory the region's pages occupy now (a sparse region uses less than `len`).
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> u64 {
+        // SAFETY: zeroed `stat` is a valid out-buffer; the fd is open.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable `stat` for the call.
+        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } == -1 {
+            return 0;
+        }
+        st.st_blocks as u64 * 512
+    }
+
     /// Gives the pages of `[offset, offset + len)` back to the kernel; they read as zeros
     /// after. Used by queues on ranges already consumed, so a long-lived queue holds memory
     /// in proportion to what is queued, not to what ever passed through. Best effort.

@@ -9,6 +9,9 @@ pub(crate) const HEADER: usize = 8;
 /// argument, small enough that a corrupted length is caught.
 pub(crate) const DEFAULT_LIMIT: u64 = 16 << 30;
 
+/// Most bytes read into a large frame's body per call.
+const READ_CHUNK: usize = 1 << 20;
+
 /// First allocation for a frame body; it doubles as data arrives, up to the announced length.
 const INITIAL_BODY: usize = 64 << 10;
 
@@ -148,7 +151,11 @@ impl FrameReader {
             let want = (self.body.capacity() * 2).clamp(INITIAL_BODY, self.body_len);
             self.body.reserve_exact(want - self.body.len());
         }
-        let room = (self.body.capacity() - self.body.len()).min(self.body_len - self.body.len());
+        // Zero (and so read into) at most what one read returns: zeroing the whole spare
+        // capacity on every call would cost more than the data.
+        let room = (self.body.capacity() - self.body.len())
+            .min(self.body_len - self.body.len())
+            .min(READ_CHUNK);
         let start = self.body.len();
         self.body.resize(start + room, 0);
         let n = match read_once(r, &mut self.body[start..]) {
