@@ -143,7 +143,10 @@ pub use ipc::{
 };
 pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
-pub use process::{Builder, Process, StartMethod, Stdio};
+pub use process::{
+    Builder, Process, ProcessInfo, StartMethod, Stdio, active_children, current_process,
+    parent_process,
+};
 
 /// The number of CPUs this process may use: its affinity mask and cgroup CPU quota taken into
 /// account (unlike Python's `os.cpu_count()`), and at least 1. The default pool size.

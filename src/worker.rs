@@ -134,6 +134,11 @@ thread_local! {
 /// True in a process serving as a worker: the panic hook records instead of printing.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
 
+/// True in a worker process (serving tasks), false in a program's own process.
+pub(crate) fn in_worker() -> bool {
+    IN_WORKER.load(Ordering::Relaxed)
+}
+
 /// Installs mproc's panic hook once per process. It records the location and backtrace of a
 /// panic for the [`RemotePanic`] when this process is a worker, and defers to the previous hook
 /// otherwise. The `Fork` start method installs it in the parent *before* forking, so a forked

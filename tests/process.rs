@@ -477,3 +477,31 @@ fn a_zero_timeout_still_sees_a_finished_child() {
         assert_eq!(p.join_timeout(Duration::ZERO).unwrap(), 25, "{m:?}");
     }
 }
+
+fn names(_: ()) -> (String, Option<(u32, String)>) {
+    let parent = mproc::parent_process().map(|p| (p.pid(), p.name().to_string()));
+    (mproc::current_process().name().to_string(), parent)
+}
+
+/// `current_process()` and `parent_process()` in children (Python's names), under every
+/// start method and in pool workers.
+#[test]
+fn children_know_their_name_and_parent() {
+    let me = std::process::id();
+    assert_eq!(mproc::current_process().name(), "MainProcess");
+    assert!(mproc::parent_process().is_none());
+    for &m in StartMethod::all() {
+        let mut p = Process::builder()
+            .name("w1")
+            .start_method(m)
+            .spawn(names, ())
+            .unwrap();
+        let (name, parent) = p.join_timeout(LIMIT).unwrap();
+        assert_eq!(name, "w1", "{m:?}");
+        assert_eq!(parent, Some((me, "MainProcess".to_string())), "{m:?}");
+    }
+    let pool = mproc::Pool::new(1).unwrap();
+    let (name, parent) = pool.apply(names, ()).unwrap();
+    assert_eq!(name, "PoolWorker");
+    assert_eq!(parent, Some((me, "MainProcess".to_string())));
+}

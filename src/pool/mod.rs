@@ -207,6 +207,11 @@ impl PoolBuilder {
         };
         let mut spec = self.spec;
         spec.stdio[0] = Stdio::Null;
+        let parent_name = crate::current_process().name().to_string();
+        spec.env
+            .push(("MPROC_PROCESS_NAME".into(), "PoolWorker".into()));
+        spec.env
+            .push(("MPROC_PARENT_NAME".into(), parent_name.into()));
         let config = Config {
             processes,
             method: self.method.unwrap_or_default(),

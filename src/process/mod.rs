@@ -1,7 +1,10 @@
 //! [`Process`]: one function call in a child process, Python's `multiprocessing.Process`.
 
+mod current;
 pub(crate) mod forkserver;
 pub(crate) mod launch;
+
+pub use current::{ProcessInfo, active_children, current_process, parent_process};
 
 use std::ffi::OsString;
 use std::fmt;
@@ -191,8 +194,15 @@ impl Builder {
         let (encoded, fds) = fds::collecting(|| codec::encode_into(&arg, &mut run.buf));
         encoded.map_err(Error::codec)?;
         let run = run.finish();
-        let launched = launch::launch(method, &self.spec)
-            .map_err(|e| Error::io("cannot start a process", e))?;
+        let mut spec = self.spec;
+        spec.env
+            .push((current::NAME_ENV.into(), name.clone().into()));
+        let parent_name = current::current_process().name().to_string();
+        spec.env
+            .push((current::PARENT_NAME_ENV.into(), parent_name.into()));
+        let launched =
+            launch::launch(method, &spec).map_err(|e| Error::io("cannot start a process", e))?;
+        current::register(launched.pid as u32, &name);
         let p = Process {
             pid: launched.pid,
             name,
@@ -519,6 +529,7 @@ fn passed(deadline: Option<Instant>) -> bool {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
+        current::unregister(self.pid as u32);
         let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
         if exit.is_some() {
             return;

@@ -235,3 +235,15 @@ pub(crate) fn main_image_range() -> Option<(usize, usize)> {
 /// Whether this platform can create workers through a fork server: the raw `clone` call in
 /// [`clone_sibling`] is written for the argument order of these architectures.
 pub(crate) const HAS_FORK_SERVER: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// True while `pid` runs (exists and is not a zombie). Only meaningful for an unreaped child.
+pub(crate) fn is_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}

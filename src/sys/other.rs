@@ -58,3 +58,8 @@ pub(crate) fn main_image_range() -> Option<(usize, usize)> {
 
 /// Whether this platform can create workers through a fork server.
 pub(crate) const HAS_FORK_SERVER: bool = false;
+
+/// True while `pid` runs. Without /proc, a zombie counts as running.
+pub(crate) fn is_running(pid: i32) -> bool {
+    super::unix::kill(pid, 0).is_ok()
+}
