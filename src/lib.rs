@@ -109,7 +109,10 @@
 //! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it.
 //!
 //! # Crate features
-//! None yet.
+//! - `progress` (off by default): [`ProgressExt::progress`] draws a progress bar (rate, ETA,
+//!   failures) over `imap` / `imap_unordered` results, on stderr when it is a terminal.
+//! - `tracing` (off by default): `tracing` events (target `mproc`) for worker start and exit
+//!   with its cause, respawns, task timeouts and retries.
 //!
 //! # Platform support
 //! Linux (tested). The code is split so that other Unixes can follow: everything
@@ -131,6 +134,8 @@ mod error;
 mod ipc;
 mod pool;
 mod process;
+#[cfg(feature = "progress")]
+mod progress;
 mod sys;
 mod wire;
 mod worker;
@@ -147,6 +152,8 @@ pub use process::{
     Builder, Process, ProcessInfo, StartMethod, Stdio, active_children, current_process,
     parent_process,
 };
+#[cfg(feature = "progress")]
+pub use progress::{Progress, ProgressExt};
 
 /// The number of CPUs this process may use: its affinity mask and cgroup CPU quota taken into
 /// account (unlike Python's `os.cpu_count()`), and at least 1. The default pool size.

@@ -114,6 +114,11 @@ where
     fn next(&mut self) -> Option<Result<R>> {
         self.next_deadline(None)
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let queued: usize = self.inflight.iter().map(|(_, n)| n).sum();
+        bounds(&self.input, queued + self.ready.len())
+    }
 }
 
 /// Lazy results of [`Pool::imap_unordered`], in completion order.
@@ -123,6 +128,8 @@ pub struct ImapUnordered<'p, I, R> {
     input: std::iter::Fuse<I>,
     chunksize: usize,
     inflight: usize,
+    /// Items in the chunks in flight.
+    inflight_items: usize,
     tx: mpsc::Sender<(usize, Outcome)>,
     rx: mpsc::Receiver<(usize, Outcome)>,
     ready: VecDeque<Result<R>>,
@@ -143,6 +150,7 @@ where
             input: input.fuse(),
             chunksize,
             inflight: 0,
+            inflight_items: 0,
             tx,
             rx,
             ready: VecDeque::new(),
@@ -161,6 +169,7 @@ where
                 let _ = self.tx.send((chunk.len(), Err(e)));
             }
             self.inflight += 1;
+            self.inflight_items += chunk.len();
         }
     }
 
@@ -189,6 +198,7 @@ where
                 return Some(Err(Error::timed_out()));
             };
             self.inflight -= 1;
+            self.inflight_items -= n;
             self.ready.extend(decode_chunk(outcome, n));
         }
     }
@@ -205,4 +215,16 @@ where
     fn next(&mut self) -> Option<Result<R>> {
         self.next_deadline(None)
     }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        bounds(&self.input, self.inflight_items + self.ready.len())
+    }
+}
+
+/// Results still to come: `known` submitted or ready, plus what the input still holds.
+fn bounds<I: Iterator>(input: &I, known: usize) -> (usize, Option<usize>) {
+    let (low, high) = input.size_hint();
+    (
+        known.saturating_add(low),
+        high.and_then(|h| h.checked_add(known)),
+    )
 }
