@@ -137,6 +137,7 @@ mod process;
 #[cfg(feature = "progress")]
 mod progress;
 mod sys;
+mod trace;
 mod wire;
 mod worker;
 

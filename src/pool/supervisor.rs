@@ -24,6 +24,7 @@ use crate::error::{Error, ExitStatus, RemotePanic};
 use crate::process::StartMethod;
 use crate::process::launch::{self, Spec};
 use crate::sys::{self, identity};
+use crate::trace::event;
 use crate::wire::codec;
 use crate::wire::fds::{self, Fds};
 use crate::wire::frame::{self, FrameError, FrameReader};
@@ -393,8 +394,12 @@ impl Supervisor {
             < self.config.processes
         {
             match self.launch() {
-                Ok(w) => self.workers.push(w),
+                Ok(w) => {
+                    event!(info, pid = w.pid, id = w.id, "worker started");
+                    self.workers.push(w);
+                }
                 Err(e) => {
+                    event!(warn, error = %e, "cannot start a worker");
                     if self.workers.is_empty() {
                         self.break_pool(format!("cannot start a worker: {e}"));
                     }
@@ -688,6 +693,7 @@ impl Supervisor {
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
             if !w.inflight.is_empty() && w.head_deadline.is_some_and(|d| d <= now) {
+                event!(warn, pid = w.pid, "task timed out: killing its worker");
                 self.fail_worker(i, Error::timed_out());
             }
         }
@@ -719,9 +725,16 @@ impl Supervisor {
             Err(_) => ExitStatus::from_raw(sys::RawExit::Unknown),
         };
         let mut w = self.workers.swap_remove(i);
+        event!(info, pid = w.pid, id = w.id, status = %status, running = w.inflight.len(), "worker exited");
         if let Some(mut job) = w.inflight.pop_front() {
             if job.retries_left > 0 {
                 job.retries_left -= 1;
+                event!(
+                    warn,
+                    pid = w.pid,
+                    retries_left = job.retries_left,
+                    "re-running a task lost to a dead worker"
+                );
                 w.inflight.push_front(job);
             } else {
                 job.sink.deliver(Err(Error::worker_died(status)));
@@ -743,6 +756,7 @@ impl Supervisor {
     }
 
     fn break_pool(&mut self, why: String) {
+        event!(error, reason = %why, "pool broken");
         self.respawn_at = None;
         let mut q = self.shared.lock();
         if q.broken.is_none() {
