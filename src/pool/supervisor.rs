@@ -149,7 +149,10 @@ enum State {
     Init,
     /// Serving; its jobs in flight are in `Worker::inflight` (none: idle).
     Active,
-    /// Killed (timeout, protocol error) or retiring; reaped when its pidfd fires.
+    /// Killed (timeout, protocol error), retiring, or found dead by a failed write; gets no new
+    /// jobs and is reaped when its pidfd fires. Its socket is normally closed already; after a
+    /// failed write it stays open, so that the answers it wrote before dying still settle its
+    /// jobs in flight (see `assign`).
     Ending,
 }
 
@@ -462,7 +465,7 @@ impl Supervisor {
                     // Never send a worker more than it may still run before it retires.
                     want = want.min(max.saturating_sub(w.tasks + w.inflight.len()));
                 }
-                let jobs: Vec<Job> = {
+                let mut jobs: Vec<Job> = {
                     let mut q = self.shared.lock();
                     let mut ahead: usize = w.inflight.iter().skip(1).map(|j| j.frame.len()).sum();
                     let mut n = 0;
@@ -484,32 +487,26 @@ impl Supervisor {
                 let Some(sock) = w.sock.as_deref() else {
                     continue;
                 };
-                let mut sock = sock;
-                let sent = if jobs.iter().any(|j| j.fds.is_some()) {
-                    // Rare: handles inside arguments. Each such job goes with its own fds.
-                    jobs.iter().try_for_each(|j| {
-                        fds::write_frame(sock, &j.frame, j.fds.as_deref().unwrap_or_default())
-                    })
-                } else if let [one] = jobs.as_slice() {
-                    sock.write_all(&one.frame)
-                } else {
-                    let mut batch = Vec::with_capacity(jobs.iter().map(|j| j.frame.len()).sum());
-                    for j in &jobs {
-                        batch.extend_from_slice(&j.frame);
-                    }
-                    sock.write_all(&batch)
-                };
-                if sent.is_err() {
-                    // The worker died before taking them: the jobs never started, so they go
-                    // back to the queue without spending a retry. Its pidfd reports the death.
+                let sent = send_jobs(sock, &jobs);
+                let unsent = jobs.split_off(sent);
+                if !unsent.is_empty() {
+                    // The worker died (the only way a write to it fails). A job whose frame was
+                    // not written whole never started: it goes back to the queue without
+                    // spending a retry. Those written whole may have run, so they join
+                    // `inflight` like any other. Its pidfd reports the death.
+                    //
+                    // The socket stays open: the worker may have answered jobs already in
+                    // flight (or just sent) before it died, and those answers must settle
+                    // them. Treating them as unexpected would fail a finished task with a
+                    // protocol error, or, had the jobs been re-queued, run them twice.
                     let mut q = self.shared.lock();
-                    for j in jobs.into_iter().rev() {
+                    for j in unsent.into_iter().rev() {
                         q.jobs.push_front(j);
                     }
+                    drop(q);
                     w.state = State::Ending;
-                    continue;
                 }
-                if w.inflight.is_empty() {
+                if w.inflight.is_empty() && !jobs.is_empty() {
                     w.head_started = Instant::now();
                     w.head_deadline = self.config.task_timeout.map(|t| w.head_started + t);
                 }
@@ -644,7 +641,9 @@ impl Supervisor {
                 }
                 Err(e) => self.break_pool(format!("the initializer failed: {e}")),
             },
-            State::Active if !w.inflight.is_empty() => {
+            // `Ending` with an open socket: a write to it failed, but what it wrote before
+            // dying answers its jobs in flight, in order (see `assign`).
+            State::Active | State::Ending if !w.inflight.is_empty() => {
                 let took = w.head_started.elapsed();
                 let job = w.pop_head(timeout).expect("checked non-empty");
                 w.served = true;
@@ -847,6 +846,52 @@ pub(crate) fn classify(frame: Vec<u8>) -> Result<Classified, msg::BadMessage> {
     Ok(Classified::Outcome(outcome))
 }
 
+/// Writes `jobs` to a worker, in one write when it can; returns how many were written whole
+/// (all of them unless the write failed).
+fn send_jobs(sock: &UnixStream, jobs: &[Job]) -> usize {
+    if jobs.iter().any(|j| j.fds.is_some()) {
+        // Rare: handles inside arguments. Each such job goes with its own fds.
+        return jobs
+            .iter()
+            .take_while(|j| {
+                fds::write_frame(sock, &j.frame, j.fds.as_deref().unwrap_or_default()).is_ok()
+            })
+            .count();
+    }
+    let written = if let [one] = jobs {
+        write_counted(sock, &one.frame)
+    } else {
+        let mut batch = Vec::with_capacity(jobs.iter().map(|j| j.frame.len()).sum());
+        for j in jobs {
+            batch.extend_from_slice(&j.frame);
+        }
+        write_counted(sock, &batch)
+    };
+    let mut end = 0;
+    jobs.iter()
+        .take_while(|j| {
+            end += j.frame.len();
+            end <= written
+        })
+        .count()
+}
+
+/// `write_all` that reports how far it got: a write can fail after part of the buffer went
+/// out (the peer died while we were blocked on a full socket), and the frames in that part
+/// may have been read and run.
+fn write_counted(mut sock: &UnixStream, buf: &[u8]) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        match sock.write(&buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    done
+}
+
 /// Asks a worker to exit and stops reading from it.
 fn retire(w: &mut Worker) {
     if let Some(s) = w.sock.take() {
@@ -860,4 +905,146 @@ fn signal(w: &Worker, sig: i32) {
         Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
         None => sys::kill(w.pid, sig),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job with a `body`-byte frame, answered into its own slot.
+    fn job(body: usize) -> (Job, Arc<Slot>) {
+        let slot = Arc::new(Slot::new(1));
+        let mut f = frame::FrameBuf::with_capacity(body);
+        f.buf.resize(f.buf.len() + body, 0xAB);
+        let job = Job {
+            frame: f.finish(),
+            fds: None,
+            sink: Sink::Slot(Arc::clone(&slot), 0),
+            retries_left: 0,
+        };
+        (job, slot)
+    }
+
+    /// A supervisor with one fake worker: `sock` is ours, the returned end plays the worker.
+    /// Its pid is a `sleep` child, so that a wrong kill hits nothing else and can be seen.
+    fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
+        let (wake_tx, wake_rx) = sys::socket_pair().unwrap();
+        let (ours, theirs) = sys::socket_pair().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let worker = Worker {
+            id: 1,
+            pid: child.id() as i32,
+            pidfd: None,
+            sock: Some(Arc::new(ours)),
+            published: false,
+            reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            state: State::Active,
+            inflight: VecDeque::new(),
+            head_started: Instant::now(),
+            head_deadline: None,
+            tasks: 0,
+            served: true,
+        };
+        let sup = Supervisor {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                wake_tx,
+            }),
+            config: Config {
+                processes: 1,
+                method: StartMethod::Spawn,
+                spec: Spec::default(),
+                init: None,
+                max_tasks_per_child: None,
+                task_timeout: None,
+            },
+            wake_rx,
+            workers: vec![worker],
+            startup_failures: 0,
+            respawn_at: None,
+            // Fast tasks: `assign` tops up the look-ahead.
+            avg_task: Duration::from_micros(1),
+            next_id: 1,
+        };
+        (sup, theirs, child)
+    }
+
+    /// The chaos test's failure, step by step: a worker answers its running job and dies
+    /// before the supervisor reads the answer; topping up its look-ahead then fails. The
+    /// answer must still complete the job (it used to fail it with "a worker answered without
+    /// a task" and kill the worker), and the jobs that were never sent go back to the queue.
+    #[test]
+    fn answer_from_a_worker_that_died_before_a_look_ahead_write_completes_its_job() {
+        let (mut sup, theirs, mut child) = fake_pool();
+        let (running, running_slot) = job(8);
+        sup.workers[0].inflight.push_back(running);
+        let mut queued_slots = Vec::new();
+        {
+            let mut q = sup.shared.lock();
+            for _ in 0..8 {
+                let (j, s) = job(8);
+                q.jobs.push_back(j);
+                queued_slots.push(s);
+            }
+        }
+        // The worker answers, then dies: its end closes with the answer unread.
+        (&theirs).write_all(&msg::begin_done().finish()).unwrap();
+        drop(theirs);
+
+        sup.assign(); // the look-ahead write fails: the peer is gone
+        assert!(matches!(sup.workers[0].state, State::Ending));
+        assert_eq!(sup.shared.lock().jobs.len(), 8, "unsent jobs are re-queued");
+        sup.read_worker(0);
+
+        assert!(running_slot.is_done(), "the answer settles the running job");
+        let outcome = running_slot.take().pop().unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(sup.workers[0].inflight.is_empty());
+        assert_eq!(sup.shared.lock().jobs.len(), 8);
+        assert!(queued_slots.iter().all(|s| !s.is_done()));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "no protocol error, so no kill"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A worker that dies while a batch is half written: the jobs written whole may have run
+    /// and are counted as sent; the rest are not.
+    #[test]
+    fn send_jobs_counts_the_jobs_written_whole_before_the_peer_died() {
+        let (ours, theirs) = sys::socket_pair().unwrap();
+        let small: libc::c_int = 4096;
+        // SAFETY: a valid socket fd and a c_int option value with its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&ours),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let jobs: Vec<Job> = (0..40).map(|_| job(1000).0).collect();
+        let frame_len = jobs[0].frame.len();
+        // The worker reads three whole frames, then dies; the writer is blocked by then, its
+        // small send buffer long full.
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0; 3 * frame_len];
+            (&theirs).read_exact(&mut buf).unwrap();
+        });
+        let sent = send_jobs(&ours, &jobs);
+        reader.join().unwrap();
+        assert!(
+            (3..jobs.len()).contains(&sent),
+            "{sent} of {} counted as sent",
+            jobs.len()
+        );
+        assert_eq!(send_jobs(&ours, &jobs), 0, "nothing goes to a dead worker");
+    }
 }
