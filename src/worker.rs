@@ -230,6 +230,12 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
     }
 }
 
+/// First byte of a chunk's `Done` payload: the values follow as `Vec<Out>` (every item
+/// returned)...
+pub(crate) const CHUNK_ALL_OK: u8 = 0;
+/// ... or as `Vec<Result<Out, RemotePanic>>` (some item panicked).
+pub(crate) const CHUNK_MIXED: u8 = 1;
+
 /// Decodes a chunk of arguments, calls `f` on each (a panic fails only its own item) and
 /// encodes the list of results. Called by the chunk trampoline.
 pub(crate) fn run_chunk<F: Callable>(f: F, arg: &[u8]) -> Reply {
@@ -261,7 +267,17 @@ fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
         .map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report))
         .collect();
     let mut out = msg::begin_done();
-    match codec::encode_into(&results, &mut out.buf) {
+    let encoded = if results.iter().all(Result::is_ok) {
+        // The common case: the bare values, half the bytes of `Result`s for small ones and
+        // no per-item variant for the parent to decode.
+        let values: Vec<F::Out> = results.into_iter().flatten().collect();
+        out.buf.push(CHUNK_ALL_OK);
+        codec::encode_into(&values, &mut out.buf)
+    } else {
+        out.buf.push(CHUNK_MIXED);
+        codec::encode_into(&results, &mut out.buf)
+    };
+    match encoded {
         Ok(()) => (out.finish(), true),
         Err(e) => (
             msg::failed(&format!("cannot encode the results: {e}")),

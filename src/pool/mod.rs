@@ -539,13 +539,29 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) 
         // The whole chunk failed (its worker died, timed out...): every item reports it.
         Err(e) => return repeat_error(e, items),
     };
-    // The frame is a DONE message: the tag byte, then the encoded results.
-    match codec::decode::<Vec<std::result::Result<R, RemotePanic>>>(&frame[1..]) {
-        Ok(list) => list
+    match decode_values(&frame) {
+        Ok(Values::AllOk(values)) => values.into_iter().map(Ok).collect(),
+        Ok(Values::Mixed(list)) => list
             .into_iter()
             .map(|r| r.map_err(Error::panicked))
             .collect(),
         Err(e) => repeat_error(Error::codec(e), items),
+    }
+}
+
+/// A chunk's decoded results.
+enum Values<R> {
+    AllOk(Vec<R>),
+    Mixed(Vec<std::result::Result<R, RemotePanic>>),
+}
+
+/// Decodes a `Done` frame of a chunk: the message tag, the chunk's layout byte (see
+/// `worker::CHUNK_ALL_OK`), then the values.
+fn decode_values<R: DeserializeOwned>(frame: &[u8]) -> std::result::Result<Values<R>, String> {
+    match frame.get(1..) {
+        Some([crate::worker::CHUNK_ALL_OK, rest @ ..]) => codec::decode(rest).map(Values::AllOk),
+        Some([crate::worker::CHUNK_MIXED, rest @ ..]) => codec::decode(rest).map(Values::Mixed),
+        _ => Err("a chunk's reply has an unknown layout".to_string()),
     }
 }
 
@@ -569,8 +585,15 @@ fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
 fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for outcome in outcomes {
-        for r in decode_chunk(outcome, 1) {
-            out.push(r?);
+        // The first failure fails the map, as `decode_chunk` then `?` on each item would.
+        match decode_values::<R>(&outcome?).map_err(Error::codec)? {
+            // A chunk whose items all returned is appended whole.
+            Values::AllOk(mut values) => out.append(&mut values),
+            Values::Mixed(list) => {
+                for r in list {
+                    out.push(r.map_err(Error::panicked)?);
+                }
+            }
         }
     }
     Ok(out)
