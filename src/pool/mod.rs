@@ -598,3 +598,39 @@ fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::{CHUNK_ALL_OK, CHUNK_MIXED};
+
+    fn done(layout: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x11, layout];
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn chunk_replies_decode_in_both_layouts() {
+        let ok = codec::encode(&vec![1u64, 4, 9]).unwrap();
+        let got = decode_chunk::<u64>(Ok(done(CHUNK_ALL_OK, &ok)), 3);
+        assert_eq!(
+            got.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
+            [1, 4, 9]
+        );
+        let mixed: Vec<std::result::Result<u64, RemotePanic>> = vec![Ok(2)];
+        let bytes = codec::encode(&mixed).unwrap();
+        assert_eq!(
+            finish_map::<u64>(vec![Ok(done(CHUNK_MIXED, &bytes))]).unwrap(),
+            [2]
+        );
+    }
+
+    #[test]
+    fn hostile_chunk_replies_are_errors() {
+        for frame in [vec![0x11], done(7, b""), done(CHUNK_ALL_OK, &[0xff; 12])] {
+            assert!(finish_map::<u64>(vec![Ok(frame.clone())]).is_err());
+            assert!(decode_chunk::<u64>(Ok(frame), 2).iter().all(|r| r.is_err()));
+        }
+    }
+}
