@@ -485,8 +485,7 @@ impl Pool {
     fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<(Vec<u8>, Fds)> {
         let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-        let (encoded, fds) = fds::collecting(|| codec::encode_into(chunk, &mut run.buf));
-        encoded.map_err(Error::codec)?;
+        let fds = msg::encode_arg(&mut run, chunk).map_err(Error::codec)?;
         Ok((run.finish(), fds::shared(fds)))
     }
 

@@ -7,6 +7,10 @@
 //! codecs (a fixed-width, maintained codec is a candidate for the performance work).
 //! Decoding never panics on hostile bytes: the codec checks every length against its input.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,4 +67,137 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
 /// Decodes a `T` from `bytes`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))
+}
+
+/// Encodes `value` after `out[..base]`. If the encoding outgrows `limit` bytes it moves, whole,
+/// into a fresh anonymous file (memfd) that is returned, and `out` is left at `base`: a large
+/// payload then reaches its receiver through shared pages (one copy in, mapped on the other
+/// side) instead of a socket (a copy into and one out of the kernel, and a fresh buffer on each
+/// side). Large slices inside the value (`serde_bytes`, strings) are written straight from the
+/// value to the file, never staged. Without memfd the payload stays in `out`.
+pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Option<OwnedFd>, String> {
+    let base = out.len();
+    let spill = Spill {
+        out,
+        base,
+        limit,
+        file: None,
+    };
+    postcard::serialize_with_flavor(value, spill).map_err(|e| super::fds::explain(e.to_string()))
+}
+
+/// Bytes staged in `out` before they are written to the file.
+const STAGE: usize = 64 << 10;
+
+/// The flavor of [`encode_spilling`]: `Append`, until `limit`, then a buffered file writer.
+struct Spill<'a> {
+    out: &'a mut Vec<u8>,
+    base: usize,
+    limit: usize,
+    file: Option<File>,
+}
+
+impl Spill<'_> {
+    fn fail(e: std::io::Error) -> postcard::Error {
+        super::fds::raise(format!(
+            "cannot write a large payload to shared memory: {e}"
+        ));
+        postcard::Error::SerializeBufferFull
+    }
+
+    /// Writes the staged bytes to the file.
+    fn flush(&mut self) -> postcard::Result<()> {
+        if let Some(f) = &mut self.file {
+            f.write_all(&self.out[self.base..]).map_err(Spill::fail)?;
+            self.out.truncate(self.base);
+        }
+        Ok(())
+    }
+
+    /// Moves to a file once the encoding would pass the limit (`false` without memfd).
+    fn spill(&mut self, more: usize) -> postcard::Result<bool> {
+        if self.file.is_none() && self.out.len() - self.base + more > self.limit {
+            match crate::sys::shm::payload_file("payload") {
+                Ok(fd) => self.file = Some(File::from(fd)),
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(self.file.is_some())
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Spill<'_> {
+    type Output = Option<OwnedFd>;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        Append(&mut *self.out).try_push(byte)?;
+        if self.out.len() - self.base >= STAGE {
+            self.spill(0)?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.out.len() - self.base + data.len() < STAGE {
+            return Append(&mut *self.out).try_extend(data);
+        }
+        if !self.spill(data.len())? {
+            self.out.extend_from_slice(data);
+            return Ok(());
+        }
+        self.flush()?;
+        if data.len() >= STAGE {
+            return self
+                .file
+                .as_mut()
+                .map_or(Ok(()), |f| f.write_all(data).map_err(Spill::fail));
+        }
+        self.out.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<Option<OwnedFd>> {
+        self.flush()?;
+        Ok(self.file.map(OwnedFd::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn spilling_matches_the_inline_encoding() {
+        let value = (
+            7u64,
+            serde_bytes::ByteBuf::from(vec![3u8; 300_000]),
+            vec![9u64; 50_000],
+        );
+        let inline = encode(&value).unwrap();
+        let mut out = vec![1, 2];
+        assert!(
+            encode_spilling(&value, &mut out, 1 << 30)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(out[2..], inline[..]);
+        let mut out = vec![1, 2];
+        let fd = encode_spilling(&value, &mut out, 1000)
+            .unwrap()
+            .expect("spilled");
+        assert_eq!(out, [1, 2], "the frame keeps only what came before");
+        let mut spilled = Vec::new();
+        let mut f = File::from(fd);
+        std::io::Seek::rewind(&mut f).unwrap();
+        f.read_to_end(&mut spilled).unwrap();
+        assert_eq!(spilled, inline);
+    }
 }
