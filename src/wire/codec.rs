@@ -86,6 +86,7 @@ pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
         base,
         limit,
         file: None,
+        inline_only: false,
     };
     postcard::serialize_with_flavor(value, spill).map_err(|e| super::fds::explain(e.to_string()))
 }
@@ -93,12 +94,14 @@ pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
 /// Bytes staged in `out` before they are written to the file.
 const STAGE: usize = 64 << 10;
 
-/// The flavor of [`encode_spilling`]: `Append`, until `limit`, then a buffered file writer.
+/// The flavor of [`encode_spilling`]: `Append` up to `limit`, then a buffered file writer.
 struct Spill<'a> {
     out: &'a mut Vec<u8>,
     base: usize,
     limit: usize,
     file: Option<File>,
+    /// No anonymous file could be made (no memfd here): stay inline, do not retry.
+    inline_only: bool,
 }
 
 impl Spill<'_> {
@@ -107,6 +110,10 @@ impl Spill<'_> {
             "cannot write a large payload to shared memory: {e}"
         ));
         postcard::Error::SerializeBufferFull
+    }
+
+    fn staged(&self) -> usize {
+        self.out.len() - self.base
     }
 
     /// Writes the staged bytes to the file.
@@ -118,15 +125,29 @@ impl Spill<'_> {
         Ok(())
     }
 
-    /// Moves to a file once the encoding would pass the limit (`false` without memfd).
-    fn spill(&mut self, more: usize) -> postcard::Result<bool> {
-        if self.file.is_none() && self.out.len() - self.base + more > self.limit {
+    /// Moves to a file (called once the encoding passes the limit); `false` without memfd.
+    fn spill(&mut self) -> bool {
+        if self.file.is_none() && !self.inline_only {
             match crate::sys::shm::payload_file("payload") {
                 Ok(fd) => self.file = Some(File::from(fd)),
-                Err(_) => return Ok(false),
+                Err(_) => self.inline_only = true,
             }
         }
-        Ok(self.file.is_some())
+        self.file.is_some()
+    }
+
+    /// True when `more` bytes can be appended to `out` as they are: below the limit while
+    /// inline, below a stage's worth once in a file.
+    #[inline]
+    fn fits(&self, more: usize) -> bool {
+        let cap = if self.file.is_some() {
+            STAGE
+        } else if self.inline_only {
+            usize::MAX
+        } else {
+            self.limit
+        };
+        self.staged().saturating_add(more) <= cap
     }
 }
 
@@ -135,32 +156,23 @@ impl postcard::ser_flavors::Flavor for Spill<'_> {
 
     #[inline]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        Append(&mut *self.out).try_push(byte)?;
-        if self.out.len() - self.base >= STAGE {
-            self.spill(0)?;
+        if !self.fits(1) && self.spill() {
             self.flush()?;
         }
-        Ok(())
+        Append(&mut *self.out).try_push(byte)
     }
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if self.out.len() - self.base + data.len() < STAGE {
+        if self.fits(data.len()) || !self.spill() {
             return Append(&mut *self.out).try_extend(data);
         }
-        if !self.spill(data.len())? {
-            self.out.extend_from_slice(data);
-            return Ok(());
-        }
         self.flush()?;
-        if data.len() >= STAGE {
-            return self
-                .file
-                .as_mut()
-                .map_or(Ok(()), |f| f.write_all(data).map_err(Spill::fail));
+        match &mut self.file {
+            // Large slices go from the value straight to the file.
+            Some(f) if data.len() >= STAGE => f.write_all(data).map_err(Spill::fail),
+            _ => Append(&mut *self.out).try_extend(data),
         }
-        self.out.extend_from_slice(data);
-        Ok(())
     }
 
     fn finalize(mut self) -> postcard::Result<Option<OwnedFd>> {
