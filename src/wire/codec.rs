@@ -3,8 +3,10 @@
 //! The codec is [postcard]. Measured against bincode 1.3 (`cargo bench --bench codec`, figures
 //! in `benches/README.md`) it ties on bulk bytes and strings and is 2x slower on small structs
 //! and 8-16x slower on integer-heavy values (varints); but it is maintained and its format is
-//! stable, while bincode has been abandoned upstream. This module is the one place to swap
-//! codecs (a fixed-width, maintained codec is a candidate for the performance work).
+//! stable, while bincode has been abandoned upstream (RUSTSEC-2025-0141; 3.0.0 is a
+//! tombstone), so it is no candidate. This module is the one place to swap codecs. Encoding
+//! uses postcard's format through our own output flavors (`Append`, `Spill`), which avoid a
+//! `memcpy` call per varint and can move a large payload into a memfd.
 //! Decoding never panics on hostile bytes: the codec checks every length against its input.
 
 use std::fs::File;
