@@ -16,7 +16,11 @@
 //! 4. CPU-bound efficiency: 200 tasks of about 10 ms of CPU each (a deterministic xorshift spin
 //!    loop, calibrated once at start) through `map_chunked(spin, .., 1)`, against the same work
 //!    on a 2-thread rayon pool (`par_iter().map(spin)`); efficiency = rayon wall / mproc wall.
-//! 5. Python: `python3 ../shared/bench/python_baseline.py --quick --only b,c,d` (run last, under
+//! 5. the rows in `pool_rows/`: Process start+join vs fork+waitpid (right after section 3, while
+//!    the process is small); 100 MB `apply` there and back vs an in-process copy (after section
+//!    4); linearity of 10x more tasks and 10x more `imap` items, and `imap`'s peak RSS growth
+//!    over 10M items vs 1M (on a second pool).
+//! 6. Python: `python3 ../shared/bench/python_baseline.py --quick --only b,c,d,f` (run last, under
 //!    a timeout; its JSON lines parsed by hand), and mproc / Python ratios per matching row. If
 //!    python3 or the script is missing, or it fails, a `python: skipped (reason)` line says so.
 //!
@@ -35,9 +39,11 @@
 //! and >= 10x Python; automatic-chunk map >= 5x Python; Pool(2) create+teardown <= 3 ms for the
 //! first pool, <= 1 ms after; CPU-bound efficiency >= 0.97x rayon.
 //!
-//! Run with `cargo bench --bench pool` (about 30 s once built, Python included).
+//! This is the one command that prints every row of the performance issue's table.
+//! Run with `cargo bench --bench pool` (about 2 minutes once built, Python included).
 
 mod common;
+mod pool_rows;
 use common::{BoxResult, fork_waitpid, reap};
 
 use std::hint::black_box;
@@ -227,7 +233,7 @@ impl Row {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "{:<36} {:>10} {:>6}  {:<35} {:>10} {:>6}  target",
+        "{:<40} {:>10} {:>6}  {:<36} {:>10} {:>6}  target",
         "row", "mproc", "spread", "floor / peer", "", "ratio"
     );
     for r in rows {
@@ -237,7 +243,7 @@ fn print_rows(rows: &[Row]) {
             format!("{t}: {}", if *met { "yes" } else { "NO" })
         });
         println!(
-            "{:<36} {:>10} {spread:>6}  {:<35} {:>10} {ratio:>6}  {target}",
+            "{:<40} {:>10} {spread:>6}  {:<36} {:>10} {ratio:>6}  {target}",
             r.name, r.mproc, r.peer_name, r.peer
         );
     }
@@ -293,6 +299,8 @@ struct Python {
     map_default_n: Option<f64>,
     apply_async_rtt: Option<f64>,
     pipe_rtt: Option<f64>,
+    /// Bytes/s both ways of `pool.apply(echo, payload)` (section f).
+    big_echo: Option<f64>,
     foreign: Vec<(String, String)>,
     wall: f64,
 }
@@ -324,7 +332,7 @@ fn run_python() -> Result<Python, String> {
     };
     let started = Instant::now();
     let mut child = Command::new("python3")
-        .args([script, "--quick", "--only", "b,c,d"])
+        .args([script, "--quick", "--only", "b,c,d,f"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -401,6 +409,11 @@ fn run_python() -> Result<Python, String> {
             },
             ("d", "pool2_apply_async_roundtrip") => py.apply_async_rtt = value,
             ("d", "ceiling_raw_pipe_pingpong_rtt") => py.pipe_rtt = value,
+            ("f", "pool_apply_echo_100MB_roundtrip") => {
+                py.big_echo = value
+                    .zip(json_num(&line, "payload_bytes"))
+                    .map(|(s, b)| 2.0 * b / s);
+            }
             (_, "section_wall") => {
                 let share = json_field(&line, "foreign_cpu_share").unwrap_or("?");
                 py.foreign.push((section.to_string(), share.to_string()));
@@ -458,6 +471,9 @@ fn main() -> BoxResult<()> {
             }
         }
     }
+    let mut extra_rows = Vec::new();
+    pool_rows::process_start(&mut extra_rows)?;
+
     // Calibrate the spin loop in this process: the fastest of a few runs, so that noise does
     // not inflate the per-task work.
     const PROBE: u64 = 2_000_000;
@@ -556,9 +572,11 @@ fn main() -> BoxResult<()> {
         }
     }
     drop(rayon_pool);
+    let big_rate = pool_rows::big_payload(&pool, &mut extra_rows)?;
     pool.close();
     pool.join()?;
     drop(pool);
+    pool_rows::linearity(&mut extra_rows)?;
 
     let measured = secs(bench_start.elapsed());
 
@@ -668,6 +686,20 @@ fn main() -> BoxResult<()> {
         )
         .target(">=0.97x rayon (rayon/mproc)", efficiency >= 0.97),
     );
+    rows.append(&mut extra_rows);
+    if let Some(p) = py.and_then(|p| p.big_echo) {
+        rows.push(
+            Row::new(
+                "vs py: 100 MB there+back, ByteBuf",
+                format!("{:.2} GB/s", big_rate / 1e9),
+            )
+            .peer(
+                "Python apply(echo, bytes) (20 MB)",
+                format!("{:.2} GB/s", p / 1e9),
+                big_rate / p,
+            ),
+        );
+    }
     if let Some(p) = py {
         let pairs = [
             (
@@ -728,7 +760,7 @@ fn main() -> BoxResult<()> {
         Ok(p) => {
             let shares: Vec<String> = p.foreign.iter().map(|(s, f)| format!("{s} {f}")).collect();
             println!(
-                "python: --quick --only b,c,d ran in {:.1} s after the rest; its foreign CPU share per section: {}",
+                "python: --quick --only b,c,d,f ran in {:.1} s after the rest; its foreign CPU share per section: {}",
                 p.wall,
                 shares.join(", ")
             );

@@ -20,6 +20,7 @@ use crate::error::RemotePanic;
 use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, Callable, FnRef, Reply};
 use crate::sys::identity;
+use crate::sys::shm::Region;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 use crate::wire::{codec, fds};
@@ -217,10 +218,20 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
             tramp: run.tramp,
             func: run.func,
         };
+        let mut handle_fds = std::mem::take(&mut task_fds);
+        // A large argument is in the last fd: map it and decode it in place.
+        let spilled = if run.flags & msg::FLAG_SPILLED != 0 {
+            match handle_fds.pop().map(Region::from_fd) {
+                Some(Ok(region)) => Some(region),
+                _ => return EXIT_PROTOCOL,
+            }
+        } else {
+            None
+        };
+        let arg = spilled.as_ref().map_or(run.arg, Region::bytes);
         // Handles inside the argument take their fds from those sent with this task.
-        let (reply, ok) = fds::supplying(std::mem::take(&mut task_fds), || {
-            fnptr::call(&proof, func, run.arg)
-        });
+        let (reply, ok) = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg));
+        drop(spilled);
         if run.flags & msg::FLAG_LAST != 0 {
             // Output written with `print!` must not be lost on `_exit`.
             let _ = std::io::stdout().flush();
@@ -234,6 +245,12 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         }
     }
 }
+
+/// First byte of a chunk's `Done` payload: the values follow as `Vec<Out>` (every item
+/// returned)...
+pub(crate) const CHUNK_ALL_OK: u8 = 0;
+/// ... or as `Vec<Result<Out, RemotePanic>>` (some item panicked).
+pub(crate) const CHUNK_MIXED: u8 = 1;
 
 /// Decodes a chunk of arguments, calls `f` on each (a panic fails only its own item) and
 /// encodes the list of results. Called by the chunk trampoline.
@@ -266,7 +283,17 @@ fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
         .map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report))
         .collect();
     let mut out = msg::begin_done();
-    match codec::encode_into(&results, &mut out.buf) {
+    let encoded = if results.iter().all(Result::is_ok) {
+        // The common case: the bare values, half the bytes of `Result`s for small ones and
+        // no per-item variant for the parent to decode.
+        let values: Vec<F::Out> = results.into_iter().flatten().collect();
+        out.buf.push(CHUNK_ALL_OK);
+        codec::encode_into(&values, &mut out.buf)
+    } else {
+        out.buf.push(CHUNK_MIXED);
+        codec::encode_into(&results, &mut out.buf)
+    };
+    match encoded {
         Ok(()) => (out.finish(), true),
         Err(e) => (
             msg::failed(&format!("cannot encode the results: {e}")),

@@ -490,8 +490,7 @@ impl Pool {
     fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<(Vec<u8>, Fds)> {
         let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-        let (encoded, fds) = fds::collecting(|| codec::encode_into(chunk, &mut run.buf));
-        encoded.map_err(Error::codec)?;
+        let fds = msg::encode_arg(&mut run, chunk).map_err(Error::codec)?;
         Ok((run.finish(), fds::shared(fds)))
     }
 
@@ -544,13 +543,29 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) 
         // The whole chunk failed (its worker died, timed out...): every item reports it.
         Err(e) => return repeat_error(e, items),
     };
-    // The frame is a DONE message: the tag byte, then the encoded results.
-    match codec::decode::<Vec<std::result::Result<R, RemotePanic>>>(&frame[1..]) {
-        Ok(list) => list
+    match decode_values(&frame) {
+        Ok(Values::AllOk(values)) => values.into_iter().map(Ok).collect(),
+        Ok(Values::Mixed(list)) => list
             .into_iter()
             .map(|r| r.map_err(Error::panicked))
             .collect(),
         Err(e) => repeat_error(Error::codec(e), items),
+    }
+}
+
+/// A chunk's decoded results.
+enum Values<R> {
+    AllOk(Vec<R>),
+    Mixed(Vec<std::result::Result<R, RemotePanic>>),
+}
+
+/// Decodes a `Done` frame of a chunk: the message tag, the chunk's layout byte (see
+/// `worker::CHUNK_ALL_OK`), then the values.
+fn decode_values<R: DeserializeOwned>(frame: &[u8]) -> std::result::Result<Values<R>, String> {
+    match frame.get(1..) {
+        Some([crate::worker::CHUNK_ALL_OK, rest @ ..]) => codec::decode(rest).map(Values::AllOk),
+        Some([crate::worker::CHUNK_MIXED, rest @ ..]) => codec::decode(rest).map(Values::Mixed),
+        _ => Err("a chunk's reply has an unknown layout".to_string()),
     }
 }
 
@@ -574,9 +589,52 @@ fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
 fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for outcome in outcomes {
-        for r in decode_chunk(outcome, 1) {
-            out.push(r?);
+        // The first failure fails the map, as `decode_chunk` then `?` on each item would.
+        match decode_values::<R>(&outcome?).map_err(Error::codec)? {
+            // A chunk whose items all returned is appended whole.
+            Values::AllOk(mut values) => out.append(&mut values),
+            Values::Mixed(list) => {
+                for r in list {
+                    out.push(r.map_err(Error::panicked)?);
+                }
+            }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::{CHUNK_ALL_OK, CHUNK_MIXED};
+
+    fn done(layout: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x11, layout];
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn chunk_replies_decode_in_both_layouts() {
+        let ok = codec::encode(&vec![1u64, 4, 9]).unwrap();
+        let got = decode_chunk::<u64>(Ok(done(CHUNK_ALL_OK, &ok)), 3);
+        assert_eq!(
+            got.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
+            [1, 4, 9]
+        );
+        let mixed: Vec<std::result::Result<u64, RemotePanic>> = vec![Ok(2)];
+        let bytes = codec::encode(&mixed).unwrap();
+        assert_eq!(
+            finish_map::<u64>(vec![Ok(done(CHUNK_MIXED, &bytes))]).unwrap(),
+            [2]
+        );
+    }
+
+    #[test]
+    fn hostile_chunk_replies_are_errors() {
+        for frame in [vec![0x11], done(7, b""), done(CHUNK_ALL_OK, &[0xff; 12])] {
+            assert!(finish_map::<u64>(vec![Ok(frame.clone())]).is_err());
+            assert!(decode_chunk::<u64>(Ok(frame), 2).iter().all(|r| r.is_err()));
+        }
+    }
 }

@@ -191,8 +191,7 @@ impl Builder {
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
-        let (encoded, fds) = fds::collecting(|| codec::encode_into(&arg, &mut run.buf));
-        encoded.map_err(Error::codec)?;
+        let fds = msg::encode_arg(&mut run, &arg).map_err(Error::codec)?;
         let run = run.finish();
         let mut spec = self.spec;
         spec.env

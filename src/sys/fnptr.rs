@@ -110,8 +110,8 @@ where
 
 impl FnRef {
     /// Describes `f` run over a chunk of arguments: the worker decodes a `Vec<F::Args>`, calls
-    /// `f` on each (catching each panic separately) and answers with a
-    /// `Vec<Result<F::Out, RemotePanic>>`.
+    /// `f` on each (catching each panic separately) and answers with a `Vec<F::Out>` or, if
+    /// any item panicked, a `Vec<Result<F::Out, RemotePanic>>` (see `worker::CHUNK_ALL_OK`).
     pub(crate) fn chunked<F: Callable>(f: F) -> Option<FnRef> {
         let tramp: Trampoline = chunk_trampoline::<F>;
         FnRef::from_addrs(tramp as usize, f.addr())

@@ -100,6 +100,19 @@ impl Region {
         Ok(Region { fd, ptr, len })
     }
 
+    /// The whole region as bytes, for a payload handed over whole: a large task argument
+    /// written by its sender before the fd was sent, and never written again (see
+    /// `wire::codec::encode_spilling`). Anything else must go through `read` or atomics.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives (the borrow ties
+        // the slice to it). The slice aliases shared memory: this is sound only because the
+        // one region read this way is never written once its fd has been sent — its sender
+        // writes it before sending and drops its fd after, and a hostile peer writing it
+        // anyway could only change which bytes the codec sees, and the codec checks every
+        // length against its input.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
     /// Bytes in the region.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -271,6 +284,18 @@ fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
     }
     // SAFETY: `raw` is a fresh fd owned by nobody else.
     above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// An empty anonymous file (memfd where there is one), to write a payload into with
+/// `std::fs::File` before sending it whole; the receiver maps it with [`Region::from_fd`].
+/// Elsewhere (no memfd) it is unsupported and callers keep payloads inline: a POSIX shared
+/// memory object may refuse `write`.
+pub(crate) fn payload_file(name: &str) -> io::Result<OwnedFd> {
+    if cfg!(target_os = "linux") {
+        anonymous_file(name)
+    } else {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Without memfd: a POSIX shared memory object unlinked at once, so it is just as anonymous.

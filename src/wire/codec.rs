@@ -3,9 +3,15 @@
 //! The codec is [postcard]. Measured against bincode 1.3 (`cargo bench --bench codec`, figures
 //! in `benches/README.md`) it ties on bulk bytes and strings and is 2x slower on small structs
 //! and 8-16x slower on integer-heavy values (varints); but it is maintained and its format is
-//! stable, while bincode has been abandoned upstream. This module is the one place to swap
-//! codecs (a fixed-width, maintained codec is a candidate for the performance work).
+//! stable, while bincode has been abandoned upstream (RUSTSEC-2025-0141; 3.0.0 is a
+//! tombstone), so it is no candidate. This module is the one place to swap codecs. Encoding
+//! uses postcard's format through our own output flavors (`Append`, `Spill`), which avoid a
+//! `memcpy` call per varint and can move a large payload into a memfd.
 //! Decoding never panics on hostile bytes: the codec checks every length against its input.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,9 +21,41 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    postcard::to_io(value, out)
-        .map(drop)
+    postcard::serialize_with_flavor(value, Append(out))
         .map_err(|e| super::fds::explain(e.to_string()))
+}
+
+/// Postcard output appended to a `Vec`. Postcard writes every integer as a varint of 1-10
+/// bytes through `try_extend`; `postcard::to_io` (and `extend_from_slice`) turn each into a call
+/// to `memcpy`, which cost a third of an automatic-chunk `map(x*x)` (perf). Short slices are
+/// pushed byte by byte instead.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= 16 {
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// The encoding of `value`.
@@ -31,4 +69,149 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
 /// Decodes a `T` from `bytes`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))
+}
+
+/// Encodes `value` after `out[..base]`. If the encoding outgrows `limit` bytes it moves, whole,
+/// into a fresh anonymous file (memfd) that is returned, and `out` is left at `base`: a large
+/// payload then reaches its receiver through shared pages (one copy in, mapped on the other
+/// side) instead of a socket (a copy into and one out of the kernel, and a fresh buffer on each
+/// side). Large slices inside the value (`serde_bytes`, strings) are written straight from the
+/// value to the file, never staged. Without memfd the payload stays in `out`.
+pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Option<OwnedFd>, String> {
+    let base = out.len();
+    let spill = Spill {
+        out,
+        base,
+        limit,
+        file: None,
+        inline_only: false,
+    };
+    postcard::serialize_with_flavor(value, spill).map_err(|e| super::fds::explain(e.to_string()))
+}
+
+/// Bytes staged in `out` before they are written to the file.
+const STAGE: usize = 64 << 10;
+
+/// The flavor of [`encode_spilling`]: `Append` up to `limit`, then a buffered file writer.
+struct Spill<'a> {
+    out: &'a mut Vec<u8>,
+    base: usize,
+    limit: usize,
+    file: Option<File>,
+    /// No anonymous file could be made (no memfd here): stay inline, do not retry.
+    inline_only: bool,
+}
+
+impl Spill<'_> {
+    fn fail(e: std::io::Error) -> postcard::Error {
+        super::fds::raise(format!(
+            "cannot write a large payload to shared memory: {e}"
+        ));
+        postcard::Error::SerializeBufferFull
+    }
+
+    fn staged(&self) -> usize {
+        self.out.len() - self.base
+    }
+
+    /// Writes the staged bytes to the file.
+    fn flush(&mut self) -> postcard::Result<()> {
+        if let Some(f) = &mut self.file {
+            f.write_all(&self.out[self.base..]).map_err(Spill::fail)?;
+            self.out.truncate(self.base);
+        }
+        Ok(())
+    }
+
+    /// Moves to a file (called once the encoding passes the limit); `false` without memfd.
+    fn spill(&mut self) -> bool {
+        if self.file.is_none() && !self.inline_only {
+            match crate::sys::shm::payload_file("payload") {
+                Ok(fd) => self.file = Some(File::from(fd)),
+                Err(_) => self.inline_only = true,
+            }
+        }
+        self.file.is_some()
+    }
+
+    /// True when `more` bytes can be appended to `out` as they are: below the limit while
+    /// inline, below a stage's worth once in a file.
+    #[inline]
+    fn fits(&self, more: usize) -> bool {
+        let cap = if self.file.is_some() {
+            STAGE
+        } else if self.inline_only {
+            usize::MAX
+        } else {
+            self.limit
+        };
+        self.staged().saturating_add(more) <= cap
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Spill<'_> {
+    type Output = Option<OwnedFd>;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if !self.fits(1) && self.spill() {
+            self.flush()?;
+        }
+        Append(&mut *self.out).try_push(byte)
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.fits(data.len()) || !self.spill() {
+            return Append(&mut *self.out).try_extend(data);
+        }
+        self.flush()?;
+        match &mut self.file {
+            // Large slices go from the value straight to the file.
+            Some(f) if data.len() >= STAGE => f.write_all(data).map_err(Spill::fail),
+            _ => Append(&mut *self.out).try_extend(data),
+        }
+    }
+
+    fn finalize(mut self) -> postcard::Result<Option<OwnedFd>> {
+        self.flush()?;
+        Ok(self.file.map(OwnedFd::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn spilling_matches_the_inline_encoding() {
+        let value = (
+            7u64,
+            serde_bytes::ByteBuf::from(vec![3u8; 300_000]),
+            vec![9u64; 50_000],
+        );
+        let inline = encode(&value).unwrap();
+        let mut out = vec![1, 2];
+        assert!(
+            encode_spilling(&value, &mut out, 1 << 30)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(out[2..], inline[..]);
+        let mut out = vec![1, 2];
+        let fd = encode_spilling(&value, &mut out, 1000)
+            .unwrap()
+            .expect("spilled");
+        assert_eq!(out, [1, 2], "the frame keeps only what came before");
+        let mut spilled = Vec::new();
+        let mut f = File::from(fd);
+        std::io::Seek::rewind(&mut f).unwrap();
+        f.read_to_end(&mut spilled).unwrap();
+        assert_eq!(spilled, inline);
+    }
 }

@@ -16,6 +16,35 @@ const REFUSED: u8 = 0x14;
 /// Bit in `Run::flags`: the worker exits after answering.
 pub(crate) const FLAG_LAST: u8 = 1;
 
+/// Bit in `Run::flags`: the argument is not in the frame but in the last fd of the `Fds` frame
+/// before it, an anonymous file holding exactly its encoding (see [`encode_arg`]).
+pub(crate) const FLAG_SPILLED: u8 = 2;
+
+/// Arguments whose encoding passes this many bytes travel in an anonymous file (memfd).
+pub(crate) const SPILL_LIMIT: usize = 1 << 20;
+
+/// Encodes `arg` into the `Run` frame `run` (from [`begin_run`]) and returns the fds that go
+/// with it: those of handles inside the argument, then — if the encoding passed
+/// [`SPILL_LIMIT`] — the anonymous file holding it, flagged with [`FLAG_SPILLED`].
+pub(crate) fn encode_arg<T: serde::Serialize + ?Sized>(
+    run: &mut FrameBuf,
+    arg: &T,
+) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    let (encoded, mut fds) =
+        super::fds::collecting(|| super::codec::encode_spilling(arg, &mut run.buf, SPILL_LIMIT));
+    if let Some(file) = encoded? {
+        if fds.len() >= super::fds::MAX_FDS {
+            return Err(format!(
+                "one message can carry at most {} mproc handles beside a large argument",
+                super::fds::MAX_FDS - 1
+            ));
+        }
+        fds.push(file);
+        run.buf[super::frame::HEADER + 1] |= FLAG_SPILLED;
+    }
+    Ok(fds)
+}
+
 /// Parent → worker: run a function.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Run<'a> {

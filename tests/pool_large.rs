@@ -1,0 +1,56 @@
+//! Large arguments (past the 1 MiB spill limit) travel through an anonymous file instead of
+//! the socket: they arrive intact, for `Pool` and `Process`, beside handles, and leave no fd
+//! behind in the parent.
+
+mod common;
+
+use mproc::{Pool, Process, Queue};
+use serde_bytes::ByteBuf;
+
+const BIG: usize = 3 << 20;
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 + i / 977) as u8).collect()
+}
+
+fn echo(b: ByteBuf) -> ByteBuf {
+    b
+}
+
+fn checksum(b: Vec<u8>) -> u64 {
+    b.iter().map(|&x| u64::from(x)).sum()
+}
+
+fn send_len(args: (Queue<usize>, ByteBuf)) -> usize {
+    let (q, b) = args;
+    q.put(b.len()).expect("queue put");
+    b.len()
+}
+
+/// One test, so that no other test's fds change the count.
+#[test]
+fn large_arguments_arrive_intact() {
+    // The first pool starts the fork server, which stays: count fds after it.
+    assert_eq!(Pool::new(1).unwrap().apply(checksum, vec![1]).unwrap(), 1);
+    let fds_before = common::open_fds();
+    let pool = Pool::new(2).unwrap();
+    let data = payload(BIG);
+    let back = pool.apply(echo, ByteBuf::from(data.clone())).unwrap();
+    assert!(back[..] == data[..]);
+    // Several chunks, each past the limit, and a plain `Vec<u8>` (one byte at a time).
+    let items: Vec<Vec<u8>> = (0..6).map(|k| payload(700_000 + k)).collect();
+    let want: Vec<u64> = items.iter().cloned().map(checksum).collect();
+    assert_eq!(pool.map_chunked(checksum, items, 2).unwrap(), want);
+    pool.close();
+    pool.join().unwrap();
+    drop(pool);
+    assert_eq!(common::open_fds(), fds_before, "an fd leaked");
+    a_large_argument_travels_beside_handles();
+}
+
+fn a_large_argument_travels_beside_handles() {
+    let q: Queue<usize> = Queue::new().unwrap();
+    let mut p = Process::spawn(send_len, (q.clone(), ByteBuf::from(payload(BIG)))).unwrap();
+    assert_eq!(p.join().unwrap(), BIG);
+    assert_eq!(q.get_timeout(common::LIMIT).unwrap(), BIG);
+}
