@@ -990,8 +990,10 @@ mod tests {
                 queued_slots.push(s);
             }
         }
-        // The worker answers, then dies: its end closes with the answer unread.
+        // The worker answers, then dies: its end closes with the answer unread. `shutdown`,
+        // not just `drop`: a `Fork` child of a parallel test may hold a copy of the fd.
         (&theirs).write_all(&msg::begin_done().finish()).unwrap();
+        theirs.shutdown(std::net::Shutdown::Both).unwrap();
         drop(theirs);
 
         sup.assign(); // the look-ahead write fails: the peer is gone
@@ -1037,6 +1039,8 @@ mod tests {
         let reader = std::thread::spawn(move || {
             let mut buf = vec![0; 3 * frame_len];
             (&theirs).read_exact(&mut buf).unwrap();
+            // Not just the drop: a `Fork` child of a parallel test may hold a copy of the fd.
+            theirs.shutdown(std::net::Shutdown::Both).unwrap();
         });
         let sent = send_jobs(&ours, &jobs);
         reader.join().unwrap();
