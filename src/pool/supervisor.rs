@@ -621,7 +621,17 @@ impl Supervisor {
     fn on_frame(&mut self, i: usize, frame: Vec<u8>) {
         let outcome = match classify(frame) {
             Ok(Classified::Outcome(o)) => o,
-            Ok(Classified::Hello { ours: true }) => return,
+            Ok(Classified::Hello { ours: true }) => {
+                // Alive and ours: with no initializer to wait for, the worker has started. A
+                // later death (an idle worker killed, a task killed by its timeout) is not a
+                // startup failure, or a stuck head task under kills would break the pool.
+                let w = &mut self.workers[i];
+                if !matches!(w.state, State::Init) {
+                    w.served = true;
+                    self.startup_failures = 0;
+                }
+                return;
+            }
             Ok(Classified::Hello { ours: false }) => {
                 let e = Error::binary_mismatch(identity::own(), b"(another build)");
                 return self.break_pool(e.to_string());
@@ -639,7 +649,9 @@ impl Supervisor {
                 }
                 Err(e) => self.break_pool(format!("the initializer failed: {e}")),
             },
-            State::Active if !w.inflight.is_empty() => {
+            // Ending with jobs in flight: a send to it failed (it died) after it had taken
+            // earlier jobs; answers it wrote before dying are real results, read by `reap`.
+            State::Active | State::Ending if !w.inflight.is_empty() => {
                 let took = w.head_started.elapsed();
                 let job = w.pop_head(timeout).expect("checked non-empty");
                 w.served = true;
