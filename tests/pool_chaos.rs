@@ -2,8 +2,9 @@
 //!
 //! With `max_retries`, every result is correct and the map finishes. Without, only tasks that
 //! were running on killed workers fail, each with SIGKILL, at most one per kill; all others
-//! are correct. Alone in its binary: the killer picks its victims among this process's
-//! children.
+//! are correct. With `task_timeout` and endless tasks mixed in, every endless task fails with
+//! `TimedOut` and every other one is correct. Alone in its binary: the killer picks its
+//! victims among this process's children.
 
 mod common;
 
@@ -43,6 +44,20 @@ fn killer(stop: &AtomicBool, kills: &AtomicUsize) {
             kills.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// About one task in 20,000 never ends, at scattered positions (a multiplicative hash).
+fn is_endless(x: u64) -> bool {
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 20_000 == 0
+}
+
+fn work_or_hang(x: u64) -> u64 {
+    if is_endless(x) {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    work(x)
 }
 
 struct StopOnDrop<'a>(&'a AtomicBool);
@@ -114,4 +129,58 @@ fn chaos_without_retries_fails_only_the_running_tasks() {
         failed <= kills,
         "at most one task per kill: {failed} failed, {kills} kills"
     );
+}
+
+/// Tasks run, endless tasks timed out, workers killed by the chaos thread.
+fn chaos_with_timeouts() -> (usize, usize, usize) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Retries, so that a kill never steals the `TimedOut` of an endless task (a killed endless
+    // task runs again and times out then). The timeout is far above a normal task's few
+    // microseconds, even on a busy machine, and short enough to keep the run bounded.
+    let pool = Pool::builder()
+        .processes(3)
+        .start_method(StartMethod::Spawn)
+        .max_retries(1000)
+        .task_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let kills = AtomicUsize::new(0);
+    let (mut ok, mut timed_out) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| killer(&stop, &kills));
+        let _stop = StopOnDrop(&stop);
+        let mut it = pool.imap(work_or_hang, 0..TASKS);
+        for x in 0..TASKS {
+            let r = it
+                .next_timeout(LIMIT)
+                .expect("one result per task, no hang");
+            if is_endless(x) {
+                let e = r.expect_err("an endless task cannot succeed");
+                assert!(e.is_timeout(), "endless task {x}: {e}");
+                timed_out += 1;
+            } else {
+                assert_eq!(r.unwrap_or_else(|e| panic!("task {x}: {e}")), x * 2);
+                ok += 1;
+            }
+        }
+        assert!(it.next_timeout(LIMIT).is_none());
+    });
+    (ok + timed_out, timed_out, kills.load(Ordering::Relaxed))
+}
+
+#[test]
+fn chaos_with_timeouts_and_endless_tasks() {
+    let start = std::time::Instant::now();
+    let (ran, timed_out, kills) = chaos_with_timeouts();
+    let endless = (0..TASKS).filter(|&x| is_endless(x)).count();
+    eprintln!(
+        "chaos with timeouts: {ran} tasks, {endless} endless ones timed out ({timed_out}), \
+         {kills} workers killed, 0 results lost, {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(ran, TASKS as usize);
+    assert_eq!(timed_out, endless);
+    assert!(endless >= 3, "the mix has endless tasks: {endless}");
+    assert!(kills > 0, "the killer must have struck");
 }
