@@ -264,7 +264,16 @@ fn report_pid_then_sleep(path: String) -> u64 {
 
 #[test]
 fn a_worker_killed_from_outside_mid_task() {
-    let path = std::env::temp_dir().join(format!("mproc-victim-{}", std::process::id()));
+    signalled_from_outside_mid_task(libc::SIGKILL);
+}
+
+#[test]
+fn a_worker_terminated_from_outside_mid_task_reports_sigterm() {
+    signalled_from_outside_mid_task(libc::SIGTERM);
+}
+
+fn signalled_from_outside_mid_task(sig: i32) {
+    let path = std::env::temp_dir().join(format!("mproc-victim-{}-{sig}", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let p = pool(2);
     let victim = p.apply_async(report_pid_then_sleep, path.to_string_lossy().into_owned());
@@ -272,12 +281,12 @@ fn a_worker_killed_from_outside_mid_task() {
     assert!(common::eventually(LIMIT, || std::fs::read_to_string(&path)
         .is_ok_and(|s| !s.is_empty())));
     let pid: i32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
-    // SAFETY: SIGKILL to the pid of our worker, which is alive (it is sleeping in its task).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // SAFETY: a signal to the pid of our worker, which is alive (it is sleeping in its task).
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     let mut victim = victim;
     let err = victim.get_timeout(LIMIT).unwrap_err();
     assert!(err.is_worker_lost(), "{err}");
-    assert_eq!(err.exit_status().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(err.exit_status().unwrap().signal(), Some(sig), "{err}");
     let mut others = others;
     assert_eq!(others.get_timeout(LIMIT).unwrap().len(), 50);
     std::fs::remove_file(&path).unwrap();
