@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{LIMIT, children};
+use common::{LIMIT, children, eventually, mapped_regions, open_fds, shm_entries};
 use mproc::{Pool, StartMethod};
 
 const TASKS: u64 = 100_000;
@@ -68,11 +68,36 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// The two scenarios must not run at once: each killer would strike the other's workers.
+/// What the chaos could leak, counted before a scenario. Not `common::Leaks`: that starts the
+/// fork server, which the killer would then strike.
+struct Counts(usize, Vec<u32>, usize, usize);
+
+impl Counts {
+    fn now() -> Counts {
+        Counts(open_fds(), children(), shm_entries(), mapped_regions())
+    }
+
+    /// Asserts that every worker is reaped and every fd closed once the pool is dropped.
+    fn check(self) {
+        assert!(
+            eventually(LIMIT, || children() == self.1),
+            "children left: {:?}",
+            children()
+        );
+        assert_eq!(
+            (open_fds(), shm_entries(), mapped_regions()),
+            (self.0, self.2, self.3),
+            "fds, /dev/shm entries, mapped regions"
+        );
+    }
+}
+
+/// The scenarios must not run at once: each killer would strike the other's workers.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn chaos(retries: u32) -> (usize, usize, usize) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = Counts::now();
     // Spawn workers: no fork server among the children, so every victim is a worker.
     let pool = Pool::builder()
         .processes(3)
@@ -107,6 +132,8 @@ fn chaos(retries: u32) -> (usize, usize, usize) {
         }
         assert!(it.next_timeout(LIMIT).is_none());
     });
+    drop(pool);
+    before.check();
     (ok, failed, kills.load(Ordering::Relaxed))
 }
 
@@ -134,6 +161,7 @@ fn chaos_without_retries_fails_only_the_running_tasks() {
 /// Tasks run, endless tasks timed out, workers killed by the chaos thread.
 fn chaos_with_timeouts() -> (usize, usize, usize) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = Counts::now();
     // Retries, so that a kill never steals the `TimedOut` of an endless task (a killed endless
     // task runs again and times out then). The timeout is far above a normal task's few
     // microseconds, even on a busy machine, and short enough to keep the run bounded.
@@ -166,6 +194,8 @@ fn chaos_with_timeouts() -> (usize, usize, usize) {
         }
         assert!(it.next_timeout(LIMIT).is_none());
     });
+    drop(pool);
+    before.check();
     (ok + timed_out, timed_out, kills.load(Ordering::Relaxed))
 }
 

@@ -117,3 +117,31 @@ impl Leaks {
         );
     }
 }
+
+/// A whole test's leak check: holds [`serial`] and asserts on drop that fds, children,
+/// `/dev/shm` entries and mapped regions came back to their starting counts. Skipped when the
+/// test is already failing (a panic), so that its own message is the one reported. Write
+/// `let _leaks = common::leak_checked();` first in a test.
+pub fn leak_checked() -> LeakChecked {
+    let serial = serial();
+    LeakChecked {
+        leaks: Some(Leaks::start()),
+        _serial: serial,
+    }
+}
+
+/// See [`leak_checked`]. Fields drop after `drop` runs: the check happens under the lock.
+pub struct LeakChecked {
+    leaks: Option<Leaks>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for LeakChecked {
+    fn drop(&mut self) {
+        if let Some(leaks) = self.leaks.take() {
+            if !std::thread::panicking() {
+                leaks.check();
+            }
+        }
+    }
+}
