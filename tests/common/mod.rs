@@ -52,10 +52,20 @@ pub fn children() -> Vec<u32> {
     out
 }
 
-/// Entries in /dev/shm.
+/// Entries of mproc in /dev/shm (`mproc-*`, and `sem.mproc-*` should named semaphores ever
+/// appear). Only mproc's: /dev/shm is shared by the whole machine, and other programs (other
+/// test runs, browsers, Python) come and go in it while a test runs.
 pub fn shm_entries() -> usize {
     std::fs::read_dir("/dev/shm")
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("mproc-") || name.starts_with("sem.mproc-")
+                })
+                .count()
+        })
         .unwrap_or(0)
 }
 
