@@ -83,6 +83,13 @@ proptest! {
         bytes.extend_from_slice(&body);
         let e = hostile_pipe(&bytes, 4096);
         prop_assert!(is_clear(&e), "{e}");
+        // The same after a well-formed message, so that the hostile header arrives already
+        // buffered (the case cargo-fuzz found: an overflow checking for a buffered frame).
+        let mut after = header(4);
+        after.extend_from_slice(&[0, 0, 1, 7]); // no handles, then postcard's vec![7u32]
+        after.extend_from_slice(&bytes);
+        let e = hostile_pipe(&after, 4096);
+        prop_assert!(is_clear(&e), "{e}");
         if len > 4096 {
             prop_assert_eq!(e.kind(), ErrorKind::Protocol, "{}", e);
         }

@@ -70,7 +70,8 @@ impl FrameReader {
     /// True when a whole frame is buffered: `advance` returns it without reading.
     pub(crate) fn has_frame(&self) -> bool {
         !self.in_body
-            && matches!(self.peek_len(), Some(len) if HEADER as u64 + len <= (self.end - self.pos) as u64)
+            // Saturating: a hostile length near `u64::MAX` must not overflow (fuzzing found it).
+            && matches!(self.peek_len(), Some(len) if len.saturating_add(HEADER as u64) <= (self.end - self.pos) as u64)
     }
 
     fn peek_len(&self) -> Option<u64> {
@@ -297,6 +298,20 @@ mod tests {
             "{err:?}"
         );
         assert!(r.body.capacity() <= INITIAL_BODY);
+    }
+
+    #[test]
+    fn a_huge_length_after_a_frame_is_not_a_whole_frame() {
+        // Found by the cargo-fuzz target: `has_frame` overflowed on this second header.
+        let mut bytes = frame(b"abc");
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut r = FrameReader::new(1 << 20);
+        assert_eq!(r.read_frame(&mut &bytes[..]).unwrap(), b"abc");
+        assert!(!r.has_frame());
+        assert!(matches!(
+            r.advance(&mut &[][..]),
+            Err(FrameError::TooLong { len: u64::MAX, .. })
+        ));
     }
 
     #[test]
