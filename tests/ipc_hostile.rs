@@ -5,7 +5,8 @@
 //! hang, no allocation beyond the connection's limit, no fd left behind.
 //!
 //! The peer is a raw socket driven by this test, so the bytes are exactly the hostile ones.
-//! Fixed case counts: this runs in CI with `cargo test` (cargo-fuzz needs nightly).
+//! Fixed case counts: this runs in CI with `cargo test`; `fuzz/` explores the same decoder
+//! with libFuzzer (`fuzz/run-stable.sh`).
 
 mod common;
 
