@@ -173,6 +173,12 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
             return EXIT_INTERNAL;
         }
     }
+    let limit = child::getenv(token, crate::pool::PROCESS_LIMIT_ENV);
+    if let Some(limit) = limit.and_then(|v| v.to_str()?.parse().ok()) {
+        if crate::sys::set_process_limit(limit).is_err() {
+            return EXIT_INTERNAL;
+        }
+    }
     let mut sock = UnixStream::from(sock);
     let me = identity::reported(token);
     if sock

@@ -15,6 +15,7 @@ fn cube(x: i64) -> i64 {
 
 #[test]
 fn spawn_works_inside_an_integration_test() {
+    let _leaks = common::leak_checked();
     let mut p = mproc::Process::spawn(cube, -3).unwrap();
     assert_eq!(p.join_timeout(common::LIMIT).unwrap(), -27);
 }
@@ -58,6 +59,7 @@ fn example(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn spawn_works_inside_a_plain_binary() {
+    let _leaks = common::leak_checked();
     let tour = example("tour");
     assert!(tour.exists(), "missing {}", tour.display());
     let mut child = Command::new(&tour)

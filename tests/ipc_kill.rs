@@ -109,6 +109,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn sigkill_mid_operation_leaves_no_process_no_memory_no_shm_entry() {
+    let _leaks = common::leak_checked();
     // Orphans are re-parented to us, so we can reap them and see them gone.
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
     let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

@@ -33,6 +33,7 @@ enum Msg {
 
 #[test]
 fn round_trip_both_directions() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (a, b) = pipe::<Msg>().unwrap();
     a.send(&Msg::Ping(1)).unwrap();
@@ -50,6 +51,7 @@ fn round_trip_both_directions() {
 
 #[test]
 fn a_64_mib_message_arrives_whole() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (a, b) = pipe::<(u32, ByteBuf)>().unwrap();
     let len = (64 << 20) + 12_345;
@@ -76,6 +78,7 @@ fn a_64_mib_message_arrives_whole() {
 
 #[test]
 fn recv_timeout_times_out_then_succeeds() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (a, b) = pipe::<u64>().unwrap();
     let start = Instant::now();
@@ -91,6 +94,7 @@ fn recv_timeout_times_out_then_succeeds() {
 
 #[test]
 fn a_message_partly_received_survives_a_timeout() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (raw, theirs) = UnixStream::pair().unwrap();
     let conn = Connection::<ByteBuf>::from(theirs);
@@ -108,6 +112,7 @@ fn a_message_partly_received_survives_a_timeout() {
 
 #[test]
 fn peer_drop_is_closed_after_the_messages_it_sent() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (a, b) = pipe::<String>().unwrap();
     a.send(&"last words".to_string()).unwrap();
@@ -129,6 +134,7 @@ fn peer_drop_is_closed_after_the_messages_it_sent() {
 
 #[test]
 fn a_connection_sent_through_a_connection_works() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (carrier_tx, carrier_rx) = pipe::<(String, Connection<u32>)>().unwrap();
     let (c, d) = pipe::<u32>().unwrap();
@@ -147,6 +153,7 @@ fn a_connection_sent_through_a_connection_works() {
 
 #[test]
 fn an_end_with_unread_data_refuses_to_travel() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (carrier, _far) = pipe::<Connection<u8>>().unwrap();
     let (a, b) = pipe::<u8>().unwrap();
@@ -173,6 +180,7 @@ fn pong(conn: Connection<Msg>) -> u64 {
 
 #[test]
 fn a_connection_passed_to_a_process_plays_ping_pong() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     for &m in StartMethod::all() {
         let (ours, theirs) = pipe::<Msg>().unwrap();
@@ -208,6 +216,7 @@ fn echo_big(conn: Connection<ByteBuf>) -> usize {
 
 #[test]
 fn a_large_message_crosses_processes_both_ways() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (ours, theirs) = pipe::<ByteBuf>().unwrap();
     let mut child = Process::spawn(echo_big, theirs).unwrap();
@@ -236,6 +245,7 @@ fn frame_of(body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn garbage_from_the_peer_is_a_clear_error() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (raw, theirs) = UnixStream::pair().unwrap();
     let conn = Connection::<String>::from(theirs);
@@ -276,6 +286,7 @@ fn garbage_from_the_peer_is_a_clear_error() {
 
 #[test]
 fn messages_over_the_limit_are_refused() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (a, b) = pipe::<ByteBuf>().unwrap();
     a.set_max_message_size(1 << 20).unwrap();
@@ -302,6 +313,7 @@ fn messages_over_the_limit_are_refused() {
 
 #[test]
 fn handles_and_pipes_leave_no_fds_behind() {
+    let _leaks = common::leak_checked();
     let _g = FDS.write().unwrap_or_else(|e| e.into_inner());
     // Warm up what lives as long as the process (the spawner, the fork server).
     let (_, far) = pipe::<Msg>().unwrap();

@@ -24,6 +24,7 @@ const HELPER_ENV: &str = "MPROC_TEST_SHM_NAME";
 
 #[test]
 fn value_and_array_round_trip_between_threads() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let v = Value::new(0u64).unwrap();
     let a = Array::from_slice(&[0i32; 8]).unwrap();
@@ -50,6 +51,7 @@ fn value_and_array_round_trip_between_threads() {
 
 #[test]
 fn lock_timeout_times_out_while_held() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let v = Value::new([1u8; 3]).unwrap();
     let guard = v.lock().unwrap();
@@ -78,6 +80,7 @@ fn increment((v, n): (Value<u64>, u32)) -> u32 {
 
 #[test]
 fn four_processes_increment_a_value_exactly() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let v = Value::new(0u64).unwrap();
     let mut kids: Vec<Process<u32>> = (0..4)
@@ -107,6 +110,7 @@ fn fill(a: Array<u64>) -> usize {
 
 #[test]
 fn a_worker_writes_into_an_array_and_the_parent_sees_it() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     for &m in StartMethod::all() {
         let a = Array::<u64>::new(10_000).unwrap();
@@ -132,6 +136,7 @@ fn write_tag((shm, tag): (SharedMemory, u8)) -> usize {
 
 #[test]
 fn shared_memory_travels_to_a_process() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let shm = SharedMemory::create(1 << 20).unwrap();
     let mut p = Process::spawn(write_tag, (shm.clone(), 0xab)).unwrap();
@@ -148,6 +153,7 @@ fn shared_memory_travels_to_a_process() {
 /// shared memory by name and writes a greeting into it.
 #[test]
 fn helper_opens_shared_memory_by_name() {
+    let _leaks = common::leak_checked();
     let Some(name) = std::env::var_os(HELPER_ENV) else {
         return;
     };
@@ -160,6 +166,7 @@ fn helper_opens_shared_memory_by_name() {
 
 #[test]
 fn shared_memory_is_opened_by_name_from_an_unrelated_process() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let shm = SharedMemory::create(4096).unwrap();
     shm.write(0, b"ping").unwrap();
@@ -188,6 +195,7 @@ fn shared_memory_is_opened_by_name_from_an_unrelated_process() {
 
 #[test]
 fn shared_memory_access_is_bounds_checked() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     assert_eq!(
         SharedMemory::create(0).unwrap_err().kind(),
@@ -213,6 +221,7 @@ fn shared_memory_access_is_bounds_checked() {
 
 #[test]
 fn a_handle_decoded_as_another_type_is_an_error() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     let (tx, rx) = pipe::<Value<u64>>().unwrap();
     let as_u32 = Connection::<Value<u32>>::from(rx.as_fd().try_clone_to_owned().unwrap());
@@ -235,6 +244,7 @@ fn a_handle_decoded_as_another_type_is_an_error() {
 
 #[test]
 fn shared_objects_leave_nothing_behind() {
+    let _leaks = common::leak_checked();
     let _g = FDS.write().unwrap_or_else(|e| e.into_inner());
     // Warm up what lives as long as the process (the spawner, the fork server).
     let v = Value::new(0u64).unwrap();
@@ -272,6 +282,7 @@ fn hold_and_hang((v, ready): (Value<u64>, Connection<u8>)) {
 
 #[test]
 fn a_value_locked_by_a_killed_process_is_handed_over_as_abandoned() {
+    let _leaks = common::leak_checked();
     let _g = shared();
     for &m in StartMethod::all() {
         let v = Value::new(0u64).unwrap();

@@ -72,6 +72,7 @@ fn increment_under_lock((lock, path, n): (Lock, String, u64)) -> u64 {
 
 #[test]
 fn four_processes_count_exactly_under_a_lock() {
+    let _leaks = common::leak_checked();
     let lock = Lock::new().unwrap();
     let counter = FileCounter::new("lock");
     let mut procs: Vec<_> = (0..4)
@@ -94,6 +95,7 @@ fn meet((barrier, arrived): (Barrier, Semaphore)) -> (usize, u32) {
 
 #[test]
 fn a_barrier_of_four_processes() {
+    let _leaks = common::leak_checked();
     let barrier = Barrier::new(4).unwrap();
     let arrived = Semaphore::new(0).unwrap();
     for _round in 0..2 {
@@ -129,6 +131,7 @@ fn set_event_when_all_wait((event, waiting, n): (Event, Semaphore, u32)) -> bool
 
 #[test]
 fn an_event_set_in_one_process_wakes_three_others() {
+    let _leaks = common::leak_checked();
     let event = Event::new().unwrap();
     let waiting = Semaphore::new(0).unwrap();
     let mut waiters: Vec<_> = (0..3)
@@ -169,6 +172,7 @@ fn consume((cond, path): (Condition, String)) -> u64 {
 
 #[test]
 fn a_condition_between_a_producer_and_a_consumer_process() {
+    let _leaks = common::leak_checked();
     let cond = Condition::new().unwrap();
     let queue = FileCounter::new("cond");
     let mut consumer = Process::spawn(consume, (cond.clone(), queue.path())).unwrap();
@@ -200,6 +204,7 @@ fn assert_killed<R: std::fmt::Debug + serde::de::DeserializeOwned>(p: &mut Proce
 
 #[test]
 fn a_lock_whose_holder_is_killed_is_handed_over_as_abandoned() {
+    let _leaks = common::leak_checked();
     for &m in StartMethod::all() {
         let lock = Lock::new().unwrap();
         let (held, never) = (Event::new().unwrap(), Event::new().unwrap());
@@ -237,6 +242,7 @@ fn wait_for_lock((lock, waiting): (Lock, Event)) -> bool {
 
 #[test]
 fn a_waiting_process_is_woken_when_the_holder_is_killed() {
+    let _leaks = common::leak_checked();
     let lock = Lock::new().unwrap();
     let (held, never, waiting) = (
         Event::new().unwrap(),
@@ -258,6 +264,7 @@ fn a_waiting_process_is_woken_when_the_holder_is_killed() {
 
 #[test]
 fn an_rlock_whose_holder_is_killed_is_handed_over_as_abandoned() {
+    let _leaks = common::leak_checked();
     for &m in StartMethod::all() {
         let lock = RLock::new().unwrap();
         let (held, never) = (Event::new().unwrap(), Event::new().unwrap());
@@ -296,6 +303,7 @@ fn barrier_timeout(b: Barrier) -> (bool, bool) {
 
 #[test]
 fn a_barrier_waiter_timing_out_in_another_process_breaks_it() {
+    let _leaks = common::leak_checked();
     let b = Barrier::new(2).unwrap();
     let mut p = Process::spawn(barrier_timeout, b.clone()).unwrap();
     assert_eq!(p.join_timeout(LIMIT).unwrap(), (true, true));
@@ -320,6 +328,7 @@ fn hold_two_in_two_threads((a, b, held, never): (Lock, Lock, Semaphore, Event)) 
 
 #[test]
 fn every_lock_of_a_killed_process_is_released_whichever_thread_held_it() {
+    let _leaks = common::leak_checked();
     let (a, b) = (Lock::new().unwrap(), Lock::new().unwrap());
     let (held, never) = (Semaphore::new(0).unwrap(), Event::new().unwrap());
     let mut p = Process::spawn(

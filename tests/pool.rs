@@ -48,6 +48,7 @@ fn pool(n: usize) -> Pool {
 
 #[test]
 fn map_is_ordered_like_python() {
+    let _leaks = common::leak_checked();
     let p = pool(4);
     assert_eq!(p.map(square, 1..=8).unwrap(), [1, 4, 9, 16, 25, 36, 49, 64]);
     assert_eq!(p.map(square, Vec::<u64>::new()).unwrap(), Vec::<u64>::new());
@@ -66,6 +67,7 @@ fn map_is_ordered_like_python() {
 
 #[test]
 fn starmap_apply_and_closures() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     assert_eq!(
         p.starmap(add, vec![(1, 2), (3, 4), (-5, 5)]).unwrap(),
@@ -78,6 +80,7 @@ fn starmap_apply_and_closures() {
 
 #[test]
 fn apply_async_handles_like_python() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     let handles: Vec<_> = (0..10).map(|x| p.apply_async(square, x)).collect();
     let got: Vec<u64> = handles.into_iter().map(|h| h.get().unwrap()).collect();
@@ -129,6 +132,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 #[test]
 fn async_results_are_futures() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     assert_eq!(block_on(p.apply_async(nap_ms, 50)).unwrap(), 50);
     assert_eq!(
@@ -139,6 +143,7 @@ fn async_results_are_futures() {
 
 #[test]
 fn a_panic_fails_only_its_item_and_the_worker_lives_on() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     let err = p.map_chunked(panics_on_3, 0..10, 4).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
@@ -203,6 +208,7 @@ fn die_on(x: u64) -> u64 {
 
 #[test]
 fn a_dead_worker_fails_its_task_with_the_signal_and_is_replaced() {
+    let _leaks = common::leak_checked();
     for &m in StartMethod::all() {
         let p = Pool::builder()
             .processes(2)
@@ -238,6 +244,7 @@ fn die_once(path: String) -> u64 {
 
 #[test]
 fn max_retries_re_runs_a_task_lost_to_a_dead_worker() {
+    let _leaks = common::leak_checked();
     let path = std::env::temp_dir().join(format!("mproc-retry-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let p = Pool::builder().processes(2).max_retries(1).build().unwrap();
@@ -264,7 +271,18 @@ fn report_pid_then_sleep(path: String) -> u64 {
 
 #[test]
 fn a_worker_killed_from_outside_mid_task() {
-    let path = std::env::temp_dir().join(format!("mproc-victim-{}", std::process::id()));
+    let _leaks = common::leak_checked();
+    signalled_from_outside_mid_task(libc::SIGKILL);
+}
+
+#[test]
+fn a_worker_terminated_from_outside_mid_task_reports_sigterm() {
+    let _leaks = common::leak_checked();
+    signalled_from_outside_mid_task(libc::SIGTERM);
+}
+
+fn signalled_from_outside_mid_task(sig: i32) {
+    let path = std::env::temp_dir().join(format!("mproc-victim-{}-{sig}", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let p = pool(2);
     let victim = p.apply_async(report_pid_then_sleep, path.to_string_lossy().into_owned());
@@ -272,12 +290,12 @@ fn a_worker_killed_from_outside_mid_task() {
     assert!(common::eventually(LIMIT, || std::fs::read_to_string(&path)
         .is_ok_and(|s| !s.is_empty())));
     let pid: i32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
-    // SAFETY: SIGKILL to the pid of our worker, which is alive (it is sleeping in its task).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // SAFETY: a signal to the pid of our worker, which is alive (it is sleeping in its task).
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     let mut victim = victim;
     let err = victim.get_timeout(LIMIT).unwrap_err();
     assert!(err.is_worker_lost(), "{err}");
-    assert_eq!(err.exit_status().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(err.exit_status().unwrap().signal(), Some(sig), "{err}");
     let mut others = others;
     assert_eq!(others.get_timeout(LIMIT).unwrap().len(), 50);
     std::fs::remove_file(&path).unwrap();
@@ -285,6 +303,7 @@ fn a_worker_killed_from_outside_mid_task() {
 
 #[test]
 fn an_idle_worker_killed_leaves_the_pool_usable() {
+    let _leaks = common::leak_checked();
     // Python's Pool hangs forever after this.
     let p = pool(2);
     let pids: HashSet<u32> = p
@@ -311,6 +330,7 @@ fn an_idle_worker_killed_leaves_the_pool_usable() {
 
 #[test]
 fn a_task_past_its_timeout_is_killed_and_the_rest_completes() {
+    let _leaks = common::leak_checked();
     let timeout = Duration::from_millis(300);
     let p = Pool::builder()
         .processes(2)
@@ -347,6 +367,7 @@ fn a_task_past_its_timeout_is_killed_and_the_rest_completes() {
 
 #[test]
 fn max_tasks_per_child_recycles_workers_and_loses_nothing() {
+    let _leaks = common::leak_checked();
     let p = Pool::builder()
         .processes(2)
         .max_tasks_per_child(3)
@@ -386,6 +407,7 @@ fn crashing_init(_: ()) {
 
 #[test]
 fn the_initializer_runs_in_every_worker_including_replacements() {
+    let _leaks = common::leak_checked();
     let p = Pool::builder()
         .processes(2)
         .initializer(init_greeting, "hi".to_string())
@@ -398,6 +420,7 @@ fn the_initializer_runs_in_every_worker_including_replacements() {
 
 #[test]
 fn a_failing_initializer_breaks_the_pool_with_a_clear_error() {
+    let _leaks = common::leak_checked();
     for init in [bad_init as fn(()), crashing_init] {
         let p = Pool::builder()
             .processes(2)
@@ -416,6 +439,7 @@ fn a_failing_initializer_breaks_the_pool_with_a_clear_error() {
 
 #[test]
 fn close_and_join_follow_python_rules() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     assert_eq!(
         p.join().unwrap_err().kind(),
@@ -436,6 +460,7 @@ fn close_and_join_follow_python_rules() {
 
 #[test]
 fn terminate_fails_outstanding_work() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     let mut h = p.apply_async(sleep_forever, 0);
     p.terminate();
@@ -445,6 +470,7 @@ fn terminate_fails_outstanding_work() {
 
 #[test]
 fn imap_is_lazy_and_bounded_over_an_endless_input() {
+    let _leaks = common::leak_checked();
     let p = pool(2);
     let mut pulled = 0u64;
     let input = std::iter::repeat_with(|| {
@@ -480,6 +506,7 @@ fn hog(mb: usize) -> usize {
 
 #[test]
 fn memory_limit_fails_the_allocating_task_alone() {
+    let _leaks = common::leak_checked();
     let p = Pool::builder()
         .processes(2)
         .memory_limit(256 << 20)
@@ -497,6 +524,7 @@ fn memory_limit_fails_the_allocating_task_alone() {
 
 #[test]
 fn many_threads_submit_at_once() {
+    let _leaks = common::leak_checked();
     let p = pool(3);
     std::thread::scope(|s| {
         for t in 0..4u64 {
@@ -514,6 +542,7 @@ fn many_threads_submit_at_once() {
 
 #[test]
 fn pool_is_send_and_sync() {
+    let _leaks = common::leak_checked();
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Pool>();
     send_sync::<mproc::AsyncResult<Vec<u8>>>();
@@ -523,6 +552,7 @@ fn pool_is_send_and_sync() {
 /// too.
 #[test]
 fn synchronous_apply_keeps_every_failure_rule() {
+    let _leaks = common::leak_checked();
     let p = Pool::builder()
         .processes(2)
         .task_timeout(Duration::from_millis(300))
@@ -578,6 +608,7 @@ fn hang_up_then_exit(x: u64) -> u64 {
 
 #[test]
 fn a_worker_hanging_up_mid_map_loses_no_queued_job() {
+    let _leaks = common::leak_checked();
     let p = pool(1);
     let mut h = p.map_async(hang_up_then_exit, 0..400);
     let err = h.get_timeout(LIMIT).unwrap_err();
@@ -592,6 +623,7 @@ fn a_worker_hanging_up_mid_map_loses_no_queued_job() {
 
 #[test]
 fn workers_used_only_through_apply_are_recycled_without_breaking_the_pool() {
+    let _leaks = common::leak_checked();
     let p = Pool::builder()
         .processes(1)
         .max_tasks_per_child(1)
@@ -606,6 +638,7 @@ fn workers_used_only_through_apply_are_recycled_without_breaking_the_pool() {
 
 #[test]
 fn a_crash_on_a_borrowed_worker_is_not_mistaken_for_a_timeout() {
+    let _leaks = common::leak_checked();
     let p = Pool::builder()
         .processes(1)
         .task_timeout(Duration::from_millis(300))

@@ -2,15 +2,16 @@
 //!
 //! With `max_retries`, every result is correct and the map finishes. Without, only tasks that
 //! were running on killed workers fail, each with SIGKILL, at most one per kill; all others
-//! are correct. Alone in its binary: the killer picks its victims among this process's
-//! children.
+//! are correct. With `task_timeout` and endless tasks mixed in, every endless task fails with
+//! `TimedOut` and every other one is correct. Alone in its binary: the killer picks its
+//! victims among this process's children.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{LIMIT, children};
+use common::{LIMIT, children, eventually, mapped_regions, open_fds, shm_entries};
 use mproc::{Pool, StartMethod};
 
 const TASKS: u64 = 100_000;
@@ -45,6 +46,20 @@ fn killer(stop: &AtomicBool, kills: &AtomicUsize) {
     }
 }
 
+/// About one task in 30,000 never ends, at scattered positions (a multiplicative hash).
+fn is_endless(x: u64) -> bool {
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 30_000 == 0
+}
+
+fn work_or_hang(x: u64) -> u64 {
+    if is_endless(x) {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    work(x)
+}
+
 struct StopOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for StopOnDrop<'_> {
@@ -53,11 +68,36 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// The two scenarios must not run at once: each killer would strike the other's workers.
+/// What the chaos could leak, counted before a scenario. Not `common::Leaks`: that starts the
+/// fork server, which the killer would then strike.
+struct Counts(usize, Vec<u32>, usize, usize);
+
+impl Counts {
+    fn now() -> Counts {
+        Counts(open_fds(), children(), shm_entries(), mapped_regions())
+    }
+
+    /// Asserts that every worker is reaped and every fd closed once the pool is dropped.
+    fn check(self) {
+        assert!(
+            eventually(LIMIT, || children() == self.1),
+            "children left: {:?}",
+            children()
+        );
+        assert_eq!(
+            (open_fds(), shm_entries(), mapped_regions()),
+            (self.0, self.2, self.3),
+            "fds, /dev/shm entries, mapped regions"
+        );
+    }
+}
+
+/// The scenarios must not run at once: each killer would strike the other's workers.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn chaos(retries: u32) -> (usize, usize, usize) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = Counts::now();
     // Spawn workers: no fork server among the children, so every victim is a worker.
     let pool = Pool::builder()
         .processes(3)
@@ -92,6 +132,8 @@ fn chaos(retries: u32) -> (usize, usize, usize) {
         }
         assert!(it.next_timeout(LIMIT).is_none());
     });
+    drop(pool);
+    before.check();
     (ok, failed, kills.load(Ordering::Relaxed))
 }
 
@@ -114,4 +156,63 @@ fn chaos_without_retries_fails_only_the_running_tasks() {
         failed <= kills,
         "at most one task per kill: {failed} failed, {kills} kills"
     );
+}
+
+/// Tasks run, endless tasks timed out, workers killed by the chaos thread.
+fn chaos_with_timeouts() -> (usize, usize, usize) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = Counts::now();
+    // Retries, so that a kill never steals the `TimedOut` of an endless task (a killed endless
+    // task runs again and times out then). The timeout is far above a normal task's few
+    // microseconds, with room for scheduling stalls on a busy machine, yet short enough that
+    // an endless task outlives it between kills (each 50 ms tick strikes its worker with
+    // probability 1/4: it survives 400 ms one time in ten) and the run stays bounded.
+    let pool = Pool::builder()
+        .processes(4)
+        .start_method(StartMethod::Spawn)
+        .max_retries(1000)
+        .task_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let kills = AtomicUsize::new(0);
+    let (mut ok, mut timed_out) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| killer(&stop, &kills));
+        let _stop = StopOnDrop(&stop);
+        let mut it = pool.imap(work_or_hang, 0..TASKS);
+        for x in 0..TASKS {
+            let r = it
+                .next_timeout(LIMIT)
+                .expect("one result per task, no hang");
+            if is_endless(x) {
+                let e = r.expect_err("an endless task cannot succeed");
+                assert!(e.is_timeout(), "endless task {x}: {e}");
+                timed_out += 1;
+            } else {
+                assert_eq!(r.unwrap_or_else(|e| panic!("task {x}: {e}")), x * 2);
+                ok += 1;
+            }
+        }
+        assert!(it.next_timeout(LIMIT).is_none());
+    });
+    drop(pool);
+    before.check();
+    (ok + timed_out, timed_out, kills.load(Ordering::Relaxed))
+}
+
+#[test]
+fn chaos_with_timeouts_and_endless_tasks() {
+    let start = std::time::Instant::now();
+    let (ran, timed_out, kills) = chaos_with_timeouts();
+    let endless = (0..TASKS).filter(|&x| is_endless(x)).count();
+    eprintln!(
+        "chaos with timeouts: {ran} tasks, {endless} endless ones timed out ({timed_out}), \
+         {kills} workers killed, 0 results lost, {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(ran, TASKS as usize);
+    assert_eq!(timed_out, endless);
+    assert!(endless >= 3, "the mix has endless tasks: {endless}");
+    assert!(kills > 0, "the killer must have struck");
 }

@@ -1,5 +1,7 @@
 //! Property test: `pool.map(f, xs)` equals `xs.into_iter().map(f).collect()` for random
-//! inputs (0..2000 items), 1..4 workers and chunk sizes 1..64.
+//! inputs (0..2000 items), 1..4 workers and chunk sizes 1..64; each case leaves nothing behind.
+
+mod common;
 
 use mproc::Pool;
 use proptest::prelude::*;
@@ -17,6 +19,7 @@ proptest! {
         workers in 1usize..=4,
         chunk in 1usize..=64,
     ) {
+        let _leaks = common::leak_checked();
         let pool = Pool::new(workers).unwrap();
         let want: Vec<i64> = xs.iter().copied().map(f).collect();
         prop_assert_eq!(pool.map_chunked(f, xs.clone(), chunk).unwrap(), want.clone());

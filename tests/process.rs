@@ -31,6 +31,7 @@ where
 
 #[test]
 fn join_returns_the_result_and_reaps() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = spawn(m, square, 7);
         assert!(p.pid() > 0);
@@ -48,6 +49,7 @@ fn join_returns_the_result_and_reaps() {
 
 #[test]
 fn closures_that_capture_nothing_coerce() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = Process::builder()
             .start_method(m)
@@ -73,6 +75,7 @@ fn rename(mut r: Record) -> Record {
 
 #[test]
 fn structured_data_round_trips() {
+    let _leaks = common::leak_checked();
     let r = Record {
         id: 9,
         name: "ünïcode".into(),
@@ -97,6 +100,7 @@ fn checksum(v: Vec<u8>) -> (usize, u64, Vec<u8>) {
 
 #[test]
 fn large_arguments_and_results_cross() {
+    let _leaks = common::leak_checked();
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
     let want: u64 = data.iter().map(|&b| b as u64).sum();
     for &m in methods() {
@@ -117,6 +121,7 @@ fn boom(n: u32) -> u32 {
 
 #[test]
 fn a_panic_comes_back_with_message_and_location() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = spawn(m, boom, 42);
         let err = p.join_timeout(LIMIT).unwrap_err();
@@ -140,6 +145,7 @@ fn boom_string(_: ()) -> u32 {
 
 #[test]
 fn a_panic_with_backtrace_when_asked() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = Process::builder()
             .start_method(m)
@@ -180,6 +186,7 @@ fn overflow(n: u64) -> u64 {
 
 #[test]
 fn crashes_come_back_as_exit_code_or_signal() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let err = spawn(m, abort, ()).join_timeout(LIMIT).unwrap_err();
         assert!(err.is_worker_lost(), "{m:?}: {err}");
@@ -219,6 +226,7 @@ fn sleep_forever(_: ()) {
 
 #[test]
 fn kill_and_terminate_are_reported_as_signals() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = spawn(m, sleep_forever, ());
         assert!(p.is_alive());
@@ -252,6 +260,7 @@ fn nap(ms: u64) -> u64 {
 
 #[test]
 fn join_timeout_leaves_the_handle_usable() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = spawn(m, sleep_forever, ());
         let err = p.join_timeout(Duration::from_millis(50)).unwrap_err();
@@ -279,6 +288,7 @@ fn join_timeout_leaves_the_handle_usable() {
 
 #[test]
 fn joining_twice_is_an_error_not_a_hang() {
+    let _leaks = common::leak_checked();
     let mut p = Process::spawn(square, 3).unwrap();
     assert_eq!(p.join_timeout(LIMIT).unwrap(), 9);
     let err = p.join_timeout(LIMIT).unwrap_err();
@@ -287,6 +297,7 @@ fn joining_twice_is_an_error_not_a_hang() {
 
 #[test]
 fn drop_kills_and_reaps_a_running_process() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let p = spawn(m, sleep_forever, ());
         let pid = p.pid();
@@ -312,6 +323,7 @@ fn read_env(key: String) -> Option<String> {
 
 #[test]
 fn builder_sets_name_env_and_stdio() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = Process::builder()
             .name("w1")
@@ -343,6 +355,7 @@ fn stdin_is_empty(_: ()) -> usize {
 
 #[test]
 fn stdin_is_dev_null_by_default_like_python() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         assert_eq!(spawn(m, stdin_is_empty, ()).join_timeout(LIMIT).unwrap(), 0);
     }
@@ -354,6 +367,7 @@ fn touch(path: String) -> bool {
 
 #[test]
 fn a_binary_mismatch_is_refused_before_running_anything() {
+    let _leaks = common::leak_checked();
     let dir = std::env::temp_dir().join(format!("mproc-mismatch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for &m in methods() {
@@ -380,6 +394,7 @@ fn spawn_grandchild(m: u8) -> u64 {
 
 #[test]
 fn a_child_can_start_its_own_children() {
+    let _leaks = common::leak_checked();
     for (i, &m) in methods().iter().enumerate() {
         for (j, _) in methods().iter().enumerate() {
             let got = spawn(m, spawn_grandchild, j as u8)
@@ -392,6 +407,7 @@ fn a_child_can_start_its_own_children() {
 
 #[test]
 fn many_threads_spawn_at_once() {
+    let _leaks = common::leak_checked();
     std::thread::scope(|s| {
         for t in 0..4u64 {
             s.spawn(move || {
@@ -407,6 +423,7 @@ fn many_threads_spawn_at_once() {
 
 #[test]
 fn default_start_method_is_the_fork_server() {
+    let _leaks = common::leak_checked();
     if std::env::var_os("MPROC_START_METHOD").is_none() {
         assert_eq!(StartMethod::default(), StartMethod::ForkServer);
     }
@@ -414,6 +431,7 @@ fn default_start_method_is_the_fork_server() {
 
 #[test]
 fn fork_children_survive_a_parent_thread_holding_stdout() {
+    let _leaks = common::leak_checked();
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = AtomicBool::new(false);
@@ -462,6 +480,7 @@ fn bad_result(_: ()) -> PanicsWhenSerialized {
 
 #[test]
 fn a_panic_in_serde_code_is_reported_as_a_panic() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let err = spawn(m, bad_result, ()).join_timeout(LIMIT).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Panicked, "{m:?}: {err}");
@@ -471,6 +490,7 @@ fn a_panic_in_serde_code_is_reported_as_a_panic() {
 
 #[test]
 fn a_zero_timeout_still_sees_a_finished_child() {
+    let _leaks = common::leak_checked();
     for &m in methods() {
         let mut p = spawn(m, square, 5);
         assert!(common::eventually(LIMIT, || p.exit_status().is_some()));

@@ -19,6 +19,7 @@ fn sleep_forever(_: ()) {
 
 #[test]
 fn join_survives_a_foreign_reaper() {
+    let _leaks = common::leak_checked();
     // SAFETY: setting SIGCHLD to SIG_IGN has no memory-safety preconditions.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     for &m in StartMethod::all() {

@@ -29,6 +29,9 @@ use supervisor::{Config, Job, Shared, Sink};
 /// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
 pub(crate) const MEMORY_LIMIT_ENV: &str = "MPROC_MEMORY_LIMIT";
 
+/// Environment variable carrying [`PoolBuilder::max_processes`] to workers.
+pub(crate) const PROCESS_LIMIT_ENV: &str = "MPROC_PROCESS_LIMIT";
+
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
 /// Tasks are `fn` pointers with serde arguments and results, run in separate processes. A task
@@ -160,6 +163,23 @@ impl PoolBuilder {
         self.spec
             .env
             .push((MEMORY_LIMIT_ENV.into(), bytes.to_string().into()));
+        self
+    }
+    /// Caps the processes (and threads) a worker's user may have at `n` (`RLIMIT_NPROC`, set
+    /// in each worker before its first task): a fork bomb inside a task gets `EAGAIN` from
+    /// `fork` once the cap is reached, instead of exhausting the machine.
+    ///
+    /// # Caveats
+    /// `RLIMIT_NPROC` counts every process and thread of the worker's *real user*, not only
+    /// the worker's descendants: choose `n` above what that user already runs. The kernel does
+    /// not apply it to root (nor to a process with `CAP_SYS_ADMIN` or `CAP_SYS_RESOURCE`), so
+    /// for root it only binds a task that drops privileges (`setuid`). To confine root, or to
+    /// count only a pool's own descendants, run the program in a `pids` cgroup (systemd's
+    /// `TasksMax=`, `docker run --pids-limit`).
+    pub fn max_processes(mut self, n: u64) -> PoolBuilder {
+        self.spec
+            .env
+            .push((PROCESS_LIMIT_ENV.into(), n.to_string().into()));
         self
     }
     /// Sets an environment variable in every worker.

@@ -190,9 +190,14 @@ impl Worker {
     /// The job at the head finished (or failed): the next one, if any, starts now.
     fn pop_head(&mut self, timeout: Option<Duration>) -> Option<Job> {
         let job = self.inflight.pop_front();
+        self.restart_head_clock(timeout);
+        job
+    }
+
+    /// The job at the head (if any) starts running now.
+    fn restart_head_clock(&mut self, timeout: Option<Duration>) {
         self.head_started = Instant::now();
         self.head_deadline = timeout.map(|t| self.head_started + t);
-        job
     }
 }
 
@@ -623,7 +628,21 @@ impl Supervisor {
     fn on_frame(&mut self, i: usize, frame: Vec<u8>) {
         let outcome = match classify(frame) {
             Ok(Classified::Outcome(o)) => o,
-            Ok(Classified::Hello { ours: true }) => return,
+            Ok(Classified::Hello { ours: true }) => {
+                // Alive and ours: with no initializer to wait for, the worker has started. A
+                // later death (an idle worker killed, a task killed by its timeout) is not a
+                // startup failure, or a stuck head task under kills would break the pool.
+                let timeout = self.config.task_timeout;
+                let w = &mut self.workers[i];
+                if !matches!(w.state, State::Init) {
+                    w.served = true;
+                    self.startup_failures = 0;
+                    // Jobs may be sent before the hello: the head's clock starts now, so a
+                    // slow start (exec on a loaded machine) never counts as task time.
+                    w.restart_head_clock(timeout);
+                }
+                return;
+            }
             Ok(Classified::Hello { ours: false }) => {
                 let e = Error::binary_mismatch(identity::own(), b"(another build)");
                 return self.break_pool(e.to_string());
@@ -638,6 +657,7 @@ impl Supervisor {
                     w.state = State::Active;
                     w.served = true;
                     self.startup_failures = 0;
+                    w.restart_head_clock(timeout);
                 }
                 Err(e) => self.break_pool(format!("the initializer failed: {e}")),
             },

@@ -588,3 +588,15 @@ pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }).map(drop)
 }
+
+/// Caps the processes and threads of this process's real user at `n` (`RLIMIT_NPROC`), so that
+/// a fork bomb in this process stops at the cap. Root and `CAP_SYS_ADMIN`/`CAP_SYS_RESOURCE`
+/// holders are exempt (the kernel's rule).
+pub(crate) fn set_process_limit(n: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: n as libc::rlim_t,
+    };
+    // SAFETY: `lim` is a valid rlimit for the duration of the call.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) }).map(drop)
+}

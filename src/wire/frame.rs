@@ -70,7 +70,8 @@ impl FrameReader {
     /// True when a whole frame is buffered: `advance` returns it without reading.
     pub(crate) fn has_frame(&self) -> bool {
         !self.in_body
-            && matches!(self.peek_len(), Some(len) if HEADER as u64 + len <= (self.end - self.pos) as u64)
+            // Saturating: a hostile length near `u64::MAX` must not overflow (fuzzing found it).
+            && matches!(self.peek_len(), Some(len) if len.saturating_add(HEADER as u64) <= (self.end - self.pos) as u64)
     }
 
     fn peek_len(&self) -> Option<u64> {
@@ -300,6 +301,20 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_length_after_a_frame_is_not_a_whole_frame() {
+        // Found by the cargo-fuzz target: `has_frame` overflowed on this second header.
+        let mut bytes = frame(b"abc");
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut r = FrameReader::new(1 << 20);
+        assert_eq!(r.read_frame(&mut &bytes[..]).unwrap(), b"abc");
+        assert!(!r.has_frame());
+        assert!(matches!(
+            r.advance(&mut &[][..]),
+            Err(FrameError::TooLong { len: u64::MAX, .. })
+        ));
+    }
+
+    #[test]
     fn truncated_header_is_reported() {
         let bytes = [5u8, 0, 0];
         let mut r = FrameReader::new(DEFAULT_LIMIT);
@@ -310,5 +325,97 @@ mod tests {
                 got: 3
             })
         ));
+    }
+}
+
+/// The resumable reader against its model: any frames, split anywhere, with `WouldBlock`
+/// between the pieces (a non-blocking socket), cut off anywhere (a peer closing mid-frame),
+/// under any limit.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Hands out the stream in the given piece sizes, with `WouldBlock` before each piece.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        cuts: std::iter::Cycle<std::slice::Iter<'a, usize>>,
+        blocked: bool,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.blocked = !self.blocked;
+            if self.blocked && !self.data.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = (*self.cuts.next().expect("non-empty"))
+                .min(buf.len())
+                .min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn frames_survive_any_split_cut_and_limit(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 0..6),
+            big in proptest::option::of(65_000usize..200_000),
+            cuts in proptest::collection::vec(1usize..70_000, 1..16),
+            cut_at in proptest::option::of(any::<proptest::sample::Index>()),
+            limit in prop_oneof![Just(DEFAULT_LIMIT), 0u64..4096],
+        ) {
+            let mut bodies = bodies;
+            if let Some(n) = big {
+                // One body larger than the stage, read through the body path.
+                bodies.insert(bodies.len() / 2, vec![0xa5; n]);
+            }
+            let mut stream: Vec<u8> = bodies.iter().flat_map(|b| {
+                let mut f = FrameBuf::new();
+                f.buf.extend_from_slice(b);
+                f.finish()
+            }).collect();
+            let whole = stream.len();
+            if let Some(i) = cut_at {
+                stream.truncate(i.index(whole + 1));
+            }
+            let mut src = Pieces { data: &stream, cuts: cuts.iter().cycle(), blocked: false };
+            let mut r = FrameReader::new(limit);
+            let mut got = Vec::new();
+            let end = loop {
+                match r.advance(&mut src) {
+                    Ok(Some(f)) => got.push(f),
+                    Ok(None) | Err(FrameError::WouldBlock) => {}
+                    Err(e) => break e,
+                }
+                // Never more buffered than arrived, beyond the fixed first allocations.
+                prop_assert!(r.body.capacity() <= INITIAL_BODY.max(2 * stream.len()));
+            };
+            // What came out is the model's prefix, in order and intact.
+            prop_assert!(got.len() <= bodies.len());
+            for (g, b) in got.iter().zip(&bodies) {
+                prop_assert_eq!(g, b);
+            }
+            match end {
+                FrameError::Eof => {
+                    // A clean end: between two frames, after every frame that arrived.
+                    let read: usize = got.iter().map(|g| HEADER + g.len()).sum();
+                    prop_assert_eq!(read, stream.len());
+                }
+                FrameError::TooLong { len, .. } => {
+                    prop_assert_eq!(len, bodies[got.len()].len() as u64);
+                    prop_assert!(len > limit);
+                }
+                FrameError::Truncated { .. } => prop_assert!(stream.len() < whole),
+                e => prop_assert!(false, "unexpected {:?}", e),
+            }
+            if stream.len() == whole && bodies.iter().all(|b| b.len() as u64 <= limit) {
+                prop_assert_eq!(got.len(), bodies.len());
+            }
+        }
     }
 }

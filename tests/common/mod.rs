@@ -52,10 +52,20 @@ pub fn children() -> Vec<u32> {
     out
 }
 
-/// Entries in /dev/shm.
+/// Entries of mproc in /dev/shm (`mproc-*`, and `sem.mproc-*` should named semaphores ever
+/// appear). Only mproc's: /dev/shm is shared by the whole machine, and other programs (other
+/// test runs, browsers, Python) come and go in it while a test runs.
 pub fn shm_entries() -> usize {
     std::fs::read_dir("/dev/shm")
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("mproc-") || name.starts_with("sem.mproc-")
+                })
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -115,5 +125,33 @@ impl Leaks {
             self.regions,
             "shared regions still mapped"
         );
+    }
+}
+
+/// A whole test's leak check: holds [`serial`] and asserts on drop that fds, children,
+/// `/dev/shm` entries and mapped regions came back to their starting counts. Skipped when the
+/// test is already failing (a panic), so that its own message is the one reported. Write
+/// `let _leaks = common::leak_checked();` first in a test.
+pub fn leak_checked() -> LeakChecked {
+    let serial = serial();
+    LeakChecked {
+        leaks: Some(Leaks::start()),
+        _serial: serial,
+    }
+}
+
+/// See [`leak_checked`]. Fields drop after `drop` runs: the check happens under the lock.
+pub struct LeakChecked {
+    leaks: Option<Leaks>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for LeakChecked {
+    fn drop(&mut self) {
+        if let Some(leaks) = self.leaks.take() {
+            if !std::thread::panicking() {
+                leaks.check();
+            }
+        }
     }
 }
