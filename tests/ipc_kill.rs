@@ -131,7 +131,7 @@ fn sigkill_mid_operation_leaves_no_process_no_memory_no_shm_entry() {
     let mut helper = KillOnDrop(helper);
     let stdout = helper.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some((_, rest)) = line.split_once("READY ") {
                 let _ = tx.send(
@@ -173,6 +173,9 @@ fn sigkill_mid_operation_leaves_no_process_no_memory_no_shm_entry() {
         "Shmem {} KiB, expected below {want_below} KiB (was {shmem_full} KiB with the queue full)",
         shmem_kib()
     );
+    // The helper's stdout reaches end of file now that its whole family is gone: the reader
+    // thread ends and closes it (before the leak check counts fds).
+    reader.join().unwrap();
     println!(
         "Shmem with the queue full: {shmem_full} KiB; after the kill: {} KiB",
         shmem_kib()
