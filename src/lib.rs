@@ -109,7 +109,7 @@
 //! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it.
 //!
 //! # Crate features
-//! - `progress` (off by default): [`ProgressExt::progress`] draws a progress bar (rate, ETA,
+//! - `progress` (off by default): `ProgressExt::progress` draws a progress bar (rate, ETA,
 //!   failures) over `imap` / `imap_unordered` results, on stderr when it is a terminal.
 //! - `tracing` (off by default): `tracing` events (target `mproc`) for worker start and exit
 //!   with its cause, respawns, task timeouts and retries.
