@@ -129,6 +129,8 @@
 
 mod error;
 mod ipc;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pool;
 mod process;
 mod sys;

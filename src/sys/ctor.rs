@@ -14,6 +14,12 @@ extern "C" fn mproc_on_load(
     _envp: *const *const libc::c_char,
 ) {
     let Some(marker) = super::child::take_env_at_load(crate::worker::MARKER_ENV) else {
+        // Not an mproc worker (the marker wins: a serving rank's own workers inherit the
+        // launcher's rank variables). Under MPI, every rank but 0 serves instead of `main`.
+        #[cfg(feature = "mpi")]
+        if crate::mpi::is_serving_rank() {
+            crate::mpi::serve_at_load();
+        }
         return;
     };
     crate::worker::on_load(marker, &super::child::token_at_load());

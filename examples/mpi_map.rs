@@ -1,0 +1,67 @@
+//! The same `Pool` methods over the ranks of an MPI job; a task that aborts fails alone.
+//!
+//! ```text
+//! cargo build --release --features mpi --example mpi_map
+//! mpirun -n 3 target/release/examples/mpi_map
+//! ```
+//! Rank 0 runs `main`; ranks 1 and 2 serve tasks in their own local worker processes.
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Which rank and host ran the task.
+fn whereami(_: ()) -> String {
+    let rank = std::env::var("OMPI_COMM_WORLD_RANK").unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("rank {rank} on {}", host.trim())
+}
+
+fn abort_now(_: ()) -> u64 {
+    std::process::abort()
+}
+
+fn fail(msg: String) -> u64 {
+    panic!("{msg}")
+}
+
+fn main() -> mproc::Result<()> {
+    let pool = mproc::mpi::Pool::new()?;
+    println!(
+        "mpi pool: {} serving ranks, {} worker processes",
+        pool.ranks(),
+        pool.processes()
+    );
+
+    let squares = pool.map(square, 0..100u64)?;
+    assert_eq!(squares, (0..100u64).map(square).collect::<Vec<_>>());
+    println!(
+        "map: sum of squares 0..100 = {}",
+        squares.iter().sum::<u64>()
+    );
+
+    let pending = pool.apply_async(square, 12);
+    println!("apply_async: 12^2 = {}", pending.get()?);
+    println!("apply: {}", pool.apply(whereami, ())?);
+
+    let err = pool.apply(abort_now, ()).expect_err("the task aborts");
+    let status = err.exit_status().expect("a worker death");
+    println!("abort: failed alone: {err} (signal {:?})", status.signal());
+
+    let err = pool
+        .apply(fail, "boom".to_string())
+        .expect_err("the task panics");
+    println!(
+        "panic: failed alone: {:?}",
+        err.remote_panic().map(|p| p.message())
+    );
+
+    let again = pool.map(square, 0..1000u64)?;
+    assert_eq!(again.len(), 1000);
+    println!(
+        "map after the failures: {} results, job still running",
+        again.len()
+    );
+    println!("mpi_map: ok");
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The same [`Pool`](crate::Pool) API across the ranks of an MPI job (cargo feature `mpi`).
+//!
+//! Launch the program with `mpirun -n N ./app` (or `srun --mpi=pmix`): every rank runs the
+//! same binary. Rank 0 runs `main`; every other rank is taken over by mproc's load-time
+//! constructor before `main` and serves tasks until rank 0's [`Pool`] is dropped, then exits
+//! — `main` never runs there (mpi4py.futures' static mode).
+//!
+//! ```no_run
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> mproc::Result<()> {
+//!     let pool = mproc::mpi::Pool::new()?; // rank 0 only gets here
+//!     assert_eq!(pool.map(square, 1..=4)?, [1, 4, 9, 16]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Functions cross as they do to local workers: offsets from an anchor in the executable, with
+//! its binary identity (GNU build id) checked on the serving rank; a rank running another
+//! build refuses the task ([`ErrorKind::BinaryMismatch`](crate::ErrorKind::BinaryMismatch)).
+//!
+//! Each serving rank runs its tasks in a local [`Pool`](crate::Pool) of worker processes
+//! (`MPROC_MPI_PROCESSES`, default: its CPU count), so a task that panics, aborts or
+//! segfaults fails alone, with the same [`Error`] a local pool gives, and the MPI job goes on.
+//!
+//! # Caveats
+//! - One MPI pool per run: MPI cannot be initialized twice. Build it early in `main`, before
+//!   the serving ranks' start-up timeout (120 s) runs out.
+//! - A binary built with the `mpi` feature and launched by `mpirun` must build the pool on rank
+//!   0: the other ranks wait for it.
+//! - Arguments holding fds (queues, pipes, locks, shared memory) cannot cross ranks.
+//! - A serving rank that dies (killed, node lost) ends the whole job: Open MPI aborts it by
+//!   default. Recovery of lost ranks is not implemented.
+
+mod driver;
+mod server;
+mod transport;
+mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::pool::{AsyncResult, Slot};
+use crate::sys::fnptr::{Callable, FnRef};
+use crate::sys::identity;
+use crate::wire::{codec, fds, msg};
+use driver::{Cmd, Driver};
+
+/// Variables by which Open MPI, PMIx (Slurm `srun --mpi=pmix`) and PMI-2 launchers tell a
+/// process its rank.
+const RANK_ENVS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
+
+/// True in a process launched as an MPI rank other than 0.
+pub(crate) fn is_serving_rank() -> bool {
+    RANK_ENVS
+        .iter()
+        .find_map(std::env::var_os)
+        .is_some_and(|r| r != "0")
+}
+
+/// Called by the load-time constructor in a serving rank: serves, then exits.
+pub(crate) fn serve_at_load() -> ! {
+    use std::io::Write;
+    let code = std::panic::catch_unwind(server::serve).unwrap_or(crate::worker::EXIT_INTERNAL);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    crate::sys::exit_now(code)
+}
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// A pool whose workers are the other ranks of the MPI job; the methods of
+/// [`mproc::Pool`](crate::Pool).
+///
+/// # Drop
+/// Dropping the pool fails tasks still queued or running with
+/// [`ErrorKind::Closed`](crate::ErrorKind::Closed), tells every serving rank to exit and
+/// finalizes MPI.
+pub struct Pool {
+    tx: Option<mpsc::Sender<Cmd>>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    ranks: usize,
+    processes: usize,
+}
+
+impl Pool {
+    /// Initializes MPI on rank 0 and waits until every serving rank is ready.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if called twice or if no rank serves (the
+    /// program was not started by `mpirun -n 2` or more);
+    /// [`ErrorKind::Broken`](crate::ErrorKind::Broken) if ranks did not report in time.
+    pub fn new() -> Result<Pool> {
+        if STARTED.swap(true, Ordering::SeqCst) {
+            return Err(Error::usage(
+                "MPI can be initialized once: one mpi::Pool per run",
+            ));
+        }
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("mproc-mpi".into())
+            .spawn(move || drive(ready_tx, rx))
+            .map_err(|e| Error::io("cannot start the MPI driver thread", e))?;
+        let world = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::broken("the MPI driver thread died")));
+        let world = match world {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+        };
+        let pool = Pool {
+            tx: Some(tx),
+            driver: Mutex::new(Some(handle)),
+            ranks: world.ranks,
+            processes: world.processes,
+        };
+        if pool.ranks == 0 {
+            return Err(Error::usage(
+                "no MPI rank serves tasks: launch with `mpirun -n 2` or more",
+            ));
+        }
+        Ok(pool)
+    }
+
+    /// Serving ranks (every rank but 0 that started its local workers).
+    pub fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    /// Worker processes over all serving ranks.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Runs `f` on every item on the serving ranks; results in input order. As
+    /// [`mproc::Pool::map`](crate::Pool::map).
+    ///
+    /// # Errors
+    /// The first failure in input order.
+    pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async(f, items).get()
+    }
+
+    /// [`map`](Pool::map) without waiting.
+    pub fn map_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_impl(f, items.into_iter().collect())
+    }
+
+    /// Runs `f(arg)` on a serving rank and waits: as [`mproc::Pool::apply`](crate::Pool::apply).
+    ///
+    /// # Errors
+    /// As [`AsyncResult::get`].
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async(f, arg).get()
+    }
+
+    /// Runs `f(arg)` on a serving rank; the result arrives through the handle.
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let slot = Arc::new(Slot::default());
+        let sent = encode(FnRef::chunked(f), std::slice::from_ref(&arg))
+            .and_then(|frame| self.send(Cmd::Run(frame, Arc::clone(&slot), 0)));
+        match sent {
+            Ok(()) => AsyncResult::new(Some(slot), crate::pool::finish_one::<R>),
+            Err(e) => AsyncResult::failed(e),
+        }
+    }
+
+    fn map_impl<F: Callable>(&self, f: F, items: Vec<F::Args>) -> AsyncResult<Vec<F::Out>> {
+        let chunksize = crate::pool::auto_chunksize(items.len(), self.processes);
+        let fnref = FnRef::chunked(f);
+        let chunks = items.chunks(chunksize);
+        let slot = Arc::new(Slot::new(chunks.len()));
+        let mut frames = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            match encode(fnref, chunk) {
+                Ok(frame) => frames.push(frame),
+                Err(e) => return AsyncResult::failed(e),
+            }
+        }
+        if frames.is_empty() {
+            return AsyncResult::new(None, crate::pool::finish_map::<F::Out>);
+        }
+        for (i, frame) in frames.into_iter().enumerate() {
+            if let Err(e) = self.send(Cmd::Run(frame, Arc::clone(&slot), i)) {
+                return AsyncResult::failed(e);
+            }
+        }
+        AsyncResult::new(Some(slot), crate::pool::finish_map::<F::Out>)
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(cmd).ok())
+            .ok_or_else(|| Error::closed("the MPI driver has stopped"))
+    }
+}
+
+/// The `Run` frame a local pool would send for this chunk. Fds cannot cross ranks.
+fn encode<T: Serialize>(f: Option<FnRef>, chunk: &[T]) -> Result<Vec<u8>> {
+    let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
+    let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
+    let (encoded, fds) = fds::collecting(|| codec::encode_into(chunk, &mut run.buf));
+    encoded.map_err(Error::codec)?;
+    if !fds.is_empty() {
+        return Err(Error::usage(
+            "arguments holding fds (queues, pipes, locks, shared memory) cannot cross MPI ranks",
+        ));
+    }
+    Ok(run.finish())
+}
+
+/// The driver thread: initializes MPI, reports the world, serves, finalizes.
+fn drive(ready: mpsc::SyncSender<Result<driver::World>>, rx: mpsc::Receiver<Cmd>) {
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
+        let _ = ready.send(Err(Error::usage("MPI was already initialized")));
+        return;
+    };
+    match Driver::start(transport::Link::new(universe.world())) {
+        Ok((driver, world)) => {
+            let _ = ready.send(Ok(world));
+            driver.run(rx);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+    drop(universe); // MPI_Finalize
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        drop(self.tx.take()); // the driver sees the channel close and stops the ranks
+        let handle = self
+            .driver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpi::Pool")
+            .field("ranks", &self.ranks)
+            .field("processes", &self.processes)
+            .finish()
+    }
+}

@@ -1,0 +1,152 @@
+//! A serving rank: what every rank but 0 runs, from the load-time constructor, instead of
+//! `main`.
+//!
+//! It starts a local [`Pool`](crate::Pool) *before* `MPI_Init` (so its fork server holds no MPI
+//! state), then initializes MPI, says hello to rank 0 and loops: tasks from rank 0 go to the
+//! local pool as their raw `Run` frames; outcomes go back as replies. A task that panics,
+//! aborts or segfaults kills at most a local worker, which the local pool replaces: the rank
+//! and the MPI job live on.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+
+use super::transport::{Idle, Link};
+use super::wire::{self, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
+use crate::pool::Outcome;
+use crate::sys::identity;
+use crate::wire::{frame, msg};
+
+/// Environment variable: local worker processes per serving rank (default: the CPU count).
+pub(crate) const PROCESSES_ENV: &str = "MPROC_MPI_PROCESSES";
+
+/// Serves rank 0 until it says stop; returns the exit code.
+pub(crate) fn serve() -> i32 {
+    let processes = std::env::var(PROCESSES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(crate::cpu_count)
+        .max(1);
+    let pool = crate::Pool::builder().processes(processes).build();
+    if let Err(e) = &pool {
+        eprintln!("mproc: mpi rank cannot start its local pool: {e}");
+    }
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
+        eprintln!("mproc: MPI was already initialized in a serving rank");
+        return crate::worker::EXIT_INTERNAL;
+    };
+    let mut link = Link::new(universe.world());
+    let offered = if pool.is_ok() { processes as u32 } else { 0 };
+    let mut hello = offered.to_le_bytes().to_vec();
+    hello.extend_from_slice(identity::own());
+    link.send(0, TAG_HELLO, &hello);
+    if let Ok(pool) = pool {
+        Server::new(pool).run(&mut link);
+    } else {
+        wait_for_stop(&mut link);
+    }
+    drop(link);
+    drop(universe); // MPI_Finalize
+    0
+}
+
+fn wait_for_stop(link: &mut Link) {
+    let mut idle = Idle::new();
+    loop {
+        match link.try_receive() {
+            Some(m) if m.tag == TAG_STOP => return,
+            Some(_) => {}
+            None => std::thread::sleep(idle.pause().unwrap_or_default()),
+        }
+        idle.active();
+    }
+}
+
+struct Server {
+    pool: crate::Pool,
+    tx: mpsc::Sender<(usize, Outcome)>,
+    rx: mpsc::Receiver<(usize, Outcome)>,
+    /// Local key → rank 0's job id.
+    jobs: HashMap<usize, u64>,
+    next_key: usize,
+}
+
+impl Server {
+    fn new(pool: crate::Pool) -> Server {
+        let (tx, rx) = mpsc::channel();
+        Server {
+            pool,
+            tx,
+            rx,
+            jobs: HashMap::new(),
+            next_key: 0,
+        }
+    }
+
+    fn run(mut self, link: &mut Link) {
+        let mut idle = Idle::new();
+        loop {
+            let mut busy = false;
+            while let Some(m) = link.try_receive() {
+                busy = true;
+                match m.tag {
+                    TAG_STOP => return,
+                    TAG_TASK => self.start(link, &m.bytes),
+                    _ => {}
+                }
+            }
+            while let Ok((key, outcome)) = self.rx.try_recv() {
+                busy = true;
+                self.reply(link, key, &outcome);
+            }
+            if busy {
+                idle.active();
+                continue;
+            }
+            // Nothing to do: wait for a local outcome (MPI cannot wake us, so bounded).
+            match idle.pause() {
+                None => std::hint::spin_loop(),
+                Some(d) => match self.rx.recv_timeout(d) {
+                    Ok((key, outcome)) => {
+                        self.reply(link, key, &outcome);
+                        idle.active();
+                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                },
+            }
+        }
+    }
+
+    /// Hands a task to the local pool, or refuses it at once if it comes from another binary.
+    fn start(&mut self, link: &mut Link, msg_bytes: &[u8]) {
+        let Some((id, run_frame)) = wire::split_id(msg_bytes) else {
+            return;
+        };
+        let body = run_frame.get(frame::HEADER..).unwrap_or_default();
+        let me = identity::own();
+        let foreign = match msg::parse_run(body) {
+            Ok(run) => identity::verify(run.identity, me).is_none(),
+            Err(_) => true,
+        };
+        if foreign {
+            link.send(0, TAG_REPLY, &wire::refused(id, me));
+            return;
+        }
+        let key = self.next_key;
+        self.next_key = self.next_key.wrapping_add(1);
+        match self
+            .pool
+            .submit_frame(run_frame.to_vec(), self.tx.clone(), key)
+        {
+            Ok(()) => {
+                self.jobs.insert(key, id);
+            }
+            Err(e) => link.send(0, TAG_REPLY, &wire::encode_reply(id, &Err(e))),
+        }
+    }
+
+    fn reply(&mut self, link: &mut Link, key: usize, outcome: &Outcome) {
+        if let Some(id) = self.jobs.remove(&key) {
+            link.send(0, TAG_REPLY, &wire::encode_reply(id, outcome));
+        }
+    }
+}
