@@ -57,12 +57,17 @@ use driver::{Cmd, Driver};
 /// process its rank.
 const RANK_ENVS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
 
+/// Set (to anything) to keep every rank in `main`: for programs that also use MPI directly
+/// (the benchmark's raw baseline) and do not build a [`Pool`] in that run.
+pub const NO_SERVE_ENV: &str = "MPROC_MPI_NO_SERVE";
+
 /// True in a process launched as an MPI rank other than 0.
 pub(crate) fn is_serving_rank() -> bool {
-    RANK_ENVS
-        .iter()
-        .find_map(std::env::var_os)
-        .is_some_and(|r| r != "0")
+    std::env::var_os(NO_SERVE_ENV).is_none()
+        && RANK_ENVS
+            .iter()
+            .find_map(std::env::var_os)
+            .is_some_and(|r| r != "0")
 }
 
 /// Called by the load-time constructor in a serving rank: serves, then exits.
