@@ -74,7 +74,7 @@ fn raw() {
     let world = universe.world();
     let size = world.size();
     if world.rank() != 0 {
-        let msg = vec![0u8; MSG];
+        let msg = [0u8; MSG];
         loop {
             let (_, status) = world.any_process().receive_vec::<u8>();
             if status.tag() == STOP {
@@ -83,7 +83,7 @@ fn raw() {
             world.process_at_rank(0).send_with_tag(&msg[..], TAG);
         }
     }
-    let msg = vec![0u8; MSG];
+    let msg = [0u8; MSG];
     let peer = world.process_at_rank(1);
     for _ in 0..200 {
         peer.send_with_tag(&msg[..], TAG);
