@@ -39,6 +39,13 @@ fn per_op(d: Duration, n: usize) -> f64 {
 
 fn pool() -> mproc::Result<()> {
     let pool = mproc::mpi::Pool::new()?;
+    // An idle phase, so a script can check that waiting ranks do not burn CPU.
+    if let Some(secs) = std::env::var("MPI_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     for x in 0..200 {
         pool.apply(echo, x)?;
     }
@@ -50,6 +57,21 @@ fn pool() -> mproc::Result<()> {
         "pool round trip: {:.1} us",
         per_op(t.elapsed(), ROUND_TRIPS)
     );
+
+    // The floor a serving rank adds: the same task through a local pool on this machine.
+    let local = mproc::Pool::new(2)?;
+    for x in 0..200 {
+        local.apply(echo, x)?;
+    }
+    let t = Instant::now();
+    for x in 0..ROUND_TRIPS as u64 {
+        assert_eq!(local.apply(echo, x)?, x);
+    }
+    println!(
+        "local pool round trip: {:.1} us",
+        per_op(t.elapsed(), ROUND_TRIPS)
+    );
+    drop(local);
 
     let t = Instant::now();
     let pending: Vec<_> = (0..TASKS as u64)

@@ -63,7 +63,7 @@ impl Driver {
                 if Instant::now() > deadline {
                     return Err(Error::broken("serving ranks did not say hello in time"));
                 }
-                std::thread::sleep(idle.pause().unwrap_or_default());
+                std::thread::sleep(idle.pause(false).unwrap_or_default());
                 continue;
             };
             idle.active();
@@ -132,8 +132,8 @@ impl Driver {
                 idle.active();
                 continue;
             }
-            match idle.pause() {
-                None => std::hint::spin_loop(),
+            match idle.pause(!self.inflight.is_empty()) {
+                None => std::thread::yield_now(),
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(cmd) => {
                         self.queue.push_back(cmd);

@@ -55,7 +55,7 @@ fn wait_for_stop(link: &mut Link) {
         match link.try_receive() {
             Some(m) if m.tag == TAG_STOP => return,
             Some(_) => {}
-            None => std::thread::sleep(idle.pause().unwrap_or_default()),
+            None => std::thread::sleep(idle.pause(false).unwrap_or_default()),
         }
         idle.active();
     }
@@ -103,8 +103,8 @@ impl Server {
                 continue;
             }
             // Nothing to do: wait for a local outcome (MPI cannot wake us, so bounded).
-            match idle.pause() {
-                None => std::hint::spin_loop(),
+            match idle.pause(!self.jobs.is_empty()) {
+                None => std::thread::yield_now(),
                 Some(d) => match self.rx.recv_timeout(d) {
                     Ok((key, outcome)) => {
                         self.reply(link, key, &outcome);
