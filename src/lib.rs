@@ -109,7 +109,9 @@
 //! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it.
 //!
 //! # Crate features
-//! None yet.
+//! - `mpi` (off by default): `mproc::mpi::Pool`, the same pool over the ranks of an MPI
+//!   job, each rank running its tasks in local worker processes. Needs an MPI library
+//!   (Open MPI) and libclang at build time.
 //!
 //! # Platform support
 //! Linux (tested). The code is split so that other Unixes can follow: everything
