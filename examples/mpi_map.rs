@@ -10,11 +10,12 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
-/// Which rank and host ran the task.
+/// Which rank, host and network namespace ran the task.
 fn whereami(_: ()) -> String {
     let rank = std::env::var("OMPI_COMM_WORLD_RANK").unwrap_or_else(|_| "?".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("rank {rank} on {}", host.trim())
+    let net = std::fs::read_link("/proc/self/ns/net").unwrap_or_default();
+    format!("rank {rank} on {} ({})", host.trim(), net.display())
 }
 
 fn abort_now(_: ()) -> u64 {
@@ -43,6 +44,11 @@ fn main() -> mproc::Result<()> {
     let pending = pool.apply_async(square, 12);
     println!("apply_async: 12^2 = {}", pending.get()?);
     println!("apply: {}", pool.apply(whereami, ())?);
+    let places = pool.map_chunked(whereami, vec![(); 2 * pool.processes()], 1)?;
+    let mut places: Vec<String> = places.into_iter().map(|p| format!("[{p}]")).collect();
+    places.sort();
+    places.dedup();
+    println!("ran on: {}", places.join(" "));
 
     let err = pool.apply(abort_now, ()).expect_err("the task aborts");
     let status = err.exit_status().expect("a worker death");

@@ -161,6 +161,36 @@ impl Pool {
         self.map_async(f, items).get()
     }
 
+    /// [`map`](Pool::map) with an explicit chunk size: as
+    /// [`mproc::Pool::map_chunked`](crate::Pool::map_chunked).
+    pub fn map_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_impl(f, items.into_iter().collect(), Some(chunksize))
+            .get()
+    }
+
+    /// Runs `f(a, b)` on every pair: as [`mproc::Pool::starmap`](crate::Pool::starmap).
+    pub fn starmap<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        B: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_impl(f, items.into_iter().collect(), None).get()
+    }
+
     /// [`map`](Pool::map) without waiting.
     pub fn map_async<A, R>(
         &self,
@@ -171,7 +201,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.map_impl(f, items.into_iter().collect())
+        self.map_impl(f, items.into_iter().collect(), None)
     }
 
     /// Runs `f(arg)` on a serving rank and waits: as [`mproc::Pool::apply`](crate::Pool::apply).
@@ -201,8 +231,15 @@ impl Pool {
         }
     }
 
-    fn map_impl<F: Callable>(&self, f: F, items: Vec<F::Args>) -> AsyncResult<Vec<F::Out>> {
-        let chunksize = crate::pool::auto_chunksize(items.len(), self.processes);
+    fn map_impl<F: Callable>(
+        &self,
+        f: F,
+        items: Vec<F::Args>,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<F::Out>> {
+        let chunksize = chunksize
+            .unwrap_or_else(|| crate::pool::auto_chunksize(items.len(), self.processes))
+            .max(1);
         let fnref = FnRef::chunked(f);
         let chunks = items.chunks(chunksize);
         let slot = Arc::new(Slot::new(chunks.len()));
