@@ -27,7 +27,8 @@ fn fail(msg: String) -> u64 {
 }
 
 fn main() -> mproc::Result<()> {
-    let pool = mproc::mpi::Pool::new()?;
+    // The local pool's builder, switched to MPI: two worker processes on every serving rank.
+    let pool = mproc::Pool::builder().processes(2).mpi().build()?;
     println!(
         "mpi pool: {} serving ranks, {} worker processes",
         pool.ranks(),

@@ -10,9 +10,10 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use super::transport::{Idle, Link};
-use super::wire::{self, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
+use super::wire::{self, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
 use crate::error::{Error, Result};
 use crate::pool::Slot;
+use crate::wire::codec;
 
 /// A request from a user's thread.
 pub(crate) enum Cmd {
@@ -47,16 +48,23 @@ pub(crate) struct Driver {
     next_id: u64,
 }
 
-/// How long rank 0 waits for every serving rank's hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
-
 impl Driver {
-    /// Collects every serving rank's hello.
-    pub(crate) fn start(mut link: Link) -> Result<(Driver, World)> {
+    /// Sends every serving rank its settings and collects its hello, for up to `timeout`.
+    pub(crate) fn start(
+        mut link: Link,
+        config: &RankConfig,
+        timeout: Duration,
+    ) -> Result<(Driver, World)> {
         let size = mpi::traits::Communicator::size(&link.world);
+        let mut encoded = Vec::new();
+        codec::encode_into(config, &mut encoded).map_err(Error::codec)?;
+        let config = encoded;
+        for rank in 1..size {
+            link.send(rank, TAG_CONFIG, &config);
+        }
         let mut ranks = Vec::new();
         let mut heard = 0;
-        let deadline = Instant::now() + HELLO_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let mut idle = Idle::new();
         while heard + 1 < size {
             let Some(m) = link.try_receive() else {

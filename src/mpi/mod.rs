@@ -17,12 +17,15 @@
 //! }
 //! ```
 //!
+//! `mproc::Pool::builder().processes(8).mpi().build()` gives the same pool with settings
+//! applied on every serving rank (see [`Builder`]).
+//!
 //! Functions cross as they do to local workers: offsets from an anchor in the executable, with
 //! its binary identity (GNU build id) checked on the serving rank; a rank running another
 //! build refuses the task ([`ErrorKind::BinaryMismatch`](crate::ErrorKind::BinaryMismatch)).
 //!
 //! Each serving rank runs its tasks in a local [`Pool`](crate::Pool) of worker processes
-//! (`MPROC_MPI_PROCESSES`, default: its CPU count), so a task that panics, aborts or
+//! ([`Builder::processes_per_rank`], else `MPROC_MPI_PROCESSES`, else its CPU count), so a task that panics, aborts or
 //! segfaults fails alone, with the same [`Error`] a local pool gives, and the MPI job goes on.
 //!
 //! # Caveats
@@ -42,6 +45,7 @@ mod wire;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -93,26 +97,130 @@ pub struct Pool {
     driver: Mutex<Option<JoinHandle<()>>>,
     ranks: usize,
     processes: usize,
+    chunksize: Option<usize>,
 }
 
-impl Pool {
-    /// Initializes MPI on rank 0 and waits until every serving rank is ready.
+/// Configures an MPI [`Pool`]; from [`Pool::builder`] or
+/// [`mproc::PoolBuilder::mpi`](crate::PoolBuilder::mpi).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let pool = mproc::Pool::builder()
+///     .processes(8) // per serving rank
+///     .max_retries(1)
+///     .task_timeout(Duration::from_secs(600))
+///     .mpi()
+///     .build()?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    config: wire::RankConfig,
+    chunksize: Option<usize>,
+    start_timeout: Duration,
+}
+
+impl Default for Builder {
+    fn default() -> Builder {
+        Builder {
+            config: wire::RankConfig::default(),
+            chunksize: None,
+            start_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Builder {
+    /// Local worker processes on each serving rank (default: `MPROC_MPI_PROCESSES`, else the
+    /// rank's CPU count).
+    pub fn processes_per_rank(mut self, n: usize) -> Builder {
+        self.config.processes = Some(n.max(1).try_into().unwrap_or(u32::MAX));
+        self
+    }
+    /// As [`mproc::PoolBuilder::max_retries`](crate::PoolBuilder::max_retries), within the
+    /// serving rank (a task whose local worker died is re-run there).
+    pub fn max_retries(mut self, n: u32) -> Builder {
+        self.config.max_retries = n;
+        self
+    }
+    /// As [`mproc::PoolBuilder::task_timeout`](crate::PoolBuilder::task_timeout), per task
+    /// (chunk) on its serving rank.
+    pub fn task_timeout(mut self, t: Duration) -> Builder {
+        self.config.task_timeout = Some(t);
+        self
+    }
+    /// As [`mproc::PoolBuilder::max_tasks_per_child`](crate::PoolBuilder::max_tasks_per_child).
+    pub fn max_tasks_per_child(mut self, n: usize) -> Builder {
+        self.config.max_tasks_per_child = Some(n.max(1) as u64);
+        self
+    }
+    /// The default chunk size for `map` (default: about four chunks per worker).
+    pub fn chunksize(mut self, n: usize) -> Builder {
+        self.chunksize = Some(n.max(1));
+        self
+    }
+    /// How long [`build`](Builder::build) waits for every serving rank (default 120 s).
+    pub fn start_timeout(mut self, t: Duration) -> Builder {
+        self.start_timeout = t;
+        self
+    }
+
+    /// The settings a local [`PoolBuilder`](crate::PoolBuilder) carries over.
+    pub(crate) fn from_local(
+        processes: Option<usize>,
+        max_retries: u32,
+        task_timeout: Option<Duration>,
+        max_tasks_per_child: Option<usize>,
+        chunksize: Option<usize>,
+    ) -> Builder {
+        let mut b = Builder::default().max_retries(max_retries);
+        b.config.processes = processes.map(|n| n.max(1).try_into().unwrap_or(u32::MAX));
+        b.config.task_timeout = task_timeout;
+        b.config.max_tasks_per_child = max_tasks_per_child.map(|n| n as u64);
+        b.chunksize = chunksize;
+        b
+    }
+
+    /// Initializes MPI on rank 0, starts the serving ranks' local pools and waits until every
+    /// serving rank is ready.
     ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if called twice or if no rank serves (the
     /// program was not started by `mpirun -n 2` or more);
     /// [`ErrorKind::Broken`](crate::ErrorKind::Broken) if ranks did not report in time.
+    pub fn build(self) -> Result<Pool> {
+        Pool::start(self)
+    }
+}
+
+impl Pool {
+    /// An MPI pool with default settings: `Pool::builder().build()`.
+    ///
+    /// # Errors
+    /// As [`Builder::build`].
     pub fn new() -> Result<Pool> {
+        Builder::default().build()
+    }
+
+    /// A [`Builder`] for the pool's settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn start(b: Builder) -> Result<Pool> {
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(Error::usage(
                 "MPI can be initialized once: one mpi::Pool per run",
             ));
         }
+        let (config, timeout) = (b.config, b.start_timeout);
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("mproc-mpi".into())
-            .spawn(move || drive(ready_tx, rx))
+            .spawn(move || drive(ready_tx, rx, &config, timeout))
             .map_err(|e| Error::io("cannot start the MPI driver thread", e))?;
         let world = ready_rx
             .recv()
@@ -129,6 +237,7 @@ impl Pool {
             driver: Mutex::new(Some(handle)),
             ranks: world.ranks,
             processes: world.processes,
+            chunksize: b.chunksize,
         };
         if pool.ranks == 0 {
             return Err(Error::usage(
@@ -238,6 +347,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> AsyncResult<Vec<F::Out>> {
         let chunksize = chunksize
+            .or(self.chunksize)
             .unwrap_or_else(|| crate::pool::auto_chunksize(items.len(), self.processes))
             .max(1);
         let fnref = FnRef::chunked(f);
@@ -284,12 +394,17 @@ fn encode<T: Serialize>(f: Option<FnRef>, chunk: &[T]) -> Result<Vec<u8>> {
 }
 
 /// The driver thread: initializes MPI, reports the world, serves, finalizes.
-fn drive(ready: mpsc::SyncSender<Result<driver::World>>, rx: mpsc::Receiver<Cmd>) {
+fn drive(
+    ready: mpsc::SyncSender<Result<driver::World>>,
+    rx: mpsc::Receiver<Cmd>,
+    config: &wire::RankConfig,
+    timeout: Duration,
+) {
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
         let _ = ready.send(Err(Error::usage("MPI was already initialized")));
         return;
     };
-    match Driver::start(transport::Link::new(universe.world())) {
+    match Driver::start(transport::Link::new(universe.world()), config, timeout) {
         Ok((driver, world)) => {
             let _ = ready.send(Ok(world));
             driver.run(rx);

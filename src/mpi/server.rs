@@ -1,8 +1,8 @@
 //! A serving rank: what every rank but 0 runs, from the load-time constructor, instead of
 //! `main`.
 //!
-//! It starts a local [`Pool`](crate::Pool) *before* `MPI_Init` (so its fork server holds no MPI
-//! state), then initializes MPI, says hello to rank 0 and loops: tasks from rank 0 go to the
+//! It initializes MPI, waits for rank 0's settings, starts a local [`Pool`](crate::Pool) with
+//! them, says hello to rank 0 and loops: tasks from rank 0 go to the
 //! local pool as their raw `Run` frames; outcomes go back as replies. A task that panics,
 //! aborts or segfaults kills at most a local worker, which the local pool replaces: the rank
 //! and the MPI job live on.
@@ -11,31 +11,30 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 
 use super::transport::{Idle, Link};
-use super::wire::{self, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
+use super::wire::{self, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
 use crate::pool::Outcome;
 use crate::sys::identity;
-use crate::wire::{frame, msg};
+use crate::wire::{codec, frame, msg};
 
-/// Environment variable: local worker processes per serving rank (default: the CPU count).
+/// Environment variable: local worker processes per serving rank, when the builder does not
+/// say (default: the rank's CPU count).
 pub(crate) const PROCESSES_ENV: &str = "MPROC_MPI_PROCESSES";
 
 /// Serves rank 0 until it says stop; returns the exit code.
 pub(crate) fn serve() -> i32 {
-    let processes = std::env::var(PROCESSES_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(crate::cpu_count)
-        .max(1);
-    let pool = crate::Pool::builder().processes(processes).build();
-    if let Err(e) = &pool {
-        eprintln!("mproc: mpi rank cannot start its local pool: {e}");
-    }
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
         eprintln!("mproc: MPI was already initialized in a serving rank");
         return crate::worker::EXIT_INTERNAL;
     };
     let mut link = Link::new(universe.world());
-    let offered = if pool.is_ok() { processes as u32 } else { 0 };
+    let Some(config) = wait_for_config(&mut link) else {
+        return 0; // told to stop before any work
+    };
+    let pool = local_pool(&config);
+    if let Err(e) = &pool {
+        eprintln!("mproc: mpi rank cannot start its local pool: {e}");
+    }
+    let offered = pool.as_ref().map_or(0, |p| p.processes() as u32);
     let mut hello = offered.to_le_bytes().to_vec();
     hello.extend_from_slice(identity::own());
     link.send(0, TAG_HELLO, &hello);
@@ -47,6 +46,46 @@ pub(crate) fn serve() -> i32 {
     drop(link);
     drop(universe); // MPI_Finalize
     0
+}
+
+/// The local pool, started once MPI runs. Its fork server is started by fork and exec at
+/// once, which MPI tolerates (no registered memory is touched in between).
+fn local_pool(config: &RankConfig) -> crate::Result<crate::Pool> {
+    let processes = config
+        .processes
+        .map(|n| n as usize)
+        .or_else(|| std::env::var(PROCESSES_ENV).ok()?.parse().ok())
+        .unwrap_or_else(crate::cpu_count)
+        .max(1);
+    let mut b = crate::Pool::builder()
+        .processes(processes)
+        .max_retries(config.max_retries);
+    if let Some(t) = config.task_timeout {
+        b = b.task_timeout(t);
+    }
+    if let Some(n) = config.max_tasks_per_child {
+        b = b.max_tasks_per_child(n as usize);
+    }
+    b.build()
+}
+
+/// Waits for rank 0's settings; `None` if it says stop first.
+fn wait_for_config(link: &mut Link) -> Option<RankConfig> {
+    let mut idle = Idle::new();
+    loop {
+        match link.try_receive() {
+            Some(m) if m.tag == TAG_STOP => return None,
+            Some(m) if m.tag == TAG_CONFIG => {
+                return Some(codec::decode(&m.bytes).unwrap_or_default());
+            }
+            Some(_) => {}
+            None => {
+                std::thread::sleep(idle.pause(false).unwrap_or_default());
+                continue;
+            }
+        }
+        idle.active();
+    }
 }
 
 fn wait_for_stop(link: &mut Link) {

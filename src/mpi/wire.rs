@@ -10,15 +10,27 @@ use crate::pool::Outcome;
 use crate::sys::RawExit;
 use crate::wire::codec;
 
-/// Serving rank → rank 0, once at start: `[u32 local processes][identity]` (0 processes: the
-/// rank could not start its local pool and takes no tasks).
+/// Serving rank → rank 0, once its local pool runs: `[u32 local processes][identity]` (0
+/// processes: the rank could not start its local pool and takes no tasks).
 pub(crate) const TAG_HELLO: i32 = 0x6d70_0001;
+/// Rank 0 → serving rank, first: the settings of its local pool, a [`RankConfig`].
+pub(crate) const TAG_CONFIG: i32 = 0x6d70_0005;
 /// Rank 0 → serving rank: `[u64 job id][Run frame]`.
 pub(crate) const TAG_TASK: i32 = 0x6d70_0002;
 /// Serving rank → rank 0: `[u64 job id][reply]`, see [`encode_reply`].
 pub(crate) const TAG_REPLY: i32 = 0x6d70_0003;
 /// Rank 0 → serving rank: stop serving, finalize MPI and exit. Empty.
 pub(crate) const TAG_STOP: i32 = 0x6d70_0004;
+
+/// How a serving rank sets up its local pool; from [`Builder`](super::Builder).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RankConfig {
+    /// Local worker processes (default: the rank's CPU count).
+    pub(crate) processes: Option<u32>,
+    pub(crate) max_retries: u32,
+    pub(crate) task_timeout: Option<std::time::Duration>,
+    pub(crate) max_tasks_per_child: Option<u64>,
+}
 
 const DONE: u8 = 0;
 const PANICKED: u8 = 1;

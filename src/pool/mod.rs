@@ -184,6 +184,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Switches to a pool over the ranks of an MPI job (feature `mpi`): `processes`,
+    /// `max_retries`, `task_timeout`, `max_tasks_per_child` and `chunksize` carry over, applied
+    /// on each serving rank; the other settings do not (yet). See [`crate::mpi`].
+    #[cfg(feature = "mpi")]
+    pub fn mpi(self) -> crate::mpi::Builder {
+        crate::mpi::Builder::from_local(
+            self.processes,
+            self.max_retries,
+            self.task_timeout,
+            self.max_tasks_per_child,
+            self.chunksize,
+        )
+    }
+
     /// Starts the pool: the supervisor thread and its workers.
     ///
     /// # Errors
