@@ -3,6 +3,12 @@
 //! Users' threads queue `Run` frames on a channel; the driver hands them to serving ranks
 //! (at most two per local worker of a rank in flight, so every rank's workers stay busy while
 //! the rest waits here), and delivers each reply into the slot its caller waits on.
+//!
+//! Lost ranks: every serving rank sends a heartbeat each second. Under Open MPI's default a
+//! dead rank aborts the whole job anyway; under `mpirun --enable-recovery` the job goes on,
+//! and a rank silent for longer than the rank timeout is written off here: its tasks are
+//! re-run on other ranks while they have retries left (`max_retries`), else fail with
+//! `WorkerDied`, and it gets no more tasks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,14 +17,24 @@ use std::time::{Duration, Instant};
 
 use super::transport::{Idle, Link};
 use super::wire::{self, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::pool::Slot;
+use crate::sys::RawExit;
 use crate::wire::codec;
 
 /// A request from a user's thread.
 pub(crate) enum Cmd {
     /// Run this frame; deliver into cell `i` of the slot.
     Run(Vec<u8>, Arc<Slot>, usize),
+}
+
+/// A task waiting for a rank, or out on one.
+struct Task {
+    frame: Vec<u8>,
+    slot: Arc<Slot>,
+    cell: usize,
+    /// Re-runs left should its rank be lost.
+    retries_left: u32,
 }
 
 /// What rank 0 learnt from the serving ranks at start.
@@ -33,19 +49,20 @@ struct Rank {
     rank: i32,
     /// Tasks it may still be sent now.
     credit: usize,
-}
-
-struct Pending {
-    slot: Arc<Slot>,
-    cell: usize,
+    last_heard: Instant,
+    lost: bool,
 }
 
 pub(crate) struct Driver {
     link: Link,
     ranks: Vec<Rank>,
-    queue: VecDeque<Cmd>,
-    inflight: HashMap<u64, Pending>,
+    queue: VecDeque<Task>,
+    /// Job id → the task and the rank running it.
+    inflight: HashMap<u64, (Task, i32)>,
     next_id: u64,
+    max_retries: u32,
+    rank_timeout: Duration,
+    last_check: Instant,
 }
 
 impl Driver {
@@ -54,10 +71,12 @@ impl Driver {
         mut link: Link,
         config: &RankConfig,
         timeout: Duration,
+        rank_timeout: Duration,
     ) -> Result<(Driver, World)> {
         let size = mpi::traits::Communicator::size(&link.world);
         let mut encoded = Vec::new();
         codec::encode_into(config, &mut encoded).map_err(Error::codec)?;
+        let max_retries = config.max_retries;
         let config = encoded;
         for rank in 1..size {
             link.send(rank, TAG_CONFIG, &config);
@@ -90,6 +109,8 @@ impl Driver {
                 ranks.push(Rank {
                     rank: m.source,
                     credit: 2 * n,
+                    last_heard: Instant::now(),
+                    lost: false,
                 });
             }
         }
@@ -103,6 +124,9 @@ impl Driver {
             queue: VecDeque::new(),
             inflight: HashMap::new(),
             next_id: 0,
+            max_retries,
+            rank_timeout,
+            last_check: Instant::now(),
         };
         Ok((driver, world))
     }
@@ -114,16 +138,18 @@ impl Driver {
             let mut busy = false;
             while let Some(m) = self.link.try_receive() {
                 busy = true;
+                self.heard(m.source);
                 if m.tag == TAG_REPLY {
                     self.deliver(m.source, &m.bytes);
                 }
             }
+            self.check_lost();
             let mut stopping = false;
             loop {
                 match rx.try_recv() {
                     Ok(cmd) => {
                         busy = true;
-                        self.queue.push_back(cmd);
+                        self.enqueue(cmd);
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -144,7 +170,7 @@ impl Driver {
                 None => std::thread::yield_now(),
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(cmd) => {
-                        self.queue.push_back(cmd);
+                        self.enqueue(cmd);
                         idle.active();
                     }
                     Err(RecvTimeoutError::Timeout) => {}
@@ -154,57 +180,127 @@ impl Driver {
         }
     }
 
+    fn enqueue(&mut self, Cmd::Run(frame, slot, cell): Cmd) {
+        self.queue.push_back(Task {
+            frame,
+            slot,
+            cell,
+            retries_left: self.max_retries,
+        });
+    }
+
     /// Sends queued tasks to ranks with credit left; true if it sent any.
     fn dispatch(&mut self) -> bool {
+        if !self.queue.is_empty() && self.ranks.iter().all(|r| r.lost) {
+            for t in self.queue.drain(..) {
+                let e = Error::broken("every serving MPI rank was lost");
+                t.slot.complete(t.cell, Err(e));
+            }
+            return true;
+        }
         let mut sent = false;
         while !self.queue.is_empty() {
             // The rank with the most room: spreads a map over every rank.
             let Some(r) = self
                 .ranks
                 .iter_mut()
-                .filter(|r| r.credit > 0)
+                .filter(|r| r.credit > 0 && !r.lost)
                 .max_by_key(|r| r.credit)
             else {
                 break;
             };
             r.credit -= 1;
             let dest = r.rank;
-            let Some(Cmd::Run(frame, slot, cell)) = self.queue.pop_front() else {
+            let Some(task) = self.queue.pop_front() else {
                 break;
             };
             let id = self.next_id;
             self.next_id += 1;
-            self.inflight.insert(id, Pending { slot, cell });
-            self.link.send(dest, TAG_TASK, &wire::with_id(id, &frame));
+            self.link
+                .send(dest, TAG_TASK, &wire::with_id(id, &task.frame));
+            self.inflight.insert(id, (task, dest));
             sent = true;
         }
         sent
     }
 
-    fn deliver(&mut self, source: i32, bytes: &[u8]) {
+    fn heard(&mut self, source: i32) {
         if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == source) {
-            r.credit += 1;
-        }
-        let Some((id, reply)) = wire::split_id(bytes) else {
-            return;
-        };
-        if let Some(p) = self.inflight.remove(&id) {
-            p.slot.complete(p.cell, wire::decode_reply(source, reply));
+            r.last_heard = Instant::now();
         }
     }
 
-    /// Fails what is left, tells every serving rank to stop.
-    fn stop(mut self) {
-        for Cmd::Run(_, slot, cell) in self.queue.drain(..) {
-            slot.complete(cell, Err(Error::closed("the MPI pool was dropped")));
+    fn deliver(&mut self, source: i32, bytes: &[u8]) {
+        let Some((id, reply)) = wire::split_id(bytes) else {
+            return;
+        };
+        if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == source) {
+            r.credit += 1;
         }
-        for (_, p) in self.inflight.drain() {
-            p.slot
-                .complete(p.cell, Err(Error::closed("the MPI pool was dropped")));
+        if let Some((t, _)) = self.inflight.remove(&id) {
+            t.slot.complete(t.cell, wire::decode_reply(source, reply));
+        }
+    }
+
+    /// Writes off ranks silent for longer than the rank timeout (checked every 100 ms).
+    fn check_lost(&mut self) {
+        if self.last_check.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_check = Instant::now();
+        let timeout = self.rank_timeout;
+        let silent: Vec<i32> = self
+            .ranks
+            .iter()
+            .filter(|r| !r.lost && r.last_heard.elapsed() > timeout)
+            .map(|r| r.rank)
+            .collect();
+        for rank in silent {
+            self.lose(rank);
+        }
+    }
+
+    fn lose(&mut self, rank: i32) {
+        eprintln!("mproc: mpi rank {rank} is silent; writing it off and re-running its tasks");
+        if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == rank) {
+            r.lost = true;
+            r.credit = 0;
+        }
+        let ids: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, on))| *on == rank)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some((mut t, _)) = self.inflight.remove(&id) else {
+                continue;
+            };
+            if t.retries_left > 0 {
+                t.retries_left -= 1;
+                self.queue.push_front(t);
+            } else {
+                let status = ExitStatus::from_raw(RawExit::Unknown);
+                t.slot.complete(t.cell, Err(Error::worker_died(status)));
+            }
+        }
+    }
+
+    /// Fails what is left, tells every serving rank still there to stop.
+    fn stop(mut self) {
+        for t in self.queue.drain(..) {
+            t.slot
+                .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
+        }
+        for (_, (t, _)) in self.inflight.drain() {
+            t.slot
+                .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
         }
         let size = mpi::traits::Communicator::size(&self.link.world);
         for rank in 1..size {
-            self.link.send(rank, TAG_STOP, &[]);
+            if !self.ranks.iter().any(|r| r.rank == rank && r.lost) {
+                self.link.send(rank, TAG_STOP, &[]);
+            }
         }
     }
 }

@@ -35,7 +35,11 @@
 //!   0: the other ranks wait for it.
 //! - Arguments holding fds (queues, pipes, locks, shared memory) cannot cross ranks.
 //! - A serving rank that dies (killed, node lost) ends the whole job: Open MPI aborts it by
-//!   default. Recovery of lost ranks is not implemented.
+//!   default. Under `mpirun --enable-recovery` the job goes on; rank 0 writes off a rank
+//!   silent past [`Builder::rank_timeout`] and re-runs its tasks elsewhere
+//!   ([`Builder::max_retries`]). Only a lost rank's *tasks* are recovered: no new rank is
+//!   started, and MPI's own behaviour with a dead peer (at `MPI_Finalize`, say) is Open
+//!   MPI's — keep an outer `timeout`.
 
 mod driver;
 mod server;
@@ -120,6 +124,7 @@ pub struct Builder {
     config: wire::RankConfig,
     chunksize: Option<usize>,
     start_timeout: Duration,
+    rank_timeout: Duration,
 }
 
 impl Default for Builder {
@@ -128,6 +133,7 @@ impl Default for Builder {
             config: wire::RankConfig::default(),
             chunksize: None,
             start_timeout: Duration::from_secs(120),
+            rank_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -139,8 +145,9 @@ impl Builder {
         self.config.processes = Some(n.max(1).try_into().unwrap_or(u32::MAX));
         self
     }
-    /// As [`mproc::PoolBuilder::max_retries`](crate::PoolBuilder::max_retries), within the
-    /// serving rank (a task whose local worker died is re-run there).
+    /// As [`mproc::PoolBuilder::max_retries`](crate::PoolBuilder::max_retries): a task whose
+    /// local worker died is re-run on its serving rank, and a task whose whole rank was lost
+    /// (see [`rank_timeout`](Builder::rank_timeout)) on another rank, up to `n` times.
     pub fn max_retries(mut self, n: u32) -> Builder {
         self.config.max_retries = n;
         self
@@ -159,6 +166,13 @@ impl Builder {
     /// The default chunk size for `map` (default: about four chunks per worker).
     pub fn chunksize(mut self, n: usize) -> Builder {
         self.chunksize = Some(n.max(1));
+        self
+    }
+    /// How long a serving rank may stay silent (it sends a heartbeat every second) before it
+    /// is written off as lost (default 10 s). This only matters under
+    /// `mpirun --enable-recovery`: by default Open MPI aborts the whole job when a rank dies.
+    pub fn rank_timeout(mut self, t: Duration) -> Builder {
+        self.rank_timeout = t;
         self
     }
     /// How long [`build`](Builder::build) waits for every serving rank (default 120 s).
@@ -215,12 +229,12 @@ impl Pool {
                 "MPI can be initialized once: one mpi::Pool per run",
             ));
         }
-        let (config, timeout) = (b.config, b.start_timeout);
+        let (config, timeout, rank_timeout) = (b.config, b.start_timeout, b.rank_timeout);
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("mproc-mpi".into())
-            .spawn(move || drive(ready_tx, rx, &config, timeout))
+            .spawn(move || drive(ready_tx, rx, &config, [timeout, rank_timeout]))
             .map_err(|e| Error::io("cannot start the MPI driver thread", e))?;
         let world = ready_rx
             .recv()
@@ -398,13 +412,14 @@ fn drive(
     ready: mpsc::SyncSender<Result<driver::World>>,
     rx: mpsc::Receiver<Cmd>,
     config: &wire::RankConfig,
-    timeout: Duration,
+    [timeout, rank_timeout]: [Duration; 2],
 ) {
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
         let _ = ready.send(Err(Error::usage("MPI was already initialized")));
         return;
     };
-    match Driver::start(transport::Link::new(universe.world()), config, timeout) {
+    let link = transport::Link::new(universe.world());
+    match Driver::start(link, config, timeout, rank_timeout) {
         Ok((driver, world)) => {
             let _ = ready.send(Ok(world));
             driver.run(rx);

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 
 use super::transport::{Idle, Link};
-use super::wire::{self, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
+use super::wire::{
+    self, HEARTBEAT, RankConfig, TAG_BEAT, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK,
+};
 use crate::pool::Outcome;
 use crate::sys::identity;
 use crate::wire::{codec, frame, msg};
@@ -123,7 +125,12 @@ impl Server {
 
     fn run(mut self, link: &mut Link) {
         let mut idle = Idle::new();
+        let mut last_beat = std::time::Instant::now();
         loop {
+            if last_beat.elapsed() >= HEARTBEAT {
+                link.send(0, TAG_BEAT, &[]);
+                last_beat = std::time::Instant::now();
+            }
             let mut busy = false;
             while let Some(m) = link.try_receive() {
                 busy = true;

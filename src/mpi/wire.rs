@@ -13,6 +13,10 @@ use crate::wire::codec;
 /// Serving rank → rank 0, once its local pool runs: `[u32 local processes][identity]` (0
 /// processes: the rank could not start its local pool and takes no tasks).
 pub(crate) const TAG_HELLO: i32 = 0x6d70_0001;
+/// Serving rank → rank 0, every [`HEARTBEAT`]: still here. Empty.
+pub(crate) const TAG_BEAT: i32 = 0x6d70_0006;
+/// How often a serving rank says it is alive.
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Rank 0 → serving rank, first: the settings of its local pool, a [`RankConfig`].
 pub(crate) const TAG_CONFIG: i32 = 0x6d70_0005;
 /// Rank 0 → serving rank: `[u64 job id][Run frame]`.
