@@ -1,4 +1,5 @@
-//! The same `Pool` methods over the ranks of an MPI job; a task that aborts fails alone.
+//! The same `Pool` methods over the ranks of an MPI job; tasks that abort, segfault or
+//! panic fail alone.
 //!
 //! ```text
 //! cargo build --release --features mpi --example mpi_map
@@ -20,6 +21,16 @@ fn whereami(_: ()) -> String {
 
 fn abort_now(_: ()) -> u64 {
     std::process::abort()
+}
+
+/// Dies by SIGSEGV, as a task with a memory fault would (sent by `kill`: no unsafe needed).
+fn segfault(_: ()) -> u64 {
+    let me = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-SEGV", &me])
+        .status();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    0
 }
 
 fn fail(msg: String) -> u64 {
@@ -55,6 +66,10 @@ fn main() -> mproc::Result<()> {
     let status = err.exit_status().expect("a worker death");
     println!("abort: failed alone: {err} (signal {:?})", status.signal());
 
+    let err = pool.apply(segfault, ()).expect_err("the task segfaults");
+    let status = err.exit_status().expect("a worker death");
+    println!("segfault: failed alone (signal {:?})", status.signal());
+
     let err = pool
         .apply(fail, "boom".to_string())
         .expect_err("the task panics");
@@ -62,6 +77,12 @@ fn main() -> mproc::Result<()> {
         "panic: failed alone: {:?}",
         err.remote_panic().map(|p| p.message())
     );
+
+    let firsts: Vec<u64> = pool
+        .imap(square, 1u64..)
+        .take(5)
+        .collect::<mproc::Result<_>>()?;
+    println!("imap over an endless input: {firsts:?}");
 
     let again = pool.map(square, 0..1000u64)?;
     assert_eq!(again.len(), 1000);

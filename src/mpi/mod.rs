@@ -42,6 +42,7 @@
 //!   MPI's — keep an outer `timeout`.
 
 mod driver;
+mod imap;
 mod server;
 mod transport;
 mod wire;
@@ -60,6 +61,7 @@ use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
 use crate::wire::{codec, fds, msg};
 use driver::{Cmd, Driver};
+pub use imap::Imap;
 
 /// Variables by which Open MPI, PMIx (Slurm `srun --mpi=pmix`) and PMI-2 launchers tell a
 /// process its rank.
@@ -352,6 +354,23 @@ impl Pool {
             Ok(()) => AsyncResult::new(Some(slot), crate::pool::finish_one::<R>),
             Err(e) => AsyncResult::failed(e),
         }
+    }
+
+    /// Lazily runs `f` over `items`, yielding results in input order: as
+    /// [`mproc::Pool::imap`](crate::Pool::imap). At most two chunks per worker are in flight,
+    /// pulled from `items` as results are consumed, so an endless iterator works.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(
+            self,
+            FnRef::chunked(f),
+            items.into_iter(),
+            self.chunksize.unwrap_or(1),
+        )
     }
 
     fn map_impl<F: Callable>(
