@@ -83,6 +83,8 @@ pub(crate) fn is_serving_rank() -> bool {
 /// Called by the load-time constructor in a serving rank: serves, then exits.
 pub(crate) fn serve_at_load() -> ! {
     use std::io::Write;
+    // As Rust's `main` would: a write to a worker that just died must fail, not kill the rank.
+    crate::sys::ignore_sigpipe();
     let code = std::panic::catch_unwind(server::serve).unwrap_or(crate::worker::EXIT_INTERNAL);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
