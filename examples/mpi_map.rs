@@ -19,6 +19,11 @@ fn whereami(_: ()) -> String {
     format!("rank {rank} on {} ({})", host.trim(), net.display())
 }
 
+fn reverse(mut v: Vec<u8>) -> Vec<u8> {
+    v.reverse();
+    v
+}
+
 fn abort_now(_: ()) -> u64 {
     std::process::abort()
 }
@@ -61,6 +66,12 @@ fn main() -> mproc::Result<()> {
     places.sort();
     places.dedup();
     println!("ran on: {}", places.join(" "));
+
+    // Large messages both ways at once (past MPI's eager limit): 16 x 4 MiB there and back.
+    let big: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 4 << 20]).collect();
+    let back = pool.map_chunked(reverse, big, 1)?;
+    assert!(back.iter().enumerate().all(|(i, v)| v.len() == 4 << 20 && v[0] == i as u8));
+    println!("large: {} MiB there and back", back.len() * 4 * 2);
 
     let err = pool.apply(abort_now, ()).expect_err("the task aborts");
     let status = err.exit_status().expect("a worker death");
