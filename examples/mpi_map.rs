@@ -70,7 +70,11 @@ fn main() -> mproc::Result<()> {
     // Large messages both ways at once (past MPI's eager limit): 16 x 4 MiB there and back.
     let big: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 4 << 20]).collect();
     let back = pool.map_chunked(reverse, big, 1)?;
-    assert!(back.iter().enumerate().all(|(i, v)| v.len() == 4 << 20 && v[0] == i as u8));
+    assert!(
+        back.iter()
+            .enumerate()
+            .all(|(i, v)| v.len() == 4 << 20 && v[0] == i as u8)
+    );
     println!("large: {} MiB there and back", back.len() * 4 * 2);
 
     let err = pool.apply(abort_now, ()).expect_err("the task aborts");
