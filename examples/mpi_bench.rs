@@ -38,7 +38,12 @@ fn per_op(d: Duration, n: usize) -> f64 {
 }
 
 fn pool() -> mproc::Result<()> {
-    let pool = mproc::mpi::Pool::new()?;
+    let prefetch = std::env::var("MPI_BENCH_PREFETCH")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let pool = mproc::mpi::Pool::builder()
+        .prefetch(prefetch.unwrap_or(2))
+        .build()?;
     // An idle phase, so a script can check that waiting ranks do not burn CPU.
     if let Some(secs) = std::env::var("MPI_BENCH_IDLE_SECS")
         .ok()
@@ -71,6 +76,15 @@ fn pool() -> mproc::Result<()> {
         "local pool round trip: {:.1} us",
         per_op(t.elapsed(), ROUND_TRIPS)
     );
+    let t = Instant::now();
+    let pending: Vec<_> = (0..TASKS as u64)
+        .map(|x| local.apply_async(echo, x))
+        .collect();
+    for p in pending {
+        p.get()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("local pool throughput: {:.0} tasks/s", TASKS as f64 / secs);
     drop(local);
 
     let t = Instant::now();
@@ -81,7 +95,11 @@ fn pool() -> mproc::Result<()> {
         p.get()?;
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("pool throughput: {:.0} tasks/s", TASKS as f64 / secs);
+    println!(
+        "pool throughput (prefetch {}): {:.0} tasks/s",
+        prefetch.unwrap_or(2),
+        TASKS as f64 / secs
+    );
 
     let t = Instant::now();
     let out = pool.map(echo, 0..MAP_ITEMS)?;
@@ -118,7 +136,7 @@ fn raw() {
     }
     println!("raw round trip: {:.1} us", per_op(t.elapsed(), ROUND_TRIPS));
 
-    // The pool's window: two in flight per local worker of each serving rank.
+    // The pool's default window: two in flight per local worker of each serving rank.
     let window = 2 * mproc::cpu_count();
     let t = Instant::now();
     let mut sent = 0;

@@ -1,8 +1,8 @@
 //! Rank 0's driver thread: the only thread of rank 0 that calls MPI.
 //!
 //! Users' threads queue `Run` frames on a channel; the driver hands them to serving ranks
-//! (at most two per local worker of a rank in flight, so every rank's workers stay busy while
-//! the rest waits here), and delivers each reply into the slot its caller waits on.
+//! (at most `prefetch` per local worker of a rank in flight, so every rank's workers stay busy
+//! while the rest waits here, where any rank that frees up can take it), and delivers each reply into the slot its caller waits on.
 //!
 //! Lost ranks: every serving rank sends a heartbeat each second. Under Open MPI's default a
 //! dead rank aborts the whole job anyway; under `mpirun --enable-recovery` the job goes on,
@@ -72,7 +72,9 @@ impl Driver {
         config: &RankConfig,
         timeout: Duration,
         rank_timeout: Duration,
+        prefetch: usize,
     ) -> Result<(Driver, World)> {
+        let prefetch = prefetch.max(1);
         let size = mpi::traits::Communicator::size(&link.world);
         let mut encoded = Vec::new();
         codec::encode_into(config, &mut encoded).map_err(Error::codec)?;
@@ -108,7 +110,7 @@ impl Driver {
             } else if n > 0 {
                 ranks.push(Rank {
                     rank: m.source,
-                    credit: 2 * n,
+                    credit: prefetch * n,
                     last_heard: Instant::now(),
                     lost: false,
                 });
@@ -116,7 +118,7 @@ impl Driver {
         }
         let world = World {
             ranks: ranks.len(),
-            processes: ranks.iter().map(|r| r.credit / 2).sum(),
+            processes: ranks.iter().map(|r| r.credit / prefetch).sum(),
         };
         let driver = Driver {
             link,

@@ -129,6 +129,7 @@ pub struct Builder {
     chunksize: Option<usize>,
     start_timeout: Duration,
     rank_timeout: Duration,
+    prefetch: usize,
 }
 
 impl Default for Builder {
@@ -138,6 +139,7 @@ impl Default for Builder {
             chunksize: None,
             start_timeout: Duration::from_secs(120),
             rank_timeout: Duration::from_secs(10),
+            prefetch: 2,
         }
     }
 }
@@ -177,6 +179,14 @@ impl Builder {
     /// `mpirun --enable-recovery`: by default Open MPI aborts the whole job when a rank dies.
     pub fn rank_timeout(mut self, t: Duration) -> Builder {
         self.rank_timeout = t;
+        self
+    }
+    /// Tasks (chunks, for `map`) sent ahead to each serving rank per local worker (default 2).
+    /// Higher values raise the throughput of many tiny tasks (measured: 50k/s at 2, 100k/s
+    /// at 8, 130–180k/s at 32 on a small machine); lower values balance long tasks better,
+    /// since a task sent ahead waits on its rank even if another rank frees up first.
+    pub fn prefetch(mut self, n: usize) -> Builder {
+        self.prefetch = n.max(1);
         self
     }
     /// How long [`build`](Builder::build) waits for every serving rank (default 120 s).
@@ -233,12 +243,14 @@ impl Pool {
                 "MPI can be initialized once: one mpi::Pool per run",
             ));
         }
-        let (config, timeout, rank_timeout) = (b.config, b.start_timeout, b.rank_timeout);
+        let config = b.config;
+        let settings = [b.start_timeout, b.rank_timeout];
+        let prefetch = b.prefetch;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("mproc-mpi".into())
-            .spawn(move || drive(ready_tx, rx, &config, [timeout, rank_timeout]))
+            .spawn(move || drive(ready_tx, rx, &config, settings, prefetch))
             .map_err(|e| Error::io("cannot start the MPI driver thread", e))?;
         let world = ready_rx
             .recv()
@@ -434,13 +446,14 @@ fn drive(
     rx: mpsc::Receiver<Cmd>,
     config: &wire::RankConfig,
     [timeout, rank_timeout]: [Duration; 2],
+    prefetch: usize,
 ) {
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
         let _ = ready.send(Err(Error::usage("MPI was already initialized")));
         return;
     };
     let link = transport::Link::new(universe.world());
-    match Driver::start(link, config, timeout, rank_timeout) {
+    match Driver::start(link, config, timeout, rank_timeout, prefetch) {
         Ok((driver, world)) => {
             let _ = ready.send(Ok(world));
             driver.run(rx);
