@@ -25,14 +25,16 @@
 //! build refuses the task ([`ErrorKind::BinaryMismatch`](crate::ErrorKind::BinaryMismatch)).
 //!
 //! Each serving rank runs its tasks in a local [`Pool`](crate::Pool) of worker processes
-//! ([`Builder::processes_per_rank`], else `MPROC_MPI_PROCESSES`, else its CPU count), so a task that panics, aborts or
-//! segfaults fails alone, with the same [`Error`] a local pool gives, and the MPI job goes on.
+//! ([`Builder::processes_per_rank`], else `MPROC_MPI_PROCESSES`, else its CPU count), so a
+//! task that panics, aborts or segfaults fails alone, with the same [`Error`] a local pool
+//! gives, and the MPI job goes on.
 //!
 //! # Caveats
-//! - One MPI pool per run: MPI cannot be initialized twice. Build it early in `main`, before
-//!   the serving ranks' start-up timeout (120 s) runs out.
+//! - One MPI pool per run: MPI cannot be initialized twice.
 //! - A binary built with the `mpi` feature and launched by `mpirun` must build the pool on rank
-//!   0: the other ranks wait for it.
+//!   0: the other ranks wait for it in `MPI_Init` (if rank 0 ends without building it,
+//!   `mpirun` stops the job with an error). Set `MPROC_MPI_NO_SERVE` to keep every rank in
+//!   `main`.
 //! - Arguments holding fds (queues, pipes, locks, shared memory) cannot cross ranks.
 //! - A serving rank that dies (killed, node lost) ends the whole job: Open MPI aborts it by
 //!   default. Under `mpirun --enable-recovery` the job goes on; rank 0 writes off a rank

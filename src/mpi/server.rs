@@ -2,8 +2,9 @@
 //! `main`.
 //!
 //! It initializes MPI, waits for rank 0's settings, starts a local [`Pool`](crate::Pool) with
-//! them, says hello to rank 0 and loops: tasks from rank 0 go to the
-//! local pool as their raw `Run` frames; outcomes go back as replies. A task that panics,
+//! them, says hello to rank 0 and loops: tasks from rank 0 go to the local pool as their raw
+//! `Run` frames (after the binary identity check); outcomes go back as replies, and a
+//! heartbeat every second. A task that panics,
 //! aborts or segfaults kills at most a local worker, which the local pool replaces: the rank
 //! and the MPI job live on.
 
