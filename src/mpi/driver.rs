@@ -134,7 +134,9 @@ impl Driver {
     }
 
     /// Serves until every sender is gone (the pool was dropped), then stops every rank.
-    pub(crate) fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    /// Returns true if a rank was lost: then MPI must not be finalized (see
+    /// [`wire::STOP_SKIP_FINALIZE`]).
+    pub(crate) fn run(mut self, rx: mpsc::Receiver<Cmd>) -> bool {
         let mut idle = Idle::new();
         loop {
             let mut busy = false;
@@ -288,8 +290,9 @@ impl Driver {
         }
     }
 
-    /// Fails what is left, tells every serving rank still there to stop.
-    fn stop(mut self) {
+    /// Fails what is left, tells every serving rank still there to stop; true if a rank was
+    /// lost.
+    fn stop(mut self) -> bool {
         for t in self.queue.drain(..) {
             t.slot
                 .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
@@ -298,11 +301,18 @@ impl Driver {
             t.slot
                 .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
         }
+        let lost = self.ranks.iter().any(|r| r.lost);
+        let stop: &[u8] = if lost {
+            &[wire::STOP_SKIP_FINALIZE]
+        } else {
+            &[]
+        };
         let size = mpi::traits::Communicator::size(&self.link.world);
         for rank in 1..size {
             if !self.ranks.iter().any(|r| r.rank == rank && r.lost) {
-                self.link.send(rank, TAG_STOP, &[]);
+                self.link.send(rank, TAG_STOP, stop);
             }
         }
+        lost
     }
 }

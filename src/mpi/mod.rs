@@ -458,7 +458,11 @@ fn drive(
     match Driver::start(link, config, timeout, rank_timeout, prefetch) {
         Ok((driver, world)) => {
             let _ = ready.send(Ok(world));
-            driver.run(rx);
+            if driver.run(rx) {
+                // A rank was lost: finalizing could wait for it forever (see wire).
+                std::mem::forget(universe);
+                return;
+            }
         }
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -41,13 +41,16 @@ pub(crate) fn serve() -> i32 {
     let mut hello = offered.to_le_bytes().to_vec();
     hello.extend_from_slice(identity::own());
     link.send(0, TAG_HELLO, &hello);
-    if let Ok(pool) = pool {
-        Server::new(pool).run(&mut link);
-    } else {
-        wait_for_stop(&mut link);
-    }
+    let skip_finalize = match pool {
+        Ok(pool) => Server::new(pool).run(&mut link),
+        Err(_) => wait_for_stop(&mut link),
+    };
     drop(link);
-    drop(universe); // MPI_Finalize
+    if skip_finalize {
+        std::mem::forget(universe); // a rank was lost: finalizing could wait for it forever
+    } else {
+        drop(universe); // MPI_Finalize
+    }
     0
 }
 
@@ -91,16 +94,21 @@ fn wait_for_config(link: &mut Link) -> Option<RankConfig> {
     }
 }
 
-fn wait_for_stop(link: &mut Link) {
+/// Waits for `STOP`; true if it says to skip `MPI_Finalize`.
+fn wait_for_stop(link: &mut Link) -> bool {
     let mut idle = Idle::new();
     loop {
         match link.try_receive() {
-            Some(m) if m.tag == TAG_STOP => return,
+            Some(m) if m.tag == TAG_STOP => return skips_finalize(&m.bytes),
             Some(_) => {}
             None => std::thread::sleep(idle.pause(false).unwrap_or_default()),
         }
         idle.active();
     }
+}
+
+fn skips_finalize(stop: &[u8]) -> bool {
+    stop == [wire::STOP_SKIP_FINALIZE]
 }
 
 struct Server {
@@ -124,7 +132,8 @@ impl Server {
         }
     }
 
-    fn run(mut self, link: &mut Link) {
+    /// Serves until `STOP`; true if it says to skip `MPI_Finalize`.
+    fn run(mut self, link: &mut Link) -> bool {
         let mut idle = Idle::new();
         let mut last_beat = std::time::Instant::now();
         loop {
@@ -136,7 +145,7 @@ impl Server {
             while let Some(m) = link.try_receive() {
                 busy = true;
                 match m.tag {
-                    TAG_STOP => return,
+                    TAG_STOP => return skips_finalize(&m.bytes),
                     TAG_TASK => self.start(link, &m.bytes),
                     _ => {}
                 }

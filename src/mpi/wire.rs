@@ -23,8 +23,13 @@ pub(crate) const TAG_CONFIG: i32 = 0x6d70_0005;
 pub(crate) const TAG_TASK: i32 = 0x6d70_0002;
 /// Serving rank → rank 0: `[u64 job id][reply]`, see [`encode_reply`].
 pub(crate) const TAG_REPLY: i32 = 0x6d70_0003;
-/// Rank 0 → serving rank: stop serving, finalize MPI and exit. Empty.
+/// Rank 0 → serving rank: stop serving, finalize MPI and exit. Empty, or
+/// [`STOP_SKIP_FINALIZE`].
 pub(crate) const TAG_STOP: i32 = 0x6d70_0004;
+/// The body of a `STOP` after a rank was lost: exit without `MPI_Finalize`. Finalizing is
+/// collective in Open MPI; with a dead rank in the job (`--enable-recovery`) it can wait
+/// forever.
+pub(crate) const STOP_SKIP_FINALIZE: u8 = 1;
 
 /// How a serving rank sets up its local pool; from [`Builder`](super::Builder).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
