@@ -31,7 +31,9 @@ extern "C" fn mproc_on_load(
 #[used]
 // SAFETY: `.init_array` holds pointers to functions of exactly the `InitFn` shape, which the
 // runtime calls once, single-threaded, before `main`. Our function never unwinds out
-// (`worker::on_load` catches every panic) and only touches the environment and fds.
+// (`worker::on_load` catches every panic) and only touches the environment and fds; under the
+// `mpi` feature a serving rank runs `mpi::serve_at_load` instead, which also catches every
+// panic and exits without returning.
 #[unsafe(link_section = ".init_array")]
 static MPROC_INIT: InitFn = mproc_on_load;
 
