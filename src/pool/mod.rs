@@ -23,7 +23,7 @@ use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
-use result::{Outcome, Slot};
+pub(crate) use result::{Outcome, Slot};
 use supervisor::{Config, Job, Shared, Sink};
 
 /// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
@@ -202,6 +202,20 @@ impl PoolBuilder {
     pub fn chunksize(mut self, n: usize) -> PoolBuilder {
         self.chunksize = Some(n.max(1));
         self
+    }
+
+    /// Switches to a pool over the ranks of an MPI job (feature `mpi`): `processes`,
+    /// `max_retries`, `task_timeout`, `max_tasks_per_child` and `chunksize` carry over, applied
+    /// on each serving rank; the other settings do not (yet). See [`crate::mpi`].
+    #[cfg(feature = "mpi")]
+    pub fn mpi(self) -> crate::mpi::Builder {
+        crate::mpi::Builder::from_local(
+            self.processes,
+            self.max_retries,
+            self.task_timeout,
+            self.max_tasks_per_child,
+            self.chunksize,
+        )
     }
 
     /// Starts the pool: the supervisor thread and its workers.
@@ -525,6 +539,23 @@ impl Pool {
         })
     }
 
+    /// Queues a `Run` frame encoded elsewhere (by another MPI rank), without fds; its outcome
+    /// arrives on `tx` tagged with `key`. The MPI rank server's way into its local workers.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn submit_frame(
+        &self,
+        frame: Vec<u8>,
+        tx: std::sync::mpsc::Sender<(usize, Outcome)>,
+        key: usize,
+    ) -> Result<()> {
+        self.shared.submit([Job {
+            frame,
+            fds: None,
+            sink: Sink::Channel(tx, key),
+            retries_left: self.max_retries,
+        }])
+    }
+
     pub(crate) fn submit_chunk<T: Serialize>(
         &self,
         f: Option<FnRef>,
@@ -595,7 +626,7 @@ fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
     out
 }
 
-fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
+pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
     let outcome = outcomes
         .into_iter()
         .next()
@@ -606,7 +637,7 @@ fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
         .unwrap_or_else(|| Err(Error::protocol("an empty reply")))
 }
 
-fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
+pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for outcome in outcomes {
         // The first failure fails the map, as `decode_chunk` then `?` on each item would.

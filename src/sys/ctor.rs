@@ -14,6 +14,12 @@ extern "C" fn mproc_on_load(
     _envp: *const *const libc::c_char,
 ) {
     let Some(marker) = super::child::take_env_at_load(crate::worker::MARKER_ENV) else {
+        // Not an mproc worker (the marker wins: a serving rank's own workers inherit the
+        // launcher's rank variables). Under MPI, every rank but 0 serves instead of `main`.
+        #[cfg(feature = "mpi")]
+        if crate::mpi::is_serving_rank() {
+            crate::mpi::serve_at_load();
+        }
         return;
     };
     crate::worker::on_load(marker, &super::child::token_at_load());
@@ -25,7 +31,9 @@ extern "C" fn mproc_on_load(
 #[used]
 // SAFETY: `.init_array` holds pointers to functions of exactly the `InitFn` shape, which the
 // runtime calls once, single-threaded, before `main`. Our function never unwinds out
-// (`worker::on_load` catches every panic) and only touches the environment and fds.
+// (`worker::on_load` catches every panic) and only touches the environment and fds; under the
+// `mpi` feature a serving rank runs `mpi::serve_at_load` instead, which also catches every
+// panic and exits without returning.
 #[unsafe(link_section = ".init_array")]
 static MPROC_INIT: InitFn = mproc_on_load;
 

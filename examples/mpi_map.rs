@@ -1,0 +1,110 @@
+//! The same `Pool` methods over the ranks of an MPI job; tasks that abort, segfault or
+//! panic fail alone.
+//!
+//! ```text
+//! cargo build --release --features mpi --example mpi_map
+//! mpirun -n 3 target/release/examples/mpi_map
+//! ```
+//! Rank 0 runs `main`; ranks 1 and 2 serve tasks in their own local worker processes.
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Which rank, host and network namespace ran the task.
+fn whereami(_: ()) -> String {
+    let rank = std::env::var("OMPI_COMM_WORLD_RANK").unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let net = std::fs::read_link("/proc/self/ns/net").unwrap_or_default();
+    format!("rank {rank} on {} ({})", host.trim(), net.display())
+}
+
+fn reverse(mut v: Vec<u8>) -> Vec<u8> {
+    v.reverse();
+    v
+}
+
+fn abort_now(_: ()) -> u64 {
+    std::process::abort()
+}
+
+/// Dies by SIGSEGV, as a task with a memory fault would (sent by `kill`: no unsafe needed).
+fn segfault(_: ()) -> u64 {
+    let me = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-SEGV", &me])
+        .status();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    0
+}
+
+fn fail(msg: String) -> u64 {
+    panic!("{msg}")
+}
+
+fn main() -> mproc::Result<()> {
+    // The local pool's builder, switched to MPI: two worker processes on every serving rank.
+    let pool = mproc::Pool::builder().processes(2).mpi().build()?;
+    println!(
+        "mpi pool: {} serving ranks, {} worker processes",
+        pool.ranks(),
+        pool.processes()
+    );
+
+    let squares = pool.map(square, 0..100u64)?;
+    assert_eq!(squares, (0..100u64).map(square).collect::<Vec<_>>());
+    println!(
+        "map: sum of squares 0..100 = {}",
+        squares.iter().sum::<u64>()
+    );
+
+    let pending = pool.apply_async(square, 12);
+    println!("apply_async: 12^2 = {}", pending.get()?);
+    println!("apply: {}", pool.apply(whereami, ())?);
+    let places = pool.map_chunked(whereami, vec![(); 2 * pool.processes()], 1)?;
+    let mut places: Vec<String> = places.into_iter().map(|p| format!("[{p}]")).collect();
+    places.sort();
+    places.dedup();
+    println!("ran on: {}", places.join(" "));
+
+    // Large messages both ways at once (past MPI's eager limit): 16 x 4 MiB there and back.
+    let big: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 4 << 20]).collect();
+    let back = pool.map_chunked(reverse, big, 1)?;
+    assert!(
+        back.iter()
+            .enumerate()
+            .all(|(i, v)| v.len() == 4 << 20 && v[0] == i as u8)
+    );
+    println!("large: {} MiB there and back", back.len() * 4 * 2);
+
+    let err = pool.apply(abort_now, ()).expect_err("the task aborts");
+    let status = err.exit_status().expect("a worker death");
+    println!("abort: failed alone: {err} (signal {:?})", status.signal());
+
+    let err = pool.apply(segfault, ()).expect_err("the task segfaults");
+    let status = err.exit_status().expect("a worker death");
+    println!("segfault: failed alone (signal {:?})", status.signal());
+
+    let err = pool
+        .apply(fail, "boom".to_string())
+        .expect_err("the task panics");
+    println!(
+        "panic: failed alone: {:?}",
+        err.remote_panic().map(|p| p.message())
+    );
+
+    let firsts: Vec<u64> = pool
+        .imap(square, 1u64..)
+        .take(5)
+        .collect::<mproc::Result<_>>()?;
+    println!("imap over an endless input: {firsts:?}");
+
+    let again = pool.map(square, 0..1000u64)?;
+    assert_eq!(again.len(), 1000);
+    println!(
+        "map after the failures: {} results, job still running",
+        again.len()
+    );
+    println!("mpi_map: ok");
+    Ok(())
+}

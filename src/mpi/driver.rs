@@ -1,0 +1,318 @@
+//! Rank 0's driver thread: the only thread of rank 0 that calls MPI.
+//!
+//! Users' threads queue `Run` frames on a channel; the driver hands them to serving ranks
+//! (at most `prefetch` per local worker of a rank in flight, so every rank's workers stay busy
+//! while the rest waits here, where any rank that frees up can take it), and delivers each reply into the slot its caller waits on.
+//!
+//! Lost ranks: every serving rank sends a heartbeat each second. Under Open MPI's default a
+//! dead rank aborts the whole job anyway; under `mpirun --enable-recovery` the job goes on,
+//! and a rank silent for longer than the rank timeout is written off here: its tasks are
+//! re-run on other ranks while they have retries left (`max_retries`), else fail with
+//! `WorkerDied`, and it gets no more tasks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use super::transport::{Idle, Link};
+use super::wire::{self, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
+use crate::error::{Error, ExitStatus, Result};
+use crate::pool::Slot;
+use crate::sys::RawExit;
+use crate::wire::codec;
+
+/// A request from a user's thread.
+pub(crate) enum Cmd {
+    /// Run this frame; deliver into cell `i` of the slot.
+    Run(Vec<u8>, Arc<Slot>, usize),
+}
+
+/// A task waiting for a rank, or out on one.
+struct Task {
+    frame: Vec<u8>,
+    slot: Arc<Slot>,
+    cell: usize,
+    /// Re-runs left should its rank be lost.
+    retries_left: u32,
+}
+
+/// What rank 0 learnt from the serving ranks at start.
+pub(crate) struct World {
+    /// Serving ranks that took tasks (said hello with local workers).
+    pub(crate) ranks: usize,
+    /// Their local workers, summed.
+    pub(crate) processes: usize,
+}
+
+struct Rank {
+    rank: i32,
+    /// Tasks it may still be sent now.
+    credit: usize,
+    last_heard: Instant,
+    lost: bool,
+}
+
+pub(crate) struct Driver {
+    link: Link,
+    ranks: Vec<Rank>,
+    queue: VecDeque<Task>,
+    /// Job id → the task and the rank running it.
+    inflight: HashMap<u64, (Task, i32)>,
+    next_id: u64,
+    max_retries: u32,
+    rank_timeout: Duration,
+    last_check: Instant,
+}
+
+impl Driver {
+    /// Sends every serving rank its settings and collects its hello, for up to `timeout`.
+    pub(crate) fn start(
+        mut link: Link,
+        config: &RankConfig,
+        timeout: Duration,
+        rank_timeout: Duration,
+        prefetch: usize,
+    ) -> Result<(Driver, World)> {
+        let prefetch = prefetch.max(1);
+        let size = mpi::traits::Communicator::size(&link.world);
+        let mut encoded = Vec::new();
+        codec::encode_into(config, &mut encoded).map_err(Error::codec)?;
+        let max_retries = config.max_retries;
+        let config = encoded;
+        for rank in 1..size {
+            link.send(rank, TAG_CONFIG, &config);
+        }
+        let mut ranks = Vec::new();
+        let mut heard = 0;
+        let deadline = Instant::now() + timeout;
+        let mut idle = Idle::new();
+        while heard + 1 < size {
+            let Some(m) = link.try_receive() else {
+                if Instant::now() > deadline {
+                    return Err(Error::broken("serving ranks did not say hello in time"));
+                }
+                std::thread::sleep(idle.pause(false).unwrap_or_default());
+                continue;
+            };
+            idle.active();
+            if m.tag != TAG_HELLO {
+                continue;
+            }
+            heard += 1;
+            let (n, id) = m.bytes.split_at(4.min(m.bytes.len()));
+            let n = u32::from_le_bytes(n.try_into().unwrap_or_default()) as usize;
+            if id != crate::sys::identity::own() {
+                eprintln!(
+                    "mproc: mpi rank {} runs a different binary; it gets no tasks",
+                    m.source
+                );
+            } else if n > 0 {
+                ranks.push(Rank {
+                    rank: m.source,
+                    credit: prefetch * n,
+                    last_heard: Instant::now(),
+                    lost: false,
+                });
+            }
+        }
+        let world = World {
+            ranks: ranks.len(),
+            processes: ranks.iter().map(|r| r.credit / prefetch).sum(),
+        };
+        let driver = Driver {
+            link,
+            ranks,
+            queue: VecDeque::new(),
+            inflight: HashMap::new(),
+            next_id: 0,
+            max_retries,
+            rank_timeout,
+            last_check: Instant::now(),
+        };
+        Ok((driver, world))
+    }
+
+    /// Serves until every sender is gone (the pool was dropped), then stops every rank.
+    /// Returns true if a rank was lost: then MPI must not be finalized (see
+    /// [`wire::STOP_SKIP_FINALIZE`]).
+    pub(crate) fn run(mut self, rx: mpsc::Receiver<Cmd>) -> bool {
+        let mut idle = Idle::new();
+        loop {
+            let mut busy = false;
+            while let Some(m) = self.link.try_receive() {
+                busy = true;
+                self.heard(m.source);
+                if m.tag == TAG_REPLY {
+                    self.deliver(m.source, &m.bytes);
+                }
+            }
+            self.check_lost();
+            let mut stopping = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        busy = true;
+                        self.enqueue(cmd);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                }
+            }
+            busy |= self.dispatch();
+            if stopping {
+                return self.stop();
+            }
+            if busy {
+                idle.active();
+                continue;
+            }
+            match idle.pause(!self.inflight.is_empty()) {
+                None => std::thread::yield_now(),
+                Some(d) => match rx.recv_timeout(d) {
+                    Ok(cmd) => {
+                        self.enqueue(cmd);
+                        idle.active();
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return self.stop(),
+                },
+            }
+        }
+    }
+
+    fn enqueue(&mut self, Cmd::Run(frame, slot, cell): Cmd) {
+        self.queue.push_back(Task {
+            frame,
+            slot,
+            cell,
+            retries_left: self.max_retries,
+        });
+    }
+
+    /// Sends queued tasks to ranks with credit left; true if it sent any.
+    fn dispatch(&mut self) -> bool {
+        if !self.queue.is_empty() && self.ranks.iter().all(|r| r.lost) {
+            for t in self.queue.drain(..) {
+                let e = Error::broken("every serving MPI rank was lost");
+                t.slot.complete(t.cell, Err(e));
+            }
+            return true;
+        }
+        let mut sent = false;
+        while !self.queue.is_empty() {
+            // The rank with the most room: spreads a map over every rank.
+            let Some(r) = self
+                .ranks
+                .iter_mut()
+                .filter(|r| r.credit > 0 && !r.lost)
+                .max_by_key(|r| r.credit)
+            else {
+                break;
+            };
+            r.credit -= 1;
+            let dest = r.rank;
+            let Some(task) = self.queue.pop_front() else {
+                break;
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.link
+                .send(dest, TAG_TASK, &wire::with_id(id, &task.frame));
+            self.inflight.insert(id, (task, dest));
+            sent = true;
+        }
+        sent
+    }
+
+    fn heard(&mut self, source: i32) {
+        if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == source) {
+            r.last_heard = Instant::now();
+        }
+    }
+
+    fn deliver(&mut self, source: i32, bytes: &[u8]) {
+        let Some((id, reply)) = wire::split_id(bytes) else {
+            return;
+        };
+        if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == source) {
+            r.credit += 1;
+        }
+        if let Some((t, _)) = self.inflight.remove(&id) {
+            t.slot.complete(t.cell, wire::decode_reply(source, reply));
+        }
+    }
+
+    /// Writes off ranks silent for longer than the rank timeout (checked every 100 ms).
+    fn check_lost(&mut self) {
+        if self.last_check.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_check = Instant::now();
+        let timeout = self.rank_timeout;
+        let silent: Vec<i32> = self
+            .ranks
+            .iter()
+            .filter(|r| !r.lost && r.last_heard.elapsed() > timeout)
+            .map(|r| r.rank)
+            .collect();
+        for rank in silent {
+            self.lose(rank);
+        }
+    }
+
+    fn lose(&mut self, rank: i32) {
+        eprintln!("mproc: mpi rank {rank} is silent; writing it off and re-running its tasks");
+        if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == rank) {
+            r.lost = true;
+            r.credit = 0;
+        }
+        let ids: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, on))| *on == rank)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some((mut t, _)) = self.inflight.remove(&id) else {
+                continue;
+            };
+            if t.retries_left > 0 {
+                t.retries_left -= 1;
+                self.queue.push_front(t);
+            } else {
+                let status = ExitStatus::from_raw(RawExit::Unknown);
+                t.slot.complete(t.cell, Err(Error::worker_died(status)));
+            }
+        }
+    }
+
+    /// Fails what is left, tells every serving rank still there to stop; true if a rank was
+    /// lost.
+    fn stop(mut self) -> bool {
+        for t in self.queue.drain(..) {
+            t.slot
+                .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
+        }
+        for (_, (t, _)) in self.inflight.drain() {
+            t.slot
+                .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
+        }
+        let lost = self.ranks.iter().any(|r| r.lost);
+        let stop: &[u8] = if lost {
+            &[wire::STOP_SKIP_FINALIZE]
+        } else {
+            &[]
+        };
+        let size = mpi::traits::Communicator::size(&self.link.world);
+        for rank in 1..size {
+            if !self.ranks.iter().any(|r| r.rank == rank && r.lost) {
+                self.link.send(rank, TAG_STOP, stop);
+            }
+        }
+        lost
+    }
+}

@@ -1,0 +1,208 @@
+//! A serving rank: what every rank but 0 runs, from the load-time constructor, instead of
+//! `main`.
+//!
+//! It initializes MPI, waits for rank 0's settings, starts a local [`Pool`](crate::Pool) with
+//! them, says hello to rank 0 and loops: tasks from rank 0 go to the local pool as their raw
+//! `Run` frames (after the binary identity check); outcomes go back as replies, and a
+//! heartbeat every second. A task that panics,
+//! aborts or segfaults kills at most a local worker, which the local pool replaces: the rank
+//! and the MPI job live on.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+
+use super::transport::{Idle, Link};
+use super::wire::{
+    self, HEARTBEAT, RankConfig, TAG_BEAT, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK,
+};
+use crate::pool::Outcome;
+use crate::sys::identity;
+use crate::wire::{codec, frame, msg};
+
+/// Environment variable: local worker processes per serving rank, when the builder does not
+/// say (default: the rank's CPU count).
+pub(crate) const PROCESSES_ENV: &str = "MPROC_MPI_PROCESSES";
+
+/// Serves rank 0 until it says stop; returns the exit code.
+pub(crate) fn serve() -> i32 {
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
+        eprintln!("mproc: MPI was already initialized in a serving rank");
+        return crate::worker::EXIT_INTERNAL;
+    };
+    let mut link = Link::new(universe.world());
+    let Some(config) = wait_for_config(&mut link) else {
+        return 0; // told to stop before any work
+    };
+    let pool = local_pool(&config);
+    if let Err(e) = &pool {
+        eprintln!("mproc: mpi rank cannot start its local pool: {e}");
+    }
+    let offered = pool.as_ref().map_or(0, |p| p.processes() as u32);
+    let mut hello = offered.to_le_bytes().to_vec();
+    hello.extend_from_slice(identity::own());
+    link.send(0, TAG_HELLO, &hello);
+    let skip_finalize = match pool {
+        Ok(pool) => Server::new(pool).run(&mut link),
+        Err(_) => wait_for_stop(&mut link),
+    };
+    drop(link);
+    if skip_finalize {
+        std::mem::forget(universe); // a rank was lost: finalizing could wait for it forever
+    } else {
+        drop(universe); // MPI_Finalize
+    }
+    0
+}
+
+/// The local pool, started once MPI runs. Its fork server is started by fork and exec at
+/// once, which MPI tolerates (no registered memory is touched in between).
+fn local_pool(config: &RankConfig) -> crate::Result<crate::Pool> {
+    let processes = config
+        .processes
+        .map(|n| n as usize)
+        .or_else(|| std::env::var(PROCESSES_ENV).ok()?.parse().ok())
+        .unwrap_or_else(crate::cpu_count)
+        .max(1);
+    let mut b = crate::Pool::builder()
+        .processes(processes)
+        .max_retries(config.max_retries);
+    if let Some(t) = config.task_timeout {
+        b = b.task_timeout(t);
+    }
+    if let Some(n) = config.max_tasks_per_child {
+        b = b.max_tasks_per_child(n as usize);
+    }
+    b.build()
+}
+
+/// Waits for rank 0's settings; `None` if it says stop first.
+fn wait_for_config(link: &mut Link) -> Option<RankConfig> {
+    let mut idle = Idle::new();
+    loop {
+        match link.try_receive() {
+            Some(m) if m.tag == TAG_STOP => return None,
+            Some(m) if m.tag == TAG_CONFIG => {
+                return Some(codec::decode(&m.bytes).unwrap_or_default());
+            }
+            Some(_) => {}
+            None => {
+                std::thread::sleep(idle.pause(false).unwrap_or_default());
+                continue;
+            }
+        }
+        idle.active();
+    }
+}
+
+/// Waits for `STOP`; true if it says to skip `MPI_Finalize`.
+fn wait_for_stop(link: &mut Link) -> bool {
+    let mut idle = Idle::new();
+    loop {
+        match link.try_receive() {
+            Some(m) if m.tag == TAG_STOP => return skips_finalize(&m.bytes),
+            Some(_) => {}
+            None => std::thread::sleep(idle.pause(false).unwrap_or_default()),
+        }
+        idle.active();
+    }
+}
+
+fn skips_finalize(stop: &[u8]) -> bool {
+    stop == [wire::STOP_SKIP_FINALIZE]
+}
+
+struct Server {
+    pool: crate::Pool,
+    tx: mpsc::Sender<(usize, Outcome)>,
+    rx: mpsc::Receiver<(usize, Outcome)>,
+    /// Local key → rank 0's job id.
+    jobs: HashMap<usize, u64>,
+    next_key: usize,
+}
+
+impl Server {
+    fn new(pool: crate::Pool) -> Server {
+        let (tx, rx) = mpsc::channel();
+        Server {
+            pool,
+            tx,
+            rx,
+            jobs: HashMap::new(),
+            next_key: 0,
+        }
+    }
+
+    /// Serves until `STOP`; true if it says to skip `MPI_Finalize`.
+    fn run(mut self, link: &mut Link) -> bool {
+        let mut idle = Idle::new();
+        let mut last_beat = std::time::Instant::now();
+        loop {
+            if last_beat.elapsed() >= HEARTBEAT {
+                link.send(0, TAG_BEAT, &[]);
+                last_beat = std::time::Instant::now();
+            }
+            let mut busy = false;
+            while let Some(m) = link.try_receive() {
+                busy = true;
+                match m.tag {
+                    TAG_STOP => return skips_finalize(&m.bytes),
+                    TAG_TASK => self.start(link, &m.bytes),
+                    _ => {}
+                }
+            }
+            while let Ok((key, outcome)) = self.rx.try_recv() {
+                busy = true;
+                self.reply(link, key, &outcome);
+            }
+            if busy {
+                idle.active();
+                continue;
+            }
+            // Nothing to do: wait for a local outcome (MPI cannot wake us, so bounded).
+            match idle.pause(!self.jobs.is_empty()) {
+                None => std::thread::yield_now(),
+                Some(d) => match self.rx.recv_timeout(d) {
+                    Ok((key, outcome)) => {
+                        self.reply(link, key, &outcome);
+                        idle.active();
+                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                },
+            }
+        }
+    }
+
+    /// Hands a task to the local pool, or refuses it at once if it comes from another binary.
+    fn start(&mut self, link: &mut Link, msg_bytes: &[u8]) {
+        let Some((id, run_frame)) = wire::split_id(msg_bytes) else {
+            return;
+        };
+        let body = run_frame.get(frame::HEADER..).unwrap_or_default();
+        let me = identity::own();
+        let foreign = match msg::parse_run(body) {
+            Ok(run) => identity::verify(run.identity, me).is_none(),
+            Err(_) => true,
+        };
+        if foreign {
+            link.send(0, TAG_REPLY, &wire::refused(id, me));
+            return;
+        }
+        let key = self.next_key;
+        self.next_key = self.next_key.wrapping_add(1);
+        match self
+            .pool
+            .submit_frame(run_frame.to_vec(), self.tx.clone(), key)
+        {
+            Ok(()) => {
+                self.jobs.insert(key, id);
+            }
+            Err(e) => link.send(0, TAG_REPLY, &wire::encode_reply(id, &Err(e))),
+        }
+    }
+
+    fn reply(&mut self, link: &mut Link, key: usize, outcome: &Outcome) {
+        if let Some(id) = self.jobs.remove(&key) {
+            link.send(0, TAG_REPLY, &wire::encode_reply(id, outcome));
+        }
+    }
+}
