@@ -507,6 +507,7 @@ fn names(_: ()) -> (String, Option<(u32, String)>) {
 /// start method and in pool workers.
 #[test]
 fn children_know_their_name_and_parent() {
+    let _leaks = common::leak_checked();
     let me = std::process::id();
     assert_eq!(mproc::current_process().name(), "MainProcess");
     assert!(mproc::parent_process().is_none());
