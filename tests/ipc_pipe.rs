@@ -207,6 +207,52 @@ fn a_connection_passed_to_a_process_plays_ping_pong() {
     }
 }
 
+/// Serves until the other end hangs up; tells whether it ended by that hang-up (not by a
+/// timeout).
+fn serve_until_hang_up(conn: Connection<Msg>) -> bool {
+    loop {
+        match conn.recv_timeout(LIMIT) {
+            Ok(Msg::Ping(i)) => {
+                if conn.send(&Msg::Ping(i + 1)).is_err() {
+                    return false;
+                }
+            }
+            Ok(_) => return false,
+            Err(e) => return e.kind() == ErrorKind::Closed,
+        }
+    }
+}
+
+#[test]
+fn dropping_our_end_hangs_up_on_a_child_under_every_start_method() {
+    // Under `Fork` the child starts with a copy of every parent fd, `ours` included: unless it
+    // lets go of it, the parent's drop is never seen (Python's classic `fork` trap).
+    let _leaks = common::leak_checked();
+    let _g = shared();
+    for &m in StartMethod::all() {
+        let (ours, theirs) = pipe::<Msg>().unwrap();
+        // An unrelated pipe open in the parent while the child is forked, dropped later.
+        let (other_a, other_b) = pipe::<Msg>().unwrap();
+        let mut child = Process::builder()
+            .start_method(m)
+            .spawn(serve_until_hang_up, theirs)
+            .unwrap();
+        ours.send(&Msg::Ping(1)).unwrap();
+        assert!(matches!(ours.recv_timeout(LIMIT).unwrap(), Msg::Ping(2)));
+        drop(ours);
+        assert!(
+            child.join_timeout(LIMIT).unwrap(),
+            "{m:?}: the child saw the hang-up"
+        );
+        drop(other_a);
+        assert_eq!(
+            other_b.recv_timeout(LIMIT).unwrap_err().kind(),
+            ErrorKind::Closed,
+            "{m:?}"
+        );
+    }
+}
+
 fn echo_big(conn: Connection<ByteBuf>) -> usize {
     match conn.recv_timeout(LIMIT) {
         Ok(b) => conn.send(&b).map_or(0, |()| b.len()),

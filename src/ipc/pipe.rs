@@ -100,7 +100,8 @@ pub fn pipe<T: Serialize + DeserializeOwned>() -> Result<(Connection<T>, Connect
 /// every process holding it has closed it, the other end's receives fail with
 /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) after the messages already sent.
 pub struct Connection<T> {
-    sock: UnixStream,
+    /// Recorded as a pipe end, so that children forked later let go of their copies.
+    sock: sys::endpoints::Endpoint,
     rx: Mutex<Rx>,
     /// Held while a frame is sent, so that frames from several threads never interleave.
     tx: Mutex<()>,
@@ -171,7 +172,7 @@ impl<T> From<UnixStream> for Connection<T> {
     /// `Connection`).
     fn from(sock: UnixStream) -> Connection<T> {
         Connection {
-            sock,
+            sock: sys::endpoints::Endpoint::new(sock),
             rx: Mutex::new(Rx::new(DEFAULT_MAX_MESSAGE)),
             tx: Mutex::new(()),
             limit: AtomicU64::new(DEFAULT_MAX_MESSAGE),

@@ -103,6 +103,8 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<(i32, O
             drop(stdio_locks.borrow_mut().take());
             // Our own copy of the parent's end would hide the parent's close from us.
             sys::child::close_inherited_raw(token, parent_end);
+            // Nor may our copies of the parent's pipe ends hide its hang-ups (Python's trap).
+            sys::endpoints::release_inherited(token);
             let mut setup = ChildSetup {
                 env: spec.env.clone(),
                 parent,

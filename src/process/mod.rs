@@ -44,6 +44,12 @@ pub enum StartMethod {
     /// of the call. About as fast as the fork server for a small parent (measured in
     /// `benches/process.rs`), and slower the more memory the parent has touched.
     ///
+    /// The child inherits the parent's open fds, as with Python's `fork`, except the ends of
+    /// mproc pipes: it lets go of its copies at once, so that when the parent drops its end of
+    /// a [`pipe`](crate::pipe), the other end sees the hang-up (in Python, a forked child's
+    /// copy keeps it open and a reader waits forever). Ends it is given in its argument
+    /// arrive as usual.
+    ///
     /// # Hazards
     /// Only the forking thread is copied. A lock that another thread held at that moment (a
     /// `Mutex` in the parent, a lock inside a C library, the stdout lock while another thread

@@ -7,6 +7,7 @@
 
 pub(crate) mod child;
 pub(crate) mod ctor;
+pub(crate) mod endpoints;
 pub(crate) mod fnptr;
 pub(crate) mod fork_local;
 pub(crate) mod futex;

@@ -379,6 +379,19 @@ pub(crate) fn dup_to(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
 }
 
+/// Makes the open descriptor `target` a close-on-exec copy of `fd` (what `target` referred to
+/// is released), keeping its number taken.
+pub(crate) fn dup_over(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if !fd_is_open(target) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `dup2` takes plain integers; the caller asks for `target`'s old object to be
+    // released, and `target` is open, so no number is newly taken behind an owner's back.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
+    // SAFETY: `target` is open (made so by dup2 above); setting its flag cannot fail otherwise.
+    set_cloexec(unsafe { BorrowedFd::borrow_raw(target) }, true)
+}
+
 /// Sets or clears close-on-exec on `fd`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on a borrowed (thus open) fd.
