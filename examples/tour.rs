@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use mproc::{AsyncResult, Pool, Process};
+use mproc::{AsyncResult, Pool, Process, Stdio};
 
 /// Python: `def worker(num): print(f"Worker {num} started"); time.sleep(...); print(...)`.
 /// Returns its pid, so the caller can see which process ran it.
@@ -99,7 +99,11 @@ fn main() -> mproc::Result<()> {
     let mut tasks = 0;
 
     println!("\n5. A pool of four workers: Pool(processes=4), then pool.map(worker, range(4))");
-    let pool = Pool::new(4)?;
+    println!("   (their output relayed line by line, prefixed with each worker's name and pid)");
+    let pool = Pool::builder()
+        .processes(4)
+        .stdout(Stdio::Prefixed)
+        .build()?;
     pools += 1;
     let t = Instant::now();
     let pids = pool.map(worker, 0..4)?; // one result per item, in input order

@@ -104,6 +104,13 @@
 //! started once; [`StartMethod::Spawn`] re-executes the program for each child;
 //! [`StartMethod::Fork`] forks the caller (fastest, with the hazards documented there).
 //!
+//! # Output
+//! Children write to the parent's stdout and stderr, as in Python. With
+//! [`Stdio::Prefixed`] (on [`Builder`] or [`PoolBuilder`]) each line is relayed whole by the
+//! parent, prefixed with the child's name and pid, so output of many workers never mixes
+//! mid-line. [`Pool::apply_captured`] and [`Pool::map_captured`] instead return what a task
+//! printed with its result, as a [`Captured`].
+//!
 //! # Children never outlive their parent
 //! Every child, and the fork server, is killed by the kernel when the parent dies, even by
 //! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it.
@@ -133,10 +140,12 @@
 
 #![deny(missing_docs)]
 
+mod capture;
 mod error;
 mod ipc;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+mod output;
 mod pool;
 mod process;
 #[cfg(feature = "progress")]
@@ -146,6 +155,7 @@ mod trace;
 mod wire;
 mod worker;
 
+pub use capture::Captured;
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
 pub use ipc::{Array, ArrayGuard, Connection, SharedMemory, Value, ValueGuard, pipe};
 pub use ipc::{

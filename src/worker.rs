@@ -238,11 +238,10 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         // Handles inside the argument take their fds from those sent with this task.
         let (reply, ok) = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg));
         drop(spilled);
-        if run.flags & msg::FLAG_LAST != 0 {
-            // Output written with `print!` must not be lost on `_exit`.
-            let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
-        }
+        // Output written with `print!` goes out before the answer (so a relayed line is
+        // printed before the caller sees the result), and is not lost on `_exit`.
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
         if sock.write_all(&reply).is_err() {
             return EXIT_PROTOCOL;
         }

@@ -103,6 +103,11 @@ fn spawn_works_inside_a_plain_binary() {
     }
     let lines: Vec<&str> = stdout.lines().collect();
     for line in lines.iter().filter(|l| l.contains("Worker")) {
+        // The pool's workers print through `Stdio::Prefixed`: `[PoolWorker <pid>] ...`.
+        let line = match line.split_once("] ") {
+            Some((prefix, rest)) if prefix.starts_with("[PoolWorker ") => rest,
+            _ => line,
+        };
         let rest = line
             .strip_prefix("  Worker ")
             .unwrap_or_else(|| panic!("{line:?}"));

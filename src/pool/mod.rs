@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::capture::{CaptureOutput, Captured};
 use crate::error::{Error, RemotePanic, Result};
 use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
@@ -382,6 +383,42 @@ impl Pool {
             Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).get(),
             Err(e) => Err(e),
         }
+    }
+
+    /// As [`apply`](Pool::apply), returning what the task wrote to its stdout and stderr
+    /// beside its result, instead of printing it (Python has no such call: its users redirect
+    /// `sys.stdout` by hand inside the task).
+    ///
+    /// Everything the worker process writes to fds 1 and 2 while the task runs is captured,
+    /// including C code's output and threads the task started. If the task panics, its output
+    /// goes to the worker's streams as if uncaptured, and the panic is returned as usual.
+    ///
+    /// # Errors
+    /// As [`apply`](Pool::apply).
+    pub fn apply_captured<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Captured<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let mut one = self
+            .map_async_impl(CaptureOutput(f), vec![arg], Some(1))
+            .get()?;
+        one.pop().ok_or_else(|| Error::protocol("an empty reply"))
+    }
+
+    /// As [`map`](Pool::map), capturing each item's output as
+    /// [`apply_captured`](Pool::apply_captured) does.
+    pub fn map_captured<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<Captured<R>>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async_impl(CaptureOutput(f), items.into_iter().collect(), None)
+            .get()
     }
 
     /// Runs `f(arg)` in a worker; the result arrives through the returned handle: Python's

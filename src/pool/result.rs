@@ -103,6 +103,8 @@ impl Slot {
 
     /// Takes every outcome (once; later calls get none).
     pub(crate) fn take(&self) -> Vec<Outcome> {
+        // Lines the tasks printed through `Stdio::Prefixed` come out before their results.
+        crate::output::sync();
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.taken = true;
         std::mem::take(&mut s.outcomes)

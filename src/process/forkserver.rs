@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::sys::fork_local::ForkLocal;
 
-use super::Stdio;
 use super::launch::{self, Spec};
 use crate::sys::{self, child::ChildToken};
 use crate::worker::{self, ChildSetup};
@@ -167,9 +166,8 @@ fn ask(
 fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut out = vec![REQUEST_TAG, 0];
     let mut fds = Vec::new();
-    for (i, s) in spec.stdio.iter().enumerate() {
-        if *s == Stdio::Inherit && sys::fd_is_open(i as i32) {
-            let fd = dup_stdio(i as i32)?;
+    for i in 0..spec.stdio.len() {
+        if let Some(fd) = spec.stdio_fd(i)? {
             fds.push(fd);
             out[1] |= 1 << i;
         }
@@ -188,14 +186,6 @@ fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         ));
     }
     Ok((out, fds))
-}
-
-fn dup_stdio(fd: i32) -> io::Result<OwnedFd> {
-    match fd {
-        0 => io::stdin().as_fd().try_clone_to_owned(),
-        1 => io::stdout().as_fd().try_clone_to_owned(),
-        _ => io::stderr().as_fd().try_clone_to_owned(),
-    }
 }
 
 struct Request {

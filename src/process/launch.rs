@@ -14,8 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::PoisonError;
 use std::sync::mpsc;
+use std::sync::{Arc, PoisonError};
 
 use crate::sys::fork_local::ForkLocal;
 
@@ -37,24 +37,70 @@ pub(crate) struct Launched {
 pub(crate) struct Spec {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) stdio: [Stdio; 3],
+    /// For each [`Stdio::Prefixed`] stream: the write end of its relay pipe, made by `launch`
+    /// for one child.
+    pub(crate) piped: [Option<Arc<OwnedFd>>; 3],
+}
+
+impl Spec {
+    /// What the child's stream `i` becomes: `None` for `/dev/null`, else the fd to give it.
+    pub(crate) fn stdio_fd(&self, i: usize) -> io::Result<Option<OwnedFd>> {
+        match (self.stdio[i], &self.piped[i]) {
+            (Stdio::Prefixed, Some(w)) => w.try_clone().map(Some),
+            (Stdio::Null, _) => Ok(None),
+            _ if !sys::fd_is_open(i as i32) => Ok(None),
+            _ => match i {
+                0 => io::stdin().as_fd().try_clone_to_owned(),
+                1 => io::stdout().as_fd().try_clone_to_owned(),
+                _ => io::stderr().as_fd().try_clone_to_owned(),
+            }
+            .map(Some),
+        }
+    }
 }
 
 /// Starts a worker with `method`.
 pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
-    if method == StartMethod::ForkServer {
-        let (pid, pidfd, sock) = super::forkserver::launch(spec)?;
-        return Ok(Launched { pid, pidfd, sock });
+    let mut spec = spec.clone();
+    // Prefixed streams: a pipe each, whose read end is relayed once the pid is known.
+    let mut relays = Vec::new();
+    for i in 1..3 {
+        if spec.stdio[i] == Stdio::Prefixed {
+            let (w, r) = crate::output::pipe()?;
+            spec.piped[i] = Some(Arc::new(w));
+            relays.push((i as u8, r));
+        }
     }
-    let (parent_end, child_end) = sys::socket_pair()?;
-    let (pid, pidfd) = match method {
-        StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
-        _ => spawn(spec.clone(), child_end.into())?,
+    if spec.stdio[0] == Stdio::Prefixed {
+        spec.stdio[0] = Stdio::Inherit;
+    }
+    let (pid, pidfd, sock) = if method == StartMethod::ForkServer {
+        super::forkserver::launch(&spec)?
+    } else {
+        let (parent_end, child_end) = sys::socket_pair()?;
+        let (pid, pidfd) = match method {
+            StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
+            _ => spawn(spec.clone(), child_end.into())?,
+        };
+        (pid, pidfd, parent_end)
     };
-    Ok(Launched {
-        pid,
-        pidfd,
-        sock: parent_end,
-    })
+    // Our copies of the write ends go, so the relay sees end of file when the child exits.
+    drop(spec.piped);
+    if !relays.is_empty() {
+        let name = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == super::current::NAME_ENV)
+            .map_or_else(
+                || "Process".into(),
+                |(_, v)| v.to_string_lossy().into_owned(),
+            );
+        for (target, r) in relays {
+            crate::output::relay(r, target, format!("[{name} {pid}] "))?;
+        }
+    }
+    Ok(Launched { pid, pidfd, sock })
 }
 
 /// Exec of this same executable, marked as a worker.
@@ -63,8 +109,8 @@ fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
         let fd = child_end.as_raw_fd();
         let mut cmd = worker_command(&format!("spawn:{fd}"));
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-        let [i, o, e] = &spec.stdio;
-        cmd.stdin(i.to_std()).stdout(o.to_std()).stderr(e.to_std());
+        let [i, o, e] = [0, 1, 2].map(|i| spec.stdio_fd(i));
+        cmd.stdin(to_std(i?)).stdout(to_std(o?)).stderr(to_std(e?));
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;
         drop(child_end);
@@ -111,9 +157,13 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<(i32, O
                 reset_signals: true,
                 ..Default::default()
             };
-            for (slot, s) in setup.stdio.iter_mut().zip(&spec.stdio) {
-                if *s == Stdio::Null {
-                    *slot = devnull.as_ref().and_then(|d| d.try_clone().ok());
+            for (i, (slot, s)) in setup.stdio.iter_mut().zip(&spec.stdio).enumerate() {
+                match s {
+                    Stdio::Null => *slot = devnull.as_ref().and_then(|d| d.try_clone().ok()),
+                    Stdio::Prefixed => {
+                        *slot = spec.piped[i].as_ref().and_then(|w| w.try_clone().ok())
+                    }
+                    _ => {}
                 }
             }
             if let Some(d) = &devnull {
@@ -172,11 +222,7 @@ pub(crate) fn on_spawner<T: Send + 'static>(
         .map_err(|_| io::Error::other("the mproc spawner thread dropped a request"))?
 }
 
-impl Stdio {
-    fn to_std(self) -> std::process::Stdio {
-        match self {
-            Stdio::Inherit => std::process::Stdio::inherit(),
-            Stdio::Null => std::process::Stdio::null(),
-        }
-    }
+/// A child's stream for `Command`: `None` is `/dev/null`.
+fn to_std(fd: Option<OwnedFd>) -> std::process::Stdio {
+    fd.map_or_else(std::process::Stdio::null, std::process::Stdio::from)
 }

@@ -99,6 +99,13 @@ pub enum Stdio {
     Inherit,
     /// `/dev/null`.
     Null,
+    /// The parent's stream, each line prefixed with the process's name and pid, as in
+    /// `[PoolWorker 4242] started`. Lines are relayed whole by a thread of the parent, so
+    /// output of many processes never tears mid-line, and a line written just before a process
+    /// is killed is still printed. [`Process::join`] and the pool's calls return after the
+    /// lines written before the answer are printed. For stdout and stderr; stdin takes it as
+    /// [`Inherit`](Stdio::Inherit).
+    Prefixed,
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
@@ -338,6 +345,8 @@ impl<R: DeserializeOwned> Process<R> {
             ));
         }
         self.wait_exit(deadline)?;
+        // Lines it printed through `Stdio::Prefixed` come out before `join` returns.
+        crate::output::sync();
         self.sock = None;
         self.pidfd = None;
         match std::mem::replace(&mut self.state, State::Taken) {

@@ -120,7 +120,9 @@ impl FnRef {
 
 fn chunk_trampoline<F: Callable>(func: usize, arg: &[u8]) -> Reply {
     // SAFETY: as in `trampoline`: `func` was produced by `FnRef::chunked::<F>` from a value of
-    // the fn-pointer type `F` in this same executable, and this is that `F`'s trampoline.
+    // the fn-pointer type `F` in this same executable, and this is that `F`'s trampoline. (An
+    // `F` that wraps a fn pointer, like `capture::CaptureOutput`, is `repr(transparent)` over
+    // it, so the address is a valid `F` all the same.)
     let f: F = unsafe { super::fn_from_addr(func) };
     crate::worker::run_chunk(f, arg)
 }

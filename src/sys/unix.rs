@@ -392,6 +392,25 @@ pub(crate) fn dup_over(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     set_cloexec(unsafe { BorrowedFd::borrow_raw(target) }, true)
 }
 
+/// A pipe, both ends close-on-exec and numbered above stdio: `(read, write)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for `pipe2`/`pipe` to fill.
+    #[cfg(target_os = "linux")]
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: as above. (Without `pipe2`, a `fork` by another thread before `set_cloexec`
+    // below could inherit the ends: the same window std's own `pipe` has there.)
+    #[cfg(not(target_os = "linux"))]
+    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    // SAFETY: the call succeeded, so both are fresh fds owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    #[cfg(not(target_os = "linux"))]
+    for fd in [&r, &w] {
+        set_cloexec(fd.as_fd(), true)?;
+    }
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
 /// Sets or clears close-on-exec on `fd`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on a borrowed (thus open) fd.
