@@ -155,6 +155,29 @@ mod trace;
 mod wire;
 mod worker;
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::wire::frame::FrameReader;
+    use crate::wire::msg;
+
+    /// Bytes a hostile worker could send, through the parent's frame reader (with a message
+    /// limit of `limit` bytes) and every decoder of worker messages. Must return, never panic
+    /// or allocate past the limit.
+    pub fn worker_stream(data: &[u8], limit: u64) {
+        let mut reader = FrameReader::new(limit);
+        let mut src = data;
+        while let Ok(frame) = reader.read_frame(&mut src) {
+            assert!(frame.len() as u64 <= limit.max(data.len() as u64));
+            let _ = msg::parse_run(&frame);
+            let _ = msg::parse_fds(&frame);
+            let _ = msg::is_exit(&frame);
+            let _ = crate::pool::classify_for_fuzz(frame);
+        }
+    }
+}
+
 pub use capture::Captured;
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
 pub use ipc::{Array, ArrayGuard, Connection, SharedMemory, Value, ValueGuard, pipe};

@@ -27,7 +27,12 @@ extern "C" fn mproc_on_load(
 
 // `#[used]` keeps the static even though nothing refers to it; the linker keeps every
 // `.init_array` entry of the objects it links (the default scripts `KEEP` them).
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+// Not under Miri, which runs the pure-Rust decoder tests only: it calls `.init_array` entries
+// without glibc's three arguments (and no test under it starts a worker).
+#[cfg(all(
+    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+    not(miri)
+))]
 #[used]
 // SAFETY: `.init_array` holds pointers to functions of exactly the `InitFn` shape, which the
 // runtime calls once, single-threaded, before `main`. Our function never unwinds out
@@ -37,7 +42,7 @@ extern "C" fn mproc_on_load(
 #[unsafe(link_section = ".init_array")]
 static MPROC_INIT: InitFn = mproc_on_load;
 
-#[cfg(target_vendor = "apple")]
+#[cfg(all(target_vendor = "apple", not(miri)))]
 #[used]
 // SAFETY: as above; `__mod_init_func` is the Mach-O constructor list dyld calls before `main`.
 #[unsafe(link_section = "__DATA,__mod_init_func")]

@@ -189,6 +189,7 @@ mod tests {
     use std::io::Read;
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd: not under Miri")]
     fn spilling_matches_the_inline_encoding() {
         let value = (
             7u64,
