@@ -314,7 +314,7 @@ mod proptests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 512 }))]
 
         /// Arbitrary bytes through the frame reader and both message decoders: errors, never
         /// panics, and never a buffer beyond what arrived.
