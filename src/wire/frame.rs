@@ -32,8 +32,13 @@ pub(crate) enum FrameError {
 }
 
 /// Bytes read from the stream at a time while between frames: several small frames (a burst of
-/// results, say) then arrive with one `read`.
+/// results, say) then arrive with one `read`. The stage starts at [`STAGE_MIN`] and doubles up
+/// to this when a read fills it or a frame that belongs in it does not fit.
 const STAGE: usize = 64 << 10;
+
+/// The stage's first size. In a fresh worker every page of a zeroed buffer is a page fault:
+/// 64 KiB at once was 16 of them in each new worker, most of which only ever sees small tasks.
+const STAGE_MIN: usize = 4 << 10;
 
 /// A resumable, buffered frame reader. [`advance`](FrameReader::advance) returns a frame
 /// already buffered without touching the stream, else performs exactly one `read`. Callers
@@ -41,8 +46,8 @@ const STAGE: usize = 64 << 10;
 /// buffered frames do not make the fd readable.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
-    /// Bytes read but not yet consumed: `stage[pos..end]`. Allocated (once) on first read,
-    /// never shrunk or re-zeroed.
+    /// Bytes read but not yet consumed: `stage[pos..end]`. Allocated on first read, grown by
+    /// doubling ([`STAGE_MIN`] to [`STAGE`]), never shrunk; only new parts are zeroed.
     stage: Vec<u8>,
     pos: usize,
     end: usize,
@@ -92,7 +97,7 @@ impl FrameReader {
             return self.read_body(r);
         }
         if self.stage.is_empty() {
-            self.stage = vec![0; STAGE];
+            self.stage = vec![0; STAGE_MIN];
         }
         // Make room: move the unconsumed bytes to the front.
         if self.pos > 0 {
@@ -100,12 +105,39 @@ impl FrameReader {
             self.end -= self.pos;
             self.pos = 0;
         }
+        // A frame bound for the stage (at most `STAGE` with its header) must fit whole.
+        let need = self
+            .peek_len()
+            .and_then(|len| usize::try_from(len).ok())
+            .and_then(|len| len.checked_add(HEADER))
+            .filter(|&n| n <= STAGE)
+            .unwrap_or(0);
+        if need > self.stage.len() {
+            self.grow_stage(need);
+        }
+        let room = self.stage.len() - self.end;
         let n = read_once(r, &mut self.stage[self.end..])?;
         if n == 0 {
             return Err(self.eof());
         }
         self.end += n;
+        if n == room {
+            // Bursts are larger than the stage: let the next read take more.
+            self.grow_stage(0);
+        }
         self.take_staged()
+    }
+
+    /// Doubles the stage (zeroing only the new part), or more to hold `need` bytes, up to
+    /// `STAGE`.
+    fn grow_stage(&mut self, need: usize) {
+        let new = need
+            .max(self.stage.len() * 2)
+            .next_power_of_two()
+            .min(STAGE);
+        if new > self.stage.len() {
+            self.stage.resize(new, 0);
+        }
     }
 
     /// Takes a whole frame out of the stage, or moves a large frame's start into `body`.
