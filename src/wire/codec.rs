@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
+use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,25 +29,24 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 /// Postcard output appended to a `Vec`. Postcard writes every integer as a varint of 1-10
 /// bytes through `try_extend`; `postcard::to_io` (and `extend_from_slice`) turn each into a call
 /// to `memcpy`, which cost a third of an automatic-chunk `map(x*x)` (perf). Short slices are
-/// pushed byte by byte instead.
+/// appended with one capacity check and plain stores instead (a `TrustedLen` extend: 10-15%
+/// faster on that `map` than pushing byte by byte, each push checking capacity).
 struct Append<'a>(&'a mut Vec<u8>);
 
-impl postcard::ser_flavors::Flavor for Append<'_> {
+impl Flavor for Append<'_> {
     type Output = ();
 
-    #[inline]
+    #[inline(always)]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         self.0.push(byte);
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if data.len() <= 16 {
-            self.0.reserve(data.len());
-            for &b in data {
-                self.0.push(b);
-            }
+            // One capacity check, then plain stores (a `TrustedLen` extend), no `memcpy` call.
+            self.0.extend(data.iter().copied());
         } else {
             self.0.extend_from_slice(data);
         }
@@ -86,7 +86,7 @@ pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
     let spill = Spill {
         out,
         base,
-        limit,
+        bound: base.saturating_add(limit),
         file: None,
         inline_only: false,
     };
@@ -100,7 +100,9 @@ const STAGE: usize = 64 << 10;
 struct Spill<'a> {
     out: &'a mut Vec<u8>,
     base: usize,
-    limit: usize,
+    /// `out` may grow to this length as it is (the fast path's one comparison): `base + limit`
+    /// while inline, `base + STAGE` once in a file, unbounded without memfd.
+    bound: usize,
     file: Option<File>,
     /// No anonymous file could be made (no memfd here): stay inline, do not retry.
     inline_only: bool,
@@ -112,10 +114,6 @@ impl Spill<'_> {
             "cannot write a large payload to shared memory: {e}"
         ));
         postcard::Error::SerializeBufferFull
-    }
-
-    fn staged(&self) -> usize {
-        self.out.len() - self.base
     }
 
     /// Writes the staged bytes to the file.
@@ -135,38 +133,27 @@ impl Spill<'_> {
                 Err(_) => self.inline_only = true,
             }
         }
+        self.bound = if self.file.is_some() {
+            self.base + STAGE
+        } else {
+            usize::MAX
+        };
         self.file.is_some()
     }
 
-    /// True when `more` bytes can be appended to `out` as they are: below the limit while
-    /// inline, below a stage's worth once in a file.
-    #[inline]
+    /// True when `more` bytes can be appended to `out` as they are.
+    #[inline(always)]
     fn fits(&self, more: usize) -> bool {
-        let cap = if self.file.is_some() {
-            STAGE
-        } else if self.inline_only {
-            usize::MAX
-        } else {
-            self.limit
-        };
-        self.staged().saturating_add(more) <= cap
-    }
-}
-
-impl postcard::ser_flavors::Flavor for Spill<'_> {
-    type Output = Option<OwnedFd>;
-
-    #[inline]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if !self.fits(1) && self.spill() {
-            self.flush()?;
-        }
-        Append(&mut *self.out).try_push(byte)
+        self.out.len().saturating_add(more) <= self.bound
     }
 
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if self.fits(data.len()) || !self.spill() {
+    /// Past the bound: move to (or flush into) the file, then append. Out of line, so that
+    /// the per-integer fast path stays a comparison and a push (perf: the whole flavor call
+    /// was 12% of an automatic-chunk `map(x*x)` while it was one function).
+    #[cold]
+    #[inline(never)]
+    fn extend_slow(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if !self.spill() {
             return Append(&mut *self.out).try_extend(data);
         }
         self.flush()?;
@@ -175,6 +162,27 @@ impl postcard::ser_flavors::Flavor for Spill<'_> {
             Some(f) if data.len() >= STAGE => f.write_all(data).map_err(Spill::fail),
             _ => Append(&mut *self.out).try_extend(data),
         }
+    }
+}
+
+impl Flavor for Spill<'_> {
+    type Output = Option<OwnedFd>;
+
+    #[inline(always)]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.fits(1) {
+            self.out.push(byte);
+            return Ok(());
+        }
+        self.extend_slow(&[byte])
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.fits(data.len()) {
+            return Append(&mut *self.out).try_extend(data);
+        }
+        self.extend_slow(data)
     }
 
     fn finalize(mut self) -> postcard::Result<Option<OwnedFd>> {
