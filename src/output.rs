@@ -59,13 +59,7 @@ struct Relay {
     synced: Condvar,
 }
 
-/// The write end (for the child) and the read end (for [`relay`]) of a new pipe.
-pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = sys::pipe()?;
-    Ok((w, r))
-}
-
-/// Starts relaying `pipe` (a read end from [`pipe`]) to this process's stream `target` (1 or
+/// Starts relaying `pipe` (the read end of a `sys::pipe` whose write end a child has) to this process's stream `target` (1 or
 /// 2), each line prefixed with `prefix`.
 pub(crate) fn relay(pipe: OwnedFd, target: u8, prefix: String) -> io::Result<()> {
     let relay = relay_thread()?;
@@ -250,7 +244,7 @@ mod tests {
 
     #[test]
     fn lines_are_cut_and_prefixed() {
-        let (w, r) = pipe().unwrap();
+        let (r, w) = sys::pipe().unwrap();
         let mut s = Source {
             pipe: File::from(r),
             target: 1,

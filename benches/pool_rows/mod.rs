@@ -133,54 +133,34 @@ pub fn big_payload(pool: &Pool, rows: &mut Vec<Row>) -> BoxResult<f64> {
     }
     let (copy, _) = median_spread(&s[0]);
     let floor = BIG as f64 / copy;
-    let mut buf_rate = 0.0;
-    for (i, name) in [(1, "Vec<u8>"), (2, "ByteBuf")] {
+    // A row for series `i`, which moved `bytes` in all, beside the in-process copy.
+    let row = |name: &str, i: usize, bytes: usize| {
         let (wall, spread) = median_spread(&s[i]);
-        let rate = 2.0 * BIG as f64 / wall;
-        buf_rate = rate;
-        rows.push(
-            Row::new(
-                format!("100 MB apply there+back, {name}"),
-                gbps(2 * BIG, wall),
-            )
-            .spread(spread)
-            .peer(
-                "in-process copy (fresh memory)",
-                gbps(BIG, copy),
-                rate / floor,
-            )
-            .target(">=0.5x memcpy", rate / floor >= 0.5),
-        );
-    }
-    // One way: the argument's direction alone (it travels in a memfd; the result, a number,
-    // in the frame).
-    let (wall, spread) = median_spread(&s[3]);
-    let rate = BIG as f64 / wall;
-    rows.push(
-        Row::new("100 MB apply to worker only, ByteBuf", gbps(BIG, wall))
-            .spread(spread)
-            .peer(
-                "in-process copy (fresh memory)",
-                gbps(BIG, copy),
-                rate / floor,
-            )
-            .target(">=0.5x memcpy", rate / floor >= 0.5),
-    );
-    // The zero-copy alternative for large data: a shared `Array` (no target of its own).
-    let (wall, spread) = median_spread(&s[4]);
-    let rate = 2.0 * BIG as f64 / wall;
-    rows.push(
-        Row::new(
-            "100 MB in a shared Array, worker flips in place",
-            gbps(2 * BIG, wall),
-        )
-        .spread(spread)
-        .peer(
+        let rate = bytes as f64 / wall;
+        let r = Row::new(name, gbps(bytes, wall)).spread(spread).peer(
             "in-process copy (fresh memory)",
             gbps(BIG, copy),
             rate / floor,
-        ),
+        );
+        (r, rate)
+    };
+    let mut buf_rate = 0.0;
+    for (i, name) in [(1, "Vec<u8>"), (2, "ByteBuf")] {
+        let (r, rate) = row(&format!("100 MB apply there+back, {name}"), i, 2 * BIG);
+        buf_rate = rate;
+        rows.push(r.target(">=0.5x memcpy", rate / floor >= 0.5));
+    }
+    // One way: the argument's direction alone (it travels in a memfd; the result, a number,
+    // in the frame).
+    let (r, rate) = row("100 MB apply to worker only, ByteBuf", 3, BIG);
+    rows.push(r.target(">=0.5x memcpy", rate / floor >= 0.5));
+    // The zero-copy alternative for large data: a shared `Array` (no target of its own).
+    let (r, _) = row(
+        "100 MB in a shared Array, worker flips in place",
+        4,
+        2 * BIG,
     );
+    rows.push(r);
     Ok(buf_rate)
 }
 

@@ -61,46 +61,57 @@ impl Spec {
 
 /// Starts a worker with `method`.
 pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
-    let mut spec = spec.clone();
-    // Prefixed streams: a pipe each, whose read end is relayed once the pid is known.
+    if !spec.stdio.contains(&Stdio::Prefixed) {
+        return start(method, spec);
+    }
+    // Prefixed streams: a pipe each, whose write end goes to this child (in a copy of the
+    // spec) and whose read end is relayed once the pid is known.
+    let mut own = spec.clone();
     let mut relays = Vec::new();
     for i in 1..3 {
-        if spec.stdio[i] == Stdio::Prefixed {
-            let (w, r) = crate::output::pipe()?;
-            spec.piped[i] = Some(Arc::new(w));
+        if own.stdio[i] == Stdio::Prefixed {
+            let (r, w) = sys::pipe()?;
+            own.piped[i] = Some(Arc::new(w));
             relays.push((i as u8, r));
         }
     }
-    if spec.stdio[0] == Stdio::Prefixed {
-        spec.stdio[0] = Stdio::Inherit;
+    if own.stdio[0] == Stdio::Prefixed {
+        own.stdio[0] = Stdio::Inherit;
     }
-    let (pid, pidfd, sock) = if method == StartMethod::ForkServer {
-        super::forkserver::launch(&spec)?
-    } else {
-        let (parent_end, child_end) = sys::socket_pair()?;
-        let (pid, pidfd) = match method {
-            StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
-            _ => spawn(spec.clone(), child_end.into())?,
-        };
-        (pid, pidfd, parent_end)
-    };
+    let launched = start(method, &own)?;
+    let name = own
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == super::current::NAME_ENV)
+        .map_or_else(
+            || "Process".into(),
+            |(_, v)| v.to_string_lossy().into_owned(),
+        );
     // Our copies of the write ends go, so the relay sees end of file when the child exits.
-    drop(spec.piped);
-    if !relays.is_empty() {
-        let name = spec
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == super::current::NAME_ENV)
-            .map_or_else(
-                || "Process".into(),
-                |(_, v)| v.to_string_lossy().into_owned(),
-            );
-        for (target, r) in relays {
-            crate::output::relay(r, target, format!("[{name} {pid}] "))?;
-        }
+    drop(own);
+    for (target, r) in relays {
+        crate::output::relay(r, target, format!("[{name} {}] ", launched.pid))?;
     }
-    Ok(Launched { pid, pidfd, sock })
+    Ok(launched)
+}
+
+/// Starts a worker with `method` and the stdio `spec` resolves to.
+fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
+    if method == StartMethod::ForkServer {
+        let (pid, pidfd, sock) = super::forkserver::launch(spec)?;
+        return Ok(Launched { pid, pidfd, sock });
+    }
+    let (parent_end, child_end) = sys::socket_pair()?;
+    let (pid, pidfd) = match method {
+        StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
+        _ => spawn(spec.clone(), child_end.into())?,
+    };
+    Ok(Launched {
+        pid,
+        pidfd,
+        sock: parent_end,
+    })
 }
 
 /// Exec of this same executable, marked as a worker.

@@ -385,10 +385,9 @@ pub(crate) fn dup_over(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     if !fd_is_open(target) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: `dup2` takes plain integers; the caller asks for `target`'s old object to be
-    // released, and `target` is open, so no number is newly taken behind an owner's back.
-    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
-    // SAFETY: `target` is open (made so by dup2 above); setting its flag cannot fail otherwise.
+    // Checked open above, so no number is newly taken behind an owner's back.
+    dup_to(fd, target)?;
+    // SAFETY: `target` is open (dup2 above made it a copy of `fd`) for this one call.
     set_cloexec(unsafe { BorrowedFd::borrow_raw(target) }, true)
 }
 
