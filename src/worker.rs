@@ -227,7 +227,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         let mut handle_fds = std::mem::take(&mut task_fds);
         // A large argument is in the last fd: map it and decode it in place.
         let spilled = if run.flags & msg::FLAG_SPILLED != 0 {
-            match handle_fds.pop().map(Region::from_fd) {
+            match handle_fds.pop().map(Region::payload_from_fd) {
                 Some(Ok(region)) => Some(region),
                 _ => return EXIT_PROTOCOL,
             }
@@ -236,17 +236,22 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         };
         let arg = spilled.as_ref().map_or(run.arg, Region::bytes);
         // Handles inside the argument take their fds from those sent with this task.
-        let (reply, ok) = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg));
+        let reply = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg));
         drop(spilled);
         // Output written with `print!` goes out before the answer (so a relayed line is
         // printed before the caller sees the result), and is not lost on `_exit`.
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        if sock.write_all(&reply).is_err() {
+        // A large result's file goes with its frame; our copy of the fd closes after.
+        let sent = match &reply.file {
+            Some(file) => fds::write_frame(&sock, &reply.frame, std::slice::from_ref(file)),
+            None => sock.write_all(&reply.frame),
+        };
+        if sent.is_err() {
             return EXIT_PROTOCOL;
         }
         if run.flags & msg::FLAG_LAST != 0 {
-            return if ok { 0 } else { EXIT_TASK_FAILED };
+            return if reply.ok { 0 } else { EXIT_TASK_FAILED };
         }
     }
 }
@@ -267,20 +272,19 @@ pub(crate) fn run_chunk<F: Callable>(f: F, arg: &[u8]) -> Reply {
 fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
     let p = panic_report(payload);
     let mut out = msg::begin_panic();
-    match codec::encode_into(&p, &mut out.buf) {
-        Ok(()) => (out.finish(), false),
-        Err(e) => (msg::failed(&format!("cannot encode the panic: {e}")), false),
-    }
+    let frame = match codec::encode_into(&p, &mut out.buf) {
+        Ok(()) => out.finish(),
+        Err(e) => msg::failed(&format!("cannot encode the panic: {e}")),
+    };
+    Reply::inline(frame, false)
 }
 
 fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
     let items: Vec<F::Args> = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
-            return (
-                msg::failed(&format!("cannot decode the arguments: {e}")),
-                false,
-            );
+            let why = format!("cannot decode the arguments: {e}");
+            return Reply::inline(msg::failed(&why), false);
         }
     };
     let results: Vec<Result<F::Out, RemotePanic>> = items
@@ -288,19 +292,27 @@ fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
         .map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report))
         .collect();
     let mut out = msg::begin_done();
+    // The payload — layout byte, then values — moves to an anonymous file past
+    // `SPILL_LIMIT`: a large result then crosses as shared pages, not through the socket.
+    let payload = out.buf.len();
     let encoded = if results.iter().all(Result::is_ok) {
         // The common case: the bare values, half the bytes of `Result`s for small ones and
         // no per-item variant for the parent to decode.
         let values: Vec<F::Out> = results.into_iter().flatten().collect();
         out.buf.push(CHUNK_ALL_OK);
-        codec::encode_into(&values, &mut out.buf)
+        codec::encode_spilling_from(&values, &mut out.buf, payload, msg::SPILL_LIMIT)
     } else {
         out.buf.push(CHUNK_MIXED);
-        codec::encode_into(&results, &mut out.buf)
+        codec::encode_spilling_from(&results, &mut out.buf, payload, msg::SPILL_LIMIT)
     };
     match encoded {
-        Ok(()) => (out.finish(), true),
-        Err(e) => (
+        Ok(None) => Reply::inline(out.finish(), true),
+        Ok(Some(file)) => Reply {
+            frame: msg::done_spilled(),
+            ok: true,
+            file: Some(file),
+        },
+        Err(e) => Reply::inline(
             msg::failed(&format!("cannot encode the results: {e}")),
             false,
         ),
@@ -335,21 +347,19 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
     let a: A = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
-            return (
-                msg::failed(&format!("cannot decode the argument: {e}")),
-                false,
-            );
+            let why = format!("cannot decode the argument: {e}");
+            return Reply::inline(msg::failed(&why), false);
         }
     };
     match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
         Ok(r) => {
             let mut out = msg::begin_done();
             match codec::encode_into(&r, &mut out.buf) {
-                Ok(()) => (out.finish(), true),
-                Err(e) => (
-                    msg::failed(&format!("cannot encode the result: {e}")),
-                    false,
-                ),
+                Ok(()) => Reply::inline(out.finish(), true),
+                Err(e) => {
+                    let why = format!("cannot encode the result: {e}");
+                    Reply::inline(msg::failed(&why), false)
+                }
             }
         }
         Err(payload) => panic_reply(payload),

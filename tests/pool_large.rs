@@ -1,6 +1,6 @@
-//! Large arguments (past the 1 MiB spill limit) travel through an anonymous file instead of
-//! the socket: they arrive intact, for `Pool` and `Process`, beside handles, and leave no fd
-//! behind in the parent.
+//! Large arguments and results (past the 1 MiB spill limit) travel through an anonymous file
+//! instead of the socket: they arrive intact, for `Pool` and `Process`, beside handles, and
+//! leave no fd or mapping behind in the parent.
 
 mod common;
 
@@ -19,6 +19,12 @@ fn echo(b: ByteBuf) -> ByteBuf {
 
 fn checksum(b: Vec<u8>) -> u64 {
     b.iter().map(|&x| u64::from(x)).sum()
+}
+
+/// A large result, or a panic for 0: one chunk can mix both.
+fn big_or_panic(n: usize) -> ByteBuf {
+    assert!(n > 0, "zero");
+    ByteBuf::from(payload(n))
 }
 
 fn send_len(args: (Queue<usize>, ByteBuf)) -> usize {
@@ -41,10 +47,31 @@ fn large_arguments_arrive_intact() {
     let items: Vec<Vec<u8>> = (0..6).map(|k| payload(700_000 + k)).collect();
     let want: Vec<u64> = items.iter().cloned().map(checksum).collect();
     assert_eq!(pool.map_chunked(checksum, items, 2).unwrap(), want);
+    // Large results: through a borrowed worker (`apply`, above) and through the supervisor,
+    // one per chunk and several in one chunk.
+    let sizes = [BIG, 2 << 20, 1 << 20, 5];
+    let back = pool.map_chunked(big_or_panic, sizes, 1).unwrap();
+    let back2 = pool.map_chunked(big_or_panic, sizes, 4).unwrap();
+    for (i, n) in sizes.into_iter().enumerate() {
+        assert!(back[i][..] == payload(n)[..], "item {i}");
+        assert!(back2[i][..] == payload(n)[..], "item {i}");
+    }
+    // A chunk whose results mix large values and a panic.
+    let mixed = Pool::builder().processes(2).chunksize(3).build().unwrap();
+    let got: Vec<_> = mixed.imap(big_or_panic, [BIG, 0, BIG]).collect();
+    assert!(got[0].as_ref().unwrap()[..] == payload(BIG)[..]);
+    let e = got[1].as_ref().unwrap_err();
+    assert_eq!(e.remote_panic().map(|p| p.message()), Some("zero"));
+    assert_eq!(got[2].as_ref().unwrap().len(), BIG);
+    drop((back, back2, got));
+    mixed.close();
+    mixed.join().unwrap();
+    drop(mixed);
     pool.close();
     pool.join().unwrap();
     drop(pool);
     assert_eq!(common::open_fds(), fds_before, "an fd leaked");
+    assert_eq!(common::mapped_regions(), 0, "a mapping leaked");
     a_large_argument_travels_beside_handles();
 }
 

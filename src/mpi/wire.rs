@@ -6,7 +6,7 @@
 //! rebuilds the same [`Error`] a local pool would have given.
 
 use crate::error::{Error, ErrorKind, ExitStatus, RemotePanic};
-use crate::pool::Outcome;
+use crate::pool::{Answer, Outcome};
 use crate::sys::RawExit;
 use crate::wire::codec;
 
@@ -75,9 +75,9 @@ pub(crate) fn refused(id: u64, mine: &[u8]) -> Vec<u8> {
 /// Encodes the outcome a serving rank's local pool delivered for job `id`.
 pub(crate) fn encode_reply(id: u64, outcome: &Outcome) -> Vec<u8> {
     let e = match outcome {
-        Ok(body) => {
+        Ok(answer) => {
             let mut v = with_id(id, &[DONE]);
-            v.extend_from_slice(body);
+            v.extend_from_slice(answer.payload());
             return v;
         }
         Err(e) => e,
@@ -123,7 +123,7 @@ pub(crate) fn decode_reply(rank: i32, reply: &[u8]) -> Outcome {
     };
     let msg = || String::from_utf8_lossy(rest).into_owned();
     match kind {
-        DONE => Ok(rest.to_vec()),
+        DONE => Ok(Answer::Payload(rest.to_vec())),
         PANICKED => match codec::decode::<RemotePanic>(rest) {
             Ok(p) => Err(Error::panicked(p)),
             Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),
@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn outcomes_survive_the_trip() {
-        assert_eq!(round_trip(Ok(vec![1, 2, 3])).ok(), Some(vec![1, 2, 3]));
+        let back = round_trip(Ok(Answer::Payload(vec![1, 2, 3]))).expect("done");
+        assert_eq!(back.payload(), [1, 2, 3]);
         let died = Error::worker_died(ExitStatus::from_raw(RawExit::Signal(6)));
         let back = round_trip(Err(died)).expect_err("an error");
         assert_eq!(back.exit_status().and_then(|s| s.signal()), Some(6));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::result::{Outcome, Slot};
-use super::supervisor::{Classified, Job, Lease, Returned, Shared, Sink, classify};
+use super::supervisor::{Classified, Job, Lease, Received, Returned, Shared, Sink};
 use crate::error::Error;
 use crate::sys;
 use crate::wire::fds;
@@ -115,9 +115,10 @@ fn exchange(
     fds: &[OwnedFd],
     deadline: Option<Instant>,
 ) -> Result<Outcome, Loss> {
-    let mut sock: &UnixStream = &lease.sock;
+    let sock: &UnixStream = &lease.sock;
     fds::write_frame(sock, frame, fds).map_err(|_| Loss::Died)?;
     let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
+    let mut received = Received::default();
     loop {
         if !reader.has_frame() {
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -140,11 +141,15 @@ fn exchange(
                 continue;
             }
         }
-        match reader.advance(&mut sock) {
-            Ok(Some(f)) => match classify(f) {
-                Ok(Classified::Hello { ours: true }) => continue,
-                Ok(Classified::Outcome(o)) => return Ok(o),
-                Ok(Classified::Hello { ours: false }) | Err(_) => return Err(Loss::Died),
+        let mut src = fds::FdRead {
+            sock: sock.as_fd(),
+            fifo: &mut received.fifo,
+        };
+        match reader.advance(&mut src) {
+            Ok(Some(f)) => match received.sort(f) {
+                Ok(None | Some(Classified::Hello { ours: true })) => continue,
+                Ok(Some(Classified::Outcome(o))) => return Ok(o),
+                Ok(Some(Classified::Hello { ours: false })) | Err(_) => return Err(Loss::Died),
             },
             Ok(None) | Err(FrameError::WouldBlock) => continue,
             Err(_) => return Err(Loss::Died),

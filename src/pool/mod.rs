@@ -24,6 +24,8 @@ use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
+#[cfg(feature = "mpi")]
+pub(crate) use result::Answer;
 pub(crate) use result::{Outcome, Slot};
 use supervisor::{Config, Job, Shared, Sink};
 
@@ -626,12 +628,12 @@ pub(crate) fn auto_chunksize(len: usize, processes: usize) -> usize {
 
 /// Decodes one chunk's reply into its items' results.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) -> Vec<Result<R>> {
-    let frame = match outcome {
-        Ok(frame) => frame,
+    let answer = match outcome {
+        Ok(answer) => answer,
         // The whole chunk failed (its worker died, timed out...): every item reports it.
         Err(e) => return repeat_error(e, items),
     };
-    match decode_values(&frame) {
+    match decode_values(answer.payload()) {
         Ok(Values::AllOk(values)) => values.into_iter().map(Ok).collect(),
         Ok(Values::Mixed(list)) => list
             .into_iter()
@@ -647,12 +649,12 @@ enum Values<R> {
     Mixed(Vec<std::result::Result<R, RemotePanic>>),
 }
 
-/// Decodes a `Done` frame of a chunk: the message tag, the chunk's layout byte (see
+/// Decodes the payload of a chunk's answer: the chunk's layout byte (see
 /// `worker::CHUNK_ALL_OK`), then the values.
-fn decode_values<R: DeserializeOwned>(frame: &[u8]) -> std::result::Result<Values<R>, String> {
-    match frame.get(1..) {
-        Some([crate::worker::CHUNK_ALL_OK, rest @ ..]) => codec::decode(rest).map(Values::AllOk),
-        Some([crate::worker::CHUNK_MIXED, rest @ ..]) => codec::decode(rest).map(Values::Mixed),
+fn decode_values<R: DeserializeOwned>(payload: &[u8]) -> std::result::Result<Values<R>, String> {
+    match payload {
+        [crate::worker::CHUNK_ALL_OK, rest @ ..] => codec::decode(rest).map(Values::AllOk),
+        [crate::worker::CHUNK_MIXED, rest @ ..] => codec::decode(rest).map(Values::Mixed),
         _ => Err("a chunk's reply has an unknown layout".to_string()),
     }
 }
@@ -666,7 +668,7 @@ fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
 /// A worker's message sorted as the supervisor sorts it (for `__fuzz`): `true` if it is one.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn classify_for_fuzz(frame: Vec<u8>) -> bool {
-    supervisor::classify(frame).is_ok()
+    supervisor::classify(frame, None).is_ok()
 }
 
 pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
@@ -684,7 +686,7 @@ pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
     let mut out = Vec::new();
     for outcome in outcomes {
         // The first failure fails the map, as `decode_chunk` then `?` on each item would.
-        match decode_values::<R>(&outcome?).map_err(Error::codec)? {
+        match decode_values::<R>(outcome?.payload()).map_err(Error::codec)? {
             // A chunk whose items all returned is appended whole.
             Values::AllOk(mut values) => out.append(&mut values),
             Values::Mixed(list) => {
@@ -702,6 +704,8 @@ mod tests {
     use super::*;
     use crate::worker::{CHUNK_ALL_OK, CHUNK_MIXED};
 
+    use super::result::Answer;
+
     fn done(layout: u8, body: &[u8]) -> Vec<u8> {
         let mut f = vec![0x11, layout];
         f.extend_from_slice(body);
@@ -711,7 +715,7 @@ mod tests {
     #[test]
     fn chunk_replies_decode_in_both_layouts() {
         let ok = codec::encode(&vec![1u64, 4, 9]).unwrap();
-        let got = decode_chunk::<u64>(Ok(done(CHUNK_ALL_OK, &ok)), 3);
+        let got = decode_chunk::<u64>(Ok(Answer::Frame(done(CHUNK_ALL_OK, &ok))), 3);
         assert_eq!(
             got.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
             [1, 4, 9]
@@ -719,7 +723,7 @@ mod tests {
         let mixed: Vec<std::result::Result<u64, RemotePanic>> = vec![Ok(2)];
         let bytes = codec::encode(&mixed).unwrap();
         assert_eq!(
-            finish_map::<u64>(vec![Ok(done(CHUNK_MIXED, &bytes))]).unwrap(),
+            finish_map::<u64>(vec![Ok(Answer::Frame(done(CHUNK_MIXED, &bytes)))]).unwrap(),
             [2]
         );
     }
@@ -727,8 +731,9 @@ mod tests {
     #[test]
     fn hostile_chunk_replies_are_errors() {
         for frame in [vec![0x11], done(7, b""), done(CHUNK_ALL_OK, &[0xff; 12])] {
-            assert!(finish_map::<u64>(vec![Ok(frame.clone())]).is_err());
-            assert!(decode_chunk::<u64>(Ok(frame), 2).iter().all(|r| r.is_err()));
+            assert!(finish_map::<u64>(vec![Ok(Answer::Frame(frame.clone()))]).is_err());
+            let got = decode_chunk::<u64>(Ok(Answer::Frame(frame)), 2);
+            assert!(got.iter().all(|r| r.is_err()));
         }
     }
 }

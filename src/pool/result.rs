@@ -8,9 +8,33 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// What the supervisor delivers for one job: the worker's reply payload (the codec bytes after
-/// the message tag), or why there is none.
-pub(crate) type Outcome = Result<Vec<u8>>;
+/// What the supervisor delivers for one job: the worker's answer, or why there is none.
+pub(crate) type Outcome = Result<Answer>;
+
+/// A worker's answer to a task.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The body of its `Done` frame: the message tag, then the payload.
+    Frame(Vec<u8>),
+    /// A payload too large for the socket, mapped from the anonymous file the worker wrote it
+    /// to (see `msg::done_spilled`): read in place, never copied into a buffer first.
+    Mapped(crate::sys::shm::Region),
+    /// The payload alone, as another MPI rank sent it.
+    #[cfg(feature = "mpi")]
+    Payload(Vec<u8>),
+}
+
+impl Answer {
+    /// The payload: what follows the `Done` tag.
+    pub(crate) fn payload(&self) -> &[u8] {
+        match self {
+            Answer::Frame(frame) => frame.get(1..).unwrap_or_default(),
+            Answer::Mapped(region) => region.bytes(),
+            #[cfg(feature = "mpi")]
+            Answer::Payload(payload) => payload,
+        }
+    }
+}
 
 /// One-shot cells for the outcomes of a request's jobs (one for `apply`, one per chunk for
 /// `map`). The supervisor fills them in any order; waiters wake once, when the last arrives,

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::result::{Outcome, Slot};
+use super::result::{Answer, Outcome, Slot};
 use crate::error::{Error, ExitStatus, RemotePanic};
 use crate::process::StartMethod;
 use crate::process::launch::{self, Spec};
@@ -175,6 +175,8 @@ struct Worker {
     /// Offered to clients in `Queue::idle` (or lent to one right now).
     published: bool,
     reader: FrameReader,
+    /// Fds it sent, waiting for the message that owns them.
+    received: Received,
     state: State,
     /// Jobs written to the worker, in order: the first is running, the rest wait in its socket.
     inflight: VecDeque<Job>,
@@ -201,12 +203,18 @@ impl Worker {
     }
 }
 
-/// Reads without blocking, so the supervisor can drain a socket until it is empty.
-struct NoWait<'a>(BorrowedFd<'a>);
+/// Reads without blocking, so the supervisor can drain a socket until it is empty; keeps the
+/// fds that arrive (a large result's file).
+struct NoWait<'a> {
+    sock: BorrowedFd<'a>,
+    fifo: &'a mut VecDeque<OwnedFd>,
+}
 
 impl Read for NoWait<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        sys::recv_nowait(self.0, buf)
+        let (n, fds) = sys::recv_with_fds_nowait(self.sock, buf)?;
+        self.fifo.extend(fds);
+        Ok(n)
     }
 }
 
@@ -428,6 +436,7 @@ impl Supervisor {
             sock: Some(Arc::new(l.sock)),
             published: false,
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            received: Received::default(),
             state: State::Active,
             inflight: VecDeque::new(),
             head_started: Instant::now(),
@@ -602,7 +611,11 @@ impl Supervisor {
         loop {
             let w = &mut self.workers[i];
             let Some(sock) = &w.sock else { return };
-            match w.reader.advance(&mut NoWait(sock.as_fd())) {
+            let mut src = NoWait {
+                sock: sock.as_fd(),
+                fifo: &mut w.received.fifo,
+            };
+            match w.reader.advance(&mut src) {
                 Ok(Some(frame)) => self.on_frame(i, frame),
                 Ok(None) => continue,
                 Err(FrameError::WouldBlock) => return,
@@ -626,9 +639,10 @@ impl Supervisor {
     }
 
     fn on_frame(&mut self, i: usize, frame: Vec<u8>) {
-        let outcome = match classify(frame) {
-            Ok(Classified::Outcome(o)) => o,
-            Ok(Classified::Hello { ours: true }) => {
+        let outcome = match self.workers[i].received.sort(frame) {
+            Ok(None) => return, // fds for the next message
+            Ok(Some(Classified::Outcome(o))) => o,
+            Ok(Some(Classified::Hello { ours: true })) => {
                 // Alive and ours: with no initializer to wait for, the worker has started. A
                 // later death (an idle worker killed, a task killed by its timeout) is not a
                 // startup failure, or a stuck head task under kills would break the pool.
@@ -643,7 +657,7 @@ impl Supervisor {
                 }
                 return;
             }
-            Ok(Classified::Hello { ours: false }) => {
+            Ok(Some(Classified::Hello { ours: false })) => {
                 let e = Error::binary_mismatch(identity::own(), b"(another build)");
                 return self.break_pool(e.to_string());
             }
@@ -847,15 +861,50 @@ pub(crate) enum Classified {
     Outcome(Outcome),
 }
 
-/// Sorts a worker's message.
-pub(crate) fn classify(frame: Vec<u8>) -> Result<Classified, msg::BadMessage> {
+/// Fds a worker sent, kept for the message that owns them: a large result's file.
+#[derive(Default)]
+pub(crate) struct Received {
+    /// As they arrived (fill it from `recvmsg`).
+    pub(crate) fifo: VecDeque<OwnedFd>,
+    /// Those the last `Fds` frame announced, for the message after it.
+    announced: Vec<OwnedFd>,
+}
+
+impl Received {
+    /// Sorts a worker's message: `Ok(None)` for an `Fds` frame, whose fds wait for the next.
+    pub(crate) fn sort(&mut self, frame: Vec<u8>) -> Result<Option<Classified>, msg::BadMessage> {
+        if let Some(n) = msg::parse_fds(&frame) {
+            self.announced = fds::take(&mut self.fifo, n)
+                .ok_or(msg::BadMessage("a worker announced fds it did not send"))?;
+            return Ok(None);
+        }
+        if self.fifo.len() > fds::MAX_FDS {
+            return Err(msg::BadMessage("a worker sent fds no message announced"));
+        }
+        // Only a large result owns an fd: any other message's are closed here.
+        let file = std::mem::take(&mut self.announced).pop();
+        classify(frame, file).map(Some)
+    }
+}
+
+/// Sorts a worker's message; `file` is the fd sent with the `Fds` frame before it, if any.
+pub(crate) fn classify(
+    frame: Vec<u8>,
+    file: Option<OwnedFd>,
+) -> Result<Classified, msg::BadMessage> {
     let outcome = match msg::parse_from_worker(&frame)? {
         FromWorker::Hello { identity: id, .. } => {
             return Ok(Classified::Hello {
                 ours: id == identity::own(),
             });
         }
-        FromWorker::Done(_) => Ok(frame),
+        FromWorker::Done(_) => Ok(Answer::Frame(frame)),
+        FromWorker::Spilled => {
+            let file = file.ok_or(msg::BadMessage("a large result came without its file"))?;
+            sys::shm::Region::payload_from_fd(file)
+                .map(Answer::Mapped)
+                .map_err(|e| Error::protocol(format!("cannot map a large result: {e}")))
+        }
         FromWorker::Panic(bytes) => Err(match codec::decode::<RemotePanic>(bytes) {
             Ok(p) => Error::panicked(p),
             Err(e) => Error::protocol(format!("undecodable panic report: {e}")),
@@ -961,6 +1010,7 @@ mod tests {
             sock: Some(Arc::new(ours)),
             published: false,
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            received: Received::default(),
             state: State::Active,
             inflight: VecDeque::new(),
             head_started: Instant::now(),

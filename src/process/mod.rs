@@ -369,6 +369,13 @@ impl<R: DeserializeOwned> Process<R> {
                 Err(Error::binary_mismatch(identity::own(), id))
             }
             Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
+            // A process's result always comes inline (`worker::run_typed`).
+            Ok(msg::FromWorker::Spilled) => {
+                let _ = self.signal(sys::SIGKILL);
+                Err(Error::protocol(
+                    "a result in a file, where none was expected",
+                ))
+            }
             Ok(msg::FromWorker::Panic(bytes)) => match codec::decode::<RemotePanic>(bytes) {
                 Ok(p) => Err(Error::panicked(p)),
                 Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),

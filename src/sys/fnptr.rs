@@ -26,9 +26,26 @@ fn anchor_addr() -> usize {
     anchor as fn() -> usize as usize
 }
 
-/// What a trampoline returns: a complete reply frame, and whether the function returned
-/// normally.
-pub(crate) type Reply = (Vec<u8>, bool);
+/// What a trampoline returns.
+pub(crate) struct Reply {
+    /// A complete reply frame.
+    pub(crate) frame: Vec<u8>,
+    /// Whether the function returned normally.
+    pub(crate) ok: bool,
+    /// With a `done_spilled` frame: the anonymous file holding the result, sent with it.
+    pub(crate) file: Option<std::os::fd::OwnedFd>,
+}
+
+impl Reply {
+    /// A reply whose frame says it all.
+    pub(crate) fn inline(frame: Vec<u8>, ok: bool) -> Reply {
+        Reply {
+            frame,
+            ok,
+            file: None,
+        }
+    }
+}
 
 type Trampoline = fn(usize, &[u8]) -> Reply;
 
@@ -148,7 +165,7 @@ pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8]) -> Reply {
     let tramp_addr = base.wrapping_add(f.tramp as usize);
     let func_addr = base.wrapping_add(f.func as usize);
     if !in_main_image(tramp_addr) || !in_main_image(func_addr) {
-        return (
+        return Reply::inline(
             crate::wire::msg::failed("a function address outside the executable was refused"),
             false,
         );
@@ -178,9 +195,9 @@ mod tests {
             super::super::identity::own(),
         )
         .expect("own identity verifies");
-        let (frame, ok) = call(&proof, f, &arg);
-        assert!(ok);
-        let body = &frame[crate::wire::frame::HEADER..];
+        let reply = call(&proof, f, &arg);
+        assert!(reply.ok);
+        let body = &reply.frame[crate::wire::frame::HEADER..];
         match crate::wire::msg::parse_from_worker(body).unwrap() {
             crate::wire::msg::FromWorker::Done(bytes) => {
                 assert_eq!(crate::wire::codec::decode::<u32>(bytes).unwrap(), 42)

@@ -51,7 +51,7 @@ impl Region {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } == -1 {
             return Err(io::Error::last_os_error());
         }
-        Region::map(fd, len)
+        Region::map(fd, len, 0)
     }
 
     /// Maps a region received from another process (its fd came through `SCM_RIGHTS`).
@@ -63,7 +63,30 @@ impl Region {
                 "not an mproc shared memory region (empty file)",
             ));
         }
-        Region::map(fd, len)
+        Region::map(fd, len, 0)
+    }
+
+    /// [`from_fd`](Region::from_fd) for a payload about to be read whole: every page is mapped
+    /// in one call (`MAP_POPULATE`) instead of one fault per few pages as the reader walks it.
+    ///
+    /// A payload is written whole before it is sent, so a file with holes is refused: mapping
+    /// it in would allocate memory its sender never spent (a tiny sparse file can claim
+    /// gigabytes).
+    pub(crate) fn payload_from_fd(fd: OwnedFd) -> io::Result<Region> {
+        let (len, allocated) = file_stat(fd.as_fd())?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty payload file",
+            ));
+        }
+        if allocated < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a payload file with holes (not written whole)",
+            ));
+        }
+        Region::map(fd, len, POPULATE)
     }
 
     /// Opens a region by path, e.g. `/proc/PID/fd/N` of a process that holds it.
@@ -80,7 +103,7 @@ impl Region {
         Region::from_fd(fd)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
+    fn map(fd: OwnedFd, len: usize, extra_flags: libc::c_int) -> io::Result<Region> {
         // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
         // open; no existing memory is affected. The result is checked for MAP_FAILED.
         let ptr = unsafe {
@@ -88,7 +111,7 @@ impl Region {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | extra_flags,
                 fd.as_raw_fd(),
                 0,
             )
@@ -258,6 +281,11 @@ impl Drop for Region {
 }
 
 fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    file_stat(fd).map(|(size, _)| size)
+}
+
+/// Size and allocated bytes of a regular file.
+fn file_stat(fd: BorrowedFd<'_>) -> io::Result<(usize, u64)> {
     // SAFETY: zeroed `stat` is a valid out-buffer; `fd` is open.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid, writable `stat` for the call.
@@ -270,9 +298,16 @@ fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
             "not an mproc shared memory region (not a regular file)",
         ));
     }
-    usize::try_from(st.st_size)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "region size out of range"))
+    let size = usize::try_from(st.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "region size out of range"))?;
+    let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+    Ok((size, allocated))
 }
+
+#[cfg(target_os = "linux")]
+const POPULATE: libc::c_int = libc::MAP_POPULATE;
+#[cfg(not(target_os = "linux"))]
+const POPULATE: libc::c_int = 0;
 
 #[cfg(target_os = "linux")]
 fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
@@ -384,6 +419,18 @@ mod tests {
     fn foreign_files_are_refused() {
         let (s, _) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(Region::from_fd(s.into()).is_err());
+        // A payload file must be written whole: a sparse one is refused, a written one maps.
+        let sparse = Region::create("test", 1 << 30).unwrap();
+        let fd = sparse.fd().try_clone_to_owned().unwrap();
+        assert!(Region::payload_from_fd(fd).is_err(), "1 GiB of holes");
+        let written = payload_file("test").unwrap();
+        std::io::Write::write_all(
+            &mut std::fs::File::from(written.try_clone().unwrap()),
+            &[7; 9000],
+        )
+        .unwrap();
+        let r = Region::payload_from_fd(written).unwrap();
+        assert_eq!(r.bytes(), [7; 9000]);
         assert!(Region::create("test", 0).is_err());
     }
 

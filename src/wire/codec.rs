@@ -83,6 +83,19 @@ pub(crate) fn encode_spilling<T: Serialize + ?Sized>(
     limit: usize,
 ) -> Result<Option<OwnedFd>, String> {
     let base = out.len();
+    encode_spilling_from(value, out, base, limit)
+}
+
+/// [`encode_spilling`] of a payload that starts at `out[base..]` with bytes already written
+/// there (a layout byte, say): if it spills, the file holds those bytes first and `out` is
+/// left at `base`.
+pub(crate) fn encode_spilling_from<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    base: usize,
+    limit: usize,
+) -> Result<Option<OwnedFd>, String> {
+    let base = base.min(out.len());
     let spill = Spill {
         out,
         base,
@@ -222,5 +235,22 @@ mod tests {
         std::io::Seek::rewind(&mut f).unwrap();
         f.read_to_end(&mut spilled).unwrap();
         assert_eq!(spilled, inline);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "memfd: not under Miri")]
+    fn spilling_from_takes_the_bytes_already_written() {
+        let value = serde_bytes::ByteBuf::from(vec![5u8; 5000]);
+        let mut out = vec![1, 2, 0xAB];
+        let fd = encode_spilling_from(&value, &mut out, 2, 1000)
+            .unwrap()
+            .expect("spilled");
+        assert_eq!(out, [1, 2]);
+        let mut spilled = Vec::new();
+        let mut f = File::from(fd);
+        std::io::Seek::rewind(&mut f).unwrap();
+        f.read_to_end(&mut spilled).unwrap();
+        assert_eq!(spilled[0], 0xAB);
+        assert_eq!(spilled[1..], encode(&value).unwrap()[..]);
     }
 }

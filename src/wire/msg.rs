@@ -12,6 +12,7 @@ const DONE: u8 = 0x11;
 const PANIC: u8 = 0x12;
 const FAILED: u8 = 0x13;
 const REFUSED: u8 = 0x14;
+const DONE_SPILLED: u8 = 0x15;
 
 /// Bit in `Run::flags`: the worker exits after answering.
 pub(crate) const FLAG_LAST: u8 = 1;
@@ -66,6 +67,9 @@ pub(crate) enum FromWorker<'a> {
     Hello { pid: u32, identity: &'a [u8] },
     /// The function returned; its encoded result.
     Done(&'a [u8]),
+    /// The function returned a large result: what a `Done` would carry is in the one fd sent
+    /// with the `Fds` frame before this message, an anonymous file (see [`done_spilled`]).
+    Spilled,
     /// The function panicked; an encoded `RemotePanic`.
     Panic(&'a [u8]),
     /// The task could not run or its result could not be encoded.
@@ -197,6 +201,15 @@ pub(crate) fn begin_done() -> FrameBuf {
     f
 }
 
+/// A `Done` whose payload — everything after the tag — is in an anonymous file sent with
+/// the `Fds` frame just before it: a large result reaches the parent through shared pages,
+/// not through the socket (see `codec::encode_spilling`).
+pub(crate) fn done_spilled() -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(DONE_SPILLED);
+    f.finish()
+}
+
 /// Starts a `Panic` frame; the caller appends the encoded `RemotePanic`.
 pub(crate) fn begin_panic() -> FrameBuf {
     let mut f = FrameBuf::new();
@@ -232,6 +245,7 @@ pub(crate) fn parse_from_worker(body: &[u8]) -> Result<FromWorker<'_>, BadMessag
             }
         }
         DONE => FromWorker::Done(c.0),
+        DONE_SPILLED if c.0.is_empty() => FromWorker::Spilled,
         PANIC => FromWorker::Panic(c.0),
         FAILED => FromWorker::Failed(
             std::str::from_utf8(c.0).map_err(|_| BadMessage("failure text is not UTF-8"))?,
@@ -286,6 +300,14 @@ mod tests {
             parse_from_worker(&e[HEADER..]).unwrap(),
             FromWorker::Failed("nope")
         );
+        let d = done_spilled();
+        assert_eq!(
+            parse_from_worker(&d[HEADER..]).unwrap(),
+            FromWorker::Spilled
+        );
+        let mut trailing = d[HEADER..].to_vec();
+        trailing.push(0);
+        assert!(parse_from_worker(&trailing).is_err(), "no payload inline");
     }
 
     #[test]
