@@ -287,23 +287,36 @@ fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
             return Reply::inline(msg::failed(&why), false);
         }
     };
-    let results: Vec<Result<F::Out, RemotePanic>> = items
-        .into_iter()
-        .map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report))
-        .collect();
+    // The common case collects bare values: half the bytes of `Result`s for small ones, no
+    // per-item variant for the parent to decode, and no `Result` (with room for a panic
+    // report, 9x a `u64`) per item here. The first panic switches to `Result`s.
+    let mut values: Vec<F::Out> = Vec::with_capacity(items.len());
+    let mut mixed: Vec<Result<F::Out, RemotePanic>> = Vec::new();
+    let mut items = items.into_iter();
+    for a in items.by_ref() {
+        match panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))) {
+            Ok(v) => values.push(v),
+            Err(payload) => {
+                mixed.reserve(values.len() + 1 + items.len());
+                mixed.extend(values.drain(..).map(Ok));
+                mixed.push(Err(panic_report(payload)));
+                break;
+            }
+        }
+    }
+    mixed.extend(
+        items.map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report)),
+    );
     let mut out = msg::begin_done();
     // The payload — layout byte, then values — moves to an anonymous file past
     // `SPILL_LIMIT`: a large result then crosses as shared pages, not through the socket.
     let payload = out.buf.len();
-    let encoded = if results.iter().all(Result::is_ok) {
-        // The common case: the bare values, half the bytes of `Result`s for small ones and
-        // no per-item variant for the parent to decode.
-        let values: Vec<F::Out> = results.into_iter().flatten().collect();
+    let encoded = if mixed.is_empty() {
         out.buf.push(CHUNK_ALL_OK);
         codec::encode_spilling_from(&values, &mut out.buf, payload, msg::SPILL_LIMIT)
     } else {
         out.buf.push(CHUNK_MIXED);
-        codec::encode_spilling_from(&results, &mut out.buf, payload, msg::SPILL_LIMIT)
+        codec::encode_spilling_from(&mixed, &mut out.buf, payload, msg::SPILL_LIMIT)
     };
     match encoded {
         Ok(None) => Reply::inline(out.finish(), true),

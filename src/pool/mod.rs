@@ -687,7 +687,8 @@ pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
     for outcome in outcomes {
         // The first failure fails the map, as `decode_chunk` then `?` on each item would.
         match decode_values::<R>(outcome?.payload()).map_err(Error::codec)? {
-            // A chunk whose items all returned is appended whole.
+            // A chunk whose items all returned is appended whole (the first one is taken).
+            Values::AllOk(values) if out.is_empty() => out = values,
             Values::AllOk(mut values) => out.append(&mut values),
             Values::Mixed(list) => {
                 for r in list {
