@@ -367,8 +367,13 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
     match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
         Ok(r) => {
             let mut out = msg::begin_done();
-            match codec::encode_into(&r, &mut out.buf) {
-                Ok(()) => Reply::inline(out.finish(), true),
+            match codec::encode_spilling(&r, &mut out.buf, msg::SPILL_LIMIT) {
+                Ok(None) => Reply::inline(out.finish(), true),
+                Ok(Some(file)) => Reply {
+                    frame: msg::done_spilled(),
+                    ok: true,
+                    file: Some(file),
+                },
                 Err(e) => {
                     let why = format!("cannot encode the result: {e}");
                     Reply::inline(msg::failed(&why), false)

@@ -43,6 +43,12 @@ fn large_arguments_arrive_intact() {
     let data = payload(BIG);
     let back = pool.apply(echo, ByteBuf::from(data.clone())).unwrap();
     assert!(back[..] == data[..]);
+    let mut p = Process::spawn(echo, ByteBuf::from(data.clone())).unwrap();
+    assert!(
+        p.join().unwrap()[..] == data[..],
+        "a process's large result"
+    );
+    drop(p);
     // Several chunks, each past the limit, and a plain `Vec<u8>` (one byte at a time).
     let items: Vec<Vec<u8>> = (0..6).map(|k| payload(700_000 + k)).collect();
     let want: Vec<u64> = items.iter().cloned().map(checksum).collect();

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::result::{Outcome, Slot};
-use super::supervisor::{Classified, Job, Lease, Received, Returned, Shared, Sink};
+use super::supervisor::{Classified, Job, Lease, Returned, Shared, Sink, sort};
 use crate::error::Error;
 use crate::sys;
-use crate::wire::fds;
+use crate::wire::fds::{self, Received};
 use crate::wire::frame::{self, FrameError, FrameReader};
 
 /// How a borrowed exchange went wrong.
@@ -146,7 +146,7 @@ fn exchange(
             fifo: &mut received.fifo,
         };
         match reader.advance(&mut src) {
-            Ok(Some(f)) => match received.sort(f) {
+            Ok(Some(f)) => match sort(&mut received, f) {
                 Ok(None | Some(Classified::Hello { ours: true })) => continue,
                 Ok(Some(Classified::Outcome(o))) => return Ok(o),
                 Ok(Some(Classified::Hello { ours: false })) | Err(_) => return Err(Loss::Died),

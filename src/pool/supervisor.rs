@@ -26,7 +26,7 @@ use crate::process::launch::{self, Spec};
 use crate::sys::{self, identity};
 use crate::trace::event;
 use crate::wire::codec;
-use crate::wire::fds::{self, Fds};
+use crate::wire::fds::{self, Fds, Received};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg::{self, FromWorker};
 
@@ -639,7 +639,7 @@ impl Supervisor {
     }
 
     fn on_frame(&mut self, i: usize, frame: Vec<u8>) {
-        let outcome = match self.workers[i].received.sort(frame) {
+        let outcome = match sort(&mut self.workers[i].received, frame) {
             Ok(None) => return, // fds for the next message
             Ok(Some(Classified::Outcome(o))) => o,
             Ok(Some(Classified::Hello { ours: true })) => {
@@ -861,30 +861,16 @@ pub(crate) enum Classified {
     Outcome(Outcome),
 }
 
-/// Fds a worker sent, kept for the message that owns them: a large result's file.
-#[derive(Default)]
-pub(crate) struct Received {
-    /// As they arrived (fill it from `recvmsg`).
-    pub(crate) fifo: VecDeque<OwnedFd>,
-    /// Those the last `Fds` frame announced, for the message after it.
-    announced: Vec<OwnedFd>,
-}
-
-impl Received {
-    /// Sorts a worker's message: `Ok(None)` for an `Fds` frame, whose fds wait for the next.
-    pub(crate) fn sort(&mut self, frame: Vec<u8>) -> Result<Option<Classified>, msg::BadMessage> {
-        if let Some(n) = msg::parse_fds(&frame) {
-            self.announced = fds::take(&mut self.fifo, n)
-                .ok_or(msg::BadMessage("a worker announced fds it did not send"))?;
-            return Ok(None);
-        }
-        if self.fifo.len() > fds::MAX_FDS {
-            return Err(msg::BadMessage("a worker sent fds no message announced"));
-        }
-        // Only a large result owns an fd: any other message's are closed here.
-        let file = std::mem::take(&mut self.announced).pop();
-        classify(frame, file).map(Some)
+/// Sorts a worker's message: `Ok(None)` for an `Fds` frame, whose fds wait for the next.
+pub(crate) fn sort(
+    received: &mut Received,
+    frame: Vec<u8>,
+) -> Result<Option<Classified>, msg::BadMessage> {
+    if received.announce(&frame)? {
+        return Ok(None);
     }
+    let file = received.file()?;
+    classify(frame, file).map(Some)
 }
 
 /// Sorts a worker's message; `file` is the fd sent with the `Fds` frame before it, if any.

@@ -221,6 +221,7 @@ impl Builder {
             pidfd: launched.pidfd,
             sock: Some(launched.sock),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            received: fds::Received::default(),
             state: State::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
@@ -273,6 +274,8 @@ pub struct Process<R> {
     pidfd: Option<OwnedFd>,
     sock: Option<UnixStream>,
     reader: FrameReader,
+    /// Fds it sent: a large result's file.
+    received: fds::Received,
     state: State<R>,
     /// The exit status once reaped. Reaping and signalling happen under this lock, so a
     /// signal never reaches a recycled pid.
@@ -331,7 +334,7 @@ impl<R: DeserializeOwned> Process<R> {
             self.state = State::Finished(match self.next_frame(deadline)? {
                 Some(frame) => match self.interpret(&frame) {
                     Some(outcome) => outcome,
-                    None => continue, // the hello
+                    None => continue, // the hello, or fds for the next message
                 },
                 None => {
                     let status = self.wait_exit(deadline)?;
@@ -357,6 +360,18 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Turns a worker message into the outcome, or `None` for the hello.
     fn interpret(&mut self, frame: &[u8]) -> Option<Result<R>> {
+        let file = match self.received.announce(frame) {
+            Ok(true) => return None,
+            Ok(false) => self.received.file(),
+            Err(bad) => Err(bad),
+        };
+        let file = match file {
+            Ok(file) => file,
+            Err(bad) => {
+                let _ = self.signal(sys::SIGKILL);
+                return Some(Err(Error::protocol(bad.0)));
+            }
+        };
         let outcome = match msg::parse_from_worker(frame) {
             Ok(msg::FromWorker::Hello { identity: id, .. }) => {
                 if id == identity::own() {
@@ -370,12 +385,18 @@ impl<R: DeserializeOwned> Process<R> {
             }
             Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
             // A process's result always comes inline (`worker::run_typed`).
-            Ok(msg::FromWorker::Spilled) => {
-                let _ = self.signal(sys::SIGKILL);
-                Err(Error::protocol(
-                    "a result in a file, where none was expected",
-                ))
-            }
+            // A large result: mapped from the file sent with it and decoded in place.
+            Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Region::payload_from_fd) {
+                Some(Ok(region)) => codec::decode(region.bytes()).map_err(Error::codec),
+                Some(Err(e)) => {
+                    let _ = self.signal(sys::SIGKILL);
+                    Err(Error::protocol(format!("cannot map a large result: {e}")))
+                }
+                None => {
+                    let _ = self.signal(sys::SIGKILL);
+                    Err(Error::protocol("a large result came without its file"))
+                }
+            },
             Ok(msg::FromWorker::Panic(bytes)) => match codec::decode::<RemotePanic>(bytes) {
                 Ok(p) => Err(Error::panicked(p)),
                 Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),
@@ -455,8 +476,12 @@ impl<R> Process<R> {
         };
         loop {
             // A frame already buffered does not make the socket readable: take it first.
+            let mut src = fds::FdRead {
+                sock: sock.as_fd(),
+                fifo: &mut self.received.fifo,
+            };
             if self.reader.has_frame() {
-                if let Ok(Some(frame)) = self.reader.advance(sock) {
+                if let Ok(Some(frame)) = self.reader.advance(&mut src) {
                     return Ok(Some(frame));
                 }
             }
@@ -483,7 +508,11 @@ impl<R> Process<R> {
                 }
                 continue;
             }
-            match self.reader.advance(sock) {
+            let mut src = fds::FdRead {
+                sock: sock.as_fd(),
+                fifo: &mut self.received.fifo,
+            };
+            match self.reader.advance(&mut src) {
                 Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) | Err(FrameError::WouldBlock) => continue,
                 Err(FrameError::Eof | FrameError::Truncated { .. }) => return Ok(None),
@@ -660,6 +689,7 @@ mod tests {
             pidfd: sys::pidfd_open(pid).ok(),
             sock: Some(ours),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
+            received: fds::Received::default(),
             state: State::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
@@ -705,6 +735,38 @@ mod tests {
             p.join_timeout(LIMIT).unwrap_err().kind(),
             crate::ErrorKind::Protocol
         );
+    }
+
+    #[test]
+    fn a_large_result_without_its_file_is_a_protocol_error() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&good_hello()).unwrap();
+        peer.write_all(&msg::done_spilled()).unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
+        assert!(err.to_string().contains("without its file"), "{err}");
+    }
+
+    #[test]
+    fn fds_announced_but_not_sent_are_a_protocol_error() {
+        let (mut p, mut peer) = fake_worker();
+        peer.write_all(&good_hello()).unwrap();
+        peer.write_all(&msg::fds(1)).unwrap();
+        peer.write_all(&msg::done_spilled()).unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
+    }
+
+    #[test]
+    fn a_large_result_in_a_file_with_holes_is_refused() {
+        let (mut p, peer) = fake_worker();
+        (&peer).write_all(&good_hello()).unwrap();
+        let sparse = crate::sys::shm::Region::create("test", 1 << 30).unwrap();
+        let file = sparse.fd().try_clone_to_owned().unwrap();
+        fds::write_frame(&peer, &msg::done_spilled(), &[file]).unwrap();
+        let err = p.join_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
+        assert!(err.to_string().contains("holes"), "{err}");
     }
 
     #[test]

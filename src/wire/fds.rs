@@ -69,6 +69,38 @@ impl Read for FdRead<'_> {
     }
 }
 
+/// Fds a worker sent, kept for the message that owns them: a large result's file.
+#[derive(Default)]
+pub(crate) struct Received {
+    /// As they arrived (fill it through [`FdRead`]).
+    pub(crate) fifo: VecDeque<OwnedFd>,
+    /// Those the last `Fds` frame announced, for the message after it.
+    announced: Vec<OwnedFd>,
+}
+
+impl Received {
+    /// True for an `Fds` frame: its fds are kept for the next message.
+    pub(crate) fn announce(&mut self, frame: &[u8]) -> Result<bool, super::msg::BadMessage> {
+        let Some(n) = super::msg::parse_fds(frame) else {
+            return Ok(false);
+        };
+        self.announced = take(&mut self.fifo, n)
+            .ok_or(super::msg::BadMessage("fds were announced but not sent"))?;
+        Ok(true)
+    }
+
+    /// The file sent with the message at hand, if any. Only a large payload owns an fd: any
+    /// other fds announced for it are closed here.
+    pub(crate) fn file(&mut self) -> Result<Option<OwnedFd>, super::msg::BadMessage> {
+        if self.fifo.len() > MAX_FDS {
+            return Err(super::msg::BadMessage(
+                "fds were sent that no message announced",
+            ));
+        }
+        Ok(std::mem::take(&mut self.announced).pop())
+    }
+}
+
 /// Takes the `n` fds an `Fds` frame announced, or `None` if fewer arrived (a protocol error).
 pub(crate) fn take(fifo: &mut VecDeque<OwnedFd>, n: u16) -> Option<Vec<OwnedFd>> {
     let n = usize::from(n);
