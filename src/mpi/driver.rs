@@ -2,7 +2,8 @@
 //!
 //! Users' threads queue `Run` frames on a channel; the driver hands them to serving ranks
 //! (at most `prefetch` per local worker of a rank in flight, so every rank's workers stay busy
-//! while the rest waits here, where any rank that frees up can take it), and delivers each reply into the slot its caller waits on.
+//! while the rest waits here, where any rank that frees up can take it), every task a rank can
+//! take now in one message, and delivers each reply into the slot its caller waits on.
 //!
 //! Lost ranks: every serving rank sends a heartbeat each second. Under Open MPI's default a
 //! dead rank aborts the whole job anyway; under `mpirun --enable-recovery` the job goes on,
@@ -16,7 +17,9 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use super::transport::{Idle, Link};
-use super::wire::{self, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK};
+use super::wire::{
+    self, Batch, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_MALFORMED, TAG_REPLIES, TAG_STOP, TAG_TASKS,
+};
 use crate::error::{Error, ExitStatus, Result};
 use crate::pool::Slot;
 use crate::sys::RawExit;
@@ -50,7 +53,12 @@ struct Rank {
     /// Tasks it may still be sent now.
     credit: usize,
     last_heard: Instant,
+    /// Written off: gets no more tasks.
     lost: bool,
+    /// Written off for silence: gets no `STOP` either, and MPI is not finalized.
+    silent: bool,
+    /// Tasks for it being gathered into one message.
+    batch: Batch,
 }
 
 pub(crate) struct Driver {
@@ -113,6 +121,8 @@ impl Driver {
                     credit: prefetch * n,
                     last_heard: Instant::now(),
                     lost: false,
+                    silent: false,
+                    batch: Batch::default(),
                 });
             }
         }
@@ -134,7 +144,7 @@ impl Driver {
     }
 
     /// Serves until every sender is gone (the pool was dropped), then stops every rank.
-    /// Returns true if a rank was lost: then MPI must not be finalized (see
+    /// Returns true if a rank went silent: then MPI must not be finalized (see
     /// [`wire::STOP_SKIP_FINALIZE`]).
     pub(crate) fn run(mut self, rx: mpsc::Receiver<Cmd>) -> bool {
         let mut idle = Idle::new();
@@ -143,8 +153,13 @@ impl Driver {
             while let Some(m) = self.link.try_receive() {
                 busy = true;
                 self.heard(m.source);
-                if m.tag == TAG_REPLY {
-                    self.deliver(m.source, &m.bytes);
+                match m.tag {
+                    TAG_REPLIES => self.deliver(m.source, &m.bytes),
+                    TAG_MALFORMED => {
+                        eprintln!("mproc: mpi rank {} could not read its tasks", m.source);
+                        self.lose(m.source, false);
+                    }
+                    _ => {}
                 }
             }
             self.check_lost();
@@ -193,7 +208,8 @@ impl Driver {
         });
     }
 
-    /// Sends queued tasks to ranks with credit left; true if it sent any.
+    /// Sends queued tasks to ranks with credit left, all of a rank's in one message (up to
+    /// [`wire::BATCH_BYTES`]); true if it sent any.
     fn dispatch(&mut self) -> bool {
         if !self.queue.is_empty() && self.ranks.iter().all(|r| r.lost) {
             for t in self.queue.drain(..) {
@@ -213,17 +229,25 @@ impl Driver {
             else {
                 break;
             };
-            r.credit -= 1;
-            let dest = r.rank;
             let Some(task) = self.queue.pop_front() else {
                 break;
             };
+            if !r.batch.fits(task.frame.len()) {
+                flush(&mut self.link, r);
+            }
             let id = self.next_id;
+            if !r.batch.push(id, &task.frame) {
+                let e = Error::usage("a task above 2 GiB cannot cross MPI ranks");
+                task.slot.complete(task.cell, Err(e));
+                continue;
+            }
             self.next_id += 1;
-            self.link
-                .send(dest, TAG_TASK, &wire::with_id(id, &task.frame));
-            self.inflight.insert(id, (task, dest));
+            r.credit -= 1;
+            self.inflight.insert(id, (task, r.rank));
             sent = true;
+        }
+        for r in &mut self.ranks {
+            flush(&mut self.link, r);
         }
         sent
     }
@@ -234,15 +258,30 @@ impl Driver {
         }
     }
 
+    /// Settles the tasks whose replies came in one message from `source`. A malformed
+    /// message settles none: the rank is written off and its tasks re-run elsewhere, rather
+    /// than some of them waiting forever for replies that were lost in it.
     fn deliver(&mut self, source: i32, bytes: &[u8]) {
-        let Some((id, reply)) = wire::split_id(bytes) else {
+        let entries = match wire::entries(bytes) {
+            Ok(entries) => entries,
+            Err(e) => {
+                eprintln!("mproc: mpi rank {source} sent replies rank 0 cannot read: {e}");
+                self.lose(source, false);
+                return;
+            }
+        };
+        let Some(r) = self.ranks.iter_mut().find(|r| r.rank == source) else {
             return;
         };
-        if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == source) {
-            r.credit += 1;
-        }
-        if let Some((t, _)) = self.inflight.remove(&id) {
-            t.slot.complete(t.cell, wire::decode_reply(source, reply));
+        for (id, reply) in entries {
+            // Only the rank a task is out on settles it: a late reply from a rank written off
+            // meanwhile finds its task re-queued under a new id.
+            if self.inflight.get(&id).is_some_and(|(_, on)| *on == source) {
+                if let Some((t, _)) = self.inflight.remove(&id) {
+                    r.credit += 1;
+                    t.slot.complete(t.cell, wire::decode_reply(source, reply));
+                }
+            }
         }
     }
 
@@ -260,14 +299,17 @@ impl Driver {
             .map(|r| r.rank)
             .collect();
         for rank in silent {
-            self.lose(rank);
+            eprintln!("mproc: mpi rank {rank} is silent; writing it off and re-running its tasks");
+            self.lose(rank, true);
         }
     }
 
-    fn lose(&mut self, rank: i32) {
-        eprintln!("mproc: mpi rank {rank} is silent; writing it off and re-running its tasks");
+    /// Gives `rank` no more tasks and re-queues (or fails) those out on it. `silent`: it may be
+    /// dead, so it gets no `STOP` either.
+    fn lose(&mut self, rank: i32, silent: bool) {
         if let Some(r) = self.ranks.iter_mut().find(|r| r.rank == rank) {
             r.lost = true;
+            r.silent |= silent;
             r.credit = 0;
         }
         let ids: Vec<u64> = self
@@ -290,8 +332,8 @@ impl Driver {
         }
     }
 
-    /// Fails what is left, tells every serving rank still there to stop; true if a rank was
-    /// lost.
+    /// Fails what is left, tells every serving rank still there to stop; true if a rank went
+    /// silent.
     fn stop(mut self) -> bool {
         for t in self.queue.drain(..) {
             t.slot
@@ -301,7 +343,7 @@ impl Driver {
             t.slot
                 .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
         }
-        let lost = self.ranks.iter().any(|r| r.lost);
+        let lost = self.ranks.iter().any(|r| r.silent);
         let stop: &[u8] = if lost {
             &[wire::STOP_SKIP_FINALIZE]
         } else {
@@ -309,10 +351,18 @@ impl Driver {
         };
         let size = mpi::traits::Communicator::size(&self.link.world);
         for rank in 1..size {
-            if !self.ranks.iter().any(|r| r.rank == rank && r.lost) {
+            if !self.ranks.iter().any(|r| r.rank == rank && r.silent) {
                 self.link.send(rank, TAG_STOP, stop);
             }
         }
         lost
+    }
+}
+
+/// Sends the tasks gathered for `r`, if any, in one message.
+fn flush(link: &mut Link, r: &mut Rank) {
+    if !r.batch.is_empty() {
+        link.send(r.rank, TAG_TASKS, r.batch.bytes());
+        r.batch.clear();
     }
 }

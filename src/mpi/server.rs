@@ -3,8 +3,8 @@
 //!
 //! It initializes MPI, waits for rank 0's settings, starts a local [`Pool`](crate::Pool) with
 //! them, says hello to rank 0 and loops: tasks from rank 0 go to the local pool as their raw
-//! `Run` frames (after the binary identity check); outcomes go back as replies, and a
-//! heartbeat every second. A task that panics,
+//! `Run` frames (after the binary identity check); outcomes go back as replies, every outcome
+//! ready at once in one message, and a heartbeat every second. A task that panics,
 //! aborts or segfaults kills at most a local worker, which the local pool replaces: the rank
 //! and the MPI job live on.
 
@@ -13,7 +13,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 
 use super::transport::{Idle, Link};
 use super::wire::{
-    self, HEARTBEAT, RankConfig, TAG_BEAT, TAG_CONFIG, TAG_HELLO, TAG_REPLY, TAG_STOP, TAG_TASK,
+    self, Batch, HEARTBEAT, RankConfig, TAG_BEAT, TAG_CONFIG, TAG_HELLO, TAG_MALFORMED,
+    TAG_REPLIES, TAG_STOP, TAG_TASKS,
 };
 use crate::pool::Outcome;
 use crate::sys::identity;
@@ -118,6 +119,8 @@ struct Server {
     /// Local key → rank 0's job id.
     jobs: HashMap<usize, u64>,
     next_key: usize,
+    /// Replies gathered for the next message to rank 0.
+    replies: Batch,
 }
 
 impl Server {
@@ -129,6 +132,7 @@ impl Server {
             rx,
             jobs: HashMap::new(),
             next_key: 0,
+            replies: Batch::default(),
         }
     }
 
@@ -146,7 +150,7 @@ impl Server {
                 busy = true;
                 match m.tag {
                     TAG_STOP => return skips_finalize(&m.bytes),
-                    TAG_TASK => self.start(link, &m.bytes),
+                    TAG_TASKS if m.source == 0 => self.start_all(link, &m.bytes),
                     _ => {}
                 }
             }
@@ -154,6 +158,7 @@ impl Server {
                 busy = true;
                 self.reply(link, key, &outcome);
             }
+            self.flush(link);
             if busy {
                 idle.active();
                 continue;
@@ -172,11 +177,24 @@ impl Server {
         }
     }
 
+    /// Hands every task of a `TASKS` message to the local pool; if the message is malformed,
+    /// none, and tells rank 0.
+    fn start_all(&mut self, link: &mut Link, msg_bytes: &[u8]) {
+        match wire::entries(msg_bytes) {
+            Ok(tasks) => {
+                for (id, run_frame) in tasks {
+                    self.start(link, id, run_frame);
+                }
+            }
+            Err(e) => {
+                eprintln!("mproc: mpi rank cannot read tasks from rank 0: {e}");
+                link.send(0, TAG_MALFORMED, &[]);
+            }
+        }
+    }
+
     /// Hands a task to the local pool, or refuses it at once if it comes from another binary.
-    fn start(&mut self, link: &mut Link, msg_bytes: &[u8]) {
-        let Some((id, run_frame)) = wire::split_id(msg_bytes) else {
-            return;
-        };
+    fn start(&mut self, link: &mut Link, id: u64, run_frame: &[u8]) {
         let body = run_frame.get(frame::HEADER..).unwrap_or_default();
         let me = identity::own();
         let foreign = match msg::parse_run(body) {
@@ -184,7 +202,7 @@ impl Server {
             Err(_) => true,
         };
         if foreign {
-            link.send(0, TAG_REPLY, &wire::refused(id, me));
+            self.add_reply(link, id, |b| wire::refused(b, me));
             return;
         }
         let key = self.next_key;
@@ -196,13 +214,39 @@ impl Server {
             Ok(()) => {
                 self.jobs.insert(key, id);
             }
-            Err(e) => link.send(0, TAG_REPLY, &wire::encode_reply(id, &Err(e))),
+            Err(e) => {
+                let e = Err(e);
+                self.add_reply(link, id, |b| wire::encode_reply(b, &e));
+            }
         }
     }
 
     fn reply(&mut self, link: &mut Link, key: usize, outcome: &Outcome) {
         if let Some(id) = self.jobs.remove(&key) {
-            link.send(0, TAG_REPLY, &wire::encode_reply(id, outcome));
+            self.add_reply(link, id, |b| wire::encode_reply(b, outcome));
+        }
+    }
+
+    /// Adds a reply to the next message; sends the message once it holds
+    /// [`wire::BATCH_BYTES`], or first if the reply is too large to join it.
+    fn add_reply(&mut self, link: &mut Link, id: u64, write: impl Fn(&mut Vec<u8>)) {
+        if !self.replies.push_with(id, &write) {
+            self.flush(link);
+            if !self.replies.push_with(id, &write) {
+                let e = Err(crate::Error::codec("a reply too large for one MPI message"));
+                self.replies.push_with(id, |b| wire::encode_reply(b, &e));
+            }
+        }
+        if self.replies.bytes().len() >= wire::BATCH_BYTES {
+            self.flush(link);
+        }
+    }
+
+    /// Sends the gathered replies, if any, in one message.
+    fn flush(&mut self, link: &mut Link) {
+        if !self.replies.is_empty() {
+            link.send(0, TAG_REPLIES, self.replies.bytes());
+            self.replies.clear();
         }
     }
 }
