@@ -65,6 +65,34 @@ fn map_is_ordered_like_python() {
     }
 }
 
+/// Waits at the barrier with every other task, then names its worker.
+fn meet(b: mproc::Barrier) -> u32 {
+    b.wait_timeout(common::LIMIT)
+        .expect("every worker at the barrier");
+    std::process::id()
+}
+
+#[test]
+fn a_pool_larger_than_the_fork_servers_request_window_starts_every_worker() {
+    let _leaks = common::leak_checked();
+    // 12 workers: more than the requests sent ahead to the fork server at once (8). Each task
+    // waits for all the others, so they only finish if 12 workers run them side by side.
+    let pool = Pool::new(12).unwrap();
+    let barrier = mproc::Barrier::new(12).unwrap();
+    let handles: Vec<_> = (0..12)
+        .map(|_| pool.apply_async(meet, barrier.clone()))
+        .collect();
+    let mut pids: Vec<u32> = handles
+        .into_iter()
+        .map(|mut h| h.get_timeout(common::LIMIT).unwrap())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 12, "12 distinct workers");
+    pool.close();
+    pool.join().unwrap();
+}
+
 #[test]
 fn starmap_apply_and_closures() {
     let _leaks = common::leak_checked();

@@ -143,4 +143,25 @@ fn nothing_leaks_and_a_dead_fork_server_is_replaced() {
     // `p` is still in scope: a joined handle holds no fd.
     assert_eq!(open_fds(), fds, "no fd leaked by the restart: {:?}", list());
     assert!(!p.is_alive());
+
+    // Again, with a pool next: its workers are asked for together (requests sent ahead of the
+    // replies), and a dead server there also gets replaced.
+    let server = now[0];
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
+    let pool = mproc::Pool::new(3).unwrap();
+    assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
+    pool.close();
+    pool.join().unwrap();
+    drop(pool);
+    let now = children();
+    assert_eq!(now.len(), 1, "one new server runs: {now:?}");
+    assert_ne!(now[0], server);
+    assert!(common::pid_gone(server));
+    assert_eq!(
+        open_fds(),
+        fds,
+        "no fd leaked by the pool's restart: {:?}",
+        list()
+    );
 }

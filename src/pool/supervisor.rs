@@ -402,13 +402,20 @@ impl Supervisor {
             return;
         }
         self.respawn_at = None;
-        while self
-            .workers
-            .iter()
-            .filter(|w| !matches!(w.state, State::Ending))
-            .count()
-            < self.config.processes
-        {
+        let live = |workers: &[Worker]| {
+            workers
+                .iter()
+                .filter(|w| !matches!(w.state, State::Ending))
+                .count()
+        };
+        // Several at once (a new pool, workers lost together) go to the fork server in one go.
+        let missing = self.config.processes.saturating_sub(live(&self.workers));
+        for l in launch::launch_many(self.config.method, &self.config.spec, missing) {
+            let w = self.adopt(l);
+            event!(info, pid = w.pid, id = w.id, "worker started");
+            self.workers.push(w);
+        }
+        while live(&self.workers) < self.config.processes {
             match self.launch() {
                 Ok(w) => {
                     event!(info, pid = w.pid, id = w.id, "worker started");
@@ -428,6 +435,11 @@ impl Supervisor {
 
     fn launch(&mut self) -> io::Result<Worker> {
         let l = launch::launch(self.config.method, &self.config.spec)?;
+        Ok(self.adopt(l))
+    }
+
+    /// A worker just started: sends it the initializer, if any.
+    fn adopt(&mut self, l: launch::Launched) -> Worker {
         self.next_id += 1;
         let mut w = Worker {
             id: self.next_id,
@@ -451,7 +463,7 @@ impl Supervisor {
                 let _ = fds::write_frame(s, &init.0, init.1.as_deref().unwrap_or_default());
             }
         }
-        Ok(w)
+        w
     }
 
     /// Hands queued jobs to workers: one to each idle worker first, then, when tasks are fast,

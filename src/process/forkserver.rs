@@ -97,6 +97,70 @@ pub(crate) fn launch(spec: &Spec) -> io::Result<(i32, Option<OwnedFd>, UnixStrea
     unreachable!("the loop returns on its second attempt")
 }
 
+/// Most requests sent ahead of their replies by [`launch_many`]: the kernel queues at most
+/// `net.unix.max_dgram_qlen` (10 by default) messages on a SEQPACKET socket, and a sender
+/// blocks beyond that, so more could deadlock us against a server blocked on its replies.
+const WINDOW: usize = 8;
+
+/// Asks the fork server for `n` workers with requests sent ahead of the replies, so that the
+/// server forks them back to back instead of waiting for this thread between each. Returns
+/// those it made, in order; fewer than `n` (maybe none) if anything went wrong, and the caller
+/// then asks [`launch`] one at a time, which replaces a dead server.
+pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(i32, Option<OwnedFd>, UnixStream)> {
+    let mut made = Vec::new();
+    if !sys::HAS_FORK_SERVER || n == 0 {
+        return made;
+    }
+    let Ok((request, stdio)) = encode_request(spec) else {
+        return made;
+    };
+    let mut guard = SERVER.get().lock().unwrap_or_else(PoisonError::into_inner);
+    let Ok(server) = ensure_started(&mut guard) else {
+        return made;
+    };
+    // Our ends of the sockets of workers asked for and not answered yet, oldest first.
+    let mut waiting = std::collections::VecDeque::new();
+    let mut asked = 0;
+    let mut dead = false;
+    while asked < n || !waiting.is_empty() {
+        if asked < n && waiting.len() < WINDOW {
+            let Ok((parent_end, child_end)) = sys::socket_pair() else {
+                asked = n; // stop asking; collect what is on its way
+                continue;
+            };
+            let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
+            fds.extend(stdio.iter().map(|f| f.as_fd()));
+            if sys::send_with_fds(server.ctrl.as_fd(), &request, &fds).is_err() {
+                dead = true; // a blocking SEQPACKET send fails only once the server is gone
+                break;
+            }
+            asked += 1;
+            waiting.push_back(parent_end);
+            continue;
+        }
+        let Some(parent_end) = waiting.pop_front() else {
+            break;
+        };
+        match answer(server) {
+            Ok((pid, pidfd)) => made.push((pid, pidfd, parent_end)),
+            // This one failed (say, out of processes); the replies to the others still come.
+            Err(Asked::Refused(_)) => asked = n,
+            Err(Asked::NotSent(_) | Asked::Unanswered(_)) => {
+                // Gone or stuck: workers it may have made for the rest see EOF on their
+                // sockets when `waiting` drops, and exit.
+                dead = true;
+                break;
+            }
+        }
+    }
+    if dead {
+        if let Some(old) = guard.take() {
+            old.discard();
+        }
+    }
+    made
+}
+
 /// How a request failed.
 enum Asked {
     NotSent(io::Error),
@@ -138,6 +202,11 @@ fn ask(
 ) -> Result<(i32, Option<OwnedFd>), Asked> {
     // SEQPACKET: a message is sent whole or not at all.
     sys::send_with_fds(server.ctrl.as_fd(), request, fds).map_err(Asked::NotSent)?;
+    answer(server)
+}
+
+/// Reads the server's reply to the oldest request not answered yet.
+fn answer(server: &Server) -> Result<(i32, Option<OwnedFd>), Asked> {
     let mut reply = [0u8; 4];
     let (n, mut got) = match sys::recv_with_fds(server.ctrl.as_fd(), &mut reply) {
         Ok((0, _)) => return Err(Asked::Unanswered(io::ErrorKind::UnexpectedEof.into())),

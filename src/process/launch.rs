@@ -96,6 +96,19 @@ pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     Ok(launched)
 }
 
+/// Starts up to `n` workers at once where that is faster: through the fork server, whose
+/// requests can be sent ahead of the replies. Fewer than `n` (maybe none, always none for
+/// other start methods or `Prefixed` streams): the caller starts the rest with [`launch`].
+pub(crate) fn launch_many(method: StartMethod, spec: &Spec, n: usize) -> Vec<Launched> {
+    if method != StartMethod::ForkServer || n < 2 || spec.stdio.contains(&Stdio::Prefixed) {
+        return Vec::new();
+    }
+    super::forkserver::launch_many(spec, n)
+        .into_iter()
+        .map(|(pid, pidfd, sock)| Launched { pid, pidfd, sock })
+        .collect()
+}
+
 /// Starts a worker with `method` and the stdio `spec` resolves to.
 fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     if method == StartMethod::ForkServer {
