@@ -7,51 +7,208 @@
 //! the worker back. Anything unusual (death, timeout, a bad message) is handed to the
 //! supervisor as [`Returned::Lost`] with the job, and settled there exactly as for any other
 //! job: retried, or failed with the worker's exit status, or `TimedOut`.
+//!
+//! [`borrow`] / [`Borrowed::poll`] / [`settle`] are the steps; [`run`] blocks on them for
+//! `apply`, and a serving MPI rank polls them between its MPI duties.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::result::{Outcome, Slot};
-use super::supervisor::{Classified, Job, Lease, Returned, Shared, Sink, sort};
+use super::supervisor::{Classified, Job, Lease, NoWait, Returned, Shared, Sink, sort};
 use crate::error::Error;
 use crate::sys;
-use crate::wire::fds::{self, Received};
+use crate::wire::fds::{self, Fds, Received};
 use crate::wire::frame::{self, FrameError, FrameReader};
 
 /// How a borrowed exchange went wrong.
-enum Loss {
+pub(crate) enum Loss {
     /// Dead, broken or misbehaving: let the supervisor reap it and settle the job.
     Died,
     /// Still running at the deadline.
     TimedOut,
 }
 
-/// Runs the task in `frame` on an idle worker, if one can be borrowed; `None` otherwise (the
-/// caller then queues it). `job` rebuilds the job for the supervisor if the worker is lost.
+/// Runs the task in `frame` on an idle worker, if one can be borrowed, and waits for its
+/// outcome; gives the frame back otherwise (the caller then queues it).
 pub(crate) fn run(
     shared: &Shared,
-    frame: &[u8],
-    fds: &[OwnedFd],
+    frame: Vec<u8>,
+    fds: Fds,
     timeout: Option<Duration>,
-    job: impl FnOnce(Sink) -> Job,
-) -> Option<Outcome> {
-    let mut lease = {
+    retries_left: u32,
+) -> Result<Outcome, (Vec<u8>, Fds)> {
+    let mut b = borrow(shared, frame, fds, timeout)?;
+    let polled = loop {
+        // Wait first: the answer cannot be there yet, and after a wake `poll` costs no syscall
+        // beyond the read in the common case.
+        if !b.unsent {
+            let timeout = b
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let waited = match &b.lease.pidfd {
+                Some(p) => sys::poll_readable(&[b.sock(), p.as_fd()], timeout),
+                None => sys::poll_readable(&[b.sock()], timeout),
+            };
+            if waited.is_err() {
+                break Err(Loss::Died);
+            }
+        }
+        match b.poll() {
+            Ok(Some(outcome)) => break Ok(outcome),
+            Ok(None) => {}
+            Err(loss) => break Err(loss),
+        }
+    };
+    let slot = Arc::new(Slot::new(1));
+    let sink = Sink::Slot(Arc::clone(&slot), 0);
+    if let Some(outcome) = settle(shared, b, polled, sink, retries_left) {
+        return Ok(outcome);
+    }
+    slot.wait(None);
+    Ok(slot
+        .take()
+        .pop()
+        .unwrap_or_else(|| Err(Error::protocol("a result was lost"))))
+}
+
+/// A task written to a borrowed worker, whose answer is collected without blocking: for a
+/// thread that has other work between looks (a serving MPI rank, which also serves MPI).
+pub(crate) struct Borrowed {
+    lease: Lease,
+    reader: FrameReader,
+    received: Received,
+    deadline: Option<Instant>,
+    /// The task, for the supervisor should the worker be lost.
+    frame: Vec<u8>,
+    fds: Fds,
+    /// The write failed: the worker is dead or dying.
+    unsent: bool,
+}
+
+/// Writes the task in `frame` (with the fds of handles inside its argument) to an idle
+/// worker, if one can be borrowed; gives them back otherwise (the caller then queues them).
+pub(crate) fn borrow(
+    shared: &Shared,
+    frame: Vec<u8>,
+    fds: Fds,
+    timeout: Option<Duration>,
+) -> Result<Borrowed, (Vec<u8>, Fds)> {
+    let lease = {
         let mut q = shared.lock();
         if q.terminate || q.closed || q.broken.is_some() || !q.jobs.is_empty() {
-            return None;
+            return Err((frame, fds));
         }
-        q.idle.pop()?
+        match q.idle.pop() {
+            Some(lease) => lease,
+            None => return Err((frame, fds)),
+        }
     };
-    let deadline = timeout.map(|t| Instant::now() + t);
-    match exchange(&lease, frame, fds, deadline) {
-        Ok(outcome) => {
-            give_back(shared, &mut lease);
-            Some(outcome)
-        }
-        Err(loss) => Some(lost(shared, lease, loss, job)),
+    let unsent = fds::write_frame(&lease.sock, &frame, fds.as_deref().unwrap_or_default()).is_err();
+    Ok(Borrowed {
+        lease,
+        reader: FrameReader::new(frame::DEFAULT_LIMIT),
+        received: Received::default(),
+        deadline: timeout.map(|t| Instant::now() + t),
+        frame,
+        fds,
+        unsent,
+    })
+}
+
+impl Borrowed {
+    /// The worker's socket, readable when its answer (or its end) arrives.
+    pub(crate) fn sock(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.lease.sock.as_fd()
     }
+
+    /// The answer if it has arrived, `Ok(None)` while the task runs, or how it was lost.
+    /// Never blocks.
+    pub(crate) fn poll(&mut self) -> Result<Option<Outcome>, Loss> {
+        if self.unsent {
+            return Err(Loss::Died);
+        }
+        if let Some(o) = self.read()? {
+            return Ok(Some(o));
+        }
+        if let Some(p) = &self.lease.pidfd {
+            let ended = sys::poll_readable(&[p.as_fd()], Some(Duration::ZERO));
+            if ended.is_ok_and(|r| r[0].readable) {
+                // It ended; it may have answered between our read and this look.
+                return self.read()?.map(Some).ok_or(Loss::Died);
+            }
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Loss::TimedOut);
+        }
+        Ok(None)
+    }
+
+    /// Reads what is waiting; the outcome once whole.
+    fn read(&mut self) -> Result<Option<Outcome>, Loss> {
+        loop {
+            let mut src = NoWait {
+                sock: self.lease.sock.as_fd(),
+                fifo: &mut self.received.fifo,
+            };
+            match self.reader.advance(&mut src) {
+                Ok(Some(f)) => match sort(&mut self.received, f) {
+                    Ok(None | Some(Classified::Hello { ours: true })) => continue,
+                    Ok(Some(Classified::Outcome(o))) => return Ok(Some(o)),
+                    Ok(Some(Classified::Hello { ours: false })) | Err(_) => {
+                        return Err(Loss::Died);
+                    }
+                },
+                Ok(None) => continue,
+                Err(FrameError::WouldBlock) => return Ok(None),
+                Err(_) => return Err(Loss::Died),
+            }
+        }
+    }
+}
+
+/// Settles a borrowed task once [`Borrowed::poll`] had its say: an answered worker goes back
+/// to the pool and the outcome is returned; a lost one goes to the supervisor with the task,
+/// which it settles like any other job (a retry, or the worker's exit status, or `TimedOut`)
+/// into `sink` — then `None` is returned, unless the pool can settle nothing any more.
+pub(crate) fn settle(
+    shared: &Shared,
+    mut b: Borrowed,
+    polled: Result<Outcome, Loss>,
+    sink: Sink,
+    retries_left: u32,
+) -> Option<Outcome> {
+    let loss = match polled {
+        Ok(outcome) => {
+            give_back(shared, &mut b.lease);
+            return Some(outcome);
+        }
+        Err(loss) => loss,
+    };
+    if let Some(p) = &b.lease.pidfd {
+        // Make sure it is gone: a timed-out or misbehaving worker may still be running.
+        let _ = sys::pidfd_send_signal(p.as_fd(), sys::SIGKILL);
+    }
+    let mut q = shared.lock();
+    if q.terminate {
+        return Some(Err(Error::closed("the pool was terminated")));
+    }
+    if let Some(why) = &q.broken {
+        return Some(Err(Error::broken(why.clone())));
+    }
+    q.returned.push(Returned::Lost {
+        id: b.lease.id,
+        job: Job {
+            frame: b.frame,
+            fds: b.fds,
+            sink,
+            retries_left,
+        },
+        timed_out: matches!(loss, Loss::TimedOut),
+    });
+    shared.wake_locked(q);
+    None
 }
 
 fn give_back(shared: &Shared, lease: &mut Lease) {
@@ -76,83 +233,5 @@ fn give_back(shared: &Shared, lease: &mut Lease) {
     });
     if wake {
         shared.wake_locked(q);
-    }
-}
-
-fn lost(shared: &Shared, lease: Lease, loss: Loss, job: impl FnOnce(Sink) -> Job) -> Outcome {
-    if let Some(p) = &lease.pidfd {
-        // Make sure it is gone: a timed-out or misbehaving worker may still be running.
-        let _ = sys::pidfd_send_signal(p.as_fd(), sys::SIGKILL);
-    }
-    let slot = Arc::new(Slot::new(1));
-    {
-        let mut q = shared.lock();
-        if q.terminate {
-            return Err(Error::closed("the pool was terminated"));
-        }
-        if let Some(why) = &q.broken {
-            return Err(Error::broken(why.clone()));
-        }
-        let job = job(Sink::Slot(Arc::clone(&slot), 0));
-        let timed_out = matches!(loss, Loss::TimedOut);
-        q.returned.push(Returned::Lost {
-            id: lease.id,
-            job,
-            timed_out,
-        });
-        shared.wake_locked(q);
-    }
-    slot.wait(None);
-    slot.take()
-        .pop()
-        .unwrap_or_else(|| Err(Error::protocol("a result was lost")))
-}
-
-/// Writes the task and reads its reply, watching the worker's pidfd and the deadline.
-fn exchange(
-    lease: &Lease,
-    frame: &[u8],
-    fds: &[OwnedFd],
-    deadline: Option<Instant>,
-) -> Result<Outcome, Loss> {
-    let sock: &UnixStream = &lease.sock;
-    fds::write_frame(sock, frame, fds).map_err(|_| Loss::Died)?;
-    let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
-    let mut received = Received::default();
-    loop {
-        if !reader.has_frame() {
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let ready = match &lease.pidfd {
-                Some(p) => sys::poll_readable(&[sock.as_fd(), p.as_fd()], timeout),
-                None => sys::poll_readable(&[sock.as_fd()], timeout),
-            }
-            .map_err(|_| Loss::Died)?;
-            if !ready[0].readable {
-                if ready.get(1).is_some_and(|r| r.readable) {
-                    // It ended; it may have answered between poll's two looks.
-                    let again = sys::poll_readable(&[sock.as_fd()], Some(Duration::ZERO));
-                    if !again.is_ok_and(|r| r[0].readable) {
-                        return Err(Loss::Died);
-                    }
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Loss::TimedOut);
-                }
-                continue;
-            }
-        }
-        let mut src = fds::FdRead {
-            sock: sock.as_fd(),
-            fifo: &mut received.fifo,
-        };
-        match reader.advance(&mut src) {
-            Ok(Some(f)) => match sort(&mut received, f) {
-                Ok(None | Some(Classified::Hello { ours: true })) => continue,
-                Ok(Some(Classified::Outcome(o))) => return Ok(o),
-                Ok(Some(Classified::Hello { ours: false })) | Err(_) => return Err(Loss::Died),
-            },
-            Ok(None) | Err(FrameError::WouldBlock) => continue,
-            Err(_) => return Err(Loss::Died),
-        }
     }
 }

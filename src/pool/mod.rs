@@ -362,18 +362,10 @@ impl Pool {
         let fnref = FnRef::chunked(f);
         let (frame, fds) = self.encode(fnref, std::slice::from_ref(&arg))?;
         let retries = self.max_retries;
-        let rebuild = |sink| Job {
-            frame: frame.clone(),
-            fds: fds.clone(),
-            sink,
-            retries_left: retries,
+        let (frame, fds) = match lease::run(&self.shared, frame, fds, self.task_timeout, retries) {
+            Ok(outcome) => return finish_one(vec![outcome]),
+            Err(unsent) => unsent,
         };
-        let sent_fds = fds.as_deref().unwrap_or_default();
-        if let Some(outcome) =
-            lease::run(&self.shared, &frame, sent_fds, self.task_timeout, rebuild)
-        {
-            return finish_one(vec![outcome]);
-        }
         let slot = Arc::new(Slot::default());
         let job = Job {
             frame,

@@ -205,9 +205,9 @@ impl Worker {
 
 /// Reads without blocking, so the supervisor can drain a socket until it is empty; keeps the
 /// fds that arrive (a large result's file).
-struct NoWait<'a> {
-    sock: BorrowedFd<'a>,
-    fifo: &'a mut VecDeque<OwnedFd>,
+pub(crate) struct NoWait<'a> {
+    pub(crate) sock: BorrowedFd<'a>,
+    pub(crate) fifo: &'a mut VecDeque<OwnedFd>,
 }
 
 impl Read for NoWait<'_> {
