@@ -16,7 +16,7 @@ use super::wire::{
     self, Batch, HEARTBEAT, RankConfig, TAG_BEAT, TAG_CONFIG, TAG_HELLO, TAG_MALFORMED,
     TAG_REPLIES, TAG_STOP, TAG_TASKS,
 };
-use crate::pool::Outcome;
+use crate::pool::{Borrowed, Outcome};
 use crate::sys::identity;
 use crate::wire::{codec, frame, msg};
 
@@ -118,6 +118,8 @@ struct Server {
     rx: mpsc::Receiver<(usize, Outcome)>,
     /// Local key → rank 0's job id.
     jobs: HashMap<usize, u64>,
+    /// Tasks written straight to an idle local worker (no supervisor hand-offs), by key.
+    borrowed: Vec<(usize, Borrowed)>,
     next_key: usize,
     /// Replies gathered for the next message to rank 0.
     replies: Batch,
@@ -131,6 +133,7 @@ impl Server {
             tx,
             rx,
             jobs: HashMap::new(),
+            borrowed: Vec::new(),
             next_key: 0,
             replies: Batch::default(),
         }
@@ -158,6 +161,7 @@ impl Server {
                 busy = true;
                 self.reply(link, key, &outcome);
             }
+            busy |= self.poll_borrowed(link);
             self.flush(link);
             if busy {
                 idle.active();
@@ -166,6 +170,11 @@ impl Server {
             // Nothing to do: wait for a local outcome (MPI cannot wake us, so bounded).
             match idle.pause(!self.jobs.is_empty()) {
                 None => std::thread::yield_now(),
+                Some(d) if !self.borrowed.is_empty() => {
+                    // Wake for a borrowed worker's answer; the supervisor's come next turn.
+                    let socks: Vec<_> = self.borrowed.iter().map(|(_, b)| b.sock()).collect();
+                    let _ = crate::sys::poll_readable(&socks, Some(d));
+                }
                 Some(d) => match self.rx.recv_timeout(d) {
                     Ok((key, outcome)) => {
                         self.reply(link, key, &outcome);
@@ -207,10 +216,16 @@ impl Server {
         }
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
-        match self
-            .pool
-            .submit_frame(run_frame.to_vec(), self.tx.clone(), key)
-        {
+        // An idle worker takes it directly; otherwise the supervisor queues it.
+        let frame = match self.pool.borrow_for_frame(run_frame.to_vec()) {
+            Ok(b) => {
+                self.jobs.insert(key, id);
+                self.borrowed.push((key, b));
+                return;
+            }
+            Err(frame) => frame,
+        };
+        match self.pool.submit_frame(frame, self.tx.clone(), key) {
             Ok(()) => {
                 self.jobs.insert(key, id);
             }
@@ -219,6 +234,29 @@ impl Server {
                 self.add_reply(link, id, |b| wire::encode_reply(b, &e));
             }
         }
+    }
+
+    /// Collects the answers of borrowed workers; true if any task finished or was lost.
+    fn poll_borrowed(&mut self, link: &mut Link) -> bool {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.borrowed.len() {
+            let polled = match self.borrowed[i].1.poll() {
+                Ok(None) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(Some(outcome)) => Ok(outcome),
+                Err(loss) => Err(loss),
+            };
+            any = true;
+            let (key, b) = self.borrowed.swap_remove(i);
+            // A lost worker's task goes to the supervisor; its outcome comes through `rx`.
+            if let Some(outcome) = self.pool.settle_borrowed(b, polled, self.tx.clone(), key) {
+                self.reply(link, key, &outcome);
+            }
+        }
+        any
     }
 
     fn reply(&mut self, link: &mut Link, key: usize, outcome: &Outcome) {

@@ -25,6 +25,8 @@ use crate::sys::identity;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
 #[cfg(feature = "mpi")]
+pub(crate) use lease::{Borrowed, Loss};
+#[cfg(feature = "mpi")]
 pub(crate) use result::Answer;
 pub(crate) use result::{Outcome, Slot};
 use supervisor::{Config, Job, Shared, Sink};
@@ -585,6 +587,37 @@ impl Pool {
             sink: Sink::Channel(tx, key),
             retries_left: self.max_retries,
         }])
+    }
+
+    /// Writes a `Run` frame encoded elsewhere (by another MPI rank) to an idle worker
+    /// borrowed from this pool, skipping the supervisor's two hand-offs; gives the frame back
+    /// if none is idle. Poll the result, then [`settle_borrowed`](Pool::settle_borrowed).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn borrow_for_frame(
+        &self,
+        frame: Vec<u8>,
+    ) -> std::result::Result<Borrowed, Vec<u8>> {
+        lease::borrow(&self.shared, frame, None, self.task_timeout).map_err(|(frame, _)| frame)
+    }
+
+    /// Settles a borrowed frame once polled: its outcome now, or `None` if the worker was lost
+    /// and the supervisor settles the task (a retry, the worker's exit status, `TimedOut`),
+    /// whose outcome then arrives on `tx` tagged with `key`.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn settle_borrowed(
+        &self,
+        b: Borrowed,
+        polled: std::result::Result<Outcome, Loss>,
+        tx: std::sync::mpsc::Sender<(usize, Outcome)>,
+        key: usize,
+    ) -> Option<Outcome> {
+        lease::settle(
+            &self.shared,
+            b,
+            polled,
+            Sink::Channel(tx, key),
+            self.max_retries,
+        )
     }
 
     pub(crate) fn submit_chunk<T: Serialize>(
