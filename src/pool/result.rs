@@ -36,6 +36,9 @@ impl Answer {
     }
 }
 
+/// How long a waiter looks before it sleeps: a fast task's outcome then costs no wake-up.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// One-shot cells for the outcomes of a request's jobs (one for `apply`, one per chunk for
 /// `map`). The supervisor fills them in any order; waiters wake once, when the last arrives,
 /// so a `map` of thousands of chunks costs its caller one wake-up, not thousands.
@@ -105,6 +108,23 @@ impl Slot {
 
     /// Blocks until all are delivered or `deadline` passes; true if all were delivered.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        // A short look first, yielding the CPU between looks; never past the deadline.
+        let spin_until = deadline.map_or(Instant::now() + SPIN, |d| d.min(Instant::now() + SPIN));
+        loop {
+            if self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remaining
+                == 0
+            {
+                return true;
+            }
+            if Instant::now() >= spin_until {
+                break;
+            }
+            std::thread::yield_now();
+        }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         while s.remaining > 0 {
             match deadline {
