@@ -20,7 +20,7 @@ use crate::error::RemotePanic;
 use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, Callable, FnRef, Reply};
 use crate::sys::identity;
-use crate::sys::shm::Region;
+use crate::sys::shm::Payload;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 use crate::wire::{codec, fds};
@@ -227,14 +227,14 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         let mut handle_fds = std::mem::take(&mut task_fds);
         // A large argument is in the last fd: map it and decode it in place.
         let spilled = if run.flags & msg::FLAG_SPILLED != 0 {
-            match handle_fds.pop().map(Region::payload_from_fd) {
+            match handle_fds.pop().map(Payload::from_fd) {
                 Some(Ok(region)) => Some(region),
                 _ => return EXIT_PROTOCOL,
             }
         } else {
             None
         };
-        let arg = spilled.as_ref().map_or(run.arg, Region::bytes);
+        let arg = spilled.as_ref().map_or(run.arg, Payload::bytes);
         // Handles inside the argument take their fds from those sent with this task.
         let reply = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg));
         drop(spilled);

@@ -78,6 +78,7 @@ fn large_arguments_arrive_intact() {
     drop(pool);
     assert_eq!(common::open_fds(), fds_before, "an fd leaked");
     assert_eq!(common::mapped_regions(), 0, "a mapping leaked");
+    many_large_results_hold_no_fd_each();
     a_large_argument_travels_beside_handles();
 }
 
@@ -86,4 +87,31 @@ fn a_large_argument_travels_beside_handles() {
     let mut p = Process::spawn(send_len, (q.clone(), ByteBuf::from(payload(BIG)))).unwrap();
     assert_eq!(p.join().unwrap(), BIG);
     assert_eq!(q.get_timeout(common::LIMIT).unwrap(), BIG);
+}
+
+/// Results waiting to be decoded (a map's, until its last chunk arrives) keep their mapping,
+/// not their file's fd: under a limit of 40 more fds, a map of 100 large results works.
+fn many_large_results_hold_no_fd_each() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(checksum, vec![2]).unwrap(), 2); // workers up
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer for the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+    let tight = libc::rlimit {
+        rlim_cur: (common::open_fds() + 40) as libc::rlim_t,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: a valid rlimit for the call; lowering the soft limit only.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &tight) }, 0);
+    let got = pool.map_chunked(big_or_panic, vec![(1 << 20) + 4096; 100], 1);
+    // SAFETY: as above, restoring the limit read before.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
+    let got = got.unwrap();
+    assert_eq!(got.len(), 100);
+    assert!(got.iter().all(|b| b.len() == (1 << 20) + 4096));
+    pool.close();
+    pool.join().unwrap();
 }

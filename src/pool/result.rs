@@ -18,7 +18,7 @@ pub(crate) enum Answer {
     Frame(Vec<u8>),
     /// A payload too large for the socket, mapped from the anonymous file the worker wrote it
     /// to (see `msg::done_spilled`): read in place, never copied into a buffer first.
-    Mapped(crate::sys::shm::Region),
+    Mapped(crate::sys::shm::Payload),
     /// The payload alone, as another MPI rank sent it.
     #[cfg(feature = "mpi")]
     Payload(Vec<u8>),

@@ -213,7 +213,7 @@ pub(crate) struct NoWait<'a> {
 impl Read for NoWait<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let (n, fds) = sys::recv_with_fds_nowait(self.sock, buf)?;
-        self.fifo.extend(fds);
+        fds::keep(self.fifo, fds)?;
         Ok(n)
     }
 }
@@ -899,7 +899,7 @@ pub(crate) fn classify(
         FromWorker::Done(_) => Ok(Answer::Frame(frame)),
         FromWorker::Spilled => {
             let file = file.ok_or(msg::BadMessage("a large result came without its file"))?;
-            sys::shm::Region::payload_from_fd(file)
+            sys::shm::Payload::from_fd(file)
                 .map(Answer::Mapped)
                 .map_err(|e| Error::protocol(format!("cannot map a large result: {e}")))
         }

@@ -147,7 +147,10 @@ pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(i32, Option<OwnedFd>, U
             Err(Asked::Refused(_)) => asked = n,
             Err(Asked::NotSent(_) | Asked::Unanswered(_)) => {
                 // Gone or stuck: workers it may have made for the rest see EOF on their
-                // sockets when `waiting` drops, and exit.
+                // sockets when `waiting` drops, and exit. They are our children
+                // (`CLONE_PARENT`) whose pids never reached us, so they stay zombies until
+                // this process ends — as after a failed `launch`, but up to `WINDOW - 1` of
+                // them. Only a server killed from outside in the middle of a batch gets here.
                 dead = true;
                 break;
             }

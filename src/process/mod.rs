@@ -386,7 +386,7 @@ impl<R: DeserializeOwned> Process<R> {
             Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
             // A process's result always comes inline (`worker::run_typed`).
             // A large result: mapped from the file sent with it and decoded in place.
-            Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Region::payload_from_fd) {
+            Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Payload::from_fd) {
                 Some(Ok(region)) => codec::decode(region.bytes()).map_err(Error::codec),
                 Some(Err(e)) => {
                     let _ = self.signal(sys::SIGKILL);
@@ -758,15 +758,53 @@ mod tests {
     }
 
     #[test]
-    fn a_large_result_in_a_file_with_holes_is_refused() {
+    fn a_large_result_in_a_file_it_could_change_or_with_holes_is_refused() {
+        use crate::sys::shm;
+        // A file the worker could still write or truncate under our reader (a `SIGBUS`
+        // here), and a sealed one with 1 GiB of holes: both a protocol error, nothing mapped.
+        let unsealed = shm::Region::create("test", 1 << 20).unwrap();
+        let sparse = shm::payload_file("test").unwrap();
+        std::fs::File::from(sparse.try_clone().unwrap())
+            .set_len(1 << 30)
+            .unwrap();
+        shm::seal_payload(sparse.as_fd()).unwrap();
+        let files = [
+            (unsealed.fd().try_clone_to_owned().unwrap(), "sealed"),
+            (sparse, "holes"),
+        ];
+        for (file, why) in files {
+            let (mut p, peer) = fake_worker();
+            (&peer).write_all(&good_hello()).unwrap();
+            fds::write_frame(&peer, &msg::done_spilled(), &[file]).unwrap();
+            let err = p.join_timeout(LIMIT).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn fds_no_message_announces_are_refused_not_hoarded() {
         let (mut p, peer) = fake_worker();
         (&peer).write_all(&good_hello()).unwrap();
-        let sparse = crate::sys::shm::Region::create("test", 1 << 30).unwrap();
-        let file = sparse.fd().try_clone_to_owned().unwrap();
-        fds::write_frame(&peer, &msg::done_spilled(), &[file]).unwrap();
+        // A frame of 10,000 bytes that never ends, its bytes sent one at a time, each with 64
+        // fds attached: without a bound the reader would keep every one of them.
+        (&peer).write_all(&10_000u64.to_le_bytes()).unwrap();
+        let sender = std::thread::spawn(move || {
+            let (a, _b) = UnixStream::pair().unwrap();
+            let many = vec![a.as_fd(); 64];
+            for _ in 0..40 {
+                if sys::send_with_fds(peer.as_fd(), &[0], &many).is_err() {
+                    break;
+                }
+            }
+            peer
+        });
         let err = p.join_timeout(LIMIT).unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::Protocol, "{err}");
-        assert!(err.to_string().contains("holes"), "{err}");
+        assert!(err.to_string().contains("no message announced"), "{err}");
+        let kept = p.received.fifo.len();
+        drop(p); // our end closes: a sender still sending stops on the broken pipe
+        drop(sender.join().unwrap());
+        assert!(kept <= 2 * fds::MAX_FDS, "{kept} fds kept");
     }
 
     #[test]

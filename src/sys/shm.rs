@@ -51,7 +51,7 @@ impl Region {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } == -1 {
             return Err(io::Error::last_os_error());
         }
-        Region::map(fd, len, 0)
+        Region::map(fd, len)
     }
 
     /// Maps a region received from another process (its fd came through `SCM_RIGHTS`).
@@ -63,30 +63,7 @@ impl Region {
                 "not an mproc shared memory region (empty file)",
             ));
         }
-        Region::map(fd, len, 0)
-    }
-
-    /// [`from_fd`](Region::from_fd) for a payload about to be read whole: every page is mapped
-    /// in one call (`MAP_POPULATE`) instead of one fault per few pages as the reader walks it.
-    ///
-    /// A payload is written whole before it is sent, so a file with holes is refused: mapping
-    /// it in would allocate memory its sender never spent (a tiny sparse file can claim
-    /// gigabytes).
-    pub(crate) fn payload_from_fd(fd: OwnedFd) -> io::Result<Region> {
-        let (len, allocated) = file_stat(fd.as_fd())?;
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "an empty payload file",
-            ));
-        }
-        if allocated < len as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a payload file with holes (not written whole)",
-            ));
-        }
-        Region::map(fd, len, POPULATE)
+        Region::map(fd, len)
     }
 
     /// Opens a region by path, e.g. `/proc/PID/fd/N` of a process that holds it.
@@ -103,7 +80,7 @@ impl Region {
         Region::from_fd(fd)
     }
 
-    fn map(fd: OwnedFd, len: usize, extra_flags: libc::c_int) -> io::Result<Region> {
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
         // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
         // open; no existing memory is affected. The result is checked for MAP_FAILED.
         let ptr = unsafe {
@@ -111,7 +88,7 @@ impl Region {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | extra_flags,
+                libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
             )
@@ -121,19 +98,6 @@ impl Region {
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
         Ok(Region { fd, ptr, len })
-    }
-
-    /// The whole region as bytes, for a payload handed over whole: a large task argument
-    /// written by its sender before the fd was sent, and never written again (see
-    /// `wire::codec::encode_spilling`). Anything else must go through `read` or atomics.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives (the borrow ties
-        // the slice to it). The slice aliases shared memory: this is sound only because the
-        // one region read this way is never written once its fd has been sent — its sender
-        // writes it before sending and drops its fd after, and a hostile peer writing it
-        // anyway could only change which bytes the codec sees, and the codec checks every
-        // length against its input.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// Bytes in the region.
@@ -280,6 +244,130 @@ impl Drop for Region {
     }
 }
 
+/// A large payload received from another process (a task's argument, a result): a read-only
+/// mapping of the anonymous file its sender wrote whole and sealed (see
+/// `wire::codec::encode_spilling` and [`seal_payload`]). The file's fd is closed once mapped,
+/// so a process holding many payloads holds no fd for them.
+pub(crate) struct Payload {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory that nobody can change (the file is sealed against
+// writes, shrinking and growing), with no thread affinity.
+unsafe impl Send for Payload {}
+// SAFETY: as above: `&Payload` only hands out a shared slice of immutable bytes.
+unsafe impl Sync for Payload {}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload").field("len", &self.len).finish()
+    }
+}
+
+impl Payload {
+    /// Maps the payload file `fd`, whole and at once (`MAP_POPULATE`, not one fault per few
+    /// pages as the decoder walks it), then closes `fd`.
+    ///
+    /// Refused, as a clear error: anything but a sealed anonymous file — a sender that kept
+    /// its fd could otherwise change the bytes under the decoder or truncate the file, which
+    /// would kill this process with `SIGBUS` at the next read — an empty file, and a file with
+    /// holes (mapping it would allocate memory its sender never spent: a tiny sparse file can
+    /// claim gigabytes).
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Payload> {
+        if !payload_sealed(fd.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a payload file that is not sealed against changes",
+            ));
+        }
+        let (len, allocated) = file_stat(fd.as_fd())?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty payload file",
+            ));
+        }
+        if allocated < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a payload file with holes (not written whole)",
+            ));
+        }
+        // SAFETY: a fresh read-only shared mapping chosen by the kernel (addr null) over a
+        // file we hold open; no existing memory is affected. The result is checked for
+        // MAP_FAILED. The mapping stays valid after `fd` is closed below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(Payload { ptr, len })
+    }
+
+    /// The payload's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives (the borrow ties
+        // the slice to it). No process can change them: the file is sealed against writes
+        // (`F_SEAL_WRITE`: no write, no writable shared mapping), shrinking and growing, and
+        // the seals themselves are sealed; `from_fd` checked all of it before mapping.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping created in `from_fd`, unmapped once
+        // here; no slice from `bytes` outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The seals a payload file carries once written: no more writes, no resizing, no other seals.
+#[cfg(target_os = "linux")]
+const PAYLOAD_SEALS: libc::c_int =
+    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Seals a payload file its sender has finished writing (see [`Payload`]).
+#[cfg(target_os = "linux")]
+pub(crate) fn seal_payload(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on an open fd with an integer argument; no memory is involved.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, PAYLOAD_SEALS) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Without memfd there are no payload files (see [`payload_file`]).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn seal_payload(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// True if `fd` carries every seal of [`PAYLOAD_SEALS`].
+#[cfg(target_os = "linux")]
+fn payload_sealed(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: fcntl on an open fd; no memory is involved.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals != -1 && seals & PAYLOAD_SEALS == PAYLOAD_SEALS
+}
+
+#[cfg(not(target_os = "linux"))]
+fn payload_sealed(_fd: BorrowedFd<'_>) -> bool {
+    false
+}
+
 fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
     file_stat(fd).map(|(size, _)| size)
 }
@@ -311,9 +399,14 @@ const POPULATE: libc::c_int = 0;
 
 #[cfg(target_os = "linux")]
 fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
+    memfd(name, libc::MFD_CLOEXEC)
+}
+
+#[cfg(target_os = "linux")]
+fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
     let c = CString::new(format!("mproc-{name}")).expect("names are ours, without NUL");
     // SAFETY: `c` is a valid NUL-terminated name; memfd_create has no other preconditions.
-    let raw = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe { libc::memfd_create(c.as_ptr(), flags) };
     if raw == -1 {
         return Err(io::Error::last_os_error());
     }
@@ -321,16 +414,18 @@ fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
     above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// An empty anonymous file (memfd where there is one), to write a payload into with
-/// `std::fs::File` before sending it whole; the receiver maps it with [`Region::from_fd`].
-/// Elsewhere (no memfd) it is unsupported and callers keep payloads inline: a POSIX shared
-/// memory object may refuse `write`.
+/// An empty anonymous file (memfd where there is one) that can be sealed, to write a payload
+/// into with `std::fs::File`, seal ([`seal_payload`]) and send whole; the receiver maps it
+/// with [`Payload::from_fd`]. Elsewhere (no memfd) it is unsupported and callers keep
+/// payloads inline: a POSIX shared memory object may refuse `write`, and has no seals.
+#[cfg(target_os = "linux")]
 pub(crate) fn payload_file(name: &str) -> io::Result<OwnedFd> {
-    if cfg!(target_os = "linux") {
-        anonymous_file(name)
-    } else {
-        Err(io::ErrorKind::Unsupported.into())
-    }
+    memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn payload_file(_name: &str) -> io::Result<OwnedFd> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// Without memfd: a POSIX shared memory object unlinked at once, so it is just as anonymous.
@@ -419,19 +514,51 @@ mod tests {
     fn foreign_files_are_refused() {
         let (s, _) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(Region::from_fd(s.into()).is_err());
-        // A payload file must be written whole: a sparse one is refused, a written one maps.
-        let sparse = Region::create("test", 1 << 30).unwrap();
-        let fd = sparse.fd().try_clone_to_owned().unwrap();
-        assert!(Region::payload_from_fd(fd).is_err(), "1 GiB of holes");
-        let written = payload_file("test").unwrap();
-        std::io::Write::write_all(
-            &mut std::fs::File::from(written.try_clone().unwrap()),
-            &[7; 9000],
-        )
-        .unwrap();
-        let r = Region::payload_from_fd(written).unwrap();
-        assert_eq!(r.bytes(), [7; 9000]);
         assert!(Region::create("test", 0).is_err());
+    }
+
+    #[test]
+    fn payload_files_must_be_sealed_and_written_whole() {
+        let write = |fd: &OwnedFd, bytes: &[u8]| {
+            std::io::Write::write_all(&mut std::fs::File::from(fd.try_clone().unwrap()), bytes)
+                .unwrap();
+        };
+        // Written and sealed: maps, and its fd is not kept.
+        let written = payload_file("test").unwrap();
+        write(&written, &[7; 9000]);
+        seal_payload(written.as_fd()).unwrap();
+        let p = Payload::from_fd(written).unwrap();
+        assert_eq!(p.bytes(), [7; 9000]);
+        // Not sealed: its sender could still change or truncate it under the reader.
+        let unsealed = payload_file("test").unwrap();
+        write(&unsealed, &[1; 100]);
+        let err = Payload::from_fd(unsealed).unwrap_err();
+        assert!(err.to_string().contains("sealed"), "{err}");
+        // A region (never sealed), a socket, an empty or sparse file: all refused.
+        let region = Region::create("test", 1 << 30).unwrap();
+        assert!(Payload::from_fd(region.fd().try_clone_to_owned().unwrap()).is_err());
+        let (s, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(Payload::from_fd(s.into()).is_err());
+        let empty = payload_file("test").unwrap();
+        seal_payload(empty.as_fd()).unwrap();
+        assert!(Payload::from_fd(empty).is_err());
+        let sparse = payload_file("test").unwrap();
+        std::fs::File::from(sparse.try_clone().unwrap())
+            .set_len(1 << 30)
+            .unwrap();
+        seal_payload(sparse.as_fd()).unwrap();
+        let err = Payload::from_fd(sparse).unwrap_err();
+        assert!(err.to_string().contains("holes"), "1 GiB of holes: {err}");
+        // Sealed files cannot change any more.
+        let fixed = payload_file("test").unwrap();
+        write(&fixed, b"abc");
+        seal_payload(fixed.as_fd()).unwrap();
+        let f = std::fs::File::from(fixed);
+        assert!(f.set_len(1).is_err(), "no shrinking");
+        assert!(
+            std::io::Write::write_all(&mut &f, b"d").is_err(),
+            "no writing"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;
@@ -200,7 +200,13 @@ impl Flavor for Spill<'_> {
 
     fn finalize(mut self) -> postcard::Result<Option<OwnedFd>> {
         self.flush()?;
-        Ok(self.file.map(OwnedFd::from))
+        let Some(file) = self.file else {
+            return Ok(None);
+        };
+        // Sealed before it leaves: the receiver maps it only if no one can change it any more.
+        let fd = OwnedFd::from(file);
+        crate::sys::shm::seal_payload(fd.as_fd()).map_err(Spill::fail)?;
+        Ok(Some(fd))
     }
 }
 

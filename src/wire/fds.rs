@@ -64,9 +64,26 @@ pub(crate) struct FdRead<'a> {
 impl Read for FdRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let (n, fds) = crate::sys::recv_with_fds(self.sock, buf)?;
-        self.fifo.extend(fds);
+        keep(self.fifo, fds)?;
         Ok(n)
     }
+}
+
+/// Most fds that may wait for their message: the reader reads at most one message's worth
+/// ahead of the frame being sorted. More means a peer sends fds no message announces.
+const MAX_WAITING_FDS: usize = 2 * MAX_FDS;
+
+/// Keeps fds that arrived, in order, or refuses them (closing them) past [`MAX_WAITING_FDS`]:
+/// a hostile peer must not fill this process's fd table.
+pub(crate) fn keep(fifo: &mut VecDeque<OwnedFd>, fds: Vec<OwnedFd>) -> io::Result<()> {
+    if fifo.len() + fds.len() > MAX_WAITING_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "fds were sent that no message announced",
+        ));
+    }
+    fifo.extend(fds);
+    Ok(())
 }
 
 /// Fds a worker sent, kept for the message that owns them: a large result's file.
