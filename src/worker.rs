@@ -195,6 +195,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         let mut src = fds::FdRead {
             sock: sock.as_fd(),
             fifo: &mut fifo,
+            nowait: false,
         };
         let frame = match reader.read_frame(&mut src) {
             Ok(f) => f,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::result::{Outcome, Slot};
-use super::supervisor::{Classified, Job, Lease, NoWait, Returned, Shared, Sink, sort};
+use super::supervisor::{Classified, Job, Lease, Returned, Shared, Sink, sort};
 use crate::error::Error;
 use crate::sys;
 use crate::wire::fds::{self, Fds, Received};
@@ -148,9 +148,10 @@ impl Borrowed {
     /// Reads what is waiting; the outcome once whole.
     fn read(&mut self) -> Result<Option<Outcome>, Loss> {
         loop {
-            let mut src = NoWait {
+            let mut src = fds::FdRead {
                 sock: self.lease.sock.as_fd(),
                 fifo: &mut self.received.fifo,
+                nowait: true,
             };
             match self.reader.advance(&mut src) {
                 Ok(Some(f)) => match sort(&mut self.received, f) {

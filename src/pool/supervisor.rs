@@ -12,7 +12,7 @@
 //! respawning forever.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
@@ -200,21 +200,6 @@ impl Worker {
     fn restart_head_clock(&mut self, timeout: Option<Duration>) {
         self.head_started = Instant::now();
         self.head_deadline = timeout.map(|t| self.head_started + t);
-    }
-}
-
-/// Reads without blocking, so the supervisor can drain a socket until it is empty; keeps the
-/// fds that arrive (a large result's file).
-pub(crate) struct NoWait<'a> {
-    pub(crate) sock: BorrowedFd<'a>,
-    pub(crate) fifo: &'a mut VecDeque<OwnedFd>,
-}
-
-impl Read for NoWait<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (n, fds) = sys::recv_with_fds_nowait(self.sock, buf)?;
-        fds::keep(self.fifo, fds)?;
-        Ok(n)
     }
 }
 
@@ -623,9 +608,10 @@ impl Supervisor {
         loop {
             let w = &mut self.workers[i];
             let Some(sock) = &w.sock else { return };
-            let mut src = NoWait {
+            let mut src = fds::FdRead {
                 sock: sock.as_fd(),
                 fifo: &mut w.received.fifo,
+                nowait: true,
             };
             match w.reader.advance(&mut src) {
                 Ok(Some(frame)) => self.on_frame(i, frame),
@@ -977,6 +963,7 @@ fn signal(w: &Worker, sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// A job with a `body`-byte frame, answered into its own slot.
     fn job(body: usize) -> (Job, Arc<Slot>) {

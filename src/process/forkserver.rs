@@ -76,10 +76,8 @@ pub(crate) fn launch(spec: &Spec) -> io::Result<(i32, Option<OwnedFd>, UnixStrea
         // A fresh socket pair per attempt: a worker the failed attempt may have created keeps
         // the old one, sees EOF when we drop our end, and exits; it never shares a socket.
         let (parent_end, child_end) = sys::socket_pair()?;
-        let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
-        fds.extend(stdio.iter().map(|f| f.as_fd()));
         let server = ensure_started(&mut guard)?;
-        match ask(server, &request, &fds) {
+        match ask(server, &request, &request_fds(&child_end, &stdio)) {
             Ok((pid, pidfd)) => return Ok((pid, pidfd, parent_end)),
             // The server died (killed from outside?) before or while handling the request:
             // replace it and try once more.
@@ -128,8 +126,7 @@ pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(i32, Option<OwnedFd>, U
                 asked = n; // stop asking; collect what is on its way
                 continue;
             };
-            let mut fds: Vec<BorrowedFd<'_>> = vec![child_end.as_fd()];
-            fds.extend(stdio.iter().map(|f| f.as_fd()));
+            let fds = request_fds(&child_end, &stdio);
             if sys::send_with_fds(server.ctrl.as_fd(), &request, &fds).is_err() {
                 dead = true; // a blocking SEQPACKET send fails only once the server is gone
                 break;
@@ -162,6 +159,13 @@ pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(i32, Option<OwnedFd>, U
         }
     }
     made
+}
+
+/// The fds a request carries: the worker's end of its socket, then its stdio.
+fn request_fds<'a>(child_end: &'a impl AsFd, stdio: &'a [OwnedFd]) -> Vec<BorrowedFd<'a>> {
+    let mut fds = vec![child_end.as_fd()];
+    fds.extend(stdio.iter().map(AsFd::as_fd));
+    fds
 }
 
 /// How a request failed.

@@ -479,6 +479,7 @@ impl<R> Process<R> {
             let mut src = fds::FdRead {
                 sock: sock.as_fd(),
                 fifo: &mut self.received.fifo,
+                nowait: false,
             };
             if self.reader.has_frame() {
                 if let Ok(Some(frame)) = self.reader.advance(&mut src) {
@@ -511,6 +512,7 @@ impl<R> Process<R> {
             let mut src = fds::FdRead {
                 sock: sock.as_fd(),
                 fifo: &mut self.received.fifo,
+                nowait: false,
             };
             match self.reader.advance(&mut src) {
                 Ok(Some(frame)) => return Ok(Some(frame)),

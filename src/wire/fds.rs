@@ -59,11 +59,17 @@ pub(crate) fn write_frame(sock: &UnixStream, frame: &[u8], fds: &[OwnedFd]) -> i
 pub(crate) struct FdRead<'a> {
     pub(crate) sock: BorrowedFd<'a>,
     pub(crate) fifo: &'a mut VecDeque<OwnedFd>,
+    /// Never block: `WouldBlock` when nothing is waiting (to drain a socket until it is empty).
+    pub(crate) nowait: bool,
 }
 
 impl Read for FdRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (n, fds) = crate::sys::recv_with_fds(self.sock, buf)?;
+        let (n, fds) = if self.nowait {
+            crate::sys::recv_with_fds_nowait(self.sock, buf)?
+        } else {
+            crate::sys::recv_with_fds(self.sock, buf)?
+        };
         keep(self.fifo, fds)?;
         Ok(n)
     }
@@ -75,7 +81,7 @@ const MAX_WAITING_FDS: usize = 2 * MAX_FDS;
 
 /// Keeps fds that arrived, in order, or refuses them (closing them) past [`MAX_WAITING_FDS`]:
 /// a hostile peer must not fill this process's fd table.
-pub(crate) fn keep(fifo: &mut VecDeque<OwnedFd>, fds: Vec<OwnedFd>) -> io::Result<()> {
+fn keep(fifo: &mut VecDeque<OwnedFd>, fds: Vec<OwnedFd>) -> io::Result<()> {
     if fifo.len() + fds.len() > MAX_WAITING_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
