@@ -339,6 +339,9 @@ fn chaos_every_20ms_a_chunked_imap_without_retries_fails_no_more_than_the_kills(
     assert_eq!(ok + failed, TASKS as usize);
     assert!(failed <= kills, "{failed} failed, {kills} kills");
     let twice: Vec<usize> = (0..runs.len()).filter(|&x| runs[x] > 1).collect();
-    assert!(twice.is_empty(), "no item runs twice without retries: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "no item runs twice without retries: {twice:?}"
+    );
     assert!(kills > 0, "the killer must have struck");
 }

@@ -58,7 +58,9 @@ impl Log {
         let text = std::fs::read_to_string(&self.0).unwrap_or_default();
         let mut runs = HashMap::new();
         for line in text.lines() {
-            *runs.entry(line.parse().expect("a logged item")).or_default() += 1;
+            *runs
+                .entry(line.parse().expect("a logged item"))
+                .or_default() += 1;
         }
         runs
     }
@@ -67,17 +69,21 @@ impl Log {
     fn assert_runs(&self, n: u64, except: &[(u64, usize)]) {
         let runs = self.runs();
         for x in 0..n {
-            let want = except
-                .iter()
-                .find(|(e, _)| *e == x)
-                .map_or(1, |(_, c)| *c);
-            assert_eq!(runs.get(&x).copied().unwrap_or(0), want, "runs of item {x}: {runs:?}");
+            let want = except.iter().find(|(e, _)| *e == x).map_or(1, |(_, c)| *c);
+            assert_eq!(
+                runs.get(&x).copied().unwrap_or(0),
+                want,
+                "runs of item {x}: {runs:?}"
+            );
         }
     }
 
     /// A marker that exists once `f` made it: for "the first time only" behaviour.
     fn marker(tag: u64) -> PathBuf {
-        PathBuf::from(format!("{}.once-{tag}", std::env::var(LOG).expect("log path")))
+        PathBuf::from(format!(
+            "{}.once-{tag}",
+            std::env::var(LOG).expect("log path")
+        ))
     }
 }
 
@@ -101,7 +107,8 @@ fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(LIMIT).expect("the call returned within the limit")
+    rx.recv_timeout(LIMIT)
+        .expect("the call returned within the limit")
 }
 
 fn abort_at_3(x: u64) -> u64 {
@@ -281,7 +288,10 @@ fn a_poison_item_spends_its_own_retries_and_fails_alone() {
             Err(e) => {
                 assert_eq!(x, 7, "{e}");
                 assert_eq!(e.kind(), ErrorKind::WorkerDied);
-                assert_eq!(e.exit_status().and_then(|s| s.signal()), Some(libc::SIGKILL));
+                assert_eq!(
+                    e.exit_status().and_then(|s| s.signal()),
+                    Some(libc::SIGKILL)
+                );
             }
         }
     }
@@ -392,4 +402,31 @@ fn a_retry_through_apply_and_apply_async_reruns_the_task_once() {
         drop(pool);
         assert_eq!(log.runs().get(&3).copied(), Some(2), "{path}");
     }
+}
+
+fn always_abort(_: u64) -> u64 {
+    std::process::abort()
+}
+
+fn triple(x: u64) -> u64 {
+    x * 3
+}
+
+#[test]
+fn the_apply_fast_path_counts_a_crash_as_the_tasks_failure_not_a_broken_pool() {
+    let _leaks = common::leak_checked();
+    // The report's recipe: `Pool(1)`, then { a pause; `apply(a task that aborts)` } again and
+    // again. The pause stands for the user's program doing something else between calls — it
+    // orders nothing here, any length gives the same result — and it lets the replacement
+    // worker be lent to `apply`, the path that used to count each crash as a worker that
+    // cannot start, and broke the pool on the fifth call.
+    let pool = Arc::new(Pool::new(1).unwrap());
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(50));
+        let p = Arc::clone(&pool);
+        let e = bounded(move || p.apply(always_abort, i)).expect_err("it aborts");
+        assert_aborted(&e);
+    }
+    let p = Arc::clone(&pool);
+    assert_eq!(bounded(move || p.apply(triple, 5)).unwrap(), 15);
 }

@@ -40,6 +40,9 @@ pub(crate) use result::{Outcome, Slot};
 use shared::Shared;
 use supervisor::Config;
 
+/// How long `build` waits for a first worker at most (a loaded machine can be slow).
+const START_LIMIT: Duration = Duration::from_secs(30);
+
 /// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
 pub(crate) const MEMORY_LIMIT_ENV: &str = "MPROC_MEMORY_LIMIT";
 
@@ -234,10 +237,14 @@ impl PoolBuilder {
 
     /// Starts the pool: the supervisor thread and its workers.
     ///
+    /// Returns once at least one worker has started (the rest may still be starting).
+    ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for zero processes,
     /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) if the initializer argument cannot be
-    /// encoded, [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses a thread or socket.
+    /// encoded, [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses a thread or socket,
+    /// or refuses every worker for about 2 s (`fork` failing with `EAGAIN` under `ulimit -u`):
+    /// the message says why.
     pub fn build(self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
@@ -270,6 +277,18 @@ impl PoolBuilder {
         };
         let (shared, handle) =
             supervisor::start(config).map_err(|e| Error::io("cannot start the pool", e))?;
+        // At least one worker must start: a pool that can run nothing fails here, clearly,
+        // rather than at its first task. Transient refusals (`EAGAIN`) are retried meanwhile.
+        if let shared::Start::Failed(why) = shared.wait_start(START_LIMIT) {
+            let mut q = shared.lock();
+            q.terminate = true;
+            shared.wake_locked(q);
+            let _ = handle.join();
+            return Err(Error::io(
+                "cannot start the pool",
+                std::io::Error::other(why),
+            ));
+        }
         Ok(Pool {
             shared,
             supervisor: Mutex::new(Some(handle)),
@@ -295,9 +314,24 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// Number of worker processes.
+    /// Number of worker processes the pool keeps (its `processes` setting).
     pub fn processes(&self) -> usize {
         self.processes
+    }
+
+    /// Workers running right now. Fewer than [`processes`](Pool::processes) while dead
+    /// workers are being replaced, or while the OS refuses new processes (`fork` failing with
+    /// `EAGAIN` under `ulimit -u`, say): the pool then runs short, retries with a growing
+    /// backoff, and says so with a `tracing` warning (feature `tracing`). Tasks still run, on
+    /// the workers it has.
+    ///
+    /// ```
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert!(pool.workers() >= 1 && pool.workers() <= 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn workers(&self) -> usize {
+        self.shared.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` on every item and returns the results in input order: Python's `map`.

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::job::Job;
 use crate::error::Error;
@@ -14,6 +16,20 @@ use crate::error::Error;
 pub(crate) struct Shared {
     pub(crate) backlog: Mutex<Backlog>,
     wake_tx: UnixStream,
+    /// Signalled when `Backlog::start` leaves `Pending`.
+    started: Condvar,
+    /// Workers started and not ending, as the supervisor last counted them.
+    pub(crate) live: AtomicUsize,
+}
+
+/// How the pool's start went: `build` waits until at least one worker could be started.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Start {
+    #[default]
+    Pending,
+    Running,
+    /// Not one worker could be started: why.
+    Failed(String),
 }
 
 /// Pending jobs and the pool's life-cycle flags.
@@ -28,6 +44,8 @@ pub(crate) struct Backlog {
     pub(crate) idle: Vec<Lease>,
     /// Borrowed workers handed back with news for the supervisor.
     pub(crate) returned: Vec<Returned>,
+    /// Whether a first worker could be started.
+    pub(crate) start: Start,
 }
 
 /// An idle worker lent to a client thread for one `apply`: the client writes the task and
@@ -96,7 +114,36 @@ impl Shared {
         let shared = Arc::new(Shared {
             backlog: Mutex::new(Backlog::default()),
             wake_tx,
+            started: Condvar::new(),
+            live: AtomicUsize::new(0),
         });
         Ok((shared, wake_rx))
+    }
+
+    /// Records how the start went (once: later calls change nothing).
+    pub(crate) fn set_start(&self, start: Start) {
+        let mut q = self.lock();
+        if matches!(q.start, Start::Pending) {
+            q.start = start;
+            self.started.notify_all();
+        }
+    }
+
+    /// Waits until a first worker started, or starting one failed for good.
+    pub(crate) fn wait_start(&self, limit: Duration) -> Start {
+        let deadline = Instant::now() + limit;
+        let mut q = self.lock();
+        while matches!(q.start, Start::Pending) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Start::Failed(format!("no worker started within {} s", limit.as_secs()));
+            }
+            q = self
+                .started
+                .wait_timeout(q, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        q.start.clone()
     }
 }

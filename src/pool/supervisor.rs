@@ -15,12 +15,13 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::fate::{self, Loss, Progress};
 use super::job::Job;
 use super::reply::{Classified, sort};
-use super::shared::{Lease, Returned, Shared};
+use super::shared::{Lease, Returned, Shared, Start};
 use crate::error::{Error, ExitStatus};
 use crate::process::StartMethod;
 use crate::process::launch::{self, Spec};
@@ -69,6 +70,14 @@ const LOOKAHEAD_BYTES: usize = 48 << 10;
 const WATCH_TICK: Duration = Duration::from_millis(200);
 /// Sleeping this much longer than asked counts as a pause.
 const PAUSE_SLACK: Duration = Duration::from_millis(50);
+/// The first wait before starting workers again after the OS refused one (`EAGAIN` under
+/// `ulimit -u`, `ENOMEM`...), and the longest, as it doubles.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// With no worker at all, how long starting one may keep failing: before the pool's first
+/// worker, `build` then fails; later, the pool is broken (queued tasks fail, never hang).
+const START_PATIENCE: Duration = Duration::from_secs(2);
+const LIVE_PATIENCE: Duration = Duration::from_secs(10);
 
 struct Worker {
     id: u64,
@@ -146,6 +155,9 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
         workers: Vec::new(),
         startup_failures: 0,
         respawn_at: None,
+        backoff: MIN_BACKOFF,
+        failing_since: None,
+        short: false,
         avg_task: Duration::from_millis(1),
         next_id: 0,
     };
@@ -162,8 +174,14 @@ struct Supervisor {
     workers: Vec<Worker>,
     /// Workers that died before serving anything, since the last one that did.
     startup_failures: usize,
-    /// When to try starting workers again after the OS refused.
+    /// When to try starting workers again after the OS refused, and the wait after the next
+    /// refusal (it doubles, up to `MAX_BACKOFF`).
     respawn_at: Option<Instant>,
+    backoff: Duration,
+    /// Since when starting workers fails without a break, while none is live.
+    failing_since: Option<Instant>,
+    /// The pool ran short of workers at the last count (said once per shortage).
+    short: bool,
     /// Moving average of task run time; it sets the look-ahead depth.
     avg_task: Duration,
     next_id: u64,
@@ -315,7 +333,9 @@ impl Supervisor {
                 .all(|w| w.inflight.is_empty() && !matches!(w.state, State::Init))
     }
 
-    /// Starts workers until there are `processes` of them serving or starting.
+    /// Starts workers until there are `processes` of them serving or starting. A refusal of
+    /// the OS (`fork` failing with `EAGAIN`, say) is retried with a growing backoff; the pool
+    /// runs short meanwhile, and says so.
     fn fill(&mut self) {
         if self.respawn_at.is_some_and(|t| Instant::now() < t) {
             return;
@@ -337,14 +357,50 @@ impl Supervisor {
         while live(&self.workers) < self.config.processes {
             let started = launch::launch(self.config.method, &self.config.spec);
             if let Err(e) = started.and_then(|l| self.add(l)) {
-                event!(warn, error = %e, "cannot start a worker");
-                if self.workers.is_empty() {
-                    self.break_pool(format!("cannot start a worker: {e}"));
-                }
-                self.respawn_at = Some(Instant::now() + Duration::from_millis(50));
+                self.refused(e, live(&self.workers));
+                break;
+            }
+        }
+        let n = live(&self.workers);
+        self.shared.live.store(n, Ordering::Relaxed);
+        if n > 0 {
+            self.backoff = MIN_BACKOFF;
+            self.failing_since = None;
+            self.shared.set_start(Start::Running);
+        }
+        if n == self.config.processes {
+            self.short = false;
+        }
+    }
+
+    /// The OS refused a new worker (`live` are running): try again later, or give up.
+    fn refused(&mut self, e: io::Error, live: usize) {
+        event!(warn, error = %e, live, wanted = self.config.processes, "cannot start a worker");
+        if live > 0 && !self.short {
+            self.short = true;
+            event!(
+                warn,
+                live,
+                wanted = self.config.processes,
+                "the pool runs short of workers"
+            );
+        }
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if live == 0 {
+            let first = matches!(self.shared.lock().start, Start::Pending);
+            let patience = if first { START_PATIENCE } else { LIVE_PATIENCE };
+            if since.elapsed() >= patience {
+                let why = format!(
+                    "cannot start a worker: {e} (still failing after {:.1} s)",
+                    since.elapsed().as_secs_f64()
+                );
+                self.shared.set_start(Start::Failed(why.clone()));
+                self.break_pool(why);
                 return;
             }
         }
+        self.respawn_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
     /// Takes on a worker just started; kills it if it cannot be set up.
@@ -745,6 +801,11 @@ impl Supervisor {
             Err(_) => ExitStatus::from_raw(sys::RawExit::Unknown),
         };
         let mut w = self.workers.swap_remove(i);
+        let live = self
+            .workers
+            .iter()
+            .filter(|w| !matches!(w.state, State::Ending));
+        self.shared.live.store(live.count(), Ordering::Relaxed);
         event!(info, pid = w.pid, id = w.id, status = %status, running = w.inflight.len(), "worker exited");
         let mut again = Vec::new();
         if let Some(job) = w.inflight.pop_front() {
@@ -777,6 +838,7 @@ impl Supervisor {
     fn break_pool(&mut self, why: String) {
         event!(error, reason = %why, "pool broken");
         self.respawn_at = None;
+        self.shared.set_start(Start::Failed(why.clone()));
         let mut q = self.shared.lock();
         if q.broken.is_none() {
             q.broken = Some(why);
@@ -957,6 +1019,9 @@ mod tests {
             workers: vec![worker],
             startup_failures: 0,
             respawn_at: None,
+            backoff: MIN_BACKOFF,
+            failing_since: None,
+            short: false,
             // Fast tasks: `assign` tops up the look-ahead.
             avg_task: Duration::from_micros(1),
             next_id: 1,
