@@ -52,10 +52,13 @@ pub(crate) const PROCESS_LIMIT_ENV: &str = "MPROC_PROCESS_LIMIT";
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
 /// Tasks are `fn` pointers with serde arguments and results, run in separate processes. A task
-/// that panics fails alone; a worker that crashes, aborts or is killed fails only the task it
-/// was running (or that task is re-run, with [`max_retries`](PoolBuilder::max_retries)) and is
-/// replaced; a task past [`task_timeout`](PoolBuilder::task_timeout) has its worker killed.
-/// The pool never hangs on a lost worker.
+/// that panics fails alone; a worker that crashes, aborts or is killed fails only the item it
+/// was running (or that item is re-run, with [`max_retries`](PoolBuilder::max_retries)) and is
+/// replaced; an item past [`task_timeout`](PoolBuilder::task_timeout) has its worker killed.
+/// This holds per item on every path, chunks included: items that finished keep their
+/// results, and no item runs again because another failed. The pool never hangs on a lost
+/// worker, and is broken only by workers that cannot start (they die before serving, or the
+/// initializer fails).
 ///
 /// # Examples
 /// ```
@@ -153,21 +156,29 @@ impl PoolBuilder {
         });
         self
     }
-    /// Replaces each worker after it has run `n` tasks (chunks, for `map`), like Python's
-    /// `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
+    /// Replaces each worker after it has run `n` tasks (chunks, for `map` and `imap`), like
+    /// Python's `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
     pub fn max_tasks_per_child(mut self, n: usize) -> PoolBuilder {
         self.max_tasks_per_child = Some(n.max(1));
         self
     }
-    /// Kills a worker whose task (chunk, for `map`) runs longer than `t`; the task fails with
+    /// Kills a worker whose task runs longer than `t`: the task fails with
     /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) and the worker is replaced.
+    ///
+    /// The timeout is per item, timed from the item's own start wherever it sits in a chunk
+    /// (`map`'s automatic chunks included): the items of its chunk that finished keep their
+    /// results and the ones after it run on another worker. Time the whole program spent
+    /// stopped (Ctrl-Z, `SIGSTOP`, a frozen container) does not count. Timed-out items are
+    /// never re-run.
     pub fn task_timeout(mut self, t: Duration) -> PoolBuilder {
         self.task_timeout = Some(t);
         self
     }
-    /// Re-runs a task whose worker died (crash, kill, OOM) up to `n` more times before failing
-    /// it with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied). Default 0. Timed-out
-    /// tasks are not retried.
+    /// Re-runs an item whose worker died while running it (crash, kill, OOM) up to `n` more
+    /// times before failing it with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied).
+    /// Default 0. Retries count per item: only the item that was running when its worker died
+    /// spends one; the items of its chunk that had finished keep their results, and those
+    /// after it are re-queued without spending any. Timed-out items are not retried.
     pub fn max_retries(mut self, n: u32) -> PoolBuilder {
         self.max_retries = n;
         self
