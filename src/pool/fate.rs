@@ -33,6 +33,9 @@ pub(crate) enum Loss {
     TimedOut,
     /// It was killed for breaking the protocol (this error).
     Misbehaved(Error),
+    /// It reported the running item's failure and is ending: a panic under
+    /// `panic = "abort"`, sent by its panic hook just before the abort.
+    Reported(Error),
     /// It was killed for another reason than the item it was running (a timeout raced with
     /// the item's end): that item is re-run, spending nothing.
     Collateral,
@@ -94,6 +97,18 @@ impl Progress {
     }
 }
 
+/// True if a panic report that arrives for a worker's head job is the running item's (a
+/// worker under `panic = "abort"` reports it from its panic hook, then aborts) rather than
+/// the whole run's (a panic decoding the arguments, before any item ran).
+pub(crate) fn is_item_panic(watch: &Watch, answered: u64, what: &Result<Answer, Error>) -> bool {
+    let Err(e) = what else { return false };
+    let snap = watch.snapshot();
+    e.kind() == crate::ErrorKind::Panicked
+        && snap.started == answered + 1
+        && snap.count != progress::UNCOUNTED
+        && snap.done < snap.count
+}
+
 /// A worker answered `job` (the reply to its latest run). Delivers it.
 pub(crate) fn answered(mut job: Job, what: Result<Answer, Error>) {
     let left = job.left();
@@ -137,7 +152,7 @@ pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job>
         // The item at `next` was running: it alone is charged.
         match loss {
             Loss::TimedOut => job.fail_one(Error::timed_out()),
-            Loss::Misbehaved(e) => job.fail_one(e.duplicate()),
+            Loss::Misbehaved(e) | Loss::Reported(e) => job.fail_one(e.duplicate()),
             Loss::Collateral => {}
             Loss::Died(_) if job.retries_left > 0 => {
                 job.retries_left -= 1;

@@ -712,6 +712,18 @@ impl Supervisor {
             },
             // `Ending` with an open socket: a write to it failed, or it was killed at a
             // timeout, but what it wrote before dying answers its jobs in flight, in order.
+            // A panic report from the middle of a chunk: the worker's panic hook under
+            // `panic = "abort"`, about to abort. The item it ran fails with it, once the
+            // worker is reaped; the items before it keep their results.
+            State::Active | State::Ending
+                if !w.inflight.is_empty() && fate::is_item_panic(&w.watch, w.answered, &what) =>
+            {
+                let snap = w.watch.snapshot();
+                let e = what.expect_err("a panic");
+                signal(w, sys::SIGKILL);
+                w.state = State::Ending;
+                w.loss = Some((Loss::Reported(e), (snap.started, snap.done)));
+            }
             State::Active | State::Ending if !w.inflight.is_empty() => {
                 let took = w.head_since.elapsed();
                 let job = w.inflight.pop_front().expect("checked non-empty");
