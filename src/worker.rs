@@ -22,7 +22,7 @@ use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, FnRef, Reply};
 use crate::sys::identity;
 use crate::sys::shm::Payload;
-use crate::task::chunk::RunCx;
+use crate::task::chunk::{Arena, RunCx};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 use crate::wire::{codec, fds};
@@ -195,7 +195,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
     let mut task_fds = Vec::new();
     // A pool worker's control block and result arena come in its first message; a worker
     // without one (a `Process`) still builds chunk replies in an arena of its own.
-    let mut arena: Option<GrowMap> = None;
+    let mut arena = Arena::default();
     loop {
         let mut src = fds::FdRead {
             sock: sock.as_fd(),
@@ -216,7 +216,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         }
         if msg::is_control(&frame) {
             match std::mem::take(&mut task_fds).pop().map(GrowMap::from_fd) {
-                Some(Ok(map)) => arena = Some(map),
+                Some(Ok(map)) => arena.set(map),
                 _ => return EXIT_PROTOCOL,
             }
             continue;
@@ -262,9 +262,9 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         // A large result's file goes with its frame; our copy of the fd closes after.
-        let sent = match (&reply.file, &arena) {
+        let sent = match (&reply.file, arena.bytes(in_arena)) {
             (Some(file), _) => fds::write_frame(&sock, &reply.frame, std::slice::from_ref(file)),
-            (None, Some(map)) if in_arena > 0 => sock.write_all(&map.arena()[..in_arena]),
+            (None, Some(built)) if in_arena > 0 => sock.write_all(built),
             (None, _) => sock.write_all(&reply.frame),
         };
         if sent.is_err() {

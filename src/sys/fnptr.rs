@@ -200,7 +200,7 @@ mod tests {
             super::super::identity::own(),
         )
         .expect("own identity verifies");
-        let mut arena = None;
+        let mut arena = crate::task::chunk::Arena::default();
         let mut cx = RunCx {
             arena: &mut arena,
             skip: 0,

@@ -37,8 +37,47 @@ use crate::wire::{codec, msg};
 /// `tagged`.
 pub(crate) const PREFIX: usize = HEADER + 1 + 16;
 
-/// An arena grown past this by a large chunk shrinks back before the next one.
+/// An arena grown past this by a large chunk shrinks back once this many chunks in a row used
+/// under an eighth of it: a worker returning large results keeps its pages (no fresh page to
+/// fault in for each), one that returned one large result does not hold it forever.
 const SHRINK_ABOVE: usize = 8 << 20;
+const SHRINK_AFTER: u32 = 4;
+
+/// A worker's arena, kept from one chunk to the next.
+#[derive(Default)]
+pub(crate) struct Arena {
+    map: Option<GrowMap>,
+    /// Chunks in a row that used under an eighth of a large arena.
+    small_runs: u32,
+}
+
+impl Arena {
+    /// Takes the arena (and control block) the parent sent.
+    pub(crate) fn set(&mut self, map: GrowMap) {
+        self.map = Some(map);
+    }
+
+    /// The first `len` bytes of the arena: a reply built there.
+    pub(crate) fn bytes(&self, len: usize) -> Option<&[u8]> {
+        self.map.as_ref()?.arena().get(..len)
+    }
+
+    /// Shrinks a large arena after a run of small chunks; `used` is what the last one took.
+    fn settle_size(map: &mut GrowMap, small_runs: &mut u32, used: usize) {
+        if map.capacity() <= SHRINK_ABOVE {
+            return;
+        }
+        if used < map.capacity() / 8 {
+            *small_runs += 1;
+        } else {
+            *small_runs = 0;
+        }
+        if *small_runs >= SHRINK_AFTER {
+            *small_runs = 0;
+            let _ = map.resize(64 << 10);
+        }
+    }
+}
 
 /// An item's outcome in the tagged form (worker side; the variants match [`ItemIn`]).
 #[derive(Serialize)]
@@ -60,7 +99,7 @@ enum ItemIn<T> {
 pub(crate) struct RunCx<'a> {
     /// The arena (and control block) the results go to; made on first use where the parent
     /// sent none (a `Process`).
-    pub(crate) arena: &'a mut Option<GrowMap>,
+    pub(crate) arena: &'a mut Arena,
     /// The first item to run: those before it were settled by an earlier run.
     pub(crate) skip: usize,
     /// Set by the run when its reply is the first `in_arena` bytes of the arena rather than
@@ -77,17 +116,18 @@ pub(crate) fn run<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
 }
 
 fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
-    let map = match cx.arena {
+    let Arena { map, small_runs } = &mut *cx.arena;
+    let map = match map {
         Some(map) => map,
         None => match GrowMap::anonymous() {
-            Ok(map) => cx.arena.insert(map),
+            Ok(m) => map.insert(m),
             Err(e) => {
                 let why = format!("cannot make a result arena: {e}");
                 return Reply::inline(msg::failed(&why), false);
             }
         },
     };
-    if map.capacity() > SHRINK_ABOVE || map.capacity() < PREFIX {
+    if map.capacity() < PREFIX {
         if let Err(e) = map.resize(64 << 10) {
             let why = format!("cannot size the result arena: {e}");
             return Reply::inline(msg::failed(&why), false);
@@ -150,6 +190,7 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     msg::write_done_header(&mut arena[..HEADER + 1], pos - HEADER);
     arena[HEADER + 1..HEADER + 9].copy_from_slice(&count.to_le_bytes());
     arena[HEADER + 9..PREFIX].copy_from_slice(&tagged.to_le_bytes());
+    Arena::settle_size(map, small_runs, pos);
     let payload = &map.arena()[HEADER + 1..pos];
     if payload.len() > msg::SPILL_LIMIT {
         // A large result crosses as shared pages, not through the socket.
