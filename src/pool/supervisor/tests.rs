@@ -1,0 +1,152 @@
+//! The supervisor with fake workers: a socket pair and a `sleep` child.
+use super::assign::send_jobs;
+use super::worker::{State, Worker};
+use super::*;
+use crate::pool::job::Sink;
+use crate::pool::result::Slot;
+use std::io::{Read, Write};
+
+/// A one-item job with a `body`-byte frame, answered into its own slot.
+fn job(body: usize) -> (Job, Arc<Slot>) {
+    let slot = Arc::new(Slot::new(1));
+    let mut f = frame::FrameBuf::with_capacity(body);
+    f.buf.resize(f.buf.len() + body, 0xAB);
+    let job = Job::new(f.finish(), None, 1, Sink::Slot(Arc::clone(&slot), 0), 0);
+    (job, slot)
+}
+
+/// A supervisor with one fake worker: `sock` is ours, the returned end plays the worker.
+/// Its pid is a `sleep` child, so that a wrong kill hits nothing else and can be seen.
+fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
+    let (shared, wake_rx) = Shared::new().unwrap();
+    let (ours, theirs) = sys::socket_pair().unwrap();
+    let child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let worker = Worker {
+        id: 1,
+        pid: child.id() as i32,
+        pidfd: None,
+        sock: Some(Arc::new(ours)),
+        published: false,
+        reader: FrameReader::new(frame::DEFAULT_LIMIT),
+        received: Received::default(),
+        state: State::Active,
+        inflight: VecDeque::new(),
+        watch: Watch::create(false).unwrap(),
+        answered: 0,
+        head_since: Instant::now(),
+        credit: Duration::ZERO,
+        credit_item: (0, 0),
+        loss: None,
+        tasks: 0,
+        served: true,
+    };
+    let sup = Supervisor {
+        shared,
+        config: Config {
+            processes: 1,
+            method: StartMethod::Spawn,
+            spec: Spec::default(),
+            init: None,
+            max_tasks_per_child: None,
+            task_timeout: None,
+        },
+        wake_rx,
+        workers: vec![worker],
+        startup_failures: 0,
+        respawn_at: None,
+        backoff: MIN_BACKOFF,
+        failing_since: None,
+        short: false,
+        // Fast tasks: `assign` tops up the look-ahead.
+        avg_task: Duration::from_micros(1),
+        next_id: 1,
+    };
+    (sup, theirs, child)
+}
+
+/// The chaos test's failure, step by step: a worker answers its running job and dies
+/// before the supervisor reads the answer; topping up its look-ahead then fails. The
+/// answer must still complete the job (it used to fail it with "a worker answered without
+/// a task" and kill the worker), and the jobs that were never sent go back to the queue.
+#[test]
+fn answer_from_a_worker_that_died_before_a_look_ahead_write_completes_its_job() {
+    let (mut sup, theirs, mut child) = fake_pool();
+    let (running, running_slot) = job(8);
+    sup.workers[0].inflight.push_back(running);
+    let mut queued_slots = Vec::new();
+    {
+        let mut q = sup.shared.lock();
+        for _ in 0..8 {
+            let (j, s) = job(8);
+            q.jobs.push_back(j);
+            queued_slots.push(s);
+        }
+    }
+    // The worker answers, then dies: its end closes with the answer unread. `shutdown`,
+    // not just `drop`: a `Fork` child of a parallel test may hold a copy of the fd.
+    let mut answer = frame::FrameBuf::new();
+    answer
+        .buf
+        .extend_from_slice(&crate::task::chunk::rebuild(1, 1, &[0]));
+    (&theirs).write_all(&answer.finish()).unwrap();
+    theirs.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(theirs);
+
+    sup.assign(); // the look-ahead write fails: the peer is gone
+    assert!(matches!(sup.workers[0].state, State::Ending));
+    assert_eq!(sup.shared.lock().jobs.len(), 8, "unsent jobs are re-queued");
+    sup.read_worker(0);
+
+    assert!(running_slot.is_done(), "the answer settles the running job");
+    let outcome = running_slot.take().pop().unwrap();
+    assert!(outcome.iter().all(|p| p.what.is_ok()), "{outcome:?}");
+    assert!(sup.workers[0].inflight.is_empty());
+    assert_eq!(sup.shared.lock().jobs.len(), 8);
+    assert!(queued_slots.iter().all(|s| !s.is_done()));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "no protocol error, so no kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A worker that dies while a batch is half written: the jobs written whole may have run
+/// and are counted as sent; the rest are not.
+#[test]
+fn send_jobs_counts_the_jobs_written_whole_before_the_peer_died() {
+    let (ours, theirs) = sys::socket_pair().unwrap();
+    let small: libc::c_int = 4096;
+    // SAFETY: a valid socket fd and a c_int option value with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&ours),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let jobs: Vec<Job> = (0..40).map(|_| job(1000).0).collect();
+    let frame_len = jobs[0].frame.len();
+    // The worker reads three whole frames, then dies; the writer is blocked by then, its
+    // small send buffer long full.
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0; 3 * frame_len];
+        (&theirs).read_exact(&mut buf).unwrap();
+        // Not just the drop: a `Fork` child of a parallel test may hold a copy of the fd.
+        theirs.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    let sent = send_jobs(&ours, &jobs);
+    reader.join().unwrap();
+    assert!(
+        (3..jobs.len()).contains(&sent),
+        "{sent} of {} counted as sent",
+        jobs.len()
+    );
+    assert_eq!(send_jobs(&ours, &jobs), 0, "nothing goes to a dead worker");
+}
