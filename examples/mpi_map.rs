@@ -38,6 +38,21 @@ fn segfault(_: ()) -> u64 {
     0
 }
 
+/// Appends `x` to the log at `path` (one `write`, `O_APPEND`), then aborts if `x` is 3.
+fn abort_at_3_logged((path, x): (String, u64)) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .expect("the log opens");
+    f.write_all(format!("{x}\n").as_bytes()).expect("logged");
+    if x == 3 {
+        std::process::abort();
+    }
+    x
+}
+
 fn fail(msg: String) -> u64 {
     panic!("{msg}")
 }
@@ -92,6 +107,23 @@ fn main() -> mproc::Result<()> {
         "panic: failed alone: {:?}",
         err.remote_panic().map(|p| p.message())
     );
+
+    // One fate per item across ranks too: item 3 aborts in the middle of its chunk of 10; the
+    // map fails with that death, and every other item ran exactly once.
+    let log = std::env::temp_dir().join(format!("mproc-mpi-fate-{}", std::process::id()));
+    let path = log.to_string_lossy().into_owned();
+    let items: Vec<(String, u64)> = (0..20).map(|x| (path.clone(), x)).collect();
+    let err = pool
+        .map_chunked(abort_at_3_logged, items, 10)
+        .expect_err("item 3 aborts");
+    assert!(err.exit_status().is_some(), "{err}");
+    let ran = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    for x in 0..20u64 {
+        let runs = ran.lines().filter(|l| l.parse() == Ok(x)).count();
+        assert_eq!(runs, 1, "item {x} ran {runs} times");
+    }
+    println!("per item: item 3 of a chunk of 10 failed alone ({err}); 19 others ran once");
 
     let firsts: Vec<u64> = pool
         .imap(square, 1u64..)
