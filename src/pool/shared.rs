@@ -22,6 +22,13 @@ pub(crate) struct Shared {
     pub(crate) live: AtomicUsize,
 }
 
+/// What the starter thread reports.
+pub(crate) enum Launch {
+    Started(crate::process::launch::Launched),
+    /// This many launches failed, for this reason.
+    Failed(usize, io::Error),
+}
+
 /// How the pool's start went: `build` waits until at least one worker could be started.
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Start {
@@ -46,6 +53,10 @@ pub(crate) struct Backlog {
     pub(crate) returned: Vec<Returned>,
     /// Whether a first worker could be started.
     pub(crate) start: Start,
+    /// Workers the starter thread launched, for the supervisor to take on.
+    pub(crate) launched: Vec<Launch>,
+    /// The supervisor has returned: the starter kills what it still launches.
+    pub(crate) stopped: bool,
 }
 
 /// An idle worker lent to a client thread for one `apply`: the client writes the task and

@@ -94,6 +94,8 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
         backoff: MIN_BACKOFF,
         failing_since: None,
         short: false,
+        starter: None,
+        launching: 0,
         avg_task: Duration::from_millis(1),
         next_id: 0,
     };
@@ -118,6 +120,9 @@ struct Supervisor {
     failing_since: Option<Instant>,
     /// The pool ran short of workers at the last count (said once per shortage).
     short: bool,
+    /// Asks the starter thread for workers (made on first need), and how many it owes.
+    starter: Option<start::Starter>,
+    launching: usize,
     /// Moving average of task run time; it sets the look-ahead depth.
     avg_task: Duration,
     next_id: u64,
@@ -125,6 +130,11 @@ struct Supervisor {
 
 impl Supervisor {
     fn run(mut self) {
+        self.serve();
+        self.stop_starter();
+    }
+
+    fn serve(&mut self) {
         loop {
             let (terminate, closed, broken) = {
                 let q = self.shared.lock();

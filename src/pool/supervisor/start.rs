@@ -3,51 +3,108 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::worker::{State, Worker};
 use super::*;
+use crate::pool::shared::Launch;
 
 impl Supervisor {
-    /// Starts workers until there are `processes` of them serving or starting. A refusal of
-    /// the OS (`fork` failing with `EAGAIN`, say) is retried with a growing backoff; the pool
-    /// runs short meanwhile, and says so.
+    /// Starts workers until there are `processes` of them serving or starting. The launches
+    /// run on the starter thread, so that a slow or stuck fork server never holds up this
+    /// loop: healthy workers keep serving meanwhile. A refusal of the OS (`fork` failing with
+    /// `EAGAIN`, say) is retried with a growing backoff; the pool runs short meanwhile, and
+    /// says so.
     pub(super) fn fill(&mut self) {
+        self.absorb_launched();
+        let live = self.live();
+        self.shared.live.store(live, Ordering::Relaxed);
+        if live > 0 {
+            self.shared.set_start(Start::Running);
+        }
+        if live == self.config.processes {
+            self.short = false;
+        }
         if self.respawn_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         self.respawn_at = None;
-        let live = |workers: &[Worker]| {
-            workers
-                .iter()
-                .filter(|w| !matches!(w.state, State::Ending))
-                .count()
+        let missing = self.config.processes.saturating_sub(live + self.launching);
+        if missing == 0 {
+            return;
+        }
+        if self.starter.is_none() {
+            match spawn_starter(&self.shared, &self.config) {
+                Ok(tx) => self.starter = Some(tx),
+                Err(e) => return self.refused(e, live),
+            }
+        }
+        let sent = self
+            .starter
+            .as_ref()
+            .is_some_and(|(tx, _)| tx.send(missing).is_ok());
+        if sent {
+            self.launching += missing;
+        } else {
+            self.starter = None;
+            self.refused(io::Error::other("the starter thread is gone"), live);
+        }
+    }
+
+    /// Workers started and not ending.
+    pub(super) fn live(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| !matches!(w.state, State::Ending))
+            .count()
+    }
+
+    /// Takes on what the starter thread launched.
+    fn absorb_launched(&mut self) {
+        let launched: Vec<Launch> = std::mem::take(&mut self.shared.lock().launched);
+        for l in launched {
+            match l {
+                Launch::Started(l) => {
+                    self.launching = self.launching.saturating_sub(1);
+                    if let Err(e) = self.add(l) {
+                        let live = self.live();
+                        self.refused(e, live);
+                    } else {
+                        self.backoff = MIN_BACKOFF;
+                        self.failing_since = None;
+                    }
+                }
+                Launch::Failed(n, e) => {
+                    self.launching = self.launching.saturating_sub(n);
+                    let live = self.live();
+                    self.refused(e, live);
+                }
+            }
+        }
+    }
+
+    /// The supervisor returns: what the starter launched and nobody took on is killed (the
+    /// starter kills what it launches from now on itself).
+    pub(super) fn stop_starter(&mut self) {
+        let launched: Vec<Launch> = {
+            let mut q = self.shared.lock();
+            q.stopped = true;
+            std::mem::take(&mut q.launched)
         };
-        // Several at once (a new pool, workers lost together) go to the fork server in one go.
-        let missing = self.config.processes.saturating_sub(live(&self.workers));
-        for l in launch::launch_many(self.config.method, &self.config.spec, missing) {
-            if let Err(_e) = self.add(l) {
-                event!(warn, error = %_e, "cannot set up a worker");
+        for l in launched {
+            if let Launch::Started(l) = l {
+                discard(l);
             }
         }
-        while live(&self.workers) < self.config.processes {
-            let started = launch::launch(self.config.method, &self.config.spec);
-            if let Err(e) = started.and_then(|l| self.add(l)) {
-                self.refused(e, live(&self.workers));
-                break;
-            }
-        }
-        let n = live(&self.workers);
-        self.shared.live.store(n, Ordering::Relaxed);
-        if n > 0 {
-            self.backoff = MIN_BACKOFF;
-            self.failing_since = None;
-            self.shared.set_start(Start::Running);
-        }
-        if n == self.config.processes {
-            self.short = false;
+        // Dropping the request channel ends the starter; an idle one ends at once, and is
+        // waited for, so that nothing it holds outlives the pool. One stuck on a fork server
+        // that does not answer is not: it finishes on its own (within the server's reply
+        // timeout) and kills what it launched.
+        if let Some((tx, done)) = self.starter.take() {
+            drop(tx);
+            let _ = done.recv_timeout(STARTER_EXIT);
         }
     }
 
@@ -140,4 +197,77 @@ impl Supervisor {
         }
         Ok(w)
     }
+}
+
+/// Starts the pool's starter thread: it launches the workers it is asked for (`launch_many`
+/// through the fork server when it can, then one at a time), posts each to the backlog and
+/// wakes the supervisor. It ends when the supervisor drops its end of the channel.
+fn spawn_starter(shared: &Arc<Shared>, config: &Config) -> io::Result<Starter> {
+    let (tx, rx) = mpsc::channel::<usize>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    // Weak: the pool's backlog (and what it holds, the fds of idle workers) goes with the pool.
+    let shared = Arc::downgrade(shared);
+    let (method, spec) = (config.method, config.spec.clone());
+    std::thread::Builder::new()
+        .name("mproc-starter".into())
+        .spawn(move || {
+            // Dropped last, when the thread ends: tells `stop_starter` it is over.
+            let _done = done_tx;
+            while let Ok(n) = rx.recv() {
+                let many = launch::launch_many(method, &spec, n);
+                let mut left = n - many.len().min(n);
+                for l in many {
+                    post(&shared, Launch::Started(l));
+                }
+                while left > 0 {
+                    match launch::launch(method, &spec) {
+                        Ok(l) => post(&shared, Launch::Started(l)),
+                        Err(e) => {
+                            post(&shared, Launch::Failed(left, e));
+                            break;
+                        }
+                    }
+                    left -= 1;
+                }
+            }
+        })?;
+    Ok((tx, done_rx))
+}
+
+/// The starter's request channel, and the channel that closes when it ends.
+pub(super) type Starter = (mpsc::Sender<usize>, mpsc::Receiver<()>);
+
+/// How long a returning supervisor waits for its starter to end.
+const STARTER_EXIT: Duration = Duration::from_millis(50);
+
+/// Hands a launch to the supervisor, or kills the worker if the supervisor has returned.
+fn post(shared: &std::sync::Weak<Shared>, l: Launch) {
+    let Some(shared) = shared.upgrade() else {
+        if let Launch::Started(l) = l {
+            discard(l);
+        }
+        return;
+    };
+    let mut q = shared.lock();
+    if q.stopped || q.terminate {
+        drop(q);
+        if let Launch::Started(l) = l {
+            discard(l);
+        }
+        return;
+    }
+    q.launched.push(l);
+    shared.wake_locked(q);
+}
+
+/// Kills and reaps a worker nobody will take on. Its fds close first, so that once it is
+/// gone nothing of it is left open.
+fn discard(l: launch::Launched) {
+    let pid = l.pid;
+    match &l.pidfd {
+        Some(p) => drop(sys::pidfd_send_signal(p.as_fd(), sys::SIGKILL)),
+        None => drop(sys::kill(pid, sys::SIGKILL)),
+    }
+    drop(l);
+    let _ = sys::waitpid(pid, true);
 }

@@ -60,6 +60,8 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         backoff: MIN_BACKOFF,
         failing_since: None,
         short: false,
+        starter: None,
+        launching: 0,
         // Fast tasks: `assign` tops up the look-ahead.
         avg_task: Duration::from_micros(1),
         next_id: 1,
