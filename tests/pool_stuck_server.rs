@@ -56,7 +56,10 @@ fn a_stuck_fork_server_freezes_no_pool() {
     }
     let pool = std::sync::Arc::new(pool);
     let p = std::sync::Arc::clone(&pool);
-    assert_eq!(within(Duration::from_secs(2), move || p.apply(square, 9)).unwrap(), 81);
+    assert_eq!(
+        within(Duration::from_secs(2), move || p.apply(square, 9)).unwrap(),
+        81
+    );
     // Dropping the pool returns promptly (it used to block for 21.7 s).
     let start = Instant::now();
     within(Duration::from_secs(2), move || drop(pool));

@@ -144,46 +144,43 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     let n = items.len();
     let skip = cx.skip.min(n);
     publisher.counted(map, n);
-    let mut pos = PREFIX;
+    let mut w = codec::ArenaWriter::new(map, PREFIX);
     let mut tagged: Option<usize> = None;
     for (k, a) in items.into_iter().enumerate().skip(skip) {
-        let start = pos;
+        let start = w.pos();
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             let v = f.invoke(a);
             match tagged {
-                None => codec::encode_at(&v, map, start),
-                Some(_) => codec::encode_at(&ItemOut::Ok(&v), map, start),
+                None => w.put(&v),
+                Some(_) => w.put(&ItemOut::Ok(&v)),
             }
         }));
-        pos = match outcome {
-            Ok(Ok(end)) => end,
-            failed => {
-                if tagged.is_none() {
-                    tagged = Some(k);
-                    publisher.tagged_from(map, k);
-                }
-                let written = match failed {
-                    Err(payload) => {
-                        let p = crate::worker::panic_report(payload);
-                        codec::encode_at(&ItemOut::<()>::Panic(&p), map, start)
-                    }
-                    Ok(Err(e)) => {
-                        let why = format!("cannot encode the result: {e}");
-                        codec::encode_at(&ItemOut::<()>::Failed(&why), map, start)
-                    }
-                    Ok(Ok(_)) => unreachable!("matched above"),
-                };
-                match written {
-                    Ok(end) => end,
-                    Err(e) => {
-                        let why = format!("cannot record an item's failure: {e}");
-                        return Reply::inline(msg::failed(&why), false);
-                    }
-                }
+        if !matches!(outcome, Ok(Ok(()))) {
+            w.rewind(start);
+            if tagged.is_none() {
+                tagged = Some(k);
+                publisher.tagged_from(w.map(), k);
             }
-        };
-        publisher.commit(map, k + 1, pos - PREFIX);
+            let written = match outcome {
+                Err(payload) => {
+                    let p = crate::worker::panic_report(payload);
+                    w.put(&ItemOut::<()>::Panic(&p))
+                }
+                Ok(Err(e)) => {
+                    let why = format!("cannot encode the result: {e}");
+                    w.put(&ItemOut::<()>::Failed(&why))
+                }
+                Ok(Ok(())) => unreachable!("matched above"),
+            };
+            if let Err(e) = written {
+                let why = format!("cannot record an item's failure: {e}");
+                return Reply::inline(msg::failed(&why), false);
+            }
+        }
+        publisher.commit(w.map(), k + 1, w.pos() - PREFIX);
     }
+    let pos = w.pos();
+    let map = w.into_map();
     let count = (n - skip) as u64;
     let tagged = tagged.map_or(count, |t| (t - skip) as u64);
     let arena = map.arena_mut();
@@ -275,29 +272,25 @@ impl<'a> Items<'a> {
         self,
         mut each: impl FnMut(Result<R, Error>) -> bool,
     ) -> Result<(), Error> {
-        let mut rest = self.bytes;
-        for k in 0..self.count {
-            let item = if k < self.tagged {
-                codec::take::<R>(rest).map(|(v, r)| (Ok(v), r))
-            } else {
-                codec::take::<ItemIn<R>>(rest).map(|(v, r)| {
-                    let v = match v {
-                        ItemIn::Ok(v) => Ok(v),
-                        ItemIn::Panic(p) => Err(Error::panicked(p)),
-                        ItemIn::Failed(why) => Err(Error::codec(why)),
-                    };
-                    (v, r)
-                })
+        // Bytes past the last item are ignored: a worker killed between committing an item's
+        // bytes and its index leaves that item's bytes in the arena, uncounted.
+        let mut r = codec::Reader::new(self.bytes);
+        for _ in 0..self.tagged {
+            let v = r.take::<R>().map_err(Error::codec)?;
+            if !each(Ok(v)) {
+                return Ok(());
+            }
+        }
+        for _ in self.tagged..self.count {
+            let v = match r.take::<ItemIn<R>>().map_err(Error::codec)? {
+                ItemIn::Ok(v) => Ok(v),
+                ItemIn::Panic(p) => Err(Error::panicked(p)),
+                ItemIn::Failed(why) => Err(Error::codec(why)),
             };
-            let (v, r) = item.map_err(Error::codec)?;
-            rest = r;
             if !each(v) {
                 return Ok(());
             }
         }
-        // Bytes past the last item are ignored: a worker killed between committing an item's
-        // bytes and its index leaves that item's bytes in the arena, uncounted.
-        let _ = rest;
         Ok(())
     }
 }

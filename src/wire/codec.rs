@@ -61,24 +61,70 @@ impl Flavor for Append<'_> {
 }
 
 /// Encodes `value` into the arena of `map` at byte `pos`, growing the arena as needed;
-/// returns the position after it. The worker's chunk results go this way, straight into the
-/// memory its parent can read back should the worker die (see `task::progress`).
+/// returns the position after it.
+#[cfg(test)]
 pub(crate) fn encode_at<T: Serialize + ?Sized>(
     value: &T,
     map: &mut GrowMap,
     pos: usize,
 ) -> Result<usize, String> {
-    let mut out = ArenaOut {
-        map,
-        pos,
-        grow_failed: None,
-    };
-    match postcard::serialize_with_flavor(value, &mut out) {
-        Ok(()) => Ok(out.pos),
-        Err(e) => Err(match out.grow_failed {
-            Some(io) => format!("cannot grow the result arena: {io}"),
-            None => super::fds::explain(e.to_string()),
-        }),
+    let mut w = ArenaWriter::new(map, pos);
+    w.put(value)?;
+    Ok(w.pos())
+}
+
+/// Encodes values one after another into a worker's arena, from a position on, growing the
+/// arena as needed: the worker's chunk results go this way, straight into the memory its
+/// parent can read back should the worker die (see `task::progress`). One serializer for the
+/// whole chunk: a value costs what it would inside one `Vec`.
+pub(crate) struct ArenaWriter<'a> {
+    ser: postcard::Serializer<ArenaOut<'a>>,
+}
+
+impl<'a> ArenaWriter<'a> {
+    /// A writer at byte `pos` of `map`'s arena.
+    pub(crate) fn new(map: &'a mut GrowMap, pos: usize) -> ArenaWriter<'a> {
+        ArenaWriter {
+            ser: postcard::Serializer {
+                output: ArenaOut {
+                    map,
+                    pos,
+                    grow_failed: None,
+                },
+            },
+        }
+    }
+
+    /// Appends the encoding of `value`. On an error the bytes it wrote stay past the position
+    /// it started at: [`rewind`](ArenaWriter::rewind) there.
+    #[inline]
+    pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
+        value
+            .serialize(&mut self.ser)
+            .map_err(|e| match self.ser.output.grow_failed.take() {
+                Some(io) => format!("cannot grow the result arena: {io}"),
+                None => super::fds::explain(e.to_string()),
+            })
+    }
+
+    /// The position after the last value.
+    pub(crate) fn pos(&self) -> usize {
+        self.ser.output.pos
+    }
+
+    /// Moves the position back to `pos` (dropping what was written past it).
+    pub(crate) fn rewind(&mut self, pos: usize) {
+        self.ser.output.pos = pos.min(self.ser.output.pos);
+    }
+
+    /// The map written to.
+    pub(crate) fn map(&self) -> &GrowMap {
+        self.ser.output.map
+    }
+
+    /// Ends the writing, giving the map back.
+    pub(crate) fn into_map(self) -> &'a mut GrowMap {
+        self.ser.output.map
     }
 }
 
@@ -103,7 +149,7 @@ impl ArenaOut<'_> {
     }
 }
 
-impl Flavor for &mut ArenaOut<'_> {
+impl Flavor for ArenaOut<'_> {
     type Output = ();
 
     #[inline(always)]
@@ -134,6 +180,26 @@ impl Flavor for &mut ArenaOut<'_> {
     }
 }
 
+/// Decodes values one after another from a byte slice: one deserializer for all of them.
+pub(crate) struct Reader<'de> {
+    de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+}
+
+impl<'de> Reader<'de> {
+    /// A reader at the start of `bytes`.
+    pub(crate) fn new(bytes: &'de [u8]) -> Reader<'de> {
+        Reader {
+            de: postcard::Deserializer::from_bytes(bytes),
+        }
+    }
+
+    /// Decodes the next value. After an error the reader is lost: stop reading.
+    #[inline]
+    pub(crate) fn take<T: DeserializeOwned>(&mut self) -> Result<T, String> {
+        T::deserialize(&mut self.de).map_err(|e| super::fds::explain(e.to_string()))
+    }
+}
+
 /// Writes `bytes` into a fresh sealed payload file (see `sys::shm::Payload`), for a payload
 /// built elsewhere that is too large for the socket.
 pub(crate) fn spill_bytes(bytes: &[u8]) -> std::io::Result<OwnedFd> {
@@ -143,11 +209,6 @@ pub(crate) fn spill_bytes(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let fd = OwnedFd::from(file);
     crate::sys::shm::seal_payload(fd.as_fd())?;
     Ok(fd)
-}
-
-/// Decodes one `T` from the front of `bytes`; returns it and the bytes after it.
-pub(crate) fn take<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), String> {
-    postcard::take_from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))
 }
 
 /// The encoding of `value`.

@@ -96,6 +96,7 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
         short: false,
         starter: None,
         launching: 0,
+        filled_once: false,
         avg_task: Duration::from_millis(1),
         next_id: 0,
     };
@@ -123,6 +124,8 @@ struct Supervisor {
     /// Asks the starter thread for workers (made on first need), and how many it owes.
     starter: Option<start::Starter>,
     launching: usize,
+    /// The pool's first workers were asked for (on this thread; later ones on the starter).
+    filled_once: bool,
     /// Moving average of task run time; it sets the look-ahead depth.
     avg_task: Duration,
     next_id: u64,

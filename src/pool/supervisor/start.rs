@@ -35,6 +35,13 @@ impl Supervisor {
         if missing == 0 {
             return;
         }
+        if !self.filled_once {
+            // A new pool's workers start right here: nothing is running yet that a slow
+            // fork server could hold up, and `build` is waiting for them. (A stuck server
+            // costs `build` its reply timeout, then it is replaced.)
+            self.filled_once = true;
+            return self.fill_here(missing);
+        }
         if self.starter.is_none() {
             match spawn_starter(&self.shared, &self.config) {
                 Ok(tx) => self.starter = Some(tx),
@@ -51,6 +58,27 @@ impl Supervisor {
             self.starter = None;
             self.refused(io::Error::other("the starter thread is gone"), live);
         }
+    }
+
+    /// Starts `missing` workers on this thread (a new pool's).
+    fn fill_here(&mut self, missing: usize) {
+        let many = launch::launch_many(self.config.method, &self.config.spec, missing);
+        let mut left = missing - many.len().min(missing);
+        for l in many {
+            self.shared.lock().launched.push(Launch::Started(l));
+        }
+        while left > 0 {
+            match launch::launch(self.config.method, &self.config.spec) {
+                Ok(l) => self.shared.lock().launched.push(Launch::Started(l)),
+                Err(e) => {
+                    self.shared.lock().launched.push(Launch::Failed(left, e));
+                    break;
+                }
+            }
+            left -= 1;
+        }
+        self.launching += missing;
+        self.fill();
     }
 
     /// Workers started and not ending.

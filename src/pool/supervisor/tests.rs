@@ -62,6 +62,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         short: false,
         starter: None,
         launching: 0,
+        filled_once: true,
         // Fast tasks: `assign` tops up the look-ahead.
         avg_task: Duration::from_micros(1),
         next_id: 1,
