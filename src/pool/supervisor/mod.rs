@@ -97,6 +97,7 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
         starter: None,
         launching: 0,
         filled_once: false,
+        running: false,
         avg_task: Duration::from_millis(1),
         next_id: 0,
     };
@@ -126,6 +127,8 @@ struct Supervisor {
     launching: usize,
     /// The pool's first workers were asked for (on this thread; later ones on the starter).
     filled_once: bool,
+    /// `build` was told a first worker started.
+    running: bool,
     /// Moving average of task run time; it sets the look-ahead depth.
     avg_task: Duration,
     next_id: u64,

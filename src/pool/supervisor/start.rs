@@ -18,10 +18,13 @@ impl Supervisor {
     /// `EAGAIN`, say) is retried with a growing backoff; the pool runs short meanwhile, and
     /// says so.
     pub(super) fn fill(&mut self) {
-        self.absorb_launched();
+        if self.launching > 0 {
+            self.absorb_launched();
+        }
         let live = self.live();
         self.shared.live.store(live, Ordering::Relaxed);
-        if live > 0 {
+        if live > 0 && !self.running {
+            self.running = true;
             self.shared.set_start(Start::Running);
         }
         if live == self.config.processes {

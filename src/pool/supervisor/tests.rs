@@ -63,6 +63,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         starter: None,
         launching: 0,
         filled_once: true,
+        running: true,
         // Fast tasks: `assign` tops up the look-ahead.
         avg_task: Duration::from_micros(1),
         next_id: 1,
