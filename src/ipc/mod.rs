@@ -141,6 +141,19 @@ impl Shared {
         Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
     }
 
+    /// As [`deserialize`](Shared::deserialize), mapping only the first `len` bytes of the
+    /// object's file (at least [`HEADER`]): for an object that maps the rest on its own.
+    pub(crate) fn deserialize_prefix<'de, D: Deserializer<'de>>(
+        d: D,
+        kind: Kind,
+        len: usize,
+    ) -> Result<Shared, D::Error> {
+        let fd = fds::deserialize_fd(d)?;
+        let region = Region::from_fd_prefix(fd, len.max(HEADER))
+            .map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
+        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
+    }
+
     fn check(region: Region, kind: Kind) -> Result<Shared, String> {
         if region.len() < HEADER || region.atomic_u32(0).load(Ordering::Acquire) != MAGIC {
             return Err("not an mproc object".to_string());
