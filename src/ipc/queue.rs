@@ -276,7 +276,7 @@ impl<'a> Locked<'a> {
                     .map_window(RING, len)
                     .map(|w| *self.ring = Some(w)),
             }
-            .map_err(ring_error)?;
+            .map_err(ring_error("cannot map the queue's ring"))?;
         }
         self.cap = cap;
         Ok(())
@@ -440,10 +440,11 @@ impl<'a> Locked<'a> {
             .ok()
             .and_then(|c| c.checked_add(RING))
             .ok_or_else(corrupted)?;
-        self.region.grow_file(file).map_err(ring_error)?;
+        let grow_error = ring_error("cannot grow the queue's ring");
+        self.region.grow_file(file).map_err(&grow_error)?;
         let region = self.region;
         let window = self.ring.as_mut().expect("mapped by lock()");
-        window.grow(region, new_cap as usize).map_err(ring_error)?;
+        window.grow(region, new_cap as usize).map_err(grow_error)?;
         let wrapped = (at + used).saturating_sub(cap) as usize;
         if wrapped > 0 {
             window.copy_within(0, cap as usize, wrapped);
@@ -557,11 +558,13 @@ impl<'a> Locked<'a> {
 
 /// A failure to map or grow the ring; an address-space limit is named by the `io::Error`
 /// (see `sys::shm`), a file shorter than the header says is corruption.
-fn ring_error(e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData {
-        return corrupted();
+fn ring_error(context: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            return corrupted();
+        }
+        Error::io(context, e)
     }
-    Error::io("cannot map the queue's ring", e)
 }
 
 /// A sleeper on one of the futex words: counted while it sleeps, so wakers know to wake.
@@ -641,7 +644,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         r.atomic_u64(LIMIT).store(bytes as u64, Ordering::Relaxed);
         r.atomic_u64(MAXSIZE)
             .store(maxsize as u64, Ordering::Relaxed);
-        let window = r.map_window(RING, ring).map_err(ring_error)?;
+        let window = r
+            .map_window(RING, ring)
+            .map_err(ring_error("cannot create the queue's ring"))?;
         Ok(Queue {
             shared,
             ring: Arc::new(Mutex::new(Some(window))),
