@@ -84,8 +84,10 @@ impl Region {
     pub(crate) fn open_path(path: &str) -> io::Result<Region> {
         let c = CString::new(path)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL"))?;
+        // No controlling terminal, no blocking open, whatever the path turns out to be.
+        let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
         // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        let raw = unsafe { libc::open(c.as_ptr(), flags) };
         if raw == -1 {
             return Err(io::Error::last_os_error());
         }
