@@ -153,6 +153,84 @@ fn producers_killed_mid_put_leave_a_working_queue_and_no_leftovers() {
     leaks.check();
 }
 
+fn put_growing((q, started): (JoinableQueue<Vec<u64>>, Queue<u32>)) {
+    started.put(std::process::id()).unwrap();
+    let mut i = 0u64;
+    loop {
+        // Up to 80 KB a value: the ring, 64 KiB to start, grows while the kills land.
+        let v = vec![i; (i % 101 * 100) as usize];
+        if q.put_timeout(v, LIMIT).is_err() {
+            return;
+        }
+        i += 1;
+    }
+}
+
+/// Bytes of the largest mapping of a queue's file in this process (its ring).
+fn largest_queue_mapping() -> u64 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("/memfd:mproc-Queue"))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn untorn(v: &[u64]) -> bool {
+    v.iter().all(|&x| x == v.first().copied().unwrap_or(0))
+}
+
+/// Producers SIGKILLed mid-put while their puts grow the ring (the parent remapping it as it
+/// grows): every value whole, and the unfinished count of the `JoinableQueue` exact — after a
+/// `task_done` per value taken, `join` returns and one more `task_done` is refused.
+#[test]
+fn producers_killed_while_the_ring_grows_leave_an_exact_joinable_queue() {
+    let _s = serial();
+    let leaks = Leaks::start();
+    let q = JoinableQueue::new().unwrap();
+    let started = Queue::new().unwrap();
+    let mut taken = 0u64;
+    for round in 0..4 {
+        let mut ps: Vec<Process<()>> = (0..2)
+            .map(|_| Process::spawn(put_growing, (q.clone(), started.clone())).unwrap())
+            .collect();
+        for _ in 0..2 {
+            started.get_timeout(LIMIT).unwrap();
+        }
+        for _ in 0..100 + round * 100 {
+            let v = q.get_timeout(LIMIT).unwrap();
+            assert!(untorn(&v), "torn value");
+            taken += 1;
+        }
+        for p in &mut ps {
+            p.kill().unwrap();
+            p.join_timeout(LIMIT).unwrap_err();
+        }
+        while let Ok(v) = q.get_timeout(Duration::from_millis(100)) {
+            assert!(untorn(&v), "torn value");
+            taken += 1;
+        }
+    }
+    let ring = largest_queue_mapping();
+    assert!(ring > 64 << 10, "the ring grew: {ring} bytes mapped");
+    for _ in 0..taken {
+        q.task_done().unwrap();
+    }
+    q.join_timeout(LIMIT)
+        .expect("every value taken is done: nothing unfinished");
+    assert_eq!(
+        q.task_done().unwrap_err().kind(),
+        ErrorKind::Usage,
+        "no value is unfinished"
+    );
+    println!("{taken} values through a ring grown to {ring} bytes under SIGKILLs");
+    drop((q, started));
+    leaks.check();
+}
+
 fn work_through(q: JoinableQueue<u32>) -> u32 {
     let mut n = 0;
     while let Ok(x) = q.get_timeout(LIMIT) {

@@ -209,14 +209,112 @@ fn shared_memory_access_is_bounds_checked() {
         shm.read(usize::MAX, &mut [0; 2]).unwrap_err().kind(),
         ErrorKind::Usage
     );
+    let e = SharedMemory::open("/proc/1/fd/999999#00000000000000a1").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert_eq!(io_kind(&e), Some(std::io::ErrorKind::NotFound), "{e}");
+    // Not names `name()` gives: a bare fd path (it could not say which segment it means),
+    // another path, garbage.
+    for bad in [
+        "/proc/self/fd/3",
+        "/proc/self/exe",
+        "/proc/1/fd/3#12",
+        "/proc/x/fd/3#0000000000000001",
+        "shm",
+    ] {
+        assert_eq!(
+            SharedMemory::open(bad).unwrap_err().kind(),
+            ErrorKind::Usage,
+            "{bad}"
+        );
+    }
+}
+
+/// The `io::ErrorKind` under an `Io` error.
+fn io_kind(e: &mproc::Error) -> Option<std::io::ErrorKind> {
+    std::error::Error::source(e)?
+        .downcast_ref::<std::io::Error>()
+        .map(|io| io.kind())
+}
+
+/// The `/proc/PID/fd/FD` part of a name.
+fn fd_path(name: &str) -> &str {
+    name.split_once('#').expect("a name has an id").0
+}
+
+/// What the fd path of a name leads to now.
+fn link(name: &str) -> String {
+    std::fs::read_link(fd_path(name))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_stale_name_is_not_found_never_another_segment() {
+    let _leaks = common::leak_checked();
+    // Alone: no other test may take the fd number in between.
+    let _g = FDS.write().unwrap_or_else(|e| e.into_inner());
+    let old = SharedMemory::create(64).unwrap();
+    old.write(0, b"old").unwrap();
+    let name = old.name();
+    assert!(SharedMemory::open(&name).is_ok());
+    drop(old);
+
+    // The next segment takes the fd number the name points at.
+    let new = SharedMemory::create(64).unwrap();
+    new.write(0, b"new").unwrap();
     assert_eq!(
-        SharedMemory::open("/proc/self/fd/999999")
-            .unwrap_err()
-            .kind(),
-        ErrorKind::Io
+        fd_path(&new.name()),
+        fd_path(&name),
+        "the fd number was reused"
     );
-    // A path that is not mproc shared memory.
-    assert!(SharedMemory::open("/proc/self/exe").is_err());
+    assert_ne!(new.name(), name, "but the name differs");
+    let e = SharedMemory::open(&name).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert_eq!(io_kind(&e), Some(std::io::ErrorKind::NotFound), "{e}");
+    assert!(e.to_string().contains("stale"), "{e}");
+    let mut b = [0u8; 3];
+    SharedMemory::open(&new.name())
+        .unwrap()
+        .read(0, &mut b)
+        .unwrap();
+    assert_eq!(&b, b"new", "the new name still opens the new segment");
+    drop(new);
+
+    // Another kind of object in that fd: stale too.
+    let q = mproc::Queue::<u8>::new().unwrap();
+    assert!(link(&name).contains("memfd:mproc-Queue"), "{}", link(&name));
+    let e = SharedMemory::open(&name).unwrap_err();
+    assert_eq!(
+        io_kind(&e),
+        Some(std::io::ErrorKind::NotFound),
+        "a queue: {e}"
+    );
+    drop(q);
+
+    // A file that is not mproc's at all (a pipe): refused without being opened.
+    let (tx, rx) = pipe::<u8>().unwrap();
+    assert!(link(&name).starts_with("socket:"), "{}", link(&name));
+    let e = SharedMemory::open(&name).unwrap_err();
+    assert_eq!(
+        io_kind(&e),
+        Some(std::io::ErrorKind::NotFound),
+        "a pipe: {e}"
+    );
+    tx.send(&5).unwrap();
+    assert_eq!(
+        rx.recv_timeout(LIMIT).unwrap(),
+        5,
+        "the pipe is undisturbed"
+    );
+    drop((tx, rx));
+
+    // Nothing in the fd: stale.
+    let e = SharedMemory::open(&name).unwrap_err();
+    assert_eq!(
+        io_kind(&e),
+        Some(std::io::ErrorKind::NotFound),
+        "no fd: {e}"
+    );
 }
 
 #[test]

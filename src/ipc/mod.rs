@@ -7,8 +7,9 @@
 //! `/dev/shm`, nothing needs unlinking.
 //!
 //! Each region starts with a 64-byte header: a magic number and the object's kind, so a
-//! handle decoded from the wrong fd is a clear error instead of a misread, then room for the
-//! object's own fields.
+//! handle decoded from the wrong fd is a clear error instead of a misread, and the object's
+//! id (64 bits, unique in practice), so a name ([`SharedMemory::name`]) says which object it
+//! means; the object's own fields follow.
 
 mod barrier;
 mod condition;
@@ -30,9 +31,10 @@ pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 pub use shared::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
 
+use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::de::Error as _;
@@ -45,6 +47,25 @@ const MAGIC: u32 = 0x6370_726d; // "mprc", little-endian
 
 /// Bytes before an object's own fields.
 pub(crate) const HEADER: usize = 64;
+
+/// Where the header keeps the object's id.
+const ID: usize = 8;
+
+/// A new object id: never 0, and unique in practice — 64 bits of a hash keyed at random once
+/// per process, over this process's pid, a counter and the time (a forked child shares the
+/// key and the counter, not the pid).
+fn new_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    let mut h = KEYS
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map_or(0, |d| d.as_nanos()));
+    h.finish().max(1)
+}
 
 /// The deadline `timeout` from now; `None` (no deadline) if that is beyond what `Instant`
 /// can represent.
@@ -108,6 +129,7 @@ impl Shared {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "object too large"))?;
         let region = Region::create(&format!("{kind:?}"), total)?;
         region.atomic_u32(4).store(kind as u32, Ordering::Relaxed);
+        region.atomic_u64(ID).store(new_id(), Ordering::Relaxed);
         region.atomic_u32(0).store(MAGIC, Ordering::Release);
         Ok(Shared {
             region: Arc::new(region),
@@ -117,6 +139,11 @@ impl Shared {
     /// The mapping. Object fields start at [`HEADER`].
     pub(crate) fn region(&self) -> &Region {
         &self.region
+    }
+
+    /// The object's id (see [`new_id`]).
+    pub(crate) fn id(&self) -> u64 {
+        self.region.atomic_u64(ID).load(Ordering::Relaxed)
     }
 
     /// True when `other` is a handle to the same object (in this process).
@@ -141,6 +168,19 @@ impl Shared {
         Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
     }
 
+    /// As [`deserialize`](Shared::deserialize), mapping only the first `len` bytes of the
+    /// object's file (at least [`HEADER`]): for an object that maps the rest on its own.
+    pub(crate) fn deserialize_prefix<'de, D: Deserializer<'de>>(
+        d: D,
+        kind: Kind,
+        len: usize,
+    ) -> Result<Shared, D::Error> {
+        let fd = fds::deserialize_fd(d)?;
+        let region = Region::from_fd_prefix(fd, len.max(HEADER))
+            .map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
+        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
+    }
+
     fn check(region: Region, kind: Kind) -> Result<Shared, String> {
         if region.len() < HEADER || region.atomic_u32(0).load(Ordering::Acquire) != MAGIC {
             return Err("not an mproc object".to_string());
@@ -154,9 +194,35 @@ impl Shared {
         })
     }
 
-    /// Opens an object by the path of its fd in a process holding it (`SharedMemory` names).
-    pub(crate) fn open_path(path: &str, kind: Kind) -> io::Result<Shared> {
-        let region = Region::open_path(path)?;
-        Shared::check(region, kind).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    /// Opens the object of `kind` and `id` by the path of its fd in a process holding it
+    /// (`SharedMemory` names). An fd number is reused as soon as it is closed, so the path may
+    /// now lead to another object, or to any file at all: only a memfd of this kind is opened,
+    /// and only an object with this id is returned. Anything else is `NotFound`: the name is
+    /// stale.
+    pub(crate) fn open_named(path: &str, kind: Kind, id: u64) -> io::Result<Shared> {
+        let stale = || {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such shared memory: the name is stale (its segment was dropped, or the \
+                 process holding it exited)",
+            )
+        };
+        let gone = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => stale(),
+            _ => e,
+        };
+        // Look before opening: a stale fd may now be a terminal, a pipe or someone's file.
+        let target = std::fs::read_link(path).map_err(gone)?;
+        let want = format!("/memfd:mproc-{kind:?}");
+        let target = target.to_string_lossy();
+        if target != want && !target.starts_with(&format!("{want} ")) {
+            return Err(stale());
+        }
+        let region = Region::open_path(path).map_err(gone)?;
+        let shared = Shared::check(region, kind).map_err(|_| stale())?;
+        if shared.id() != id {
+            return Err(stale());
+        }
+        Ok(shared)
     }
 }

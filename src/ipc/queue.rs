@@ -1,13 +1,13 @@
 //! `Queue`, `JoinableQueue` and `SimpleQueue`: many producers and consumers in many processes.
 //!
 //! # How it works
-//! A queue is one shared memory region: a header (a robust mutex, positions, counters, futex
-//! words) and a ring of bytes. `put` encodes the value *before* taking the lock, then copies
-//! the record `[len: u64][bytes]` in at `tail`; `get` copies the record at `head` out and
-//! decodes it after releasing the lock. There is no feeder thread: when `put` returns, the
-//! value is in shared memory, and it survives the exit (or SIGKILL) of the process that put
-//! it. Python's `multiprocessing.Queue` buffers in a thread that loses items when its process
-//! exits early.
+//! A queue is one shared memory file: a header page (a robust mutex, positions, counters,
+//! futex words) and a ring of bytes after it. `put` encodes the value *before* taking the
+//! lock, then copies the record `[len: u64][bytes]` in at `tail`; `get` copies the record at
+//! `head` out and decodes it after releasing the lock. There is no feeder thread: when `put`
+//! returns, the value is in shared memory, and it survives the exit (or SIGKILL) of the process
+//! that put it. Python's `multiprocessing.Queue` buffers in a thread that loses items when its
+//! process exits early.
 //!
 //! Blocked callers sleep on futex words (`not_empty`, `not_full`): a counter bumped under the
 //! lock by every change, read under the lock before sleeping, so no wake-up is lost. Wakes
@@ -15,12 +15,24 @@
 //! system call at all.
 //!
 //! # Crash safety
-//! State changes become visible by one final store (`tail` for a put, `head` for a get), so a
-//! process killed mid-copy leaves the queue as it was before its operation. The robust mutex
-//! tells the next locker that its holder died; that locker recounts the items from the
-//! records, then wakes every sleeper, and the queue goes on.
+//! Every change becomes visible by one final store: `head` for a get; for a put (which also
+//! counts an unfinished value) and for a growth of the ring (which moves `head`, `tail` and
+//! the capacity together), the store that commits a *journal* in the header: the new values
+//! are written there first, then the journal is marked, then they are applied and the mark
+//! cleared. A process killed mid-copy thus leaves the queue as it was before its operation,
+//! and one killed after the commit leaves it as after. The robust mutex tells the next locker
+//! that its holder died; that locker rolls a committed journal forward, recounts the items
+//! from the records, then wakes every sleeper, and the queue goes on.
 //!
-//! # Memory
+//! # Memory and address space
+//! The ring is mapped apart from the header and starts small (64 KiB, or the queue's capacity
+//! if less). A put that finds no room doubles it — the file grows, this process remaps its ring
+//! (`mremap`), the others remap theirs when they next take the lock — up to the queue's
+//! capacity (1 GiB unless [`Queue::with_capacity`] says otherwise); at the capacity `put`
+//! waits for room instead. So a queue reserves address space for the most it ever held at
+//! once (rounded up to a power of two), not for its capacity: under `ulimit -v` many queues
+//! fit, and a ring that cannot grow is an error that names the limit.
+//!
 //! The ring is sparse: its pages are allocated when first written. Whenever the queue runs
 //! empty it rewinds to the start of the ring, so a busy queue keeps reusing the same warm
 //! pages; pages beyond the first 8 MiB are given back to the kernel once consumed. A queue
@@ -30,6 +42,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -39,14 +52,15 @@ use super::{HEADER, Kind, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::futex;
 use crate::sys::robust::{self, Acquired};
-use crate::sys::shm::Region;
+use crate::sys::shm::{Region, Window};
 use crate::wire::codec;
 
-// Field offsets inside the region, after the common header.
+// Field offsets inside the header, after the common object header.
 const MUTEX: usize = HEADER;
 const HEAD: usize = MUTEX + robust::MUTEX_SIZE;
 const TAIL: usize = HEAD + 8;
 const COUNT: usize = TAIL + 8;
+/// Bytes the ring holds now (it grows up to `LIMIT`).
 const CAPACITY: usize = COUNT + 8;
 const MAXSIZE: usize = CAPACITY + 8;
 const UNFINISHED: usize = MAXSIZE + 8;
@@ -60,15 +74,41 @@ const PUT_WAITERS: usize = GET_WAITERS + 4;
 const JOIN_WAITERS: usize = PUT_WAITERS + 4;
 /// Highest ring position written since the ring last rewound (see `Locked::rewind`).
 const HIGH: usize = JOIN_WAITERS + 8;
-/// The ring starts on its own page, so consumed pages can be discarded whole.
+/// The queue's capacity: the most the ring may grow to.
+const LIMIT: usize = HIGH + 8;
+/// The journal (see "Crash safety"): its state, then the values an operation will apply.
+const JOURNAL: usize = LIMIT + 8;
+const J_HEAD: usize = JOURNAL + 8;
+const J_TAIL: usize = J_HEAD + 8;
+const J_CAP: usize = J_TAIL + 8;
+const J_UNFINISHED: usize = J_CAP + 8;
+/// The ring starts on its own page: it is mapped apart from the header.
 const RING: usize = 4096;
-const _: () = assert!(HIGH + 8 <= RING && HIGH % 8 == 0);
+const _: () = assert!(J_UNFINISHED + 8 <= RING && HIGH % 8 == 0);
+
+/// Journal states: nothing pending; a put or a growth committed (`J_*` hold its values); the
+/// records must be recounted (a holder died, and its journal, if any, was rolled forward).
+const NO_JOURNAL: u64 = 0;
+const PUT: u64 = 1;
+const GROW: u64 = 2;
+const RECOUNT: u64 = 3;
 
 /// Bytes before each record's payload.
 const LEN: usize = 8;
 
-/// Ring capacity of [`Queue::new`]: reserved address space, not memory (see "Memory" above).
+/// Capacity of [`Queue::new`] and [`Queue::bounded`]: the most its ring grows to.
 pub(crate) const DEFAULT_CAPACITY_BYTES: usize = 1 << 30;
+
+/// The ring a queue starts with (or its capacity, if smaller); it doubles as values need room.
+const INITIAL_RING: usize = 64 << 10;
+
+/// The smallest and largest capacities; the header's values are checked against them too.
+const MIN_CAPACITY: usize = 64;
+const MAX_CAPACITY: usize = 1 << 40;
+
+/// Positions past this are corruption (a queue would need to move exabytes to get there): it
+/// keeps every sum of a position and a length far from overflowing.
+const MAX_POS: u64 = 1 << 62;
 
 /// Consumed ring bytes are given back to the kernel in chunks of this size.
 const DISCARD_CHUNK: u64 = 1 << 20;
@@ -110,6 +150,9 @@ const SPINS: u32 = 64;
 /// ```
 pub struct Queue<T> {
     shared: Shared,
+    /// This process's mapping of the ring (shared by the clones of this handle), `None` until
+    /// first mapped; touched only under the queue's lock.
+    ring: Arc<Mutex<Option<Window>>>,
     _values: PhantomData<fn(T) -> T>,
 }
 
@@ -125,8 +168,9 @@ impl<T> PutError<T> {
         self.value
     }
     /// Why: [`ErrorKind::Full`], [`ErrorKind::TimedOut`], [`ErrorKind::Closed`],
-    /// [`ErrorKind::Codec`] (the value cannot be encoded) or [`ErrorKind::Usage`] (larger than
-    /// the queue's capacity).
+    /// [`ErrorKind::Codec`] (the value cannot be encoded), [`ErrorKind::Usage`] (larger than
+    /// the queue's capacity), [`ErrorKind::Io`] (the ring cannot grow: out of address space)
+    /// or [`ErrorKind::Protocol`] (the queue's shared memory is corrupted).
     pub fn kind(&self) -> ErrorKind {
         self.error.kind()
     }
@@ -158,9 +202,18 @@ impl<T> From<PutError<T>> for Error {
     }
 }
 
-/// The lock of a queue, held.
+fn corrupted() -> Error {
+    Error::protocol("the queue's shared memory is corrupted")
+}
+
+/// The lock of a queue, held, with this process's mapping of its ring.
 struct Locked<'a> {
     region: &'a Region,
+    ring: MutexGuard<'a, Option<Window>>,
+    /// The ring's capacity, read once when the ring was mapped and checked against the
+    /// mapping: ring offsets are taken modulo this, so they stay inside the mapping whatever
+    /// the header says meanwhile. 0 for a lock taken without the ring (`lock_header`).
+    cap: u64,
 }
 
 impl Drop for Locked<'_> {
@@ -176,28 +229,74 @@ impl<'a> Locked<'a> {
     fn set(&self, offset: usize, v: u64) {
         self.region.atomic_u64(offset).store(v, Ordering::Relaxed);
     }
-    fn capacity(&self) -> u64 {
-        self.u64(CAPACITY)
+    /// Marks the journal: `Release`, so that what was written before (the record, the
+    /// journal's values) is there for whoever sees the mark.
+    fn mark(&self, state: u64) {
+        self.region
+            .atomic_u64(JOURNAL)
+            .store(state, Ordering::Release);
+    }
+    fn limit(&self) -> u64 {
+        self.u64(LIMIT).min(MAX_CAPACITY as u64)
     }
     fn closed(&self) -> bool {
         self.region.atomic_u32(CLOSED).load(Ordering::Relaxed) != 0
     }
+    fn window(&self) -> &Window {
+        self.ring
+            .as_ref()
+            .expect("the ring is mapped while a ring lock is held")
+    }
+
+    /// Head and tail, checked: the tail at most a ring ahead of the head, both far from
+    /// overflowing. On corruption the next locker recounts (see `recover`).
+    fn positions(&self) -> Result<(u64, u64)> {
+        let (head, tail) = (self.u64(HEAD), self.u64(TAIL));
+        if head <= tail && tail - head <= self.cap && tail <= MAX_POS {
+            return Ok((head, tail));
+        }
+        self.mark(RECOUNT);
+        Err(corrupted())
+    }
+
+    /// Maps the ring at the capacity the header gives, if this process's mapping is smaller
+    /// (another process grew it), after checking that capacity.
+    fn map_ring(&mut self) -> Result<()> {
+        let cap = self.u64(CAPACITY);
+        let mapped = self.ring.as_ref().map_or(0, |w| w.len() as u64);
+        if cap < MIN_CAPACITY as u64 || cap > mapped {
+            if !(MIN_CAPACITY as u64..=self.limit()).contains(&cap) {
+                return Err(corrupted());
+            }
+            let len = cap as usize;
+            match self.ring.as_mut() {
+                Some(w) => w.grow(self.region, len),
+                None => self
+                    .region
+                    .map_window(RING, len)
+                    .map(|w| *self.ring = Some(w)),
+            }
+            .map_err(ring_error("cannot map the queue's ring"))?;
+        }
+        self.cap = cap;
+        Ok(())
+    }
 
     /// Copies `src` into the ring at logical position `pos`, wrapping at the end.
     fn ring_write(&self, pos: u64, src: &[u8]) {
-        let cap = self.capacity();
+        let (cap, w) = (self.cap, self.window());
         let at = (pos % cap) as usize;
         let first = src.len().min(cap as usize - at);
-        self.region.write(RING + at, &src[..first]);
-        self.region.write(RING, &src[first..]);
+        w.write(at, &src[..first]);
+        w.write(0, &src[first..]);
     }
 
     fn ring_read(&self, pos: u64, dst: &mut [u8]) {
-        let cap = self.capacity();
+        let (cap, w) = (self.cap, self.window());
         let at = (pos % cap) as usize;
         let first = dst.len().min(cap as usize - at);
-        self.region.read(RING + at, &mut dst[..first]);
-        self.region.read(RING, &mut dst[first..]);
+        w.read(at, &mut dst[..first]);
+        w.read(0, &mut dst[first..]);
     }
 
     fn record_len(&self, pos: u64) -> u64 {
@@ -206,15 +305,61 @@ impl<'a> Locked<'a> {
         u64::from_le_bytes(len)
     }
 
+    /// Applies a committed put's journal: the record becomes visible and counts as unfinished.
+    /// Idempotent, so that a locker after a death can apply it again.
+    fn apply_put(&self) {
+        let tail = self.u64(J_TAIL);
+        self.set(TAIL, tail);
+        self.set(UNFINISHED, self.u64(J_UNFINISHED));
+        if tail > self.u64(HIGH) {
+            self.set(HIGH, tail);
+        }
+    }
+
+    /// Applies a committed growth's journal: the new capacity with the positions that go with
+    /// it. Idempotent. A capacity the file does not hold is not applied (corruption: the ring
+    /// then refuses to map, see `map_ring`).
+    fn apply_grow(&self) {
+        let cap = self.u64(J_CAP);
+        let fits = usize::try_from(cap)
+            .ok()
+            .and_then(|c| c.checked_add(RING))
+            .is_some_and(|end| self.region.file_len().is_ok_and(|len| len >= end));
+        if !fits || cap > self.limit() {
+            return;
+        }
+        let tail = self.u64(J_TAIL);
+        self.set(CAPACITY, cap);
+        self.set(HEAD, self.u64(J_HEAD));
+        self.set(TAIL, tail);
+        self.set(DISCARDED, 0);
+        self.set(HIGH, self.u64(HIGH).max(tail));
+    }
+
+    /// After a holder died (or left a journal): applies what it committed and asks for a
+    /// recount, which needs the ring (`recover`, once mapped). Header only.
+    fn roll_forward(&self) {
+        match self.u64(JOURNAL) {
+            PUT => self.apply_put(),
+            GROW => self.apply_grow(),
+            _ => {}
+        }
+        self.mark(RECOUNT);
+    }
+
     /// After a holder died: make the counters agree with the records again, and wake everyone
     /// (a wake it owed may have died with it).
     fn recover(&self) {
-        let (mut head, mut tail, cap) = (self.u64(HEAD), self.u64(TAIL), self.capacity());
+        let cap = self.cap;
+        let (mut head, mut tail) = (self.u64(HEAD), self.u64(TAIL));
+        if head > MAX_POS || tail > MAX_POS {
+            (head, tail) = (0, 0); // nonsense: nothing can be read back
+        }
         if head > tail {
             // Died rewinding (tail is reset first): the queue was empty.
             head = tail;
-            self.set(HEAD, head);
         }
+        self.set(HEAD, head);
         // Pages written past the high mark may exist: let the next rewind discard them all.
         self.set(HIGH, cap);
         let mut count = 0;
@@ -231,44 +376,127 @@ impl<'a> Locked<'a> {
         }
         self.set(TAIL, tail);
         self.set(COUNT, count);
+        // Values still queued are unfinished, whatever the count says.
+        if self.u64(UNFINISHED) < count {
+            self.set(UNFINISHED, count);
+        }
         for word in [NOT_EMPTY, NOT_FULL] {
             self.region.atomic_u32(word).fetch_add(1, Ordering::Relaxed);
         }
         for word in [NOT_EMPTY, NOT_FULL, ALL_DONE] {
             futex::wake(self.region.atomic_u32(word), u32::MAX);
         }
+        self.mark(NO_JOURNAL);
+    }
+
+    /// Writes the record at `tail` and publishes it, counted as unfinished (see "Crash
+    /// safety": the journal's mark is the commit).
+    fn publish(&self, tail: u64, rec: &[u8], count: u64) {
+        self.stage_put(tail, rec);
+        self.apply_put();
+        self.set(COUNT, count.saturating_add(1));
+        self.mark(NO_JOURNAL);
+    }
+
+    /// A put up to its commit: the record written, the journal's values, the mark.
+    fn stage_put(&self, tail: u64, rec: &[u8]) {
+        self.ring_write(tail, rec);
+        self.set(J_TAIL, tail + rec.len() as u64);
+        self.set(J_UNFINISHED, self.u64(UNFINISHED).saturating_add(1));
+        self.mark(PUT);
+    }
+
+    /// Grows the ring so that a record of `size` bytes fits after the `tail - head` bytes
+    /// queued: to twice its capacity or more, up to the queue's capacity. `Ok(false)` when it
+    /// cannot grow now (at the capacity, or its wrapped contents would not fit a ring capped
+    /// below twice the size): the put waits for room.
+    fn grow(&mut self, head: u64, tail: u64, size: u64) -> Result<bool> {
+        let Some(new_cap) = self.stage_grow(head, tail, size)? else {
+            return Ok(false);
+        };
+        self.apply_grow();
+        self.mark(NO_JOURNAL);
+        self.cap = new_cap;
+        Ok(true)
+    }
+
+    /// A growth up to its commit: the file and this process's mapping grown, the wrapped part
+    /// copied, the journal's values, the mark. The new capacity, or `None` (see `grow`).
+    fn stage_grow(&mut self, head: u64, tail: u64, size: u64) -> Result<Option<u64>> {
+        let (cap, limit, used) = (self.cap, self.limit(), tail - head);
+        let need = used + size;
+        if need > limit {
+            return Ok(None);
+        }
+        let new_cap = (cap * 2).max(need.next_power_of_two()).min(limit);
+        // The queued bytes keep their place in the ring; a part wrapped to its start moves to
+        // just past the old end (fresh space, so a death mid-copy harms nothing), and the
+        // positions are rebased to where the bytes are: [at, at + used) in the new ring.
+        let at = if used == 0 { 0 } else { head % cap };
+        if at + used > new_cap {
+            return Ok(None);
+        }
+        let file = usize::try_from(new_cap)
+            .ok()
+            .and_then(|c| c.checked_add(RING))
+            .ok_or_else(corrupted)?;
+        let grow_error = ring_error("cannot grow the queue's ring");
+        self.region.grow_file(file).map_err(&grow_error)?;
+        let region = self.region;
+        let window = self.ring.as_mut().expect("mapped by lock()");
+        window.grow(region, new_cap as usize).map_err(grow_error)?;
+        let wrapped = (at + used).saturating_sub(cap) as usize;
+        if wrapped > 0 {
+            window.copy_within(0, cap as usize, wrapped);
+        }
+        self.set(J_HEAD, at);
+        self.set(J_TAIL, at + used);
+        self.set(J_CAP, new_cap);
+        self.mark(GROW);
+        Ok(Some(new_cap))
     }
 
     /// Takes the record at the head (there is one: `count > 0`) and decodes it straight from
     /// the ring, under the lock, saving a copy. The record is consumed whatever the decoding
     /// does; a panic in a `Deserialize` impl is handed back to be resumed after unlocking.
     fn take<T: DeserializeOwned>(&self, count: u64) -> std::thread::Result<Result<T>> {
-        let head = self.u64(HEAD);
-        let len = self.record_len(head);
-        let cap = self.capacity();
-        let decoded = if LEN as u64 + len > self.u64(TAIL) - head {
-            Ok(Err(Error::protocol(
-                "the queue's shared memory is corrupted",
-            )))
-        } else {
-            let at = (head + LEN as u64) % cap;
-            let decode = |bytes: &[u8]| codec::decode(bytes).map_err(Error::codec);
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if at + len <= cap {
-                    decode(
-                        self.region
-                            .pod_slice::<u8, _>(self, RING + at as usize, len as usize),
-                    )
-                } else {
-                    let mut bytes = vec![0; len as usize];
-                    self.ring_read(head + LEN as u64, &mut bytes);
-                    decode(&bytes)
-                }
-            }))
+        let (head, tail) = match self.positions() {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
         };
-        let size = (LEN as u64 + len).min(self.u64(TAIL) - head);
-        self.set(HEAD, head + size);
-        self.set(COUNT, count - 1);
+        let len = self.record_len(head);
+        let cap = self.cap;
+        // `len` comes from shared memory: any value must end in an error, not an overflow.
+        let size = (LEN as u64)
+            .checked_add(len)
+            .filter(|&size| size <= tail - head);
+        let decoded = match size {
+            None => Ok(Err(corrupted())),
+            Some(_) => {
+                let at = (head + LEN as u64) % cap;
+                let decode = |bytes: &[u8]| codec::decode(bytes).map_err(Error::codec);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if at + len <= cap {
+                        decode(self.window().bytes(self, at as usize, len as usize))
+                    } else {
+                        let mut bytes = vec![0; len as usize];
+                        self.ring_read(head + LEN as u64, &mut bytes);
+                        decode(&bytes)
+                    }
+                }))
+            }
+        };
+        // A record longer than what is queued: drop everything, the count with it.
+        match size {
+            Some(size) => {
+                self.set(HEAD, head + size);
+                self.set(COUNT, count - 1);
+            }
+            None => {
+                self.set(HEAD, tail);
+                self.set(COUNT, 0);
+            }
+        }
         self.after_get();
         bump(self.region, NOT_FULL);
         decoded
@@ -293,17 +521,17 @@ impl<'a> Locked<'a> {
             self.set(HEAD, 0);
         }
         self.set(DISCARDED, 0);
-        let (cap, high) = (self.capacity(), self.u64(HIGH).min(self.capacity()));
+        let (cap, high) = (self.cap, self.u64(HIGH).min(self.cap));
         if high > WARM {
-            self.region
-                .discard(RING + WARM as usize, (high - WARM) as usize);
+            self.window()
+                .discard(self.region, WARM as usize, (high - WARM) as usize);
         }
         self.set(HIGH, high.min(WARM).min(cap));
     }
 
     /// Gives back the pages of chunks entirely consumed, except the warm ones.
     fn discard_consumed(&self, head: u64) {
-        let cap = self.capacity();
+        let cap = self.cap;
         if cap <= WARM + 2 * DISCARD_CHUNK {
             return;
         }
@@ -319,12 +547,23 @@ impl<'a> Locked<'a> {
             let len = (done - from).min(cap - at);
             let start = at.max(WARM);
             if start < at + len {
-                self.region
-                    .discard(RING + start as usize, (at + len - start) as usize);
+                self.window()
+                    .discard(self.region, start as usize, (at + len - start) as usize);
             }
             from += len;
         }
         self.set(DISCARDED, done);
+    }
+}
+
+/// A failure to map or grow the ring; an address-space limit is named by the `io::Error`
+/// (see `sys::shm`), a file shorter than the header says is corruption.
+fn ring_error(context: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            return corrupted();
+        }
+        Error::io(context, e)
     }
 }
 
@@ -354,18 +593,21 @@ thread_local! {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// An unbounded queue. Its ring holds up to 1 GiB of encoded
-    /// values — address space reserved, memory used only as values are queued; beyond that
-    /// `put` waits for room.
+    /// An unbounded queue. Its ring holds up to 1 GiB of encoded values; beyond that `put`
+    /// waits for room. The ring starts at 64 KiB of address space and grows as values need
+    /// room (see "Memory and address space" in the module docs), using memory only for what is
+    /// queued.
     ///
     /// # Errors
-    /// [`ErrorKind::Io`] if the shared memory cannot be created.
+    /// [`ErrorKind::Io`] if the shared memory cannot be created or mapped: under an
+    /// address-space limit (`ulimit -v`), the error names it.
     pub fn new() -> Result<Queue<T>> {
         Queue::create(0, DEFAULT_CAPACITY_BYTES)
     }
 
     /// A queue holding at most `maxsize` values: `put` waits (or `try_put` fails) when full,
-    /// like Python's `Queue(maxsize)`. `maxsize == 0` means unbounded.
+    /// like Python's `Queue(maxsize)`. `maxsize == 0` means unbounded. Its ring grows as
+    /// [`new`](Queue::new)'s does, up to 1 GiB.
     ///
     /// # Errors
     /// As [`new`](Queue::new).
@@ -373,31 +615,41 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::create(maxsize, DEFAULT_CAPACITY_BYTES)
     }
 
-    /// A queue whose ring holds `bytes` of encoded values (records cost 8 bytes more than the
-    /// value's encoding), and at most `maxsize` values (`0`: no count limit).
+    /// A queue whose ring holds at most `bytes` of encoded values (records cost 8 bytes more
+    /// than the value's encoding), and at most `maxsize` values (`0`: no count limit). The
+    /// ring starts at 64 KiB (or `bytes`, if less) and grows to `bytes` as values need room;
+    /// address space is reserved only as it grows.
     ///
     /// # Errors
-    /// [`ErrorKind::Usage`] if `bytes` is under 64; [`ErrorKind::Io`] as [`new`](Queue::new).
+    /// [`ErrorKind::Usage`] if `bytes` is under 64 or over 1 TiB; [`ErrorKind::Io`] as
+    /// [`new`](Queue::new).
     pub fn with_capacity(maxsize: usize, bytes: usize) -> Result<Queue<T>> {
-        if bytes < 64 {
+        if bytes < MIN_CAPACITY {
             return Err(Error::usage("a queue needs at least 64 bytes of capacity"));
+        }
+        if bytes > MAX_CAPACITY {
+            return Err(Error::usage("a queue holds at most 1 TiB"));
         }
         Queue::create(maxsize, bytes)
     }
 
     fn create(maxsize: usize, bytes: usize) -> Result<Queue<T>> {
-        let len = (RING - HEADER)
-            .checked_add(bytes)
-            .ok_or_else(|| Error::usage("queue capacity too large"))?;
-        let shared = Shared::create(Kind::Queue, len)
+        let shared = Shared::create(Kind::Queue, RING - HEADER)
             .map_err(|e| Error::io("cannot create the queue's shared memory", e))?;
         let r = shared.region();
-        r.atomic_u64(CAPACITY)
-            .store(bytes as u64, Ordering::Relaxed);
+        let ring = bytes.min(INITIAL_RING);
+        r.grow_file(RING + ring)
+            .map_err(|e| Error::io("cannot create the queue's shared memory", e))?;
+        r.atomic_u64(CAPACITY).store(ring as u64, Ordering::Relaxed);
+        r.atomic_u64(LIMIT).store(bytes as u64, Ordering::Relaxed);
         r.atomic_u64(MAXSIZE)
             .store(maxsize as u64, Ordering::Relaxed);
+        let window = r
+            .map_window(RING, ring)
+            .map_err(ring_error("cannot create the queue's ring"))?;
         Ok(Queue {
             shared,
+            ring: Arc::new(Mutex::new(Some(window))),
             _values: PhantomData,
         })
     }
@@ -406,14 +658,33 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.shared.region()
     }
 
-    fn lock(&self, deadline: Option<Instant>) -> Option<Locked<'_>> {
+    /// Takes the lock and maps the ring as the header now says (recovering first if a holder
+    /// died).
+    fn lock(&self, deadline: Option<Instant>) -> Result<Locked<'_>> {
+        let mut q = self.lock_header(deadline).ok_or_else(Error::timed_out)?;
+        q.map_ring()?;
+        if q.u64(JOURNAL) == RECOUNT {
+            q.recover();
+        }
+        Ok(q)
+    }
+
+    /// Takes the lock for header fields only (counters, flags): no ring, so it works even
+    /// when the ring cannot be mapped here. A holder's death is handled as far as the header
+    /// goes; the recount waits for the next [`lock`](Queue::lock). `None` at the deadline.
+    fn lock_header(&self, deadline: Option<Instant>) -> Option<Locked<'_>> {
         let region = self.region();
         let how = robust::lock(region, MUTEX, deadline)?;
-        let locked = Locked { region };
-        if how == Acquired::Abandoned {
-            locked.recover();
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = Locked {
+            region,
+            ring,
+            cap: 0,
+        };
+        if how == Acquired::Abandoned || q.u64(JOURNAL) != NO_JOURNAL {
+            q.roll_forward();
         }
-        Some(locked)
+        Some(q)
     }
 
     /// Puts `value` at the back, waiting for room if the queue is full.
@@ -474,28 +745,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let size = rec.len() as u64;
         let mut spins = if now_or_never { 0 } else { SPINS };
         loop {
-            let q = self.lock(deadline).ok_or_else(Error::timed_out)?;
+            let mut q = self.lock(deadline)?;
             if q.closed() {
                 return Err(Error::closed("the queue is closed"));
             }
-            let cap = q.capacity();
-            if size > cap {
+            if size > q.limit() {
                 return Err(Error::usage(
                     "the value is larger than the queue's capacity",
                 ));
             }
-            let (head, tail, count) = (q.u64(HEAD), q.u64(TAIL), q.u64(COUNT));
-            let max = q.u64(MAXSIZE);
-            let room = cap - (tail - head) >= size && (max == 0 || count < max);
-            if room {
-                q.ring_write(tail, rec);
-                // The record becomes visible with this store (see "Crash safety").
-                q.set(TAIL, tail + size);
-                if tail + size > q.u64(HIGH) {
-                    q.set(HIGH, tail + size);
-                }
-                q.set(COUNT, count + 1);
-                q.set(UNFINISHED, q.u64(UNFINISHED) + 1);
+            let (mut head, mut tail) = q.positions()?;
+            let (count, max) = (q.u64(COUNT), q.u64(MAXSIZE));
+            let counted_room = max == 0 || count < max;
+            let mut room = q.cap - (tail - head) >= size;
+            if !room && counted_room && q.grow(head, tail, size)? {
+                (head, tail) = q.positions()?;
+                room = q.cap - (tail - head) >= size;
+            }
+            if room && counted_room {
+                q.publish(tail, rec, count);
                 bump(region, NOT_EMPTY);
                 drop(q);
                 wake_if_waiting(region, NOT_EMPTY, GET_WAITERS, 1);
@@ -548,7 +816,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let region = self.region();
         let mut spins = if now_or_never { 0 } else { SPINS };
         loop {
-            let q = self.lock(deadline).ok_or_else(Error::timed_out)?;
+            let q = self.lock(deadline)?;
             let count = q.u64(COUNT);
             if count > 0 {
                 let decoded = q.take(count);
@@ -603,7 +871,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// gets take what is left, then fail with [`ErrorKind::Closed`]. Sleepers wake at once.
     pub fn close(&self) {
         let region = self.region();
-        let q = self.lock(None).expect("no deadline");
+        let q = self.lock_header(None).expect("no deadline");
         region.atomic_u32(CLOSED).store(1, Ordering::SeqCst);
         bump(region, NOT_EMPTY);
         bump(region, NOT_FULL);
@@ -633,6 +901,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Queue {
             shared: self.shared.clone(),
+            ring: Arc::clone(&self.ring),
             _values: PhantomData,
         }
     }
@@ -659,8 +928,10 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // The header page only: the ring is mapped apart, at the size the header gives.
         Ok(Queue {
-            shared: Shared::deserialize(d, Kind::Queue)?,
+            shared: Shared::deserialize_prefix(d, Kind::Queue, RING)?,
+            ring: Arc::new(Mutex::new(None)),
             _values: PhantomData,
         })
     }
@@ -716,7 +987,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// `ValueError`).
     pub fn task_done(&self) -> Result<()> {
         let region = self.0.region();
-        let q = self.0.lock(None).expect("no deadline");
+        let q = self.0.lock_header(None).expect("no deadline");
         let left = q.u64(UNFINISHED);
         if left == 0 {
             return Err(Error::usage(
@@ -748,7 +1019,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     fn join_until(&self, deadline: Option<Instant>) -> Result<()> {
         let region = self.0.region();
         loop {
-            let q = self.0.lock(deadline).ok_or_else(Error::timed_out)?;
+            let q = self.0.lock_header(deadline).ok_or_else(Error::timed_out)?;
             if q.u64(UNFINISHED) == 0 {
                 return Ok(());
             }
@@ -999,5 +1270,316 @@ mod tests {
             q.get().unwrap();
         }
         assert!(q.region().allocated() <= WARM + (1 << 20));
+    }
+
+    fn ring_len<T>(q: &Queue<T>) -> usize {
+        q.ring.lock().unwrap().as_ref().map_or(0, Window::len)
+    }
+
+    fn header<T>(q: &Queue<T>, field: usize) -> u64 {
+        q.shared.region().atomic_u64(field).load(Ordering::SeqCst)
+    }
+
+    fn poke<T>(q: &Queue<T>, field: usize, v: u64) {
+        q.shared
+            .region()
+            .atomic_u64(field)
+            .store(v, Ordering::SeqCst);
+    }
+
+    /// `value` as `put` writes it in the ring.
+    fn record<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut buf = vec![0; LEN];
+        codec::encode_into(value, &mut buf).unwrap();
+        let len = (buf.len() - LEN) as u64;
+        buf[..LEN].copy_from_slice(&len.to_le_bytes());
+        buf
+    }
+
+    /// Runs `step` under the queue's lock, then leaves the lock as the kernel leaves that of a
+    /// holder that died: the next locker is told it was abandoned. This is a process killed
+    /// right after `step`, at a point no real kill could be timed to hit.
+    fn die_after<T: Serialize + DeserializeOwned>(
+        q: &Queue<T>,
+        step: impl FnOnce(&mut Locked<'_>),
+    ) {
+        let mut l = q.lock(Some(Instant::now() + LIMIT)).unwrap();
+        step(&mut l);
+        drop(l);
+        robust::simulate_owner_death(q.region(), MUTEX);
+    }
+
+    fn bytes(n: usize, tag: u8) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(vec![tag; n])
+    }
+
+    #[test]
+    fn the_ring_starts_at_64_kib_and_doubles_as_values_need_room() {
+        let q = Queue::<serde_bytes::ByteBuf>::new().unwrap();
+        assert_eq!(ring_len(&q), 64 << 10);
+        assert_eq!(header(&q, CAPACITY), 64 << 10);
+        for i in 0..5 {
+            q.put(bytes(100_000, i)).unwrap();
+        }
+        // 100 KiB, then 200, 300 KB queued: 128 KiB, 256 KiB, 512 KiB.
+        assert_eq!(ring_len(&q), 512 << 10);
+        assert_eq!(header(&q, CAPACITY), 512 << 10);
+        for i in 0..5 {
+            assert_eq!(q.get_timeout(LIMIT).unwrap(), bytes(100_000, i));
+        }
+        assert_eq!(
+            ring_len(&q),
+            512 << 10,
+            "address space is kept, pages are not"
+        );
+    }
+
+    #[test]
+    fn the_ring_grows_to_the_capacity_and_no_further() {
+        let q = Queue::<serde_bytes::ByteBuf>::with_capacity(0, 100_000).unwrap();
+        assert_eq!(ring_len(&q), 64 << 10);
+        q.put(bytes(90_000, 1)).unwrap();
+        assert_eq!(
+            ring_len(&q),
+            100_000,
+            "capped at the capacity, not a power of two"
+        );
+        let e = q.try_put(bytes(20_000, 2)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Full);
+        let e = q.put(bytes(100_000, 3)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage, "larger than the capacity: {e}");
+        assert_eq!(q.get().unwrap(), bytes(90_000, 1));
+        let q = Queue::<u8>::with_capacity(0, 100).unwrap();
+        assert_eq!(ring_len(&q), 100, "a small capacity is mapped whole");
+        assert_eq!(
+            Queue::<u8>::with_capacity(0, (1 << 40) + 1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Usage
+        );
+    }
+
+    #[test]
+    fn a_wrapped_ring_grows_with_its_values_in_order() {
+        let q = Queue::<serde_bytes::ByteBuf>::with_capacity(0, 1 << 20).unwrap();
+        for i in 0..3 {
+            q.put(bytes(20_000, i)).unwrap();
+        }
+        for i in 0..2 {
+            assert_eq!(q.get().unwrap(), bytes(20_000, i));
+        }
+        q.put(bytes(20_000, 3)).unwrap(); // wraps past the end of the 64 KiB ring
+        assert_eq!(ring_len(&q), 64 << 10);
+        assert!(header(&q, TAIL) > 64 << 10, "the ring has wrapped");
+        q.put(bytes(30_000, 4)).unwrap(); // no room: grows while wrapped
+        assert_eq!(ring_len(&q), 128 << 10);
+        assert_eq!(q.get().unwrap(), bytes(20_000, 2));
+        assert_eq!(q.get().unwrap(), bytes(20_000, 3));
+        assert_eq!(q.get().unwrap(), bytes(30_000, 4));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_wrapped_ring_that_cannot_grow_in_place_waits_for_room() {
+        // Capacity 70 000: the wrapped contents would not fit a ring of 70 000 where they are.
+        let q = Queue::<serde_bytes::ByteBuf>::with_capacity(0, 70_000).unwrap();
+        for i in 0..3 {
+            q.put(bytes(20_000, i)).unwrap();
+        }
+        for i in 0..2 {
+            q.get().unwrap();
+            q.put(bytes(20_000, 3 + i)).unwrap();
+        }
+        assert_eq!(ring_len(&q), 64 << 10);
+        let e = q.try_put(bytes(20_000, 9)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Full);
+        for i in 2..5 {
+            assert_eq!(q.get().unwrap(), bytes(20_000, i));
+        }
+        // Emptied: now it can grow.
+        q.put(bytes(69_000, 5)).unwrap();
+        assert_eq!(ring_len(&q), 70_000);
+        assert_eq!(q.get().unwrap(), bytes(69_000, 5));
+    }
+
+    #[test]
+    fn another_mapping_follows_a_grown_ring() {
+        let a = Queue::<serde_bytes::ByteBuf>::new().unwrap();
+        let (msg, fds) = crate::wire::fds::collecting(|| codec::encode(&a));
+        let msg = msg.unwrap();
+        let b: Queue<serde_bytes::ByteBuf> =
+            crate::wire::fds::supplying(fds, || codec::decode(&msg)).unwrap();
+        assert!(
+            !a.shared.same(&b.shared),
+            "a mapping of its own, as in another process"
+        );
+        b.put(bytes(10, 0)).unwrap();
+        assert_eq!(ring_len(&b), 64 << 10);
+        assert_eq!(
+            b.region().len(),
+            RING,
+            "only the header is mapped with the region"
+        );
+        for i in 1..4 {
+            a.put(bytes(300_000, i)).unwrap();
+        }
+        assert_eq!(ring_len(&a), 1 << 20);
+        assert_eq!(b.get().unwrap(), bytes(10, 0));
+        assert_eq!(ring_len(&b), 1 << 20, "remapped when it took the lock");
+        for i in 1..4 {
+            assert_eq!(b.get().unwrap(), bytes(300_000, i));
+        }
+    }
+
+    #[test]
+    fn a_put_killed_after_its_commit_counts_as_unfinished() {
+        let q = JoinableQueue::<u32>::new().unwrap();
+        q.put(1).unwrap();
+        assert_eq!(q.get().unwrap(), 1); // taken, not yet done: 1 unfinished
+        let rec = record(&2u32);
+        die_after(&q, |l| {
+            let (_, tail) = l.positions().unwrap();
+            l.stage_put(tail, &rec);
+        });
+        // The next locker rolls the put forward: the value is there, and unfinished.
+        assert_eq!(q.get_timeout(LIMIT).unwrap(), 2);
+        q.task_done().unwrap();
+        assert!(
+            q.join_timeout(Duration::from_millis(10))
+                .unwrap_err()
+                .is_timeout(),
+            "one value is still unfinished"
+        );
+        q.task_done().unwrap();
+        q.join_timeout(LIMIT).unwrap();
+        assert_eq!(q.task_done().unwrap_err().kind(), ErrorKind::Usage);
+    }
+
+    #[test]
+    fn a_put_killed_before_its_commit_leaves_no_trace() {
+        let q = JoinableQueue::<u32>::new().unwrap();
+        q.put(1).unwrap();
+        let rec = record(&2u32);
+        die_after(&q, |l| {
+            let (_, tail) = l.positions().unwrap();
+            l.ring_write(tail, &rec);
+            l.set(J_TAIL, tail + rec.len() as u64);
+            l.set(J_UNFINISHED, 2); // all of it but the mark
+        });
+        assert_eq!(q.get_timeout(LIMIT).unwrap(), 1);
+        assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
+        q.task_done().unwrap();
+        q.join_timeout(LIMIT).unwrap();
+        q.put(3).unwrap();
+        assert_eq!(q.get().unwrap(), 3);
+    }
+
+    #[test]
+    fn recovery_counts_every_queued_value_as_unfinished() {
+        let q = JoinableQueue::<u32>::new().unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        die_after(&q, |l| l.set(UNFINISHED, 0)); // a count that lost its values
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.get_timeout(LIMIT).unwrap(), 1);
+        q.task_done().unwrap();
+        assert!(
+            q.join_timeout(Duration::from_millis(10))
+                .unwrap_err()
+                .is_timeout()
+        );
+    }
+
+    #[test]
+    fn a_growth_killed_after_its_commit_is_rolled_forward() {
+        let q = Queue::<serde_bytes::ByteBuf>::with_capacity(0, 1 << 20).unwrap();
+        for i in 0..3 {
+            q.put(bytes(20_000, i)).unwrap();
+        }
+        for _ in 0..2 {
+            q.get().unwrap();
+        }
+        q.put(bytes(20_000, 3)).unwrap(); // wrapped
+        die_after(&q, |l| {
+            let (head, tail) = l.positions().unwrap();
+            assert_eq!(l.stage_grow(head, tail, 30_000).unwrap(), Some(128 << 10));
+        });
+        assert_eq!(q.get_timeout(LIMIT).unwrap(), bytes(20_000, 2));
+        assert_eq!(header(&q, CAPACITY), 128 << 10);
+        assert_eq!(q.get().unwrap(), bytes(20_000, 3));
+        q.put(bytes(100_000, 4)).unwrap();
+        assert_eq!(q.get().unwrap(), bytes(100_000, 4));
+    }
+
+    #[test]
+    fn a_record_length_from_shared_memory_cannot_overflow() {
+        let q = Queue::<u32>::new().unwrap();
+        for bad in [u64::MAX, u64::MAX - 7, u64::MAX - 8, 1 << 40, 11] {
+            q.put(7).unwrap();
+            q.put(8).unwrap();
+            let head = header(&q, HEAD) as usize;
+            q.ring
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .write(head, &bad.to_le_bytes());
+            let e = q.get().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Protocol, "length {bad}: {e}");
+            assert!(e.to_string().contains("corrupted"), "{e}");
+            // What followed the bad record cannot be found: the queue starts again, empty.
+            assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
+            q.put(9).unwrap();
+            assert_eq!(q.get().unwrap(), 9);
+        }
+    }
+
+    #[test]
+    fn positions_from_shared_memory_are_checked() {
+        let q = Queue::<u32>::new().unwrap();
+        q.put(1).unwrap();
+        let (head, tail) = (header(&q, HEAD), header(&q, TAIL));
+        for (h, t) in [
+            (tail + 1, tail),
+            (0, u64::MAX),
+            (u64::MAX - 4, u64::MAX),
+            (0, 1 << 20),
+        ] {
+            poke(&q, HEAD, h);
+            poke(&q, TAIL, t);
+            let e = q.put(2).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Protocol, "{h}..{t}: {e}");
+            // The next locker recounts what can be read back.
+            q.put(3).unwrap();
+            while q
+                .try_get()
+                .map_or_else(|e| e.kind() != ErrorKind::Empty, |_| true)
+            {}
+        }
+        poke(&q, HEAD, head);
+        poke(&q, TAIL, head);
+        q.put(4).unwrap();
+        assert_eq!(q.get().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_capacity_from_shared_memory_is_checked() {
+        let q = Queue::<u32>::new().unwrap();
+        let (msg, fds) = crate::wire::fds::collecting(|| codec::encode(&q));
+        let msg = msg.unwrap();
+        let fresh = || -> Queue<u32> {
+            let fds = fds.iter().map(|f| f.try_clone().unwrap()).collect();
+            crate::wire::fds::supplying(fds, || codec::decode(&msg)).unwrap()
+        };
+        // Zero, under the minimum, past the file, past the capacity: errors, never a panic.
+        for cap in [0, 8, 1 << 20, 1 << 31, u64::MAX] {
+            poke(&q, CAPACITY, cap);
+            let e = fresh().put(1).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Protocol, "capacity {cap}: {e}");
+            assert_eq!(fresh().get().unwrap_err().kind(), ErrorKind::Protocol);
+        }
+        poke(&q, CAPACITY, 64 << 10);
+        fresh().put(1).unwrap();
+        assert_eq!(q.get().unwrap(), 1);
     }
 }

@@ -511,6 +511,9 @@ impl SharedMemory {
 
     /// Opens shared memory by its [`name`](SharedMemory::name) in another process.
     ///
+    /// A name identifies one segment: opening a name whose segment is gone fails, even when
+    /// its holder's fd number now holds another segment (or any other file).
+    ///
     /// # Examples
     /// ```
     /// let a = mproc::SharedMemory::create(64)?;
@@ -523,26 +526,38 @@ impl SharedMemory {
     /// ```
     ///
     /// # Errors
-    /// [`Io`](crate::ErrorKind::Io) when the name does not lead to mproc shared memory: the
-    /// process that held it has closed it or exited, or the caller may not open its fds.
+    /// [`Usage`](crate::ErrorKind::Usage) when `name` is not a name [`name`](SharedMemory::name)
+    /// gives. [`Io`](crate::ErrorKind::Io) when it does not lead to its segment: with a source
+    /// of [`std::io::ErrorKind::NotFound`] when the name is stale (the segment was dropped or
+    /// its process exited), or the system's refusal (e.g. `PermissionDenied` for another
+    /// user's process).
     pub fn open(name: &str) -> Result<SharedMemory> {
-        let shared = Shared::open_path(name, Kind::SharedMemory)
+        let (path, id) = parse_name(name).ok_or_else(|| {
+            Error::usage(
+                "not a shared memory name: expected /proc/PID/fd/FD#ID, as SharedMemory::name \
+                 gives",
+            )
+        })?;
+        let shared = Shared::open_named(path, Kind::SharedMemory, id)
             .map_err(|e| Error::io("cannot open shared memory", e))?;
         Ok(SharedMemory { shared })
     }
 
-    /// A name other processes of the same user can [`open`](SharedMemory::open) it by: the
-    /// path of this handle's fd, `/proc/<pid>/fd/<fd>`.
+    /// A name other processes of the same user can [`open`](SharedMemory::open) it by:
+    /// `/proc/<pid>/fd/<fd>#<id>`, the path of this handle's fd and the segment's id (16 hex
+    /// digits, unique in practice).
     ///
     /// The name is valid only while this process holds this handle (or a clone of it):
-    /// after that, the path names another file or nothing. Keep the handle alive until the
-    /// other process has opened it (it then holds its own).
+    /// after that, `open` fails with `NotFound` (never opening whatever reused the fd
+    /// number). Keep the handle alive until the other process has opened it (it then holds
+    /// its own).
     pub fn name(&self) -> String {
         use std::os::fd::AsRawFd;
         format!(
-            "/proc/{}/fd/{}",
+            "/proc/{}/fd/{}#{:016x}",
             std::process::id(),
-            self.shared.region().fd().as_raw_fd()
+            self.shared.region().fd().as_raw_fd(),
+            self.shared.id()
         )
     }
 
@@ -589,6 +604,17 @@ impl SharedMemory {
     pub fn as_ptr(&self) -> *mut u8 {
         self.shared.region().as_ptr().wrapping_add(HEADER)
     }
+}
+
+/// The fd path and the id of a name `/proc/<pid>/fd/<fd>#<id>`.
+fn parse_name(name: &str) -> Option<(&str, u64)> {
+    let (path, id) = name.split_once('#')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (pid, fd) = path.strip_prefix("/proc/")?.split_once("/fd/")?;
+    if !digits(pid) || !digits(fd) || id.len() != 16 {
+        return None;
+    }
+    Some((path, u64::from_str_radix(id, 16).ok()?))
 }
 
 impl fmt::Debug for SharedMemory {

@@ -3,22 +3,26 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Pool;
 use super::driver::Cmd;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pool::Slot;
 use crate::sys::fnptr::FnRef;
 
 /// The iterator of [`Pool::imap`]: results in input order, pulled from the input as chunks
 /// complete, with at most two chunks per worker in flight.
+///
+/// Besides `next`, [`next_timeout`](Imap::next_timeout) waits a bounded time. The input is
+/// fused: once it returns `None` it is never polled again.
 pub struct Imap<'p, I, R> {
     pool: &'p Pool,
     f: Option<FnRef>,
-    items: I,
+    items: std::iter::Fuse<I>,
     chunksize: usize,
     /// Chunks sent, oldest first, with their item counts.
     inflight: VecDeque<(Arc<Slot>, usize)>,
@@ -35,7 +39,7 @@ where
         Imap {
             pool,
             f,
-            items,
+            items: items.fuse(),
             chunksize: chunksize.max(1),
             inflight: VecDeque::new(),
             ready: VecDeque::new(),
@@ -62,6 +66,38 @@ where
     }
 }
 
+impl<I, R> Imap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    /// The next result, waiting at most `timeout`; `Some(Err(e))` with `e.is_timeout()` if it
+    /// is not ready yet (the iterator stays usable), `None` at the end of the input.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        self.next_deadline(Instant::now().checked_add(timeout))
+    }
+
+    fn next_deadline(&mut self, deadline: Option<Instant>) -> Option<Result<R>> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                self.fill();
+                return Some(r);
+            }
+            self.fill();
+            let (slot, _) = self.inflight.front()?;
+            if !slot.wait(deadline) {
+                return Some(Err(Error::timed_out()));
+            }
+            let (slot, n) = self.inflight.pop_front().expect("checked above");
+            for outcome in slot.take() {
+                self.ready
+                    .extend(crate::pool::decode_chunk::<R>(outcome, n));
+            }
+        }
+    }
+}
+
 impl<I, R> Iterator for Imap<'_, I, R>
 where
     I: Iterator,
@@ -71,18 +107,15 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
-        loop {
-            if let Some(r) = self.ready.pop_front() {
-                self.fill();
-                return Some(r);
-            }
-            self.fill();
-            let (slot, n) = self.inflight.pop_front()?;
-            slot.wait(None);
-            for outcome in slot.take() {
-                self.ready
-                    .extend(crate::pool::decode_chunk::<R>(outcome, n));
-            }
-        }
+        self.next_deadline(None)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let known = self.ready.len() + self.inflight.iter().map(|(_, n)| n).sum::<usize>();
+        let (low, high) = self.items.size_hint();
+        (
+            known.saturating_add(low),
+            high.and_then(|h| h.checked_add(known)),
+        )
     }
 }

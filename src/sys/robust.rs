@@ -83,6 +83,13 @@ pub(crate) fn unmapping(start: usize, len: usize) {
     imp::unmapping(start, len)
 }
 
+/// Marks the mutex at `offset` as the kernel does when its owner dies, for tests of what
+/// the next locker recovers.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn simulate_owner_death(region: &Region, offset: usize) {
+    imp::simulate_owner_death(region, offset, false)
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

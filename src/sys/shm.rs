@@ -51,6 +51,20 @@ impl Region {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } == -1 {
             return Err(io::Error::last_os_error());
         }
+        seal_shrink(fd.as_fd())?;
+        Region::map(fd, len)
+    }
+
+    /// Maps only the first `len` bytes of a region received from another process: the part an
+    /// object keeps at a fixed place (a queue's header), when the rest of its file is mapped
+    /// on its own and may grow ([`Region::map_window`]).
+    pub(crate) fn from_fd_prefix(fd: OwnedFd, len: usize) -> io::Result<Region> {
+        if len == 0 || file_size(fd.as_fd())? < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an mproc shared memory region (file too short)",
+            ));
+        }
         Region::map(fd, len)
     }
 
@@ -70,8 +84,10 @@ impl Region {
     pub(crate) fn open_path(path: &str) -> io::Result<Region> {
         let c = CString::new(path)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL"))?;
+        // No controlling terminal, no blocking open, whatever the path turns out to be.
+        let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
         // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        let raw = unsafe { libc::open(c.as_ptr(), flags) };
         if raw == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -94,15 +110,64 @@ impl Region {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            return Err(explain_map_error(len, io::Error::last_os_error()));
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
         Ok(Region { fd, ptr, len })
     }
 
-    /// Bytes in the region.
+    /// Bytes in the region (its mapping here; the file may be longer: see [`Window`]).
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes in the region's file.
+    pub(crate) fn file_len(&self) -> io::Result<usize> {
+        file_size(self.fd.as_fd())
+    }
+
+    /// Makes the region's file at least `len` bytes long; the new bytes read as zeros and use
+    /// no memory until written. Never shrinks it (regions are sealed against shrinking: other
+    /// processes may map its end).
+    pub(crate) fn grow_file(&self, len: usize) -> io::Result<()> {
+        if self.file_len()? >= len {
+            return Ok(());
+        }
+        let size = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        // SAFETY: ftruncate on an fd we hold; no memory is passed. Growing a file leaves every
+        // existing mapping of it valid.
+        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), size) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Maps `[offset, offset + len)` of the region's file on its own (`offset` a multiple of
+    /// the page size, the file at least that long): a part that can be remapped larger while
+    /// the region's own mapping stays where it is (a queue's ring, see [`Window`]).
+    pub(crate) fn map_window(&self, offset: usize, len: usize) -> io::Result<Window> {
+        window_fits(self, offset, len)?;
+        let file_offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
+        // open, within its length (checked above, and the file cannot shrink: it is sealed);
+        // no existing memory is affected. The result is checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                file_offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(explain_map_error(len, io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(Window { ptr, len, offset })
     }
 
     /// The file behind the region (to send it to another process).
@@ -116,12 +181,7 @@ impl Region {
     }
 
     fn check(&self, offset: usize, size: usize, align: usize) {
-        assert!(
-            offset.checked_add(size).is_some_and(|end| end <= self.len),
-            "region access out of bounds: {offset}+{size} > {}",
-            self.len
-        );
-        assert!(offset % align == 0, "misaligned region access at {offset}");
+        check(self.len, offset, size, align);
     }
 
     /// The `AtomicU32` at byte `offset` (4-aligned, in bounds; a bug otherwise, so it panics).
@@ -222,14 +282,6 @@ impl Region {
         }
         st.st_blocks as u64 * 512
     }
-
-    /// Gives the pages of `[offset, offset + len)` back to the kernel; they read as zeros
-    /// after. Used by queues on ranges already consumed, so a long-lived queue holds memory
-    /// in proportion to what is queued, not to what ever passed through. Best effort.
-    pub(crate) fn discard(&self, offset: usize, len: usize) {
-        self.check(offset, len, 1);
-        punch_hole(self.fd.as_fd(), offset, len);
-    }
 }
 
 impl Drop for Region {
@@ -242,6 +294,222 @@ impl Drop for Region {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// A part of a region's file mapped on its own, from a page-aligned offset: the ring of a
+/// queue, which grows ([`Window::grow`]) while the region's header stays mapped where it is —
+/// futex words and atomics of the header are used without a lock and must never move, while
+/// a window is only touched under the object's lock. A window holds no fd (its region does)
+/// and must hold no robust mutex (its unmapping does not unlink them).
+#[derive(Debug)]
+pub(crate) struct Window {
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Where the window starts in the file.
+    offset: usize,
+}
+
+// SAFETY: as for `Region`: plain shared memory with no thread affinity; callers reach its bytes
+// only through copies and through slices borrowed from a lock guard.
+unsafe impl Send for Window {}
+// SAFETY: as above.
+unsafe impl Sync for Window {}
+
+impl Window {
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `src` into the window at `offset` (ownership rule of [`Region::write`]).
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        check(self.len, offset, src.len(), 1);
+        // SAFETY: destination in bounds (checked), source a valid slice, no overlap (the window
+        // is a mapping of its own, never a Rust allocation).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
+        }
+    }
+
+    /// Copies bytes at `offset` into `dst` (ownership rule of [`Region::write`]).
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        check(self.len, offset, dst.len(), 1);
+        // SAFETY: source in bounds (checked), destination a valid exclusive slice, no overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
+    }
+
+    /// Copies `len` bytes within the window, from `from` to `to` (the ranges may overlap).
+    pub(crate) fn copy_within(&self, from: usize, to: usize, len: usize) {
+        check(self.len, from, len, 1);
+        check(self.len, to, len, 1);
+        // SAFETY: both ranges in bounds (checked); `ptr::copy` allows overlap.
+        unsafe { std::ptr::copy(self.ptr.as_ptr().add(from), self.ptr.as_ptr().add(to), len) }
+    }
+
+    /// A shared view of `n` bytes at `offset`, under the lock witnessed by `_held` (as
+    /// [`Region::pod_slice`]).
+    pub(crate) fn bytes<'a, G>(&'a self, _held: &'a G, offset: usize, n: usize) -> &'a [u8] {
+        check(self.len, offset, n, 1);
+        // SAFETY: in bounds (checked); bytes are valid for any contents; the caller holds the
+        // cross-process lock for this range (witnessed by `_held`, borrowed for the slice's
+        // lifetime), so no one writes the range while the slice lives; the window cannot be
+        // remapped meanwhile (`grow` takes `&mut self`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), n) }
+    }
+
+    /// Gives the pages of `[offset, offset + len)` of the window back to the kernel; they read
+    /// as zeros after. Used by queues on ranges already consumed, so a long-lived queue holds
+    /// memory in proportion to what is queued, not to what ever passed through. Best effort.
+    /// `region` is the region whose file the window maps.
+    pub(crate) fn discard(&self, region: &Region, offset: usize, len: usize) {
+        check(self.len, offset, len, 1);
+        punch_hole(region.fd(), self.offset + offset, len);
+    }
+
+    /// Remaps the window to `len` bytes of `region`'s file (the file must be that long:
+    /// [`Region::grow_file`]). Its address may change; on failure the window stays as it was.
+    pub(crate) fn grow(&mut self, region: &Region, len: usize) -> io::Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        window_fits(region, self.offset, len)?;
+        let ptr = remap(region, self, len)?;
+        self.ptr = ptr;
+        self.len = len;
+        Ok(())
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the window's mapping (made by `map_window` or `grow`),
+        // unmapped once here; no slice from `bytes` outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Panics unless `[offset, offset + size)` lies in `len` bytes and `offset` is `align`-aligned:
+/// an access out of a mapping is a bug of the caller, who validates what it read from shared
+/// memory before using it as an offset.
+fn check(len: usize, offset: usize, size: usize, align: usize) {
+    assert!(
+        offset.checked_add(size).is_some_and(|end| end <= len),
+        "region access out of bounds: {offset}+{size} > {len}"
+    );
+    assert!(offset % align == 0, "misaligned region access at {offset}");
+}
+
+/// Refuses a window that does not start on a page or runs past the end of the file (a mapping
+/// past the end would fault with `SIGBUS` on use).
+fn window_fits(region: &Region, offset: usize, len: usize) -> io::Result<()> {
+    if len == 0 || offset % page_size() != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a window must be non-empty and start on a page",
+        ));
+    }
+    let end = offset.checked_add(len);
+    if end.is_none_or(|end| end > region.file_len().unwrap_or(0)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the shared memory file is shorter than its header says",
+        ));
+    }
+    Ok(())
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// `window`'s mapping grown to `len` bytes of `region`'s file: in place or moved by `mremap`,
+/// which needs address space for the added bytes only. On failure the old mapping is intact.
+#[cfg(target_os = "linux")]
+fn remap(_region: &Region, window: &Window, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: `window.ptr`/`window.len` are exactly a live mapping of ours; `MREMAP_MAYMOVE`
+    // lets the kernel pick a new address, and the caller replaces the old pointer with the
+    // result (no reference into the window lives across this: `grow` takes `&mut`). The file
+    // covers the new length (checked by the caller). The result is checked for MAP_FAILED.
+    let ptr = unsafe {
+        libc::mremap(
+            window.ptr.as_ptr().cast(),
+            window.len,
+            len,
+            libc::MREMAP_MAYMOVE,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(explain_map_error(
+            len - window.len,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(NonNull::new(ptr.cast::<u8>()).expect("mremap never returns null on success"))
+}
+
+/// Without `mremap`: a new mapping, then the old one unmapped.
+#[cfg(not(target_os = "linux"))]
+fn remap(region: &Region, window: &Window, len: usize) -> io::Result<NonNull<u8>> {
+    let new = region.map_window(window.offset, len)?;
+    let ptr = new.ptr;
+    std::mem::forget(new);
+    // SAFETY: the old mapping is exactly `window.ptr`/`window.len`, replaced by the caller with
+    // the new one; no reference into it lives across this (`grow` takes `&mut`).
+    unsafe {
+        libc::munmap(window.ptr.as_ptr().cast(), window.len);
+    }
+    Ok(ptr)
+}
+
+/// The address-space limit of this process (`RLIMIT_AS`), if it has one.
+pub(crate) fn address_space_limit() -> Option<u64> {
+    // SAFETY: zeroed `rlimit` is a valid out-buffer.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable `rlimit` for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == -1
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+/// Address space this process has mapped now (`VmSize`), where the system says.
+fn address_space_in_use() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A failed mapping of `len` bytes, explained: when the address space ran out under an
+/// `RLIMIT_AS` (`ulimit -v`), the error names the limit.
+fn explain_map_error(len: usize, err: io::Error) -> io::Error {
+    if err.raw_os_error() != Some(libc::ENOMEM) {
+        return err;
+    }
+    let msg = match (address_space_limit(), address_space_in_use()) {
+        (Some(limit), Some(used)) => format!(
+            "cannot reserve {len} bytes of address space: the address-space limit \
+             (RLIMIT_AS, ulimit -v) is {limit} bytes and {used} are in use"
+        ),
+        (Some(limit), None) => format!(
+            "cannot reserve {len} bytes of address space: the address-space limit \
+             (RLIMIT_AS, ulimit -v) is {limit} bytes"
+        ),
+        (None, _) => format!("cannot reserve {len} bytes of address space: {err}"),
+    };
+    io::Error::new(io::ErrorKind::OutOfMemory, msg)
 }
 
 /// A large payload received from another process (a task's argument, a result): a read-only
@@ -399,7 +667,24 @@ const POPULATE: libc::c_int = 0;
 
 #[cfg(target_os = "linux")]
 fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
-    memfd(name, libc::MFD_CLOEXEC)
+    memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+}
+
+/// Seals a region's file against shrinking: a process holding it cannot truncate it under
+/// the others' mappings (their next access would fault with `SIGBUS`). It can still grow.
+#[cfg(target_os = "linux")]
+fn seal_shrink(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on an open fd with an integer argument; no memory is involved.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Without memfd there are no seals.
+#[cfg(not(target_os = "linux"))]
+fn seal_shrink(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
@@ -491,12 +776,52 @@ mod tests {
         let mut out = [0u8; 5];
         a.read(100, &mut out);
         assert_eq!(&out, b"hello");
-        a.discard(0, 4096);
-        assert_eq!(
-            b.atomic_u64(8).load(Ordering::SeqCst),
-            0,
-            "discarded pages read as zero"
+    }
+
+    #[test]
+    fn a_window_maps_the_file_past_the_region_and_grows() {
+        let r = Region::create("test", 4096).unwrap();
+        assert!(
+            r.map_window(4096, 4096).is_err(),
+            "past the end of the file"
         );
+        assert!(r.map_window(100, 64).is_err(), "not on a page");
+        r.grow_file(3 * 4096).unwrap();
+        assert_eq!(r.file_len().unwrap(), 3 * 4096);
+        r.grow_file(4096).unwrap();
+        assert_eq!(r.file_len().unwrap(), 3 * 4096, "never shrinks");
+        let mut w = r.map_window(4096, 4096).unwrap();
+        w.write(10, b"ring");
+        // Another mapping of the same file sees it.
+        let other = Region::from_fd(r.fd().try_clone_to_owned().unwrap()).unwrap();
+        let mut out = [0u8; 4];
+        other.read(4096 + 10, &mut out);
+        assert_eq!(&out, b"ring");
+        assert!(w.grow(&r, 3 * 4096).is_err(), "the file is too short");
+        assert_eq!(w.len(), 4096, "unchanged after a failed growth");
+        r.grow_file(4 * 4096).unwrap();
+        w.grow(&r, 3 * 4096).unwrap();
+        assert_eq!(w.len(), 3 * 4096);
+        w.read(10, &mut out);
+        assert_eq!(&out, b"ring", "bytes kept across the remap");
+        w.copy_within(10, 2 * 4096, 4);
+        let other = Region::from_fd(r.fd().try_clone_to_owned().unwrap()).unwrap();
+        other.read(3 * 4096, &mut out);
+        assert_eq!(&out, b"ring");
+        w.discard(&r, 0, 4096);
+        w.read(10, &mut out);
+        assert_eq!(out, [0; 4], "discarded pages read as zero");
+        // The file cannot be truncated under the mappings.
+        let f = std::fs::File::from(r.fd().try_clone_to_owned().unwrap());
+        assert!(f.set_len(4096).is_err(), "sealed against shrinking");
+    }
+
+    #[test]
+    fn a_region_maps_a_prefix_of_its_file() {
+        let r = Region::create("test", 8192).unwrap();
+        let fd = || r.fd().try_clone_to_owned().unwrap();
+        assert_eq!(Region::from_fd_prefix(fd(), 4096).unwrap().len(), 4096);
+        assert!(Region::from_fd_prefix(fd(), 3 * 4096).is_err());
     }
 
     #[test]
