@@ -163,6 +163,10 @@ impl Builder {
         self
     }
     /// The child's standard input (default [`Stdio::Null`], as in Python).
+    ///
+    /// [`Stdio::Inherit`] suits a pipe or a file. A terminal cannot be shared: the child leads
+    /// its own process group, never the terminal's foreground one, so its reads of the terminal
+    /// fail (`EIO`) instead of stealing what the user types.
     pub fn stdin(mut self, s: Stdio) -> Builder {
         self.spec.stdio[0] = s;
         self
@@ -263,10 +267,26 @@ impl Builder {
 /// let p = mproc::Process::spawn(move |x: u64| x + offset, 1);
 /// ```
 ///
+/// # Subprocesses
+/// The child leads its own process group, and so do the subprocesses it starts unless they
+/// leave it. [`kill`](Process::kill) and [`terminate`](Process::terminate) signal the whole
+/// group, and when the child has ended, whatever is left of its group is killed (SIGKILL) as
+/// the child is reaped (by [`join`](Process::join), [`is_alive`](Process::is_alive),
+/// [`exit_status`](Process::exit_status) or drop): a `sleep 60` started by the function does
+/// not outlive it. Python leaves such subprocesses running.
+///
+/// What can still escape: a subprocess that leaves the group on purpose (`setsid`, `setpgid`,
+/// a shell with job control), and every subprocess when this program itself is killed by
+/// SIGKILL: the child then dies by its parent-death signal, and nothing is left to kill its
+/// group. To keep a subprocess running after the child, start it in its own session.
+///
+/// A group of its own is never the terminal's foreground group: a terminal's Ctrl-C reaches
+/// this program, not the child (see [`Builder::stdin`] for what reading the terminal does).
+///
 /// # Drop
-/// Dropping a `Process` that is still running **kills it** (SIGKILL) and reaps it; dropping
-/// one that has ended reaps it. Either way no zombie and no orphan is left. Call
-/// [`join`](Process::join) to wait for the result instead.
+/// Dropping a `Process` that is still running **kills it** and its process group (SIGKILL)
+/// and reaps it; dropping one that has ended reaps it. Either way no zombie and no orphan is
+/// left. Call [`join`](Process::join) to wait for the result instead.
 pub struct Process<R> {
     pid: i32,
     name: String,
@@ -439,14 +459,16 @@ impl<R> Process<R> {
         *exit
     }
 
-    /// Asks the child to stop with SIGTERM (Python's `terminate()`). Does nothing if it has
-    /// already ended. [`join`](Process::join) then reports `WorkerDied` with that signal,
-    /// unless the function had already returned.
+    /// Asks the child to stop with SIGTERM (Python's `terminate()`), sent to its process group
+    /// too (see [Subprocesses](Process#subprocesses)). Does nothing if it has already ended.
+    /// [`join`](Process::join) then reports `WorkerDied` with that signal, unless the function
+    /// had already returned.
     pub fn terminate(&self) -> Result<()> {
         self.signal(sys::SIGTERM)
     }
 
-    /// Kills the child with SIGKILL (Python's `kill()`). Does nothing if it has already ended.
+    /// Kills the child and its process group with SIGKILL (Python's `kill()`). Does nothing if
+    /// it has already ended.
     pub fn kill(&self) -> Result<()> {
         self.signal(sys::SIGKILL)
     }
@@ -457,10 +479,7 @@ impl<R> Process<R> {
         if exit.is_some() {
             return Ok(());
         }
-        let sent = match &self.pidfd {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
-            None => sys::kill(self.pid, sig),
-        };
+        let sent = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sig);
         match sent {
             Err(e) if e.raw_os_error() != Some(libc_esrch()) => {
                 Err(Error::io("cannot signal the process", e))
@@ -590,10 +609,7 @@ impl<R> Drop for Process<R> {
             *exit = Some(ExitStatus::from_raw(raw));
             return;
         }
-        let _ = match &self.pidfd {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sys::SIGKILL),
-            None => sys::kill(self.pid, sys::SIGKILL),
-        };
+        let _ = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
         // SIGKILL cannot be caught: this returns as soon as the kernel has torn it down.
         let _ = sys::waitpid(self.pid, true);
     }
