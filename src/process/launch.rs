@@ -60,7 +60,11 @@ impl Spec {
 }
 
 /// Starts a worker with `method`.
+///
+/// Refused while `MPROC_START_METHOD` holds an invalid value, whatever `method` is: a typo
+/// there must not go unnoticed (see `StartMethod::default`).
 pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
+    check_start_method_env()?;
     if !spec.stdio.contains(&Stdio::Prefixed) {
         return start(method, spec);
     }
@@ -103,10 +107,31 @@ pub(crate) fn launch_many(method: StartMethod, spec: &Spec, n: usize) -> Vec<Lau
     if method != StartMethod::ForkServer || n < 2 || spec.stdio.contains(&Stdio::Prefixed) {
         return Vec::new();
     }
+    if check_start_method_env().is_err() {
+        return Vec::new(); // `launch` reports it
+    }
     super::forkserver::launch_many(spec, n)
         .into_iter()
         .map(|(pid, pidfd, sock)| Launched { pid, pidfd, sock })
         .collect()
+}
+
+/// `InvalidInput`, with the value, while `MPROC_START_METHOD` names no start method.
+fn check_start_method_env() -> io::Result<()> {
+    match StartMethod::from_env() {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let value = std::env::var_os(super::START_METHOD_ENV).unwrap_or_default();
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}={value:?} names no start method (expected forkserver, spawn or fork, \
+                     in any case)",
+                    super::START_METHOD_ENV
+                ),
+            ))
+        }
+    }
 }
 
 /// Starts a worker with `method` and the stdio `spec` resolves to.

@@ -60,22 +60,100 @@ pub enum StartMethod {
     Fork,
 }
 
+/// The environment variable that overrides the default start method.
+pub(crate) const START_METHOD_ENV: &str = "MPROC_START_METHOD";
+
 impl Default for StartMethod {
     /// [`ForkServer`](StartMethod::ForkServer) on Linux, [`Spawn`](StartMethod::Spawn)
-    /// elsewhere; the environment variable `MPROC_START_METHOD` (`forkserver`, `spawn`,
-    /// `fork`) overrides it, which lets a whole test suite run under each method.
+    /// elsewhere; the environment variable `MPROC_START_METHOD` (`forkserver`, `spawn` or
+    /// `fork`, in any case) overrides it, which lets a whole test suite run under each method.
+    ///
+    /// Any other value is refused, as Python's `set_start_method` raises `ValueError`: while
+    /// it is set, [`Process::spawn`] fails with [`ErrorKind::Usage`](crate::ErrorKind::Usage)
+    /// and a pool's workers cannot start (its tasks fail with
+    /// [`ErrorKind::Broken`](crate::ErrorKind::Broken) saying why), whatever start method
+    /// they ask for. `default()` itself cannot fail: it then returns the platform's default.
     fn default() -> StartMethod {
-        match std::env::var("MPROC_START_METHOD").as_deref() {
-            Ok("spawn") => StartMethod::Spawn,
-            Ok("fork") => StartMethod::Fork,
-            Ok("forkserver") if sys::HAS_FORK_SERVER => StartMethod::ForkServer,
-            _ if sys::HAS_FORK_SERVER => StartMethod::ForkServer,
-            _ => StartMethod::Spawn,
+        StartMethod::from_env()
+            .ok()
+            .flatten()
+            .unwrap_or_else(StartMethod::platform_default)
+    }
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// Python's names, in any case: `"forkserver"`, `"spawn"`, `"fork"`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for any other name, and for
+    /// `"forkserver"` where there is no fork server.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::StartMethod;
+    ///
+    /// assert_eq!("Spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+    /// assert!("bogus".parse::<StartMethod>().is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    fn from_str(name: &str) -> Result<StartMethod> {
+        match name.to_ascii_lowercase().as_str() {
+            "forkserver" if sys::HAS_FORK_SERVER => Ok(StartMethod::ForkServer),
+            "forkserver" => Err(Error::usage(
+                "the forkserver start method is not available on this platform",
+            )),
+            "spawn" => Ok(StartMethod::Spawn),
+            "fork" => Ok(StartMethod::Fork),
+            _ => Err(Error::usage(
+                "unknown start method: expected forkserver, spawn or fork (in any case)",
+            )),
         }
     }
 }
 
 impl StartMethod {
+    fn platform_default() -> StartMethod {
+        if sys::HAS_FORK_SERVER {
+            StartMethod::ForkServer
+        } else {
+            StartMethod::Spawn
+        }
+    }
+
+    /// The method `MPROC_START_METHOD` names: `None` when it is unset or empty.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage), naming the variable, when it names no
+    /// start method of this platform.
+    pub(crate) fn from_env() -> Result<Option<StartMethod>> {
+        let Some(value) = std::env::var_os(START_METHOD_ENV) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        match value.to_str().map(str::parse::<StartMethod>) {
+            Some(Ok(m)) => Ok(Some(m)),
+            _ => Err(Error::usage(
+                "MPROC_START_METHOD names no start method (expected forkserver, spawn or fork, in any case)",
+            )),
+        }
+    }
+
+    /// The method to use: `explicit`, or the default. Fails while `MPROC_START_METHOD` holds
+    /// an invalid value, even with an explicit method (see [`StartMethod::default`]).
+    ///
+    /// # Errors
+    /// As [`StartMethod::from_env`].
+    pub(crate) fn resolve(explicit: Option<StartMethod>) -> Result<StartMethod> {
+        let from_env = StartMethod::from_env()?;
+        Ok(explicit
+            .or(from_env)
+            .unwrap_or_else(StartMethod::platform_default))
+    }
+
     /// Every start method available on this platform.
     pub fn all() -> &'static [StartMethod] {
         if sys::HAS_FORK_SERVER {
@@ -190,7 +268,8 @@ impl Builder {
     /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) if `arg` cannot be serialized;
     /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses to create the process;
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) when called in a process that mproc
-    /// started but whose constructor did not run (see [`crate::init`]).
+    /// started but whose constructor did not run (see [`crate::init`]), or while
+    /// `MPROC_START_METHOD` names no start method (see [`StartMethod::default`]).
     pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> Result<Process<R>>
     where
         A: Serialize + DeserializeOwned,
@@ -204,7 +283,7 @@ impl Builder {
         let name = self
             .name
             .unwrap_or_else(|| format!("Process-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
-        let method = self.start_method.unwrap_or_default();
+        let method = StartMethod::resolve(self.start_method)?;
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
