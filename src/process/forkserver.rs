@@ -184,7 +184,7 @@ fn start() -> io::Result<Server> {
     let ctrl_fd = ctrl.as_raw_fd();
     let (pid, pidfd) = launch::on_spawner(move || {
         let fd = theirs.as_raw_fd();
-        let mut cmd = launch::worker_command(&format!("server:{fd}"));
+        let mut cmd = launch::worker_command(&format!("server:{fd}"))?;
         cmd.stdin(std::process::Stdio::null());
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;

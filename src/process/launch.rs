@@ -156,7 +156,7 @@ fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
 fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     on_spawner(move || {
         let fd = child_end.as_raw_fd();
-        let mut cmd = worker_command(&format!("spawn:{fd}"));
+        let mut cmd = worker_command(&format!("spawn:{fd}"))?;
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let [i, o, e] = [0, 1, 2].map(|i| spec.stdio_fd(i));
         cmd.stdin(to_std(i?)).stdout(to_std(o?)).stderr(to_std(e?));
@@ -169,14 +169,17 @@ fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     })
 }
 
-/// A command re-executing this program as a worker with the given marker value.
-pub(crate) fn worker_command(marker: &str) -> Command {
+/// A command re-executing this program as a worker with the given marker value (through the
+/// dynamic loader again if that is how it was started: see `sys::self_exec`).
+pub(crate) fn worker_command(marker: &str) -> io::Result<Command> {
+    let me = sys::self_exec()?;
     let mut cmd = Command::new(sys::exe_path());
-    if let Some(arg0) = std::env::args_os().next() {
+    if let Some(arg0) = &me.arg0 {
         cmd.arg0(arg0);
     }
+    cmd.args(&me.args);
     cmd.env(MARKER_ENV, marker);
-    cmd
+    Ok(cmd)
 }
 
 /// `fork` of this process; the child serves at once.

@@ -637,7 +637,7 @@ pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 /// Identity fallback: device, inode, size and mtime of the running executable.
 pub(crate) fn exe_file_identity() -> io::Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(super::exe_path())?;
+    let m = std::fs::metadata(&super::self_exec()?.program)?;
     let mut out = Vec::with_capacity(40);
     for v in [
         m.dev(),
