@@ -347,8 +347,8 @@ impl Builder {
 /// ```
 ///
 /// # Subprocesses
-/// The child leads its own process group, and so do the subprocesses it starts unless they
-/// leave it. [`kill`](Process::kill) and [`terminate`](Process::terminate) signal the whole
+/// The child leads its own process group, which the subprocesses it starts belong to unless
+/// they leave it. [`kill`](Process::kill) and [`terminate`](Process::terminate) signal the whole
 /// group, and when the child has ended, whatever is left of its group is killed (SIGKILL) as
 /// the child is reaped (by [`join`](Process::join), [`is_alive`](Process::is_alive),
 /// [`exit_status`](Process::exit_status) or drop): a `sleep 60` started by the function does
