@@ -219,6 +219,34 @@ fn a_process_s_subprocess_dies_when_it_returns_and_is_reaped() {
     }
 }
 
+/// Starts `sleep 60` in a process group of its own (what `setsid`, or a shell with job
+/// control, does) and returns its pid.
+#[allow(clippy::zombie_processes)]
+fn sleep_in_own_group(_: ()) -> u32 {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60").stdin(Stdio::null()).stdout(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().expect("sleep starts").id()
+}
+
+/// The documented escape, asserted so that the docs stay honest: a subprocess that leaves its
+/// worker's group is not killed with it.
+#[test]
+fn a_subprocess_that_leaves_the_group_escapes_as_documented() {
+    let _leaks = common::leak_checked();
+    let mut p = Process::spawn(sleep_in_own_group, ()).unwrap();
+    let pid = p.join_timeout(LIMIT).unwrap();
+    assert_alive_sleep(pid);
+    assert!(
+        !dead(pid),
+        "a subprocess in a group of its own survives its Process"
+    );
+    // Ours to clean up: it is a `sleep` (checked above) that nobody has reaped.
+    // SAFETY: `kill` takes integers.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert_dies(pid, "the escaped sleep, killed by the test");
+}
+
 /// What a task sees of itself: pid, process group, ignored-signal mask and stdin.
 fn whoami(_: ()) -> (u32, Option<i32>, u64, String) {
     let me = std::process::id();
