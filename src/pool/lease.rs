@@ -209,10 +209,11 @@ pub(crate) fn settle(
         }
         Err(loss) => loss,
     };
-    if let Some(p) = &b.lease.pidfd {
-        // Make sure it is gone: a timed-out or misbehaving worker may still be running.
-        let _ = sys::pidfd_send_signal(p.as_fd(), sys::SIGKILL);
-    }
+    // Make sure it is gone, with its process group: a timed-out or misbehaving worker may
+    // still be running, and so may its task's subprocesses. (Not reaped yet: the supervisor
+    // reaps it, so its pid and group id are still its own.)
+    let pidfd = b.lease.pidfd.as_deref().map(AsFd::as_fd);
+    let _ = sys::kill_group(b.lease.pid, pidfd, sys::SIGKILL);
     let mut q = shared.lock();
     if q.terminate {
         drop(q);
@@ -246,6 +247,7 @@ fn give_back(shared: &Shared, lease: &mut Lease) {
     let wake = !q.jobs.is_empty() || q.closed || q.terminate;
     q.idle.push(Lease {
         id: lease.id,
+        pid: lease.pid,
         sock: Arc::clone(&lease.sock),
         pidfd: lease.pidfd.clone(),
         tasks: lease.tasks,

@@ -65,6 +65,8 @@ pub(crate) struct Backlog {
 pub(crate) struct Lease {
     pub(crate) id: u64,
     pub(crate) sock: Arc<UnixStream>,
+    /// Its pid (and process group's id), still unreaped while lent.
+    pub(crate) pid: i32,
     pub(crate) pidfd: Option<Arc<OwnedFd>>,
     /// Tasks run (answered) while lent since the supervisor last looked.
     pub(crate) tasks: usize,

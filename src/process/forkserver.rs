@@ -9,7 +9,9 @@
 //! reaps it and sees its true exit status), and sends back its pid and a pidfd.
 //!
 //! The server dies with its parent (`PR_SET_PDEATHSIG`, and EOF on its control socket); a dead
-//! server is noticed on the next request and replaced once.
+//! server is noticed on the next request and replaced once. The server and each worker lead
+//! their own process groups (the worker makes its own before it runs anything), so a terminal's
+//! Ctrl-C reaches neither.
 
 use std::ffi::OsString;
 use std::io;
@@ -44,14 +46,8 @@ const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 impl Server {
     /// Kills and reaps a server that died or stopped answering.
     fn discard(self) {
-        match &self.pidfd {
-            Some(fd) => {
-                let _ = sys::pidfd_send_signal(fd.as_fd(), sys::SIGKILL);
-            }
-            None => {
-                let _ = sys::kill(self.pid, sys::SIGKILL);
-            }
-        }
+        // Its group holds no worker: each leaves it for its own as it starts.
+        let _ = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
         let _ = sys::waitpid(self.pid, true);
         SERVER_FD.store(-1, Ordering::Release);
     }
@@ -190,7 +186,7 @@ fn start() -> io::Result<Server> {
     let ctrl_fd = ctrl.as_raw_fd();
     let (pid, pidfd) = launch::on_spawner(move || {
         let fd = theirs.as_raw_fd();
-        let mut cmd = launch::worker_command(&format!("server:{fd}"));
+        let mut cmd = launch::worker_command(&format!("server:{fd}"))?;
         cmd.stdin(std::process::Stdio::null());
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;

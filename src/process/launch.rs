@@ -60,7 +60,11 @@ impl Spec {
 }
 
 /// Starts a worker with `method`.
+///
+/// Refused while `MPROC_START_METHOD` holds an invalid value, whatever `method` is: a typo
+/// there must not go unnoticed (see `StartMethod::default`).
 pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
+    check_start_method_env()?;
     if !spec.stdio.contains(&Stdio::Prefixed) {
         return start(method, spec);
     }
@@ -103,10 +107,31 @@ pub(crate) fn launch_many(method: StartMethod, spec: &Spec, n: usize) -> Vec<Lau
     if method != StartMethod::ForkServer || n < 2 || spec.stdio.contains(&Stdio::Prefixed) {
         return Vec::new();
     }
+    if check_start_method_env().is_err() {
+        return Vec::new(); // `launch` reports it
+    }
     super::forkserver::launch_many(spec, n)
         .into_iter()
         .map(|(pid, pidfd, sock)| Launched { pid, pidfd, sock })
         .collect()
+}
+
+/// `InvalidInput`, with the value, while `MPROC_START_METHOD` names no start method.
+fn check_start_method_env() -> io::Result<()> {
+    match StartMethod::from_env() {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let value = std::env::var_os(super::START_METHOD_ENV).unwrap_or_default();
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}={value:?} names no start method (expected forkserver, spawn or fork, \
+                     in any case)",
+                    super::START_METHOD_ENV
+                ),
+            ))
+        }
+    }
 }
 
 /// Starts a worker with `method` and the stdio `spec` resolves to.
@@ -131,7 +156,7 @@ fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
 fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     on_spawner(move || {
         let fd = child_end.as_raw_fd();
-        let mut cmd = worker_command(&format!("spawn:{fd}"));
+        let mut cmd = worker_command(&format!("spawn:{fd}"))?;
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let [i, o, e] = [0, 1, 2].map(|i| spec.stdio_fd(i));
         cmd.stdin(to_std(i?)).stdout(to_std(o?)).stderr(to_std(e?));
@@ -144,14 +169,17 @@ fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
     })
 }
 
-/// A command re-executing this program as a worker with the given marker value.
-pub(crate) fn worker_command(marker: &str) -> Command {
+/// A command re-executing this program as a worker with the given marker value (through the
+/// dynamic loader again if that is how it was started: see `sys::self_exec`).
+pub(crate) fn worker_command(marker: &str) -> io::Result<Command> {
+    let me = sys::self_exec()?;
     let mut cmd = Command::new(sys::exe_path());
-    if let Some(arg0) = std::env::args_os().next() {
+    if let Some(arg0) = &me.arg0 {
         cmd.arg0(arg0);
     }
+    cmd.args(&me.args);
     cmd.env(MARKER_ENV, marker);
-    cmd
+    Ok(cmd)
 }
 
 /// `fork` of this process; the child serves at once.

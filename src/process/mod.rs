@@ -60,22 +60,100 @@ pub enum StartMethod {
     Fork,
 }
 
+/// The environment variable that overrides the default start method.
+pub(crate) const START_METHOD_ENV: &str = "MPROC_START_METHOD";
+
 impl Default for StartMethod {
     /// [`ForkServer`](StartMethod::ForkServer) on Linux, [`Spawn`](StartMethod::Spawn)
-    /// elsewhere; the environment variable `MPROC_START_METHOD` (`forkserver`, `spawn`,
-    /// `fork`) overrides it, which lets a whole test suite run under each method.
+    /// elsewhere; the environment variable `MPROC_START_METHOD` (`forkserver`, `spawn` or
+    /// `fork`, in any case) overrides it, which lets a whole test suite run under each method.
+    ///
+    /// Any other value is refused, as Python's `set_start_method` raises `ValueError`: while
+    /// it is set, [`Process::spawn`] fails with [`ErrorKind::Usage`](crate::ErrorKind::Usage)
+    /// and a pool's workers cannot start (its tasks fail with
+    /// [`ErrorKind::Broken`](crate::ErrorKind::Broken) saying why), whatever start method
+    /// they ask for. `default()` itself cannot fail: it then returns the platform's default.
     fn default() -> StartMethod {
-        match std::env::var("MPROC_START_METHOD").as_deref() {
-            Ok("spawn") => StartMethod::Spawn,
-            Ok("fork") => StartMethod::Fork,
-            Ok("forkserver") if sys::HAS_FORK_SERVER => StartMethod::ForkServer,
-            _ if sys::HAS_FORK_SERVER => StartMethod::ForkServer,
-            _ => StartMethod::Spawn,
+        StartMethod::from_env()
+            .ok()
+            .flatten()
+            .unwrap_or_else(StartMethod::platform_default)
+    }
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// Python's names, in any case: `"forkserver"`, `"spawn"`, `"fork"`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for any other name, and for
+    /// `"forkserver"` where there is no fork server.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::StartMethod;
+    ///
+    /// assert_eq!("Spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+    /// assert!("bogus".parse::<StartMethod>().is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    fn from_str(name: &str) -> Result<StartMethod> {
+        match name.to_ascii_lowercase().as_str() {
+            "forkserver" if sys::HAS_FORK_SERVER => Ok(StartMethod::ForkServer),
+            "forkserver" => Err(Error::usage(
+                "the forkserver start method is not available on this platform",
+            )),
+            "spawn" => Ok(StartMethod::Spawn),
+            "fork" => Ok(StartMethod::Fork),
+            _ => Err(Error::usage(
+                "unknown start method: expected forkserver, spawn or fork (in any case)",
+            )),
         }
     }
 }
 
 impl StartMethod {
+    fn platform_default() -> StartMethod {
+        if sys::HAS_FORK_SERVER {
+            StartMethod::ForkServer
+        } else {
+            StartMethod::Spawn
+        }
+    }
+
+    /// The method `MPROC_START_METHOD` names: `None` when it is unset or empty.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`](crate::ErrorKind::Usage), naming the variable, when it names no
+    /// start method of this platform.
+    pub(crate) fn from_env() -> Result<Option<StartMethod>> {
+        let Some(value) = std::env::var_os(START_METHOD_ENV) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        match value.to_str().map(str::parse::<StartMethod>) {
+            Some(Ok(m)) => Ok(Some(m)),
+            _ => Err(Error::usage(
+                "MPROC_START_METHOD names no start method (expected forkserver, spawn or fork, in any case)",
+            )),
+        }
+    }
+
+    /// The method to use: `explicit`, or the default. Fails while `MPROC_START_METHOD` holds
+    /// an invalid value, even with an explicit method (see [`StartMethod::default`]).
+    ///
+    /// # Errors
+    /// As [`StartMethod::from_env`].
+    pub(crate) fn resolve(explicit: Option<StartMethod>) -> Result<StartMethod> {
+        let from_env = StartMethod::from_env()?;
+        Ok(explicit
+            .or(from_env)
+            .unwrap_or_else(StartMethod::platform_default))
+    }
+
     /// Every start method available on this platform.
     pub fn all() -> &'static [StartMethod] {
         if sys::HAS_FORK_SERVER {
@@ -163,6 +241,10 @@ impl Builder {
         self
     }
     /// The child's standard input (default [`Stdio::Null`], as in Python).
+    ///
+    /// [`Stdio::Inherit`] suits a pipe or a file. A terminal cannot be shared: the child leads
+    /// its own process group, never the terminal's foreground one, so its reads of the terminal
+    /// fail (`EIO`) instead of stealing what the user types.
     pub fn stdin(mut self, s: Stdio) -> Builder {
         self.spec.stdio[0] = s;
         self
@@ -186,7 +268,8 @@ impl Builder {
     /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) if `arg` cannot be serialized;
     /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses to create the process;
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) when called in a process that mproc
-    /// started but whose constructor did not run (see [`crate::init`]).
+    /// started but whose constructor did not run (see [`crate::init`]), or while
+    /// `MPROC_START_METHOD` names no start method (see [`StartMethod::default`]).
     pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> Result<Process<R>>
     where
         A: Serialize + DeserializeOwned,
@@ -200,7 +283,7 @@ impl Builder {
         let name = self
             .name
             .unwrap_or_else(|| format!("Process-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
-        let method = self.start_method.unwrap_or_default();
+        let method = StartMethod::resolve(self.start_method)?;
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
@@ -263,10 +346,26 @@ impl Builder {
 /// let p = mproc::Process::spawn(move |x: u64| x + offset, 1);
 /// ```
 ///
+/// # Subprocesses
+/// The child leads its own process group, which the subprocesses it starts belong to unless
+/// they leave it. [`kill`](Process::kill) and [`terminate`](Process::terminate) signal the whole
+/// group, and when the child has ended, whatever is left of its group is killed (SIGKILL) as
+/// the child is reaped (by [`join`](Process::join), [`is_alive`](Process::is_alive),
+/// [`exit_status`](Process::exit_status) or drop): a `sleep 60` started by the function does
+/// not outlive it. Python leaves such subprocesses running.
+///
+/// What can still escape: a subprocess that leaves the group on purpose (`setsid`, `setpgid`,
+/// a shell with job control), and every subprocess when this program itself is killed by
+/// SIGKILL: the child then dies by its parent-death signal, and nothing is left to kill its
+/// group. To keep a subprocess running after the child, start it in its own session.
+///
+/// A group of its own is never the terminal's foreground group: a terminal's Ctrl-C reaches
+/// this program, not the child (see [`Builder::stdin`] for what reading the terminal does).
+///
 /// # Drop
-/// Dropping a `Process` that is still running **kills it** (SIGKILL) and reaps it; dropping
-/// one that has ended reaps it. Either way no zombie and no orphan is left. Call
-/// [`join`](Process::join) to wait for the result instead.
+/// Dropping a `Process` that is still running **kills it** and its process group (SIGKILL)
+/// and reaps it; dropping one that has ended reaps it. Either way no zombie and no orphan is
+/// left. Call [`join`](Process::join) to wait for the result instead.
 pub struct Process<R> {
     pid: i32,
     name: String,
@@ -439,14 +538,16 @@ impl<R> Process<R> {
         *exit
     }
 
-    /// Asks the child to stop with SIGTERM (Python's `terminate()`). Does nothing if it has
-    /// already ended. [`join`](Process::join) then reports `WorkerDied` with that signal,
-    /// unless the function had already returned.
+    /// Asks the child to stop with SIGTERM (Python's `terminate()`), sent to its process group
+    /// too (see [Subprocesses](Process#subprocesses)). Does nothing if it has already ended.
+    /// [`join`](Process::join) then reports `WorkerDied` with that signal, unless the function
+    /// had already returned.
     pub fn terminate(&self) -> Result<()> {
         self.signal(sys::SIGTERM)
     }
 
-    /// Kills the child with SIGKILL (Python's `kill()`). Does nothing if it has already ended.
+    /// Kills the child and its process group with SIGKILL (Python's `kill()`). Does nothing if
+    /// it has already ended.
     pub fn kill(&self) -> Result<()> {
         self.signal(sys::SIGKILL)
     }
@@ -457,10 +558,7 @@ impl<R> Process<R> {
         if exit.is_some() {
             return Ok(());
         }
-        let sent = match &self.pidfd {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
-            None => sys::kill(self.pid, sig),
-        };
+        let sent = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sig);
         match sent {
             Err(e) if e.raw_os_error() != Some(libc_esrch()) => {
                 Err(Error::io("cannot signal the process", e))
@@ -590,10 +688,7 @@ impl<R> Drop for Process<R> {
             *exit = Some(ExitStatus::from_raw(raw));
             return;
         }
-        let _ = match &self.pidfd {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sys::SIGKILL),
-            None => sys::kill(self.pid, sys::SIGKILL),
-        };
+        let _ = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
         // SIGKILL cannot be caught: this returns as soon as the kernel has torn it down.
         let _ = sys::waitpid(self.pid, true);
     }

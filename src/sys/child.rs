@@ -16,7 +16,7 @@ use super::unix::{Forked, fork, remove_env_single_threaded};
 pub(crate) struct ChildToken(());
 
 /// Runs `child` in a forked copy of this process, which then exits with its return value.
-/// Returns the child's pid in the parent.
+/// Returns the child's pid in the parent. The child leads its own process group.
 ///
 /// # Hazards (the `Fork` start method's documented contract)
 /// Only the calling thread exists in the child. A lock another thread held at the moment of
@@ -34,7 +34,8 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
 }
 
 /// Runs `child` in a new *sibling* process (see `clone_sibling`), which then exits with its
-/// return value. Returns the sibling's pid and a pidfd for it.
+/// return value. Returns the sibling's pid and a pidfd for it. The sibling leads its own
+/// process group.
 ///
 /// Only the fork server calls this, and it is single-threaded (checked in debug builds).
 pub(crate) fn clone_sibling_child(
@@ -54,9 +55,17 @@ pub(crate) fn clone_sibling_child(
 }
 
 /// Runs the child side and exits; a panic never unwinds into the parent's copied frames.
+///
+/// The child first leads its own process group (`unix::lead_own_group`), before it runs
+/// anything that could start a subprocess: what it starts is then killed with it.
 fn run_child(child: impl FnOnce(&ChildToken) -> i32) -> ! {
     // A raw `clone` runs no `pthread_atfork` handler: forget the parent's pid here.
     super::unix::forget_pid();
+    if super::unix::lead_own_group().is_err() {
+        // Cannot happen (only a session leader is refused, and a new child is none); without
+        // its own group the child's subprocesses could not be contained, so it does not serve.
+        super::exit_now(crate::worker::EXIT_INTERNAL);
+    }
     let token = ChildToken(());
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(&token)))
         .unwrap_or(crate::worker::EXIT_INTERNAL);

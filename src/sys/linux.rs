@@ -1,11 +1,168 @@
 //! Linux-only calls: pidfds, `clone(CLONE_PARENT)`, the parent-death signal, the ELF build id.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 
 /// The path that re-executes the running program, even if its file was replaced on disk.
+///
+/// Under a loader launch (`ld-linux-x86-64.so.2 ./app`, see [`self_exec`]) it is the loader's.
 pub(crate) fn exe_path() -> &'static str {
     "/proc/self/exe"
+}
+
+/// How to start this same program again: [`exe_path`] with [`args`](SelfExec::args) first.
+#[derive(Debug)]
+pub(crate) struct SelfExec {
+    /// `argv[0]` for the new process.
+    pub(crate) arg0: Option<OsString>,
+    /// Arguments that come before any of ours: empty, unless the program was started through
+    /// the dynamic loader, whose options and the program's path they then are.
+    pub(crate) args: Vec<OsString>,
+    /// The program's own file (for its identity): [`exe_path`], or the file the loader ran.
+    pub(crate) program: PathBuf,
+}
+
+/// How to start this program again, found once.
+///
+/// A program run through the dynamic loader (`/lib64/ld-linux-x86-64.so.2 ./app`, as some
+/// launchers and packaging tools do) has the *loader* as `/proc/self/exe`: executed alone, the
+/// loader prints its usage and exits, and every worker would die before its first message.
+/// Such a start is recognised by the kernel having loaded no interpreter (`AT_BASE` is 0, as
+/// for a static program) while the file mapped at the main program's headers (the first object
+/// `dl_iterate_phdr` reports, found in `/proc/self/maps`) is not `/proc/self/exe`. The
+/// loader's options are then the words of `/proc/self/cmdline` between the loader and the
+/// program, and the program is started again as the loader, those options and that file.
+///
+/// # Errors
+/// `Unsupported`, saying so, when the program was started through the loader and how to start
+/// it again cannot be told (its file was deleted, the command line cannot be matched).
+pub(crate) fn self_exec() -> io::Result<&'static SelfExec> {
+    static FOUND: std::sync::OnceLock<Result<SelfExec, String>> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| match loader_launch() {
+        None => Ok(SelfExec {
+            arg0: std::env::args_os().next(),
+            args: Vec::new(),
+            program: PathBuf::from(exe_path()),
+        }),
+        Some(found) => found,
+    });
+    found.as_ref().map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "this program was started through the dynamic loader ({}), and mproc cannot \
+                 tell how to start it again: {why}; run the program directly",
+                std::fs::read_link(exe_path())
+                    .map_or_else(|_| "?".into(), |p| p.display().to_string())
+            ),
+        )
+    })
+}
+
+/// `None` for an ordinary start; otherwise how to start again through the loader, or why not.
+fn loader_launch() -> Option<Result<SelfExec, String>> {
+    // SAFETY: `getauxval` reads the auxiliary vector the kernel gave this process.
+    if unsafe { libc::getauxval(libc::AT_BASE) } != 0 {
+        return None; // the kernel loaded the interpreter for the program: an ordinary start
+    }
+    // A static program, or the loader run as a program: is the main program /proc/self/exe?
+    let main_phdr = main_program_phdr()?;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let (program, dev, ino) = mapped_file(&maps, main_phdr)?;
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::fs::metadata(exe_path()).ok()?;
+    if (exe.dev(), exe.ino()) == (dev, ino) {
+        return None;
+    }
+    Some(loader_relaunch(program))
+}
+
+fn loader_relaunch(program: String) -> Result<SelfExec, String> {
+    if program.ends_with(" (deleted)") {
+        return Err(format!("its file {program} was deleted or replaced"));
+    }
+    let cmdline = std::fs::read("/proc/self/cmdline").map_err(|e| format!("{e}"))?;
+    let words: Vec<OsString> = cmdline
+        .split(|&b| b == 0)
+        .map(|w| OsString::from_vec(w.to_vec()))
+        .collect();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let (mut prefix, arg0) = loader_prefix(&words, &args).ok_or_else(|| {
+        "its command line does not end with the program's own arguments".to_string()
+    })?;
+    prefix.push(OsString::from(&program));
+    Ok(SelfExec {
+        arg0: Some(arg0),
+        args: prefix,
+        program: PathBuf::from(program),
+    })
+}
+
+/// Splits the loader's command line (`words`, from `/proc/self/cmdline`, with a trailing empty
+/// word) given the program's own `args`: returns the loader's options (the words between the
+/// loader and the program) and the loader's `argv[0]`.
+fn loader_prefix(words: &[OsString], args: &[OsString]) -> Option<(Vec<OsString>, OsString)> {
+    let words = match words.split_last() {
+        Some((last, rest)) if last.is_empty() => rest,
+        _ => words,
+    };
+    // words: loader, options..., program, args[1..]
+    let program_at = words.len().checked_sub(args.len().max(1))?;
+    if program_at == 0 || words[program_at + 1..] != args[args.len().min(1)..] {
+        return None;
+    }
+    Some((words[1..program_at].to_vec(), words[0].clone()))
+}
+
+/// The path, device and inode of the file mapped at `addr`, from `/proc/self/maps` text.
+fn mapped_file(maps: &str, addr: usize) -> Option<(String, u64, u64)> {
+    maps.lines().find_map(|line| {
+        let (range, rest) = line.split_once(' ')?;
+        let (start, end) = range.split_once('-')?;
+        let (start, end) = (
+            usize::from_str_radix(start, 16).ok()?,
+            usize::from_str_radix(end, 16).ok()?,
+        );
+        if !(start <= addr && addr < end) {
+            return None;
+        }
+        // perms offset dev inode path
+        let mut fields = rest.splitn(5, ' ');
+        let (_perms, _offset) = (fields.next()?, fields.next()?);
+        let (major, minor) = fields.next()?.split_once(':')?;
+        let dev = libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        );
+        let ino = fields.next()?.parse().ok()?;
+        let path = fields.next()?.trim_start();
+        path.starts_with('/').then(|| (path.to_string(), dev, ino))
+    })
+}
+
+unsafe extern "C" fn find_main_phdr(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: `data` is the `usize` passed by `main_program_phdr`; `info` is valid for the
+    // call, per dl_iterate_phdr's contract. The first object reported is the main program.
+    unsafe { *(data as *mut usize) = (*info).dlpi_phdr as usize };
+    1
+}
+
+/// Where the main program's program headers are in memory.
+fn main_program_phdr() -> Option<usize> {
+    let mut phdr = 0usize;
+    // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `phdr`, which
+    // outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(find_main_phdr), (&mut phdr as *mut usize).cast());
+    }
+    (phdr != 0).then_some(phdr)
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends, then checks
@@ -246,4 +403,66 @@ pub(crate) fn is_running(pid: i32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, None | Some('Z' | 'X'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_loader_s_options_are_the_words_before_the_program() {
+        // /proc/self/cmdline ends with a NUL: the split leaves an empty last word.
+        let cmdline = words(&["/lib64/ld.so", "--inhibit-cache", "./app", "a", "b", ""]);
+        let (opts, arg0) = loader_prefix(&cmdline, &words(&["./app", "a", "b"])).unwrap();
+        assert_eq!(
+            (opts, arg0),
+            (words(&["--inhibit-cache"]), "/lib64/ld.so".into())
+        );
+        // `--argv0 NAME`: the program sees NAME as its argv[0], the rest must still match.
+        let cmdline = words(&["ld.so", "--argv0", "x", "./app", "a"]);
+        let (opts, _) = loader_prefix(&cmdline, &words(&["x", "a"])).unwrap();
+        assert_eq!(opts, words(&["--argv0", "x"]));
+        let (opts, _) = loader_prefix(&words(&["ld.so", "./app"]), &words(&["./app"])).unwrap();
+        assert!(opts.is_empty());
+    }
+
+    #[test]
+    fn a_command_line_that_does_not_end_with_the_arguments_is_refused() {
+        let cmdline = words(&["ld.so", "./app", "a"]);
+        assert!(loader_prefix(&cmdline, &words(&["./app", "b"])).is_none());
+        assert!(loader_prefix(&words(&["./app"]), &words(&["./app"])).is_none());
+        assert!(loader_prefix(&[], &words(&["./app"])).is_none());
+        assert!(loader_prefix(&words(&["ld.so"]), &words(&["./app", "a", "b"])).is_none());
+    }
+
+    #[test]
+    fn the_mapped_file_is_found_by_address() {
+        let maps = "\
+55d0c0a00000-55d0c0a2e000 r--p 00000000 fd:01 1234567                    /work/my app (1)
+55d0c0a2e000-55d0c0b00000 r-xp 0002e000 fd:01 1234567                    /work/my app (1)
+7ffd1a000000-7ffd1a021000 rw-p 00000000 00:00 0                          [stack]
+7ffd1b000000-7ffd1b001000 rw-p 00000000 00:00 0
+";
+        let (path, dev, ino) = mapped_file(maps, 0x55d0c0a00040).unwrap();
+        assert_eq!(path, "/work/my app (1)");
+        assert_eq!((dev, ino), (libc::makedev(0xfd, 1), 1234567));
+        assert!(
+            mapped_file(maps, 0x7ffd1a000010).is_none(),
+            "[stack] is no file"
+        );
+        assert!(mapped_file(maps, 0x7ffd1b000010).is_none(), "anonymous");
+        assert!(mapped_file(maps, 0x1000).is_none(), "unmapped");
+        assert!(mapped_file("garbage\n-\n", 0x1000).is_none());
+    }
+
+    #[test]
+    fn an_ordinary_start_re_executes_proc_self_exe() {
+        let me = self_exec().unwrap();
+        assert!(me.args.is_empty(), "{me:?}");
+        assert_eq!(me.program, PathBuf::from(exe_path()));
+    }
 }

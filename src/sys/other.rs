@@ -10,6 +10,27 @@ pub(crate) fn exe_path() -> &'static str {
     "/proc/curproc/file"
 }
 
+/// How to start this same program again: [`exe_path`] with [`args`](SelfExec::args) first.
+#[derive(Debug)]
+pub(crate) struct SelfExec {
+    /// `argv[0]` for the new process.
+    pub(crate) arg0: Option<std::ffi::OsString>,
+    /// Arguments that come before any of ours (none here).
+    pub(crate) args: Vec<std::ffi::OsString>,
+    /// The program's own file (for its identity).
+    pub(crate) program: std::path::PathBuf,
+}
+
+/// How to start this program again: its executable, as it is.
+pub(crate) fn self_exec() -> io::Result<&'static SelfExec> {
+    static FOUND: std::sync::OnceLock<SelfExec> = std::sync::OnceLock::new();
+    Ok(FOUND.get_or_init(|| SelfExec {
+        arg0: std::env::args_os().next(),
+        args: Vec::new(),
+        program: exe_path().into(),
+    }))
+}
+
 /// No parent-death signal here; workers rely on their lifeline socket instead.
 pub(crate) fn set_parent_death_signal(_expected_parent: i32) -> io::Result<()> {
     Ok(())

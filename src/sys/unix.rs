@@ -57,13 +57,17 @@ pub(crate) fn ignore_sigpipe() {
     }
 }
 
-/// Sets every signal disposition back to its default and unblocks all signals.
+/// Sets every signal disposition back to its default and unblocks all signals, except the
+/// terminal's job-control signals that [`lead_own_group`] ignores.
 ///
 /// A worker forked from a parent that installed handlers (a Ctrl-C handler, say) must not run
 /// them: their state belongs to the parent.
 pub(crate) fn reset_signals() {
     for sig in 1..65 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        if matches!(
+            sig,
+            libc::SIGKILL | libc::SIGSTOP | libc::SIGTTIN | libc::SIGTTOU
+        ) {
             continue;
         }
         // SAFETY: SIG_DFL is a valid disposition for every catchable signal; invalid numbers
@@ -150,11 +154,66 @@ pub(super) unsafe fn fork() -> io::Result<Forked> {
     }
 }
 
-/// Waits for a child to end. With `block == false` returns `Ok(None)` while it runs.
+/// Waits for a child to end and reaps it. With `block == false` returns `Ok(None)` while it
+/// runs.
+///
+/// Every child mproc starts leads its own process group (see [`lead_own_group`]), and that
+/// group ends with it: once the child has ended, and *before* it is reaped, whatever is left of
+/// its group (a task's own subprocesses) is SIGKILLed. The order matters: until the reap, the
+/// child's pid (the group's id) cannot be reused, so the signal cannot reach anyone else.
 ///
 /// Retries on `EINTR`. A child reaped by someone else (`ECHILD`) is reported as
-/// [`RawExit::Unknown`]: it has ended, and its pid must not be signalled any more.
+/// [`RawExit::Unknown`]: it has ended, and its pid must not be signalled any more (nor is its
+/// group: the id may already belong to another).
 pub(crate) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
+    match wait_unreaped(pid, block)? {
+        Unreaped::Running => return Ok(None),
+        Unreaped::Gone => return Ok(Some(RawExit::Unknown)),
+        Unreaped::Ended => kill_group_only(pid, SIGKILL),
+    }
+    reap(pid, block)
+}
+
+/// What [`wait_unreaped`] saw.
+enum Unreaped {
+    /// Still running.
+    Running,
+    /// Ended and not reaped yet: its pid and group id are still ours.
+    Ended,
+    /// Not our child any more: someone else reaped it.
+    Gone,
+}
+
+/// Waits (if `block`) for child `pid` to end, leaving it unreaped (`WNOWAIT`).
+fn wait_unreaped(pid: i32, block: bool) -> io::Result<Unreaped> {
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-buffer; waitid fills it (or leaves si_pid 0
+        // under WNOHANG when the child still runs).
+        let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+        // SAFETY: `info` is a valid out-pointer for the duration of the call.
+        let ret = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(Unreaped::Gone),
+                _ => return Err(err),
+            }
+        }
+        // SAFETY: waitid succeeded, so `info` is initialised; `si_pid` is valid for the
+        // SIGCHLD-style record waitid writes (0 when nothing had ended under WNOHANG).
+        let ended = unsafe { info.si_pid() } != 0;
+        return Ok(if ended {
+            Unreaped::Ended
+        } else {
+            Unreaped::Running
+        });
+    }
+}
+
+/// Reaps child `pid` (plain `waitpid`).
+fn reap(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
     let flags = if block { 0 } else { libc::WNOHANG };
     loop {
         let mut status: libc::c_int = 0;
@@ -189,6 +248,59 @@ fn decode_status(status: libc::c_int) -> RawExit {
 pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: `kill` has no memory-safety preconditions.
     cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Makes the calling process the leader of a new process group (its id is the caller's pid),
+/// and ignores SIGTTIN and SIGTTOU.
+///
+/// Every worker, `Process` child and the fork server call this before they run anything, so
+/// that (1) mproc can kill a child together with the subprocesses its tasks start
+/// ([`kill_group`]), and (2) a terminal's Ctrl-C (SIGINT to the foreground process group)
+/// reaches the user's program only, never its workers. A new group is never the terminal's
+/// foreground group: reading the terminal would stop the child (SIGTTIN) and, under
+/// `stty tostop`, so would writing to it (SIGTTOU). Ignored, a read fails with `EIO` instead
+/// and a write goes through. Both dispositions are inherited across `exec`, by the child's own
+/// subprocesses too.
+///
+/// Async-signal-safe (`setpgid`, `signal`): may be called between `fork` and `exec`.
+pub(crate) fn lead_own_group() -> io::Result<()> {
+    // SAFETY: `setpgid` takes two integers; (0, 0) means "this process, as a new group".
+    cvt(unsafe { libc::setpgid(0, 0) })?;
+    for sig in [libc::SIGTTIN, libc::SIGTTOU] {
+        // SAFETY: SIG_IGN is a valid disposition for both signals; no handler runs.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    Ok(())
+}
+
+/// Sends `sig` to child `pid` **and its process group**: first to the group `pid` leads
+/// (`kill(-pid, sig)`; a task's own subprocesses are in it), then to `pid` itself, through its
+/// `pidfd` where there is one. Returns the result of the second: `ESRCH` once the child has
+/// ended.
+///
+/// `pid` must be an unreaped child of this process (as for any signal by pid): until it is
+/// reaped, no other process can take its pid as its own or as a group's id, so the group
+/// signal reaches the child's group or no one (`ESRCH`: the child has not made its group yet,
+/// or the group is empty). After the reap it could reach a stranger: never call this then.
+///
+/// What escapes: a subprocess that left the group (`setsid`, `setpgid`, a shell with job
+/// control starting a pipeline).
+pub(crate) fn kill_group(pid: i32, pidfd: Option<BorrowedFd<'_>>, sig: i32) -> io::Result<()> {
+    kill_group_only(pid, sig);
+    match pidfd {
+        Some(fd) => super::pidfd_send_signal(fd, sig),
+        None => kill(pid, sig),
+    }
+}
+
+/// The first half of [`kill_group`]: the group `pid` leads, if it has one.
+fn kill_group_only(pid: i32, sig: i32) {
+    // `kill(-1)` would signal every process we may signal, `kill(-0)` our own group.
+    if pid > 1 {
+        // ESRCH (no such group) is the normal answer for a child without subprocesses that
+        // has ended, or one that has not run `lead_own_group` yet.
+        let _ = kill(-pid, sig);
+    }
 }
 
 /// Readiness reported by [`poll`] for one fd.
@@ -439,13 +551,14 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// Prepares `cmd` so that in the child, before `exec`, `sock` becomes fd `target` (inherited
-/// across exec) and, where the platform has it, the child gets SIGKILL when the thread that
-/// spawns it ends.
+/// Prepares `cmd` so that in the child, before `exec`, it leads its own process group
+/// ([`lead_own_group`]), `sock` becomes fd `target` (inherited across exec) and, where the
+/// platform has it, the child gets SIGKILL when the thread that spawns it ends.
 pub(crate) fn command_child_setup(cmd: &mut Command, sock: RawFd, target: RawFd) {
     let parent = getpid();
     let setup = move || -> io::Result<()> {
-        // Only async-signal-safe calls here: dup2, fcntl, prctl, getppid.
+        // Only async-signal-safe calls here: setpgid, signal, dup2, fcntl, prctl, getppid.
+        lead_own_group()?;
         if sock == target {
             // SAFETY: `sock` is open in the child (inherited); fcntl is async-signal-safe.
             unsafe {
@@ -458,8 +571,9 @@ pub(crate) fn command_child_setup(cmd: &mut Command, sock: RawFd, target: RawFd)
         }
         crate::sys::set_parent_death_signal(parent)
     };
-    // SAFETY: the closure only makes async-signal-safe calls (dup2, fcntl, prctl, getppid, and
-    // `io::Error::last_os_error`, which reads errno), as `pre_exec` requires.
+    // SAFETY: the closure only makes async-signal-safe calls (setpgid, signal, dup2, fcntl,
+    // prctl, getppid, and `io::Error::last_os_error`, which reads errno), as `pre_exec`
+    // requires.
     unsafe {
         cmd.pre_exec(setup);
     }
@@ -523,7 +637,7 @@ pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 /// Identity fallback: device, inode, size and mtime of the running executable.
 pub(crate) fn exe_file_identity() -> io::Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(super::exe_path())?;
+    let m = std::fs::metadata(&super::self_exec()?.program)?;
     let mut out = Vec::with_capacity(40);
     for v in [
         m.dev(),

@@ -49,6 +49,7 @@ impl Supervisor {
             }
             q.idle.push(Lease {
                 id: w.id,
+                pid: w.pid,
                 sock: Arc::clone(sock),
                 pidfd: w.pidfd.clone(),
                 tasks: 0,

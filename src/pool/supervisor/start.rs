@@ -182,10 +182,8 @@ impl Supervisor {
                 Ok(())
             }
             Err(e) => {
-                match pidfd {
-                    Some(Ok(p)) => drop(sys::pidfd_send_signal(p.as_fd(), sys::SIGKILL)),
-                    _ => drop(sys::kill(pid, sys::SIGKILL)),
-                }
+                let pidfd = pidfd.and_then(Result::ok);
+                let _ = sys::kill_group(pid, pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
                 let _ = sys::waitpid(pid, true);
                 Err(e)
             }
@@ -295,10 +293,7 @@ fn post(shared: &std::sync::Weak<Shared>, l: Launch) {
 /// gone nothing of it is left open.
 fn discard(l: launch::Launched) {
     let pid = l.pid;
-    match &l.pidfd {
-        Some(p) => drop(sys::pidfd_send_signal(p.as_fd(), sys::SIGKILL)),
-        None => drop(sys::kill(pid, sys::SIGKILL)),
-    }
+    let _ = sys::kill_group(pid, l.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
     drop(l);
     let _ = sys::waitpid(pid, true);
 }

@@ -102,8 +102,6 @@ pub(super) fn retire(w: &mut Worker) {
 }
 
 pub(super) fn signal(w: &Worker, sig: i32) {
-    let _ = match &w.pidfd {
-        Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
-        None => sys::kill(w.pid, sig),
-    };
+    // The worker's process group too: a task's own subprocesses die with it.
+    let _ = sys::kill_group(w.pid, w.pidfd.as_deref().map(AsFd::as_fd), sig);
 }
