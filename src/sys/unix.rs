@@ -611,13 +611,81 @@ pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<us
 
 /// Caps this process's data segment (heap and private mappings) at `bytes`, so that a runaway
 /// allocation fails in this process alone.
+///
+/// Only the soft limit is lowered: mproc lifts it for a moment to capture and symbolize a
+/// panic's backtrace ([`with_memory_headroom`]), which must never fail half-way.
 pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: bytes as libc::rlim_t,
-    };
+    let mut lim = get_rlimit(libc::RLIMIT_DATA)?;
+    lim.rlim_cur = (bytes as libc::rlim_t).min(lim.rlim_max);
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }).map(drop)
+}
+
+/// The type `getrlimit` takes its resource as.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type Resource = libc::c_int;
+
+fn get_rlimit(resource: Resource) -> io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for the duration of the call.
+    cvt(unsafe { libc::getrlimit(resource, &mut lim) })?;
+    Ok(lim)
+}
+
+/// True when this process's address space or data segment is capped (`ulimit -v`,
+/// [`set_memory_limit`]): an allocation can then fail rather than the kernel's OOM killer
+/// stepping in.
+pub(crate) fn memory_is_limited() -> bool {
+    [libc::RLIMIT_AS, libc::RLIMIT_DATA]
+        .into_iter()
+        .any(|r| get_rlimit(r).is_ok_and(|l| l.rlim_cur != libc::RLIM_INFINITY))
+}
+
+/// Runs `f` with the data-segment soft limit raised to the hard limit, then lowers it again:
+/// a panic's backtrace is captured and symbolized with room to spare, so that the allocator
+/// never fails while std holds its backtrace lock (its out-of-memory hook takes that lock
+/// too: a worker that ran out there hung forever). A limit the process cannot raise (a hard
+/// `ulimit -v`) stays as it is.
+pub(crate) fn with_memory_headroom<T>(f: impl FnOnce() -> T) -> T {
+    let lim = get_rlimit(libc::RLIMIT_DATA)
+        .ok()
+        .filter(|l| l.rlim_cur < l.rlim_max);
+    if let Some(l) = lim {
+        let lifted = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
+        // SAFETY: `lifted` is a valid rlimit for the duration of the call.
+        unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lifted) };
+    }
+    let out = f();
+    if let Some(l) = lim {
+        // SAFETY: `l` is a valid rlimit for the duration of the call.
+        unsafe { libc::setrlimit(libc::RLIMIT_DATA, &l) };
+    }
+    out
+}
+
+/// Writes all of `bytes` to the raw descriptor `fd`, retrying short writes and `EINTR`.
+///
+/// For a panic hook that must report before the runtime aborts (`panic = "abort"`), which has
+/// only the number of the socket its worker serves on. A wrong `fd` is an error or a write to
+/// whatever has that number; it cannot violate memory safety.
+pub(crate) fn write_all_raw(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes for the call.
+        let n = retry_eintr(|| unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 /// Caps the processes and threads of this process's real user at `n` (`RLIMIT_NPROC`), so that
