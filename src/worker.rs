@@ -21,6 +21,7 @@ use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, Callable, FnRef, Reply};
 use crate::sys::identity;
 use crate::sys::shm::Payload;
+use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 use crate::wire::{codec, fds};
@@ -361,7 +362,7 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
     let a: A = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
-            let why = format!("cannot decode the argument: {e}");
+            let why = codec::failure::<A>(Op::Decode, Role::Argument, &e);
             return Reply::inline(msg::failed(&why), false);
         }
     };
@@ -376,7 +377,7 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
                     file: Some(file),
                 },
                 Err(e) => {
-                    let why = format!("cannot encode the result: {e}");
+                    let why = codec::failure::<R>(Op::Encode, Role::Result, &e);
                     Reply::inline(msg::failed(&why), false)
                 }
             }

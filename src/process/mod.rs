@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ExitStatus, RemotePanic, Result};
 use crate::sys::{self, fnptr::FnRef, identity};
+use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::{codec, fds, msg};
 
@@ -204,7 +205,8 @@ impl Builder {
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
-        let fds = msg::encode_arg(&mut run, &arg).map_err(Error::codec)?;
+        let fds = msg::encode_arg(&mut run, &arg)
+            .map_err(|e| Error::codec(codec::failure::<A>(Op::Encode, Role::Argument, &e)))?;
         let run = run.finish();
         let mut spec = self.spec;
         spec.env
@@ -383,11 +385,11 @@ impl<R: DeserializeOwned> Process<R> {
             Ok(msg::FromWorker::Refused { identity: id }) => {
                 Err(Error::binary_mismatch(identity::own(), id))
             }
-            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
+            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(decode_failure::<R>),
             // A process's result always comes inline (`worker::run_typed`).
             // A large result: mapped from the file sent with it and decoded in place.
             Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Payload::from_fd) {
-                Some(Ok(region)) => codec::decode(region.bytes()).map_err(Error::codec),
+                Some(Ok(region)) => codec::decode(region.bytes()).map_err(decode_failure::<R>),
                 Some(Err(e)) => {
                     let _ = self.signal(sys::SIGKILL);
                     Err(Error::protocol(format!("cannot map a large result: {e}")))
@@ -562,6 +564,11 @@ impl<R> Process<R> {
             }
         }
     }
+}
+
+/// The error of a result that arrived but cannot be decoded as an `R`.
+fn decode_failure<R>(why: String) -> Error {
+    Error::codec(codec::failure::<R>(Op::Decode, Role::Result, &why))
 }
 
 fn libc_esrch() -> i32 {

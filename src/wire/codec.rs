@@ -17,6 +17,44 @@ use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Which way a value failed to cross.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Encode,
+    Decode,
+}
+
+/// Which value failed to cross: a task's argument (or a chunk's arguments) or its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Argument,
+    Arguments,
+    Result,
+    #[allow(dead_code, reason = "for the chunk path's results")]
+    Results,
+}
+
+/// The text of a codec failure, naming the side and the type:
+/// "cannot encode the result of type `T`: <the codec's message>". Every place that encodes or
+/// decodes a task's values (the worker's trampolines, `Process`, the pool) builds its error
+/// with this, so that a failure says which value, of which type, and why.
+pub(crate) fn failure<T: ?Sized>(op: Op, role: Role, why: &str) -> String {
+    let op = match op {
+        Op::Encode => "encode",
+        Op::Decode => "decode",
+    };
+    let role = match role {
+        Role::Argument => "the argument",
+        Role::Arguments => "the arguments",
+        Role::Result => "the result",
+        Role::Results => "the results",
+    };
+    format!(
+        "cannot {op} {role} of type `{}`: {why}",
+        std::any::type_name::<T>()
+    )
+}
+
 /// Appends the encoding of `value` to `out`.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
