@@ -224,6 +224,7 @@ impl Builder {
             sock: Some(launched.sock),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
+            last_words: None,
             state: State::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
@@ -278,6 +279,8 @@ pub struct Process<R> {
     reader: FrameReader,
     /// Fds it sent: a large result's file.
     received: fds::Received,
+    /// Why it died, if it said so as it did ("stack overflow"); its exit status follows.
+    last_words: Option<&'static str>,
     state: State<R>,
     /// The exit status once reaped. Reaping and signalling happen under this lock, so a
     /// signal never reaches a recycled pid.
@@ -340,7 +343,10 @@ impl<R: DeserializeOwned> Process<R> {
                 },
                 None => {
                     let status = self.wait_exit(deadline)?;
-                    Err(Error::worker_died(status))
+                    Err(match self.last_words {
+                        Some(cause) => Error::worker_died_of(status, cause),
+                        None => Error::worker_died(status),
+                    })
                 }
             });
         }
@@ -374,6 +380,10 @@ impl<R: DeserializeOwned> Process<R> {
                 return Some(Err(Error::protocol(bad.0)));
             }
         };
+        if let Some(cause) = msg::parse_dying(frame) {
+            self.last_words = Some(cause);
+            return None; // its death follows: `join` reports it with this cause
+        }
         let outcome = match msg::parse_from_worker(frame) {
             Ok(msg::FromWorker::Hello { identity: id, .. }) => {
                 if id == identity::own() {
@@ -699,6 +709,7 @@ mod tests {
             sock: Some(ours),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
+            last_words: None,
             state: State::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
