@@ -215,10 +215,31 @@ fn report_before_abort(
     let _ = crate::sys::write_all_raw(fd, &encode_panic(&p));
 }
 
-/// The text of a captured backtrace, symbolized with the memory limit lifted.
+/// The text of a captured backtrace.
+///
+/// Symbolizing parses the binary's debug information, and std keeps what it parsed for the
+/// rest of the process: 38 MiB for a debug test binary (measured), more than a tight
+/// `memory_limit` leaves. In a worker whose memory is capped it therefore happens in a
+/// throwaway copy of the worker ([`crate::sys::in_throwaway_child`]), with the limit lifted
+/// where it can be: the worker's own memory is untouched, and if the copy runs out the
+/// report says so. Elsewhere it happens here, with the limit lifted, and the parsed
+/// information serves the worker's next panics.
 fn symbolize(bt: std::backtrace::Backtrace) -> String {
-    crate::sys::with_memory_headroom(|| bt.to_string())
+    if !crate::sys::memory_is_limited() {
+        return crate::sys::with_memory_headroom(|| bt.to_string());
+    }
+    let text = crate::sys::in_throwaway_child(
+        || crate::sys::with_memory_headroom(|| bt.to_string().into_bytes()),
+        SYMBOLIZE_LIMIT,
+    );
+    match text {
+        Some(t) => String::from_utf8_lossy(&t).into_owned(),
+        None => "(the backtrace was captured, but symbolizing it failed under the worker's memory limit)".to_string(),
+    }
 }
+
+/// How long a throwaway copy of a worker may take to symbolize a backtrace.
+const SYMBOLIZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads what the environment asks of backtraces, as std would, before the first panic.
 ///

@@ -49,23 +49,24 @@ fn a_panic_under_a_memory_limit_with_backtraces_comes_back() {
         .build()
         .unwrap();
     // The limit is ours (a soft one): it is lifted while the backtrace is captured and
-    // symbolized, so the whole report comes back.
-    let err = pool
-        .apply_async(hog_then_panic, 4)
-        .get_timeout(LIMIT)
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
-    let bt = err.remote_panic().unwrap().backtrace().unwrap_or_default();
-    assert!(bt.contains("hog_then_panic"), "backtrace: {bt}");
-    // Symbolizing leaves std's cache of the debug information in the worker (38 MiB for this
-    // test binary, measured), past a 32 MiB limit: that worker's next allocation of any
-    // size fails, and it aborts. Later panics are `Panicked` or `SIGABRT`, never a hang.
-    let handles: Vec<_> = (0..4)
+    // symbolized, so the whole report comes back. Symbolizing happens in a throwaway copy of
+    // the worker (std keeps 38 MiB of parsed debug information, past the limit), so the
+    // worker's memory stays its tasks': the next tasks, panicking or not, run as before.
+    let handles: Vec<_> = (0..6)
         .map(|_| pool.apply_async(hog_then_panic, 4))
         .collect();
     for mut h in handles {
-        assert_panicked_or_aborted(&h.get_timeout(LIMIT).unwrap_err(), "pool");
+        let err = h.get_timeout(LIMIT).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+        let bt = err.remote_panic().unwrap().backtrace().unwrap_or_default();
+        assert!(bt.contains("hog_then_panic"), "backtrace: {bt}");
     }
+    assert_eq!(pool.apply(hog, 16).unwrap(), 16 << 20);
+}
+
+fn hog(mb: usize) -> usize {
+    let v = vec![1u8; mb << 20];
+    std::hint::black_box(&v).len()
 }
 
 /// A task that makes its memory limit a hard one (as `ulimit -v` does: it cannot be lifted
@@ -77,17 +78,23 @@ fn fill_hard_limit_then_panic(limit: u64) -> usize {
     };
     // SAFETY: `lim` is a valid rlimit for the call.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }, 0);
-    let mut held = Vec::new();
-    loop {
-        let mut chunk: Vec<u8> = Vec::new();
-        if chunk.try_reserve_exact(256 << 10).is_err() {
-            break;
+    // Filled to the last few bytes (chunks of 256 KiB, then smaller), so that even capturing
+    // the backtrace's frames fails.
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(1 << 16);
+    let mut bytes = 0;
+    for size in [256 << 10, 4 << 10, 256, 16] {
+        while held.len() < held.capacity() {
+            let mut chunk: Vec<u8> = Vec::new();
+            if chunk.try_reserve_exact(size).is_err() {
+                break;
+            }
+            chunk.resize(size, 1);
+            bytes += size;
+            held.push(chunk);
         }
-        chunk.resize(256 << 10, 1);
-        held.push(chunk);
     }
     std::hint::black_box(&held);
-    panic!("gave up after {} MiB", held.len() / 4)
+    panic!("gave up after {} MiB", bytes >> 20)
 }
 
 /// Case 1 for `Process`, with a limit that cannot be lifted: the report may lose its
