@@ -293,7 +293,15 @@ impl RemotePanic {
     pub fn location(&self) -> Option<&str> {
         self.location.as_deref()
     }
-    /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) is set.
+    /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) is set
+    /// in the child as it starts.
+    ///
+    /// In a child whose memory is capped (`memory_limit`, `ulimit -v`), the backtrace is
+    /// symbolized in a throwaway copy of the child, so that the debug information it parses
+    /// (tens of MiB for a debug build) does not stay in the child; if that copy runs out of
+    /// memory the text says so. Such a child also runs with `RUST_BACKTRACE` removed from
+    /// its environment: std's out-of-memory handler would otherwise wait for a lock that a
+    /// panic's capture holds, and hang.
     pub fn backtrace(&self) -> Option<&str> {
         self.backtrace.as_deref()
     }
