@@ -229,7 +229,13 @@ fn symbolize(bt: std::backtrace::Backtrace) -> String {
         return crate::sys::with_memory_headroom(|| bt.to_string());
     }
     let text = crate::sys::in_throwaway_child(
-        || crate::sys::with_memory_headroom(|| bt.to_string().into_bytes()),
+        || {
+            // The copy shares the worker's socket: whatever happens to it, it must not speak
+            // there (an aborting panic's report, an overflow's notice).
+            TASK_SOCKET.store(-1, Ordering::Relaxed);
+            stack_guard::forget_fd();
+            crate::sys::with_memory_headroom(|| bt.to_string().into_bytes())
+        },
         SYMBOLIZE_LIMIT,
     );
     match text {
