@@ -710,13 +710,12 @@ pub(crate) fn in_throwaway_child(
         Forked::Parent(pid) => {
             drop(write);
             let out = read_until_eof(read, limit);
-            let ended = matches!(waitpid(pid, false), Ok(Some(_)));
-            if !ended {
+            if out.is_none() {
                 let _ = kill(pid, libc::SIGKILL);
-                let _ = waitpid(pid, true);
             }
-            let exited_cleanly = ended || out.is_some();
-            out.filter(|_| exited_cleanly)
+            // At the end of its output it is exiting (the pipe closes with it), or killed.
+            let status = waitpid(pid, true);
+            out.filter(|_| matches!(status, Ok(Some(RawExit::Code(0)))))
         }
     }
 }
@@ -770,4 +769,34 @@ pub(crate) fn set_process_limit(n: u64) -> io::Result<()> {
     };
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) }).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "fork: not under Miri")]
+    fn a_throwaway_child_returns_its_bytes_or_nothing_in_time() {
+        let big = vec![7u8; 200_000]; // more than a pipe holds: read while it writes
+        let out = in_throwaway_child(|| big.clone(), Duration::from_secs(30));
+        assert_eq!(out.as_deref(), Some(&big[..]));
+
+        let start = std::time::Instant::now();
+        let out = in_throwaway_child(
+            || {
+                std::thread::sleep(Duration::from_secs(30));
+                Vec::new()
+            },
+            Duration::from_millis(200),
+        );
+        assert_eq!(out, None, "past its time it is killed");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        let out = in_throwaway_child(|| panic!("on purpose"), Duration::from_secs(30));
+        assert_eq!(out, None, "a failed child gives nothing, not what it wrote");
+    }
 }
