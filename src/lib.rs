@@ -151,6 +151,7 @@ mod process;
 #[cfg(feature = "progress")]
 mod progress;
 mod sys;
+mod task;
 mod trace;
 mod wire;
 mod worker;

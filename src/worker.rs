@@ -17,11 +17,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RemotePanic;
+use crate::sys::arena::GrowMap;
 use crate::sys::child::{self, ChildToken};
-use crate::sys::fnptr::{self, Callable, FnRef, Reply};
+use crate::sys::fnptr::{self, FnRef, Reply};
 use crate::sys::identity;
 use crate::sys::shm::Payload;
 use crate::sys::stack_guard;
+use crate::task::chunk::RunCx;
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
@@ -304,6 +306,9 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     // Fds received, in order, and those an `Fds` frame gave to the next task.
     let mut fifo = VecDeque::new();
     let mut task_fds = Vec::new();
+    // A pool worker's control block and result arena come in its first message; a worker
+    // without one (a `Process`) still builds chunk replies in an arena of its own.
+    let mut arena: Option<GrowMap> = None;
     loop {
         let mut src = fds::FdRead {
             sock: sock.as_fd(),
@@ -319,6 +324,13 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             match fds::take(&mut fifo, n) {
                 Some(taken) => task_fds = taken,
                 None => return EXIT_PROTOCOL,
+            }
+            continue;
+        }
+        if msg::is_control(&frame) {
+            match std::mem::take(&mut task_fds).pop().map(GrowMap::from_fd) {
+                Some(Ok(map)) => arena = Some(map),
+                _ => return EXIT_PROTOCOL,
             }
             continue;
         }
@@ -356,7 +368,13 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         stack_guard::arm(run.flags & msg::FLAG_LAST != 0);
         TASK_SOCKET.store(sock.as_raw_fd(), Ordering::Relaxed);
         // Handles inside the argument take their fds from those sent with this task.
-        let reply = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg));
+        let mut cx = RunCx {
+            arena: &mut arena,
+            skip: run.skip as usize,
+            in_arena: 0,
+        };
+        let reply = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg, &mut cx));
+        let in_arena = cx.in_arena;
         TASK_SOCKET.store(-1, Ordering::Relaxed);
         stack_guard::arm(false);
         drop(spilled);
@@ -365,9 +383,10 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         // A large result's file goes with its frame; our copy of the fd closes after.
-        let sent = match &reply.file {
-            Some(file) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
-            None => sock.write_all(&reply.frame),
+        let sent = match (&reply.file, &arena) {
+            (Some(file), _) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
+            (None, Some(map)) if in_arena > 0 => sock.write_all(&map.arena()[..in_arena]),
+            (None, _) => sock.write_all(&reply.frame),
         };
         if sent.is_err() {
             return EXIT_PROTOCOL;
@@ -378,20 +397,8 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     }
 }
 
-/// First byte of a chunk's `Done` payload: the values follow as `Vec<Out>` (every item
-/// returned)...
-pub(crate) const CHUNK_ALL_OK: u8 = 0;
-/// ... or as `Vec<Result<Out, RemotePanic>>` (some item panicked).
-pub(crate) const CHUNK_MIXED: u8 = 1;
-
-/// Decodes a chunk of arguments, calls `f` on each (a panic fails only its own item) and
-/// encodes the list of results. Called by the chunk trampoline.
-pub(crate) fn run_chunk<F: Callable>(f: F, arg: &[u8]) -> Reply {
-    // A panic in serde code (a hand-written `Serialize`, say) fails the chunk, not the worker.
-    panic::catch_unwind(AssertUnwindSafe(|| run_chunk_inner(f, arg))).unwrap_or_else(panic_reply)
-}
-
-fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
+/// The reply to a task that panicked outside its function (in serde code, say).
+pub(crate) fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
     Reply::inline(encode_panic(&panic_report(payload)), false)
 }
 
@@ -401,59 +408,6 @@ fn encode_panic(p: &RemotePanic) -> Vec<u8> {
     match codec::encode_into(p, &mut out.buf) {
         Ok(()) => out.finish(),
         Err(e) => msg::failed(&format!("cannot encode the panic: {e}")),
-    }
-}
-
-fn run_chunk_inner<F: Callable>(f: F, arg: &[u8]) -> Reply {
-    let items: Vec<F::Args> = match codec::decode(arg) {
-        Ok(a) => a,
-        Err(e) => {
-            let why = format!("cannot decode the arguments: {e}");
-            return Reply::inline(msg::failed(&why), false);
-        }
-    };
-    // The common case collects bare values: half the bytes of `Result`s for small ones, no
-    // per-item variant for the parent to decode, and no `Result` (with room for a panic
-    // report, 9x a `u64`) per item here. The first panic switches to `Result`s.
-    let mut values: Vec<F::Out> = Vec::with_capacity(items.len());
-    let mut mixed: Vec<Result<F::Out, RemotePanic>> = Vec::new();
-    let mut items = items.into_iter();
-    for a in items.by_ref() {
-        match panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))) {
-            Ok(v) => values.push(v),
-            Err(payload) => {
-                mixed.reserve(values.len() + 1 + items.len());
-                mixed.extend(values.drain(..).map(Ok));
-                mixed.push(Err(panic_report(payload)));
-                break;
-            }
-        }
-    }
-    mixed.extend(
-        items.map(|a| panic::catch_unwind(AssertUnwindSafe(|| f.invoke(a))).map_err(panic_report)),
-    );
-    let mut out = msg::begin_done();
-    // The payload — layout byte, then values — moves to an anonymous file past
-    // `SPILL_LIMIT`: a large result then crosses as shared pages, not through the socket.
-    let payload = out.buf.len();
-    let encoded = if mixed.is_empty() {
-        out.buf.push(CHUNK_ALL_OK);
-        codec::encode_spilling_from(&values, &mut out.buf, payload, msg::SPILL_LIMIT)
-    } else {
-        out.buf.push(CHUNK_MIXED);
-        codec::encode_spilling_from(&mixed, &mut out.buf, payload, msg::SPILL_LIMIT)
-    };
-    match encoded {
-        Ok(None) => Reply::inline(out.finish(), true),
-        Ok(Some(file)) => Reply {
-            frame: msg::done_spilled(),
-            ok: true,
-            file: Some(file),
-        },
-        Err(e) => Reply::inline(
-            msg::failed(&format!("cannot encode the results: {e}")),
-            false,
-        ),
     }
 }
 
@@ -468,7 +422,9 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
+/// The report of a caught panic: its message, and the location and backtrace the hook kept
+/// (symbolized here: see [`symbolize`]).
+pub(crate) fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
     let message = payload_text(&*payload);
     // A payload whose destructor panics must not take the worker down.
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));

@@ -1,4 +1,5 @@
-//! Chaos: a 100,000-task map while a thread SIGKILLs a random worker every 50 ms.
+//! Chaos: a 100,000-task map while a thread SIGKILLs a random worker every 50 ms (and, for
+//! chunked maps, every 20 ms).
 //!
 //! With `max_retries`, every result is correct and the map finishes. Without, only tasks that
 //! were running on killed workers fail, each with SIGKILL, at most one per kill; all others
@@ -28,9 +29,14 @@ fn work(x: u64) -> u64 {
 
 /// Kills a random child (a worker) every 50 ms until told to stop; returns the kill count.
 fn killer(stop: &AtomicBool, kills: &AtomicUsize) {
+    killer_every(Duration::from_millis(50), stop, kills)
+}
+
+/// Kills a random child (a worker) every `period` until told to stop.
+fn killer_every(period: Duration, stop: &AtomicBool, kills: &AtomicUsize) {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(period);
         let kids = children();
         if kids.is_empty() {
             continue;
@@ -214,5 +220,128 @@ fn chaos_with_timeouts_and_endless_tasks() {
     assert_eq!(ran, TASKS as usize);
     assert_eq!(timed_out, endless);
     assert!(endless >= 3, "the mix has endless tasks: {endless}");
+    assert!(kills > 0, "the killer must have struck");
+}
+
+const RUNS_ENV: &str = "MPROC_CHAOS_RUNS";
+
+/// `work`, counted: each run appends its item to the file named in the workers' environment
+/// (one `write` of 8 bytes with `O_APPEND`, whole), so the test sees every run, even of an
+/// item whose worker was killed right after.
+fn counted_work(x: u64) -> u64 {
+    use std::io::Write;
+    static LOG: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let mut f = LOG.get_or_init(|| {
+        let path = std::env::var(RUNS_ENV).expect("the pool sets the path");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .expect("the run log opens")
+    });
+    f.write_all(&x.to_le_bytes()).expect("a run is logged");
+    work(x)
+}
+
+/// How many times each item ran, from the run log at `path`.
+fn runs(path: &std::path::Path) -> Vec<u32> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut runs = vec![0u32; TASKS as usize];
+    for b in bytes.chunks_exact(8) {
+        let x = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        runs[x as usize] += 1;
+    }
+    runs
+}
+
+/// Every 20 ms a worker is killed while an automatically chunked `map` (or a chunked `imap`)
+/// runs: with retries, it finishes with every result right and no finished item runs again
+/// (an item re-runs only if its worker died while running it: at most one per kill); without
+/// retries every item still gets its own result, and no more fail than workers were killed.
+fn chunked_chaos(retries: u32, chunked_imap: bool) -> (usize, usize, usize, Vec<u32>) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = Counts::now();
+    let log = std::env::temp_dir().join(format!(
+        "mproc-chaos-runs-{}-{retries}-{chunked_imap}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let mut builder = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Spawn)
+        .max_retries(retries)
+        .env(RUNS_ENV, &log);
+    if chunked_imap {
+        builder = builder.chunksize(500);
+    }
+    let pool = builder.build().unwrap();
+    let stop = AtomicBool::new(false);
+    let kills = AtomicUsize::new(0);
+    let (mut ok, mut failed) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| killer_every(Duration::from_millis(20), &stop, &kills));
+        let _stop = StopOnDrop(&stop);
+        if chunked_imap {
+            let mut it = pool.imap(counted_work, 0..TASKS);
+            for x in 0..TASKS {
+                match it.next_timeout(LIMIT).expect("one result per task") {
+                    Ok(v) => {
+                        assert_eq!(v, x * 2, "task {x}");
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(
+                            e.exit_status().and_then(|s| s.signal()),
+                            Some(libc::SIGKILL),
+                            "task {x}: {e}"
+                        );
+                        failed += 1;
+                    }
+                }
+            }
+            assert!(it.next_timeout(LIMIT).is_none());
+        } else {
+            let got = pool
+                .map_async(counted_work, 0..TASKS)
+                .get_timeout(Duration::from_secs(120))
+                .expect("the map finishes under the kills");
+            assert!(got.iter().enumerate().all(|(x, &v)| v == x as u64 * 2));
+            ok = got.len();
+        }
+    });
+    drop(pool);
+    before.check();
+    let runs = runs(&log);
+    let _ = std::fs::remove_file(&log);
+    (ok, failed, kills.load(Ordering::Relaxed), runs)
+}
+
+#[test]
+fn chaos_every_20ms_an_auto_chunked_map_with_retries_redoes_no_work() {
+    let (ok, _, kills, runs) = chunked_chaos(1000, false);
+    let extra: u32 = runs.iter().map(|&r| r.saturating_sub(1)).sum();
+    eprintln!(
+        "chunked chaos with retries: {TASKS} items, {kills} workers killed, {extra} items re-run"
+    );
+    assert_eq!(ok, TASKS as usize);
+    assert!(runs.iter().all(|&r| r >= 1), "every item ran");
+    assert!(
+        extra as usize <= kills,
+        "an item runs again only when its worker died running it: {extra} re-runs, {kills} kills"
+    );
+    assert!(kills > 0, "the killer must have struck");
+}
+
+#[test]
+fn chaos_every_20ms_a_chunked_imap_without_retries_fails_no_more_than_the_kills() {
+    let (ok, failed, kills, runs) = chunked_chaos(0, true);
+    eprintln!("chunked chaos without retries: {TASKS} items, {kills} kills, {failed} failed");
+    assert_eq!(ok + failed, TASKS as usize);
+    assert!(failed <= kills, "{failed} failed, {kills} kills");
+    let twice: Vec<usize> = (0..runs.len()).filter(|&x| runs[x] > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "no item runs twice without retries: {twice:?}"
+    );
     assert!(kills > 0, "the killer must have struck");
 }

@@ -214,7 +214,7 @@ impl Driver {
         if !self.queue.is_empty() && self.ranks.iter().all(|r| r.lost) {
             for t in self.queue.drain(..) {
                 let e = Error::broken("every serving MPI rank was lost");
-                t.slot.complete(t.cell, Err(e));
+                t.slot.complete(t.cell, vec![crate::pool::Part::rest(e)]);
             }
             return true;
         }
@@ -238,7 +238,8 @@ impl Driver {
             let id = self.next_id;
             if !r.batch.push(id, &task.frame) {
                 let e = Error::usage("a task above 2 GiB cannot cross MPI ranks");
-                task.slot.complete(task.cell, Err(e));
+                task.slot
+                    .complete(task.cell, vec![crate::pool::Part::rest(e)]);
                 continue;
             }
             self.next_id += 1;
@@ -327,7 +328,10 @@ impl Driver {
                 self.queue.push_front(t);
             } else {
                 let status = ExitStatus::from_raw(RawExit::Unknown);
-                t.slot.complete(t.cell, Err(Error::worker_died(status)));
+                t.slot.complete(
+                    t.cell,
+                    vec![crate::pool::Part::rest(Error::worker_died(status))],
+                );
             }
         }
     }
@@ -336,12 +340,20 @@ impl Driver {
     /// silent.
     fn stop(mut self) -> bool {
         for t in self.queue.drain(..) {
-            t.slot
-                .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
+            t.slot.complete(
+                t.cell,
+                vec![crate::pool::Part::rest(Error::closed(
+                    "the MPI pool was dropped",
+                ))],
+            );
         }
         for (_, (t, _)) in self.inflight.drain() {
-            t.slot
-                .complete(t.cell, Err(Error::closed("the MPI pool was dropped")));
+            t.slot.complete(
+                t.cell,
+                vec![crate::pool::Part::rest(Error::closed(
+                    "the MPI pool was dropped",
+                ))],
+            );
         }
         let lost = self.ranks.iter().any(|r| r.silent);
         let stop: &[u8] = if lost {

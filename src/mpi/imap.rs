@@ -55,7 +55,7 @@ where
             let sent = super::encode(self.f, &chunk)
                 .and_then(|frame| self.pool.send(Cmd::Run(frame, Arc::clone(&slot), 0)));
             if let Err(e) = sent {
-                slot.complete(0, Err(e));
+                slot.complete(0, vec![crate::pool::Part::rest(e)]);
             }
             self.inflight.push_back((slot, chunk.len()));
         }

@@ -161,7 +161,7 @@ impl Server {
                 busy = true;
                 self.reply(link, key, &outcome);
             }
-            busy |= self.poll_borrowed(link);
+            busy |= self.poll_borrowed();
             self.flush(link);
             if busy {
                 idle.active();
@@ -206,9 +206,12 @@ impl Server {
     fn start(&mut self, link: &mut Link, id: u64, run_frame: &[u8]) {
         let body = run_frame.get(frame::HEADER..).unwrap_or_default();
         let me = identity::own();
-        let foreign = match msg::parse_run(body) {
-            Ok(run) => identity::verify(run.identity, me).is_none(),
-            Err(_) => true,
+        let (foreign, items) = match msg::parse_run(body) {
+            Ok(run) => (
+                identity::verify(run.identity, me).is_none(),
+                crate::task::chunk::arg_count(run.arg).unwrap_or(1),
+            ),
+            Err(_) => (true, 1),
         };
         if foreign {
             self.add_reply(link, id, |b| wire::refused(b, me));
@@ -217,7 +220,7 @@ impl Server {
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
         // An idle worker takes it directly; otherwise the supervisor queues it.
-        let frame = match self.pool.borrow_for_frame(run_frame.to_vec()) {
+        let frame = match self.pool.borrow_for_frame(run_frame.to_vec(), items) {
             Ok(b) => {
                 self.jobs.insert(key, id);
                 self.borrowed.push((key, b));
@@ -225,19 +228,19 @@ impl Server {
             }
             Err(frame) => frame,
         };
-        match self.pool.submit_frame(frame, self.tx.clone(), key) {
+        match self.pool.submit_frame(frame, items, self.tx.clone(), key) {
             Ok(()) => {
                 self.jobs.insert(key, id);
             }
             Err(e) => {
-                let e = Err(e);
+                let e = vec![crate::pool::Part::rest(e)];
                 self.add_reply(link, id, |b| wire::encode_reply(b, &e));
             }
         }
     }
 
     /// Collects the answers of borrowed workers; true if any task finished or was lost.
-    fn poll_borrowed(&mut self, link: &mut Link) -> bool {
+    fn poll_borrowed(&mut self) -> bool {
         let mut any = false;
         let mut i = 0;
         while i < self.borrowed.len() {
@@ -251,10 +254,9 @@ impl Server {
             };
             any = true;
             let (key, b) = self.borrowed.swap_remove(i);
-            // A lost worker's task goes to the supervisor; its outcome comes through `rx`.
-            if let Some(outcome) = self.pool.settle_borrowed(b, polled, self.tx.clone(), key) {
-                self.reply(link, key, &outcome);
-            }
+            // The outcome comes through `rx`: at once for an answer; from the supervisor, once
+            // it settled the task, for a lost worker.
+            self.pool.settle_borrowed(b, polled, self.tx.clone(), key);
         }
         any
     }
@@ -271,7 +273,9 @@ impl Server {
         if !self.replies.push_with(id, &write) {
             self.flush(link);
             if !self.replies.push_with(id, &write) {
-                let e = Err(crate::Error::codec("a reply too large for one MPI message"));
+                let e = vec![crate::pool::Part::rest(crate::Error::codec(
+                    "a reply too large for one MPI message",
+                ))];
                 self.replies.push_with(id, |b| wire::encode_reply(b, &e));
             }
         }

@@ -11,7 +11,7 @@
 //! each polling loop per message), so a batch of `n` small tasks costs about one task.
 
 use crate::error::{Error, ErrorKind, ExitStatus, RemotePanic};
-use crate::pool::{Answer, Outcome};
+use crate::pool::{Answer, Outcome, Part};
 use crate::sys::RawExit;
 use crate::wire::codec;
 
@@ -57,6 +57,9 @@ const REFUSED: u8 = 4;
 const CODEC: u8 = 5;
 const PROTOCOL: u8 = 6;
 const OTHER: u8 = 7;
+/// A job's outcome in several parts (a local worker died mid-chunk): `[u32 parts]`, then per
+/// part `[u64 count][u32 length][one reply of the kinds above]`.
+const PARTS: u8 = 8;
 
 /// Bytes before each entry's body in a [`Batch`]: `[u64 job id][u32 body length]`.
 const ENTRY_HEAD: usize = 12;
@@ -183,10 +186,29 @@ pub(crate) fn refused(out: &mut Vec<u8>, mine: &[u8]) {
     out.extend_from_slice(mine);
 }
 
-/// Appends the reply for the outcome a serving rank's local pool delivered. A `Done` body too
-/// large for one MPI message becomes an error instead.
+/// Appends the reply for the outcome a serving rank's local pool delivered: one part as it
+/// is, several (each with its item count) when a local worker died mid-chunk and the job's
+/// items settled in pieces, each keeping its own result or error.
 pub(crate) fn encode_reply(out: &mut Vec<u8>, outcome: &Outcome) {
-    let e = match outcome {
+    if let [one] = &outcome[..] {
+        return encode_one(out, &one.what);
+    }
+    out.push(PARTS);
+    out.extend_from_slice(&(outcome.len() as u32).to_le_bytes());
+    for part in outcome {
+        out.extend_from_slice(&(part.count as u64).to_le_bytes());
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        encode_one(out, &part.what);
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Appends the reply for one part. A `Done` body too large for one MPI message becomes an
+/// error instead.
+fn encode_one(out: &mut Vec<u8>, what: &Result<Answer, Error>) {
+    let e = match what {
         Ok(answer) if answer.payload().len() < MAX_ENTRY => {
             out.push(DONE);
             out.extend_from_slice(answer.payload());
@@ -234,6 +256,40 @@ fn text(out: &mut Vec<u8>, kind: u8, msg: &str) {
 
 /// Rebuilds the outcome from a reply (a batch entry's body) sent by `rank`.
 pub(crate) fn decode_reply(rank: i32, reply: &[u8]) -> Outcome {
+    match reply.split_first() {
+        Some((&PARTS, rest)) => decode_parts(rank, rest).unwrap_or_else(|| {
+            vec![Part::rest(Error::protocol(format!(
+                "a malformed reply in parts from rank {rank}"
+            )))]
+        }),
+        _ => vec![Part {
+            count: Part::REST,
+            what: decode_one(rank, reply),
+        }],
+    }
+}
+
+fn decode_parts(rank: i32, mut rest: &[u8]) -> Option<Outcome> {
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        rest = tail;
+        Some(head)
+    };
+    let n = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let mut parts = Vec::new();
+    for _ in 0..n {
+        let count = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let body = take(len)?;
+        parts.push(Part {
+            count: usize::try_from(count).unwrap_or(Part::REST),
+            what: decode_one(rank, body),
+        });
+    }
+    Some(parts)
+}
+
+fn decode_one(rank: i32, reply: &[u8]) -> Result<Answer, Error> {
     let Some((&kind, rest)) = reply.split_first() else {
         return Err(Error::protocol(format!("an empty reply from rank {rank}")));
     };
@@ -268,7 +324,14 @@ pub(crate) fn decode_reply(rank: i32, reply: &[u8]) -> Outcome {
 mod tests {
     use super::*;
 
-    fn round_trip(o: Outcome) -> Outcome {
+    fn round_trip(o: Result<Answer, Error>) -> Result<Answer, Error> {
+        let outcome = vec![Part { count: 1, what: o }];
+        let mut back = round_trip_parts(outcome);
+        assert_eq!(back.len(), 1);
+        back.pop().expect("one part").what
+    }
+
+    fn round_trip_parts(o: Outcome) -> Outcome {
         let mut batch = Batch::default();
         assert!(batch.push_with(7, |b| encode_reply(b, &o)));
         let mut it = entries(batch.bytes()).expect("a well-formed batch");
@@ -276,6 +339,28 @@ mod tests {
         assert_eq!(id, 7);
         assert!(it.next().is_none());
         decode_reply(1, reply)
+    }
+
+    #[test]
+    fn an_outcome_in_parts_keeps_each_part() {
+        let parts = vec![
+            Part {
+                count: 3,
+                what: Ok(Answer::Payload(vec![9, 9])),
+            },
+            Part::one(Error::timed_out()),
+            Part {
+                count: 2,
+                what: Ok(Answer::Payload(vec![7])),
+            },
+        ];
+        let back = round_trip_parts(parts);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0].count, 3);
+        assert_eq!(back[0].what.as_ref().expect("done").payload(), [9, 9]);
+        assert!(back[1].what.as_ref().expect_err("").is_timeout());
+        assert_eq!(back[2].count, 2);
+        assert!(decode_reply(1, &[PARTS, 5, 0, 0, 0, 1])[0].what.is_err());
     }
 
     #[test]
@@ -307,7 +392,7 @@ mod tests {
         assert!(batch.push_with(3, |b| refused(b, b"other build")));
         let (id, reply) = entries(batch.bytes()).expect("ok").next().expect("one");
         assert_eq!(id, 3);
-        let e = decode_reply(2, reply).expect_err("refused");
+        let e = decode_one(2, reply).expect_err("refused");
         assert_eq!(e.kind(), ErrorKind::BinaryMismatch);
     }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::result::{Outcome, Slot};
-use super::supervisor::Sink;
+use super::job::Sink;
+use super::result::{Outcome, Part, Slot};
 use super::{Pool, decode_chunk};
 use crate::error::{Error, Result};
 use crate::sys::fnptr::FnRef;
@@ -70,7 +70,7 @@ where
                 .pool
                 .submit_chunk(self.f, &chunk, Sink::Slot(Arc::clone(&slot), 0))
             {
-                slot.complete(0, Err(e));
+                slot.complete(0, vec![Part::rest(e)]);
             }
             self.inflight.push_back((slot, chunk.len()));
         }
@@ -96,7 +96,7 @@ where
             let outcome = slot
                 .take()
                 .pop()
-                .unwrap_or_else(|| Err(Error::protocol("a result was lost")));
+                .unwrap_or_else(|| vec![Part::rest(Error::protocol("a result was lost"))]);
             self.ready.extend(decode_chunk(outcome, n));
             self.refill();
         }
@@ -166,7 +166,7 @@ where
             }
             let sink = Sink::Channel(self.tx.clone(), chunk.len());
             if let Err(e) = self.pool.submit_chunk(self.f, &chunk, sink) {
-                let _ = self.tx.send((chunk.len(), Err(e)));
+                let _ = self.tx.send((chunk.len(), vec![Part::rest(e)]));
             }
             self.inflight += 1;
             self.inflight_items += chunk.len();

@@ -15,12 +15,23 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::result::{Outcome, Slot};
-use super::supervisor::{Classified, Job, Lease, Returned, Shared, Sink, sort};
+use super::fate;
+use super::job::{Job, Sink};
+use super::reply::{Classified, sort};
+use super::result::{Answer, Outcome, Part, Slot};
+use super::shared::{Lease, Returned, Shared};
 use crate::error::Error;
 use crate::sys;
 use crate::wire::fds::{self, Fds, Received};
 use crate::wire::frame::{self, FrameError, FrameReader};
+
+/// What a borrowed worker answered: its reply to the task, or the failure of the whole run.
+pub(crate) type Reply = Result<Answer, Error>;
+
+/// The longest a borrower sleeps while its task has a deadline, and how much longer than
+/// asked counts as the program having been stopped (see the supervisor's `WATCH_TICK`).
+const WATCH_TICK: Duration = Duration::from_millis(200);
+const PAUSE_SLACK: Duration = Duration::from_millis(50);
 
 /// How a borrowed exchange went wrong.
 pub(crate) enum Loss {
@@ -37,22 +48,31 @@ pub(crate) fn run(
     frame: Vec<u8>,
     fds: Fds,
     timeout: Option<Duration>,
-    retries_left: u32,
+    retries: u32,
 ) -> Result<Outcome, (Vec<u8>, Fds)> {
-    let mut b = borrow(shared, frame, fds, timeout)?;
+    let mut b = borrow(shared, frame, fds, 1, timeout)?;
     let polled = loop {
         // Wait first: the answer cannot be there yet, and after a wake `poll` costs no syscall
         // beyond the read in the common case.
         if !b.unsent {
-            let timeout = b
+            let asked = b
                 .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
+                .map(|d| d.saturating_duration_since(Instant::now()).min(WATCH_TICK));
+            let before = Instant::now();
             let waited = match &b.lease.pidfd {
-                Some(p) => sys::poll_readable(&[b.sock(), p.as_fd()], timeout),
-                None => sys::poll_readable(&[b.sock()], timeout),
+                Some(p) => sys::poll_readable(&[b.sock(), p.as_fd()], asked),
+                None => sys::poll_readable(&[b.sock()], asked),
             };
             if waited.is_err() {
                 break Err(Loss::Died);
+            }
+            // Slept far longer than asked: the program was stopped meanwhile (Ctrl-Z,
+            // SIGSTOP), and that time does not count against the task.
+            if let (Some(asked), Some(d)) = (asked, b.deadline.as_mut()) {
+                let slept = before.elapsed();
+                if slept > asked + PAUSE_SLACK {
+                    *d += slept - asked;
+                }
             }
         }
         match b.poll() {
@@ -63,14 +83,12 @@ pub(crate) fn run(
     };
     let slot = Arc::new(Slot::new(1));
     let sink = Sink::Slot(Arc::clone(&slot), 0);
-    if let Some(outcome) = settle(shared, b, polled, sink, retries_left) {
-        return Ok(outcome);
-    }
+    settle(shared, b, polled, sink, retries);
     slot.wait(None);
     Ok(slot
         .take()
         .pop()
-        .unwrap_or_else(|| Err(Error::protocol("a result was lost"))))
+        .unwrap_or_else(|| vec![Part::rest(Error::protocol("a result was lost"))]))
 }
 
 /// A task written to a borrowed worker, whose answer is collected without blocking: for a
@@ -80,9 +98,10 @@ pub(crate) struct Borrowed {
     reader: FrameReader,
     received: Received,
     deadline: Option<Instant>,
-    /// The task, for the supervisor should the worker be lost.
+    /// The task, for the supervisor should the worker be lost, and its item count.
     frame: Vec<u8>,
     fds: Fds,
+    items: usize,
     /// The write failed: the worker is dead or dying.
     unsent: bool,
 }
@@ -93,6 +112,7 @@ pub(crate) fn borrow(
     shared: &Shared,
     frame: Vec<u8>,
     fds: Fds,
+    items: usize,
     timeout: Option<Duration>,
 ) -> Result<Borrowed, (Vec<u8>, Fds)> {
     let lease = {
@@ -113,6 +133,7 @@ pub(crate) fn borrow(
         deadline: timeout.map(|t| Instant::now() + t),
         frame,
         fds,
+        items,
         unsent,
     })
 }
@@ -125,7 +146,7 @@ impl Borrowed {
 
     /// The answer if it has arrived, `Ok(None)` while the task runs, or how it was lost.
     /// Never blocks.
-    pub(crate) fn poll(&mut self) -> Result<Option<Outcome>, Loss> {
+    pub(crate) fn poll(&mut self) -> Result<Option<Reply>, Loss> {
         if self.unsent {
             return Err(Loss::Died);
         }
@@ -145,8 +166,8 @@ impl Borrowed {
         Ok(None)
     }
 
-    /// Reads what is waiting; the outcome once whole.
-    fn read(&mut self) -> Result<Option<Outcome>, Loss> {
+    /// Reads what is waiting; the answer once whole.
+    fn read(&mut self) -> Result<Option<Reply>, Loss> {
         loop {
             let mut src = fds::FdRead {
                 sock: self.lease.sock.as_fd(),
@@ -156,7 +177,7 @@ impl Borrowed {
             match self.reader.advance(&mut src) {
                 Ok(Some(f)) => match sort(&mut self.received, f) {
                     Ok(None | Some(Classified::Hello { ours: true })) => continue,
-                    Ok(Some(Classified::Outcome(o))) => return Ok(Some(o)),
+                    Ok(Some(Classified::Answer(a))) => return Ok(Some(a)),
                     Ok(Some(Classified::Hello { ours: false })) | Err(_) => {
                         return Err(Loss::Died);
                     }
@@ -169,21 +190,22 @@ impl Borrowed {
     }
 }
 
-/// Settles a borrowed task once [`Borrowed::poll`] had its say: an answered worker goes back
-/// to the pool and the outcome is returned; a lost one goes to the supervisor with the task,
-/// which it settles like any other job (a retry, or the worker's exit status, or `TimedOut`)
-/// into `sink` — then `None` is returned, unless the pool can settle nothing any more.
+/// Settles a borrowed task once [`Borrowed::poll`] had its say, into `sink`: an answered
+/// worker goes back to the pool and the answer is delivered; a lost one goes to the
+/// supervisor with the task, which `fate` settles like any other job's (from how far the
+/// worker got: kept results, a re-run, the worker's exit status, `TimedOut`).
 pub(crate) fn settle(
     shared: &Shared,
     mut b: Borrowed,
-    polled: Result<Outcome, Loss>,
+    polled: Result<Reply, Loss>,
     sink: Sink,
-    retries_left: u32,
-) -> Option<Outcome> {
+    retries: u32,
+) {
+    let job = Job::new(b.frame, b.fds, b.items, sink, retries);
     let loss = match polled {
-        Ok(outcome) => {
+        Ok(answer) => {
             give_back(shared, &mut b.lease);
-            return Some(outcome);
+            return fate::answered(job, answer);
         }
         Err(loss) => loss,
     };
@@ -193,23 +215,20 @@ pub(crate) fn settle(
     }
     let mut q = shared.lock();
     if q.terminate {
-        return Some(Err(Error::closed("the pool was terminated")));
+        drop(q);
+        return job.fail_rest(Error::closed("the pool was terminated"));
     }
-    if let Some(why) = &q.broken {
-        return Some(Err(Error::broken(why.clone())));
+    if let Some(why) = q.broken.clone() {
+        drop(q);
+        return job.fail_rest(Error::broken(why));
     }
     q.returned.push(Returned::Lost {
         id: b.lease.id,
-        job: Job {
-            frame: b.frame,
-            fds: b.fds,
-            sink,
-            retries_left,
-        },
+        tasks: b.lease.tasks,
+        job,
         timed_out: matches!(loss, Loss::TimedOut),
     });
     shared.wake_locked(q);
-    None
 }
 
 fn give_back(shared: &Shared, lease: &mut Lease) {

@@ -1,8 +1,12 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
 
+mod fate;
 mod imap;
+mod job;
 mod lease;
+mod reply;
 mod result;
+mod shared;
 mod supervisor;
 
 pub use imap::{Imap, ImapUnordered};
@@ -17,19 +21,27 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::capture::{CaptureOutput, Captured};
-use crate::error::{Error, RemotePanic, Result};
+use crate::error::{Error, Result};
 use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
 use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
+use crate::task::chunk::Items;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
+use job::{Job, Sink};
 #[cfg(feature = "mpi")]
-pub(crate) use lease::{Borrowed, Loss};
+pub(crate) use lease::{Borrowed, Loss, Reply};
 #[cfg(feature = "mpi")]
 pub(crate) use result::Answer;
+#[cfg(any(test, feature = "mpi"))]
+pub(crate) use result::Part;
 pub(crate) use result::{Outcome, Slot};
-use supervisor::{Config, Job, Shared, Sink};
+use shared::Shared;
+use supervisor::Config;
+
+/// How long `build` waits for a first worker at most (a loaded machine can be slow).
+const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
 pub(crate) const MEMORY_LIMIT_ENV: &str = "MPROC_MEMORY_LIMIT";
@@ -40,10 +52,13 @@ pub(crate) const PROCESS_LIMIT_ENV: &str = "MPROC_PROCESS_LIMIT";
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
 /// Tasks are `fn` pointers with serde arguments and results, run in separate processes. A task
-/// that panics fails alone; a worker that crashes, aborts or is killed fails only the task it
-/// was running (or that task is re-run, with [`max_retries`](PoolBuilder::max_retries)) and is
-/// replaced; a task past [`task_timeout`](PoolBuilder::task_timeout) has its worker killed.
-/// The pool never hangs on a lost worker.
+/// that panics fails alone; a worker that crashes, aborts or is killed fails only the item it
+/// was running (or that item is re-run, with [`max_retries`](PoolBuilder::max_retries)) and is
+/// replaced; an item past [`task_timeout`](PoolBuilder::task_timeout) has its worker killed.
+/// This holds per item on every path, chunks included: items that finished keep their
+/// results, and no item runs again because another failed. The pool never hangs on a lost
+/// worker, and is broken only by workers that cannot start (they die before serving, or the
+/// initializer fails).
 ///
 /// # Examples
 /// ```
@@ -141,21 +156,29 @@ impl PoolBuilder {
         });
         self
     }
-    /// Replaces each worker after it has run `n` tasks (chunks, for `map`), like Python's
-    /// `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
+    /// Replaces each worker after it has run `n` tasks (chunks, for `map` and `imap`), like
+    /// Python's `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
     pub fn max_tasks_per_child(mut self, n: usize) -> PoolBuilder {
         self.max_tasks_per_child = Some(n.max(1));
         self
     }
-    /// Kills a worker whose task (chunk, for `map`) runs longer than `t`; the task fails with
+    /// Kills a worker whose task runs longer than `t`: the task fails with
     /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) and the worker is replaced.
+    ///
+    /// The timeout is per item, timed from the item's own start wherever it sits in a chunk
+    /// (`map`'s automatic chunks included): the items of its chunk that finished keep their
+    /// results and the ones after it run on another worker. Time the whole program spent
+    /// stopped (Ctrl-Z, `SIGSTOP`, a frozen container) does not count. Timed-out items are
+    /// never re-run.
     pub fn task_timeout(mut self, t: Duration) -> PoolBuilder {
         self.task_timeout = Some(t);
         self
     }
-    /// Re-runs a task whose worker died (crash, kill, OOM) up to `n` more times before failing
-    /// it with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied). Default 0. Timed-out
-    /// tasks are not retried.
+    /// Re-runs an item whose worker died while running it (crash, kill, OOM) up to `n` more
+    /// times before failing it with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied).
+    /// Default 0. Retries count per item: only the item that was running when its worker died
+    /// spends one; the items of its chunk that had finished keep their results, and those
+    /// after it are re-queued without spending any. Timed-out items are not retried.
     pub fn max_retries(mut self, n: u32) -> PoolBuilder {
         self.max_retries = n;
         self
@@ -225,10 +248,14 @@ impl PoolBuilder {
 
     /// Starts the pool: the supervisor thread and its workers.
     ///
+    /// Returns once at least one worker has started (the rest may still be starting).
+    ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for zero processes,
     /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) if the initializer argument cannot be
-    /// encoded, [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses a thread or socket.
+    /// encoded, [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses a thread or socket,
+    /// or refuses every worker for about 2 s (`fork` failing with `EAGAIN` under `ulimit -u`):
+    /// the message says why.
     pub fn build(self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
@@ -261,6 +288,18 @@ impl PoolBuilder {
         };
         let (shared, handle) =
             supervisor::start(config).map_err(|e| Error::io("cannot start the pool", e))?;
+        // At least one worker must start: a pool that can run nothing fails here, clearly,
+        // rather than at its first task. Transient refusals (`EAGAIN`) are retried meanwhile.
+        if let shared::Start::Failed(why) = shared.wait_start(START_LIMIT) {
+            let mut q = shared.lock();
+            q.terminate = true;
+            shared.wake_locked(q);
+            let _ = handle.join();
+            return Err(Error::io(
+                "cannot start the pool",
+                std::io::Error::other(why),
+            ));
+        }
         Ok(Pool {
             shared,
             supervisor: Mutex::new(Some(handle)),
@@ -286,9 +325,24 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// Number of worker processes.
+    /// Number of worker processes the pool keeps (its `processes` setting).
     pub fn processes(&self) -> usize {
         self.processes
+    }
+
+    /// Workers running right now. Fewer than [`processes`](Pool::processes) while dead
+    /// workers are being replaced, or while the OS refuses new processes (`fork` failing with
+    /// `EAGAIN` under `ulimit -u`, say): the pool then runs short, retries with a growing
+    /// backoff, and says so with a `tracing` warning (feature `tracing`). Tasks still run, on
+    /// the workers it has.
+    ///
+    /// ```
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert!(pool.workers() >= 1 && pool.workers() <= 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn workers(&self) -> usize {
+        self.shared.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` on every item and returns the results in input order: Python's `map`.
@@ -369,12 +423,7 @@ impl Pool {
             Err(unsent) => unsent,
         };
         let slot = Arc::new(Slot::default());
-        let job = Job {
-            frame,
-            fds,
-            sink: Sink::Slot(Arc::clone(&slot), 0),
-            retries_left: retries,
-        };
+        let job = Job::new(frame, fds, 1, Sink::Slot(Arc::clone(&slot), 0), retries);
         match self.shared.submit([job]) {
             Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).get(),
             Err(e) => Err(e),
@@ -571,12 +620,7 @@ impl Pool {
     /// Encodes a chunk of arguments into a job.
     fn job<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
         let (frame, fds) = self.encode(f, chunk)?;
-        Ok(Job {
-            frame,
-            fds,
-            sink,
-            retries_left: self.max_retries,
-        })
+        Ok(Job::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 
     /// Queues a `Run` frame encoded elsewhere (by another MPI rank), without fds; its outcome
@@ -585,15 +629,13 @@ impl Pool {
     pub(crate) fn submit_frame(
         &self,
         frame: Vec<u8>,
+        items: usize,
         tx: std::sync::mpsc::Sender<(usize, Outcome)>,
         key: usize,
     ) -> Result<()> {
-        self.shared.submit([Job {
-            frame,
-            fds: None,
-            sink: Sink::Channel(tx, key),
-            retries_left: self.max_retries,
-        }])
+        let sink = Sink::Channel(tx, key);
+        self.shared
+            .submit([Job::new(frame, None, items, sink, self.max_retries)])
     }
 
     /// Writes a `Run` frame encoded elsewhere (by another MPI rank) to an idle worker
@@ -603,21 +645,22 @@ impl Pool {
     pub(crate) fn borrow_for_frame(
         &self,
         frame: Vec<u8>,
+        items: usize,
     ) -> std::result::Result<Borrowed, Vec<u8>> {
-        lease::borrow(&self.shared, frame, None, self.task_timeout).map_err(|(frame, _)| frame)
+        lease::borrow(&self.shared, frame, None, items, self.task_timeout)
+            .map_err(|(frame, _)| frame)
     }
 
-    /// Settles a borrowed frame once polled: its outcome now, or `None` if the worker was lost
-    /// and the supervisor settles the task (a retry, the worker's exit status, `TimedOut`),
-    /// whose outcome then arrives on `tx` tagged with `key`.
+    /// Settles a borrowed frame once polled; its outcome arrives on `tx` tagged with `key`
+    /// (at once for an answer; after the supervisor settled a lost worker's task otherwise).
     #[cfg(feature = "mpi")]
     pub(crate) fn settle_borrowed(
         &self,
         b: Borrowed,
-        polled: std::result::Result<Outcome, Loss>,
+        polled: std::result::Result<Reply, Loss>,
         tx: std::sync::mpsc::Sender<(usize, Outcome)>,
         key: usize,
-    ) -> Option<Outcome> {
+    ) {
         lease::settle(
             &self.shared,
             b,
@@ -658,40 +701,43 @@ pub(crate) fn auto_chunksize(len: usize, processes: usize) -> usize {
     (len / per + usize::from(len % per != 0)).max(1)
 }
 
-/// Decodes one chunk's reply into its items' results.
+/// Decodes one job's outcome into its `items` items' results, in order.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) -> Vec<Result<R>> {
-    let answer = match outcome {
-        Ok(answer) => answer,
-        // The whole chunk failed (its worker died, timed out...): every item reports it.
-        Err(e) => return repeat_error(e, items),
-    };
-    match decode_values(answer.payload()) {
-        Ok(Values::AllOk(values)) => values.into_iter().map(Ok).collect(),
-        Ok(Values::Mixed(list)) => list
-            .into_iter()
-            .map(|r| r.map_err(Error::panicked))
-            .collect(),
-        Err(e) => repeat_error(Error::codec(e), items),
+    let mut out: Vec<Result<R>> = Vec::with_capacity(items);
+    for part in outcome {
+        let left = items - out.len();
+        if left == 0 {
+            break;
+        }
+        match part.what {
+            Ok(answer) => {
+                let before = out.len();
+                let decoded = Items::parse(answer.payload()).and_then(|list| {
+                    list.decode_each::<R>(|r| {
+                        out.push(r);
+                        out.len() < items
+                    })
+                });
+                if let Err(e) = decoded {
+                    // Whatever the part claimed and did not hold fails with the reason.
+                    let target = before + part.count.min(left);
+                    out.extend(repeat_error(e, target.saturating_sub(out.len())));
+                }
+            }
+            Err(e) => out.extend(repeat_error(e, part.count.min(left))),
+        }
     }
-}
-
-/// A chunk's decoded results.
-enum Values<R> {
-    AllOk(Vec<R>),
-    Mixed(Vec<std::result::Result<R, RemotePanic>>),
-}
-
-/// Decodes the payload of a chunk's answer: the chunk's layout byte (see
-/// `worker::CHUNK_ALL_OK`), then the values.
-fn decode_values<R: DeserializeOwned>(payload: &[u8]) -> std::result::Result<Values<R>, String> {
-    match payload {
-        [crate::worker::CHUNK_ALL_OK, rest @ ..] => codec::decode(rest).map(Values::AllOk),
-        [crate::worker::CHUNK_MIXED, rest @ ..] => codec::decode(rest).map(Values::Mixed),
-        _ => Err("a chunk's reply has an unknown layout".to_string()),
+    if out.len() < items {
+        let left = items - out.len();
+        out.extend(repeat_error(Error::protocol("a result was lost"), left));
     }
+    out
 }
 
 fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
+    if items == 0 {
+        return Vec::new();
+    }
     let mut out: Vec<Result<R>> = (1..items).map(|_| Err(e.duplicate())).collect();
     out.push(Err(e));
     out
@@ -714,18 +760,28 @@ pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
         .unwrap_or_else(|| Err(Error::protocol("an empty reply")))
 }
 
+/// The values of every item of every job, in order; the first failure in input order fails
+/// the map.
 pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for outcome in outcomes {
-        // The first failure fails the map, as `decode_chunk` then `?` on each item would.
-        match decode_values::<R>(outcome?.payload()).map_err(Error::codec)? {
-            // A chunk whose items all returned is appended whole (the first one is taken).
-            Values::AllOk(values) if out.is_empty() => out = values,
-            Values::AllOk(mut values) => out.append(&mut values),
-            Values::Mixed(list) => {
-                for r in list {
-                    out.push(r.map_err(Error::panicked)?);
+        for part in outcome {
+            let answer = part.what?;
+            let items = Items::parse(answer.payload())?;
+            out.reserve(items.count());
+            let mut failed = None;
+            items.decode_each::<R>(|r| match r {
+                Ok(v) => {
+                    out.push(v);
+                    true
                 }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
     }
@@ -734,39 +790,54 @@ pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::worker::{CHUNK_ALL_OK, CHUNK_MIXED};
-
     use super::result::Answer;
+    use super::*;
+    use crate::task::chunk;
 
-    fn done(layout: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x11, layout];
-        f.extend_from_slice(body);
-        f
+    /// A `Done` body of `count` bare u64 values.
+    fn done(values: &[u64]) -> Answer {
+        let mut items = Vec::new();
+        for v in values {
+            codec::encode_into(v, &mut items).unwrap();
+        }
+        let n = values.len() as u64;
+        Answer::Frame(chunk::rebuild(n, n, &items))
+    }
+
+    fn part(count: usize, what: Result<Answer>) -> Part {
+        Part { count, what }
     }
 
     #[test]
-    fn chunk_replies_decode_in_both_layouts() {
-        let ok = codec::encode(&vec![1u64, 4, 9]).unwrap();
-        let got = decode_chunk::<u64>(Ok(Answer::Frame(done(CHUNK_ALL_OK, &ok))), 3);
-        assert_eq!(
-            got.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
-            [1, 4, 9]
-        );
-        let mixed: Vec<std::result::Result<u64, RemotePanic>> = vec![Ok(2)];
-        let bytes = codec::encode(&mixed).unwrap();
-        assert_eq!(
-            finish_map::<u64>(vec![Ok(Answer::Frame(done(CHUNK_MIXED, &bytes)))]).unwrap(),
-            [2]
-        );
+    fn parts_decode_in_order_with_their_own_failures() {
+        let outcome = vec![
+            part(2, Ok(done(&[1, 4]))),
+            part(1, Err(Error::timed_out())),
+            part(2, Ok(done(&[16, 25]))),
+        ];
+        let got = decode_chunk::<u64>(outcome, 5);
+        assert_eq!(got.len(), 5);
+        assert_eq!(*got[1].as_ref().unwrap(), 4);
+        assert!(got[2].as_ref().unwrap_err().is_timeout());
+        assert_eq!(*got[4].as_ref().unwrap(), 25);
+        let all = vec![
+            vec![part(2, Ok(done(&[1, 4])))],
+            vec![part(1, Ok(done(&[9])))],
+        ];
+        assert_eq!(finish_map::<u64>(all).unwrap(), [1, 4, 9]);
     }
 
     #[test]
     fn hostile_chunk_replies_are_errors() {
-        for frame in [vec![0x11], done(7, b""), done(CHUNK_ALL_OK, &[0xff; 12])] {
-            assert!(finish_map::<u64>(vec![Ok(Answer::Frame(frame.clone()))]).is_err());
-            let got = decode_chunk::<u64>(Ok(Answer::Frame(frame)), 2);
+        let short = Answer::Frame(vec![0x11, 1, 2]);
+        let lying = Answer::Frame(chunk::rebuild(1 << 40, 0, &[1, 2]));
+        let garbage = Answer::Frame(chunk::rebuild(2, 2, &[0xff; 12]));
+        for a in [short, lying, garbage] {
+            let got = decode_chunk::<u64>(vec![part(2, Ok(a))], 2);
+            assert_eq!(got.len(), 2);
             assert!(got.iter().all(|r| r.is_err()));
         }
+        let garbage = Answer::Frame(chunk::rebuild(2, 2, &[0xff; 12]));
+        assert!(finish_map::<u64>(vec![vec![part(2, Ok(garbage))]]).is_err());
     }
 }

@@ -8,8 +8,41 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// What the supervisor delivers for one job: the worker's answer, or why there is none.
-pub(crate) type Outcome = Result<Answer>;
+/// What the supervisor delivers for one job: its items' outcomes, in order, in parts (one
+/// part when a worker answered the whole chunk; several when a worker died in the middle and
+/// the rest ran elsewhere).
+pub(crate) type Outcome = Vec<Part>;
+
+/// The outcomes of consecutive items of a job.
+#[derive(Debug)]
+pub(crate) struct Part {
+    /// Items this part covers; for a failure, [`Part::REST`] means every item left.
+    pub(crate) count: usize,
+    /// A worker's answer for them (each item's result or panic is inside), or the one error
+    /// they all share.
+    pub(crate) what: Result<Answer>,
+}
+
+impl Part {
+    /// The count of a failure that covers every item left.
+    pub(crate) const REST: usize = usize::MAX;
+
+    /// Every item left fails with `e`.
+    pub(crate) fn rest(e: Error) -> Part {
+        Part {
+            count: Part::REST,
+            what: Err(e),
+        }
+    }
+
+    /// One item fails with `e`.
+    pub(crate) fn one(e: Error) -> Part {
+        Part {
+            count: 1,
+            what: Err(e),
+        }
+    }
+}
 
 /// A worker's answer to a task.
 #[derive(Debug)]
@@ -153,7 +186,7 @@ impl Slot {
         s.taken = true;
         std::mem::take(&mut s.outcomes)
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(Error::protocol("a result was lost"))))
+            .map(|o| o.unwrap_or_else(|| vec![Part::rest(Error::protocol("a result was lost"))]))
             .collect()
     }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::identity::Verified;
+use crate::task::chunk::RunCx;
 
 /// The fixed point offsets are measured from. `#[inline(never)]` gives it an address; if the
 /// linker folds it with an identical function that is still one fixed address in the image.
@@ -47,7 +48,7 @@ impl Reply {
     }
 }
 
-type Trampoline = fn(usize, &[u8]) -> Reply;
+type Trampoline = fn(usize, &[u8], &mut RunCx<'_>) -> Reply;
 
 /// A function as it travels: two offsets from the anchor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,27 +129,31 @@ where
 impl FnRef {
     /// Describes `f` run over a chunk of arguments: the worker decodes a `Vec<F::Args>`, calls
     /// `f` on each (catching each panic separately) and answers with a `Vec<F::Out>` or, if
-    /// any item panicked, a `Vec<Result<F::Out, RemotePanic>>` (see `worker::CHUNK_ALL_OK`).
+    /// any item panicked, the rest tagged (see `task::chunk`).
     pub(crate) fn chunked<F: Callable>(f: F) -> Option<FnRef> {
         let tramp: Trampoline = chunk_trampoline::<F>;
         FnRef::from_addrs(tramp as usize, f.addr())
     }
 }
 
-fn chunk_trampoline<F: Callable>(func: usize, arg: &[u8]) -> Reply {
+fn chunk_trampoline<F: Callable>(func: usize, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     // SAFETY: as in `trampoline`: `func` was produced by `FnRef::chunked::<F>` from a value of
     // the fn-pointer type `F` in this same executable, and this is that `F`'s trampoline. (An
     // `F` that wraps a fn pointer, like `capture::CaptureOutput`, is `repr(transparent)` over
     // it, so the address is a valid `F` all the same.)
     let f: F = unsafe { super::fn_from_addr(func) };
-    crate::worker::run_chunk(f, arg)
+    crate::task::chunk::run(f, arg, cx)
 }
 
 fn offset(addr: usize) -> i64 {
     addr.wrapping_sub(anchor_addr()) as i64
 }
 
-fn trampoline<A: DeserializeOwned, R: Serialize>(func: usize, arg: &[u8]) -> Reply {
+fn trampoline<A: DeserializeOwned, R: Serialize>(
+    func: usize,
+    arg: &[u8],
+    _cx: &mut RunCx<'_>,
+) -> Reply {
     // SAFETY: `func` was produced by `FnRef::new::<A, R>` in a process running this same
     // executable (the caller holds a `Verified` token, see `call`), and this trampoline is the
     // `<A, R>` instance recorded next to it, so `func` is the address of a `fn(A) -> R`.
@@ -160,7 +165,7 @@ fn trampoline<A: DeserializeOwned, R: Serialize>(func: usize, arg: &[u8]) -> Rep
 ///
 /// The `Verified` token proves the sender's binary identity equals ours, which is what makes
 /// the offsets meaningful here.
-pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8]) -> Reply {
+pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     let base = anchor_addr();
     let tramp_addr = base.wrapping_add(f.tramp as usize);
     let func_addr = base.wrapping_add(f.func as usize);
@@ -174,7 +179,7 @@ pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8]) -> Reply {
     // executable, in which `f.tramp` was computed from a `Trampoline` by `FnRef::new`; the same
     // offset from the same anchor is therefore that trampoline here.
     let tramp: Trampoline = unsafe { super::fn_from_addr(tramp_addr) };
-    tramp(func_addr, arg)
+    tramp(func_addr, arg, cx)
 }
 
 #[cfg(test)]
@@ -195,7 +200,13 @@ mod tests {
             super::super::identity::own(),
         )
         .expect("own identity verifies");
-        let reply = call(&proof, f, &arg);
+        let mut arena = None;
+        let mut cx = RunCx {
+            arena: &mut arena,
+            skip: 0,
+            in_arena: 0,
+        };
+        let reply = call(&proof, f, &arg, &mut cx);
         assert!(reply.ok);
         let body = &reply.frame[crate::wire::frame::HEADER..];
         match crate::wire::msg::parse_from_worker(body).unwrap() {

@@ -5,6 +5,7 @@
 //! `unix.rs` holds what POSIX gives every Unix, `linux.rs` what only Linux has (pidfd, `clone`,
 //! `PR_SET_PDEATHSIG`), `other.rs` the fallbacks a macOS port would start from.
 
+pub(crate) mod arena;
 pub(crate) mod child;
 pub(crate) mod ctor;
 pub(crate) mod endpoints;

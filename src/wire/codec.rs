@@ -17,6 +17,8 @@ use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::sys::arena::GrowMap;
+
 /// Which way a value failed to cross.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -93,6 +95,96 @@ impl Flavor for Append<'_> {
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
     }
+}
+
+/// Encodes `value` into the arena of `map` at byte `pos`, growing the arena as needed;
+/// returns the position after it. The worker's chunk results go this way, straight into the
+/// memory its parent can read back should the worker die (see `task::progress`).
+pub(crate) fn encode_at<T: Serialize + ?Sized>(
+    value: &T,
+    map: &mut GrowMap,
+    pos: usize,
+) -> Result<usize, String> {
+    let mut out = ArenaOut {
+        map,
+        pos,
+        grow_failed: None,
+    };
+    match postcard::serialize_with_flavor(value, &mut out) {
+        Ok(()) => Ok(out.pos),
+        Err(e) => Err(match out.grow_failed {
+            Some(io) => format!("cannot grow the result arena: {io}"),
+            None => super::fds::explain(e.to_string()),
+        }),
+    }
+}
+
+/// Postcard output into a worker's arena (a shared mapping that grows by doubling).
+struct ArenaOut<'a> {
+    map: &'a mut GrowMap,
+    pos: usize,
+    grow_failed: Option<std::io::Error>,
+}
+
+impl ArenaOut<'_> {
+    #[cold]
+    fn grow(&mut self, extra: usize) -> postcard::Result<()> {
+        let need = self.pos.saturating_add(extra);
+        let cap = need
+            .max(self.map.capacity().saturating_mul(2))
+            .max(64 << 10);
+        self.map.resize(cap).map_err(|e| {
+            self.grow_failed = Some(e);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+}
+
+impl Flavor for &mut ArenaOut<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.pos >= self.map.capacity() {
+            self.grow(1)?;
+        }
+        let pos = self.pos;
+        self.map.arena_mut()[pos] = byte;
+        self.pos += 1;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.pos + data.len();
+        if end > self.map.capacity() {
+            self.grow(data.len())?;
+        }
+        let pos = self.pos;
+        self.map.arena_mut()[pos..end].copy_from_slice(data);
+        self.pos = end;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `bytes` into a fresh sealed payload file (see `sys::shm::Payload`), for a payload
+/// built elsewhere that is too large for the socket.
+pub(crate) fn spill_bytes(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let fd = crate::sys::shm::payload_file("result")?;
+    let mut file = File::from(fd);
+    file.write_all(bytes)?;
+    let fd = OwnedFd::from(file);
+    crate::sys::shm::seal_payload(fd.as_fd())?;
+    Ok(fd)
+}
+
+/// Decodes one `T` from the front of `bytes`; returns it and the bytes after it.
+pub(crate) fn take<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), String> {
+    postcard::take_from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))
 }
 
 /// The encoding of `value`.

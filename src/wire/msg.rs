@@ -7,8 +7,11 @@ use super::frame::FrameBuf;
 const RUN: u8 = 0x01;
 const EXIT: u8 = 0x02;
 const FDS: u8 = 0x03;
+const CONTROL: u8 = 0x04;
 const HELLO: u8 = 0x10;
 const DONE: u8 = 0x11;
+/// The tag of a `Done` message, for replies built elsewhere (a chunk's, in its arena).
+pub(crate) const DONE_TAG: u8 = DONE;
 const PANIC: u8 = 0x12;
 const FAILED: u8 = 0x13;
 const REFUSED: u8 = 0x14;
@@ -51,6 +54,8 @@ pub(crate) fn encode_arg<T: serde::Serialize + ?Sized>(
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Run<'a> {
     pub(crate) flags: u8,
+    /// For a chunk: the first item to run (those before it were settled by an earlier run).
+    pub(crate) skip: u32,
     /// The parent's binary identity; the worker refuses to run if it differs from its own.
     pub(crate) identity: &'a [u8],
     /// Trampoline offset from the anchor.
@@ -129,10 +134,36 @@ pub(crate) fn begin_run(flags: u8, identity: &[u8], tramp: i64, func: i64) -> Fr
     let mut f = FrameBuf::new();
     f.buf.push(RUN);
     f.buf.push(flags);
+    f.buf.extend_from_slice(&0u32.to_le_bytes());
     put_short_bytes(&mut f.buf, identity);
     f.buf.extend_from_slice(&tramp.to_le_bytes());
     f.buf.extend_from_slice(&func.to_le_bytes());
     f
+}
+
+/// Sets the first item a chunk's `Run` frame (a whole frame, from [`begin_run`]) runs.
+pub(crate) fn set_skip(frame: &mut [u8], skip: u32) {
+    frame[super::frame::HEADER + 2..super::frame::HEADER + 6].copy_from_slice(&skip.to_le_bytes());
+}
+
+/// A `Control` frame, sent with one fd (after an [`fds`] frame): the worker's control block
+/// and result arena (see `task::progress`). The first message of every pool worker.
+pub(crate) fn control() -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(CONTROL);
+    f.finish()
+}
+
+/// True for a `Control` message.
+pub(crate) fn is_control(body: &[u8]) -> bool {
+    body == [CONTROL]
+}
+
+/// Writes the header and `Done` tag of a frame whose body (tag included) is `body_len` bytes
+/// into `out` (`HEADER + 1` bytes).
+pub(crate) fn write_done_header(out: &mut [u8], body_len: usize) {
+    out[..super::frame::HEADER].copy_from_slice(&(body_len as u64).to_le_bytes());
+    out[super::frame::HEADER] = DONE;
 }
 
 /// An `Exit` frame: the worker finishes at once with exit code 0. Pools retire workers this
@@ -174,11 +205,13 @@ pub(crate) fn parse_run(body: &[u8]) -> Result<Run<'_>, BadMessage> {
         return Err(BadMessage("expected a run message"));
     }
     let flags = c.u8()?;
+    let skip = c.u32()?;
     let identity = c.short_bytes()?;
     let tramp = c.i64()?;
     let func = c.i64()?;
     Ok(Run {
         flags,
+        skip,
         identity,
         tramp,
         func,
@@ -293,6 +326,7 @@ mod tests {
             run,
             Run {
                 flags: FLAG_LAST,
+                skip: 0,
                 identity: b"id",
                 tramp: -5,
                 func: 1 << 40,
@@ -396,7 +430,7 @@ mod proptests {
             let frame = reader.read_frame(&mut &bytes[..]).unwrap();
             prop_assert_eq!(frame.len() + HEADER, bytes.len());
             let run = parse_run(&frame).unwrap();
-            prop_assert_eq!(run, Run { flags, identity: &identity, tramp, func, arg: &arg });
+            prop_assert_eq!(run, Run { flags, skip: 0, identity: &identity, tramp, func, arg: &arg });
         }
 
         #[test]

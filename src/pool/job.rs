@@ -1,0 +1,128 @@
+//! A job: one chunk of items on its way through the pool, and where its outcome goes.
+//!
+//! A job collects its items' outcomes in parts as they are settled — by a worker's answer,
+//! by the results a dead worker had committed, by the failure of the one item it was running
+//! — and is delivered once every item has one. Until then it runs from [`Job::next`], the
+//! first unsettled item: a job re-queued after a death skips what is settled.
+
+use std::sync::{Arc, mpsc};
+
+use super::result::{Answer, Outcome, Part, Slot};
+use crate::error::Error;
+use crate::wire::fds::Fds;
+use crate::wire::msg;
+
+/// Where a job's outcome goes.
+pub(crate) enum Sink {
+    /// Cell `i` of a slot someone waits on.
+    Slot(Arc<Slot>, usize),
+    /// A channel shared by the jobs of one `imap_unordered`, tagged with the job's item count.
+    Channel(mpsc::Sender<(usize, Outcome)>, usize),
+}
+
+impl Sink {
+    fn deliver(self, outcome: Outcome) {
+        match self {
+            Sink::Slot(s, i) => s.complete(i, outcome),
+            Sink::Channel(tx, n) => {
+                let _ = tx.send((n, outcome));
+            }
+        }
+    }
+}
+
+/// One chunk of work: an encoded `Run` frame and where its outcome goes.
+pub(crate) struct Job {
+    pub(crate) frame: Vec<u8>,
+    /// Fds of handles inside the argument, sent with the frame (and again on a re-run).
+    pub(crate) fds: Fds,
+    sink: Sink,
+    /// Items in the chunk.
+    pub(crate) items: usize,
+    /// The first item without an outcome: a run of this job starts there.
+    pub(crate) next: usize,
+    parts: Vec<Part>,
+    /// Re-runs left for the item at `next`, if a worker dies running it.
+    pub(crate) retries_left: u32,
+    /// Re-runs each item may have (`max_retries`).
+    max_retries: u32,
+    /// Workers lost before they began this job (see `fate`).
+    pub(crate) unstarted_losses: u32,
+}
+
+impl Job {
+    /// A job of `items` items, nothing settled yet.
+    pub(crate) fn new(frame: Vec<u8>, fds: Fds, items: usize, sink: Sink, retries: u32) -> Job {
+        Job {
+            frame,
+            fds,
+            sink,
+            items,
+            next: 0,
+            parts: Vec::new(),
+            retries_left: retries,
+            max_retries: retries,
+            unstarted_losses: 0,
+        }
+    }
+
+    /// Items not settled yet.
+    pub(crate) fn left(&self) -> usize {
+        self.items - self.next
+    }
+
+    /// True once every item has its outcome.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.next >= self.items
+    }
+
+    /// The frame to send for the next run: it starts at the first unsettled item.
+    pub(crate) fn prepare(&mut self) {
+        if self.next > 0 {
+            let skip = u32::try_from(self.next).unwrap_or(u32::MAX);
+            msg::set_skip(&mut self.frame, skip);
+        }
+    }
+
+    /// The next `count` items have the outcomes in `answer`. Past the item that had
+    /// retries, the budget starts afresh: retries count per item.
+    pub(crate) fn settle(&mut self, count: usize, answer: Answer) {
+        let count = count.min(self.left());
+        if count == 0 {
+            return;
+        }
+        self.parts.push(Part {
+            count,
+            what: Ok(answer),
+        });
+        self.advance(count);
+    }
+
+    /// The item at `next` fails with `e`.
+    pub(crate) fn fail_one(&mut self, e: Error) {
+        if self.is_settled() {
+            return;
+        }
+        self.parts.push(Part::one(e));
+        self.advance(1);
+    }
+
+    fn advance(&mut self, count: usize) {
+        self.next += count;
+        self.retries_left = self.max_retries;
+    }
+
+    /// Delivers the outcome; every item left fails with `e` (nothing, if all are settled).
+    pub(crate) fn fail_rest(mut self, e: Error) {
+        if !self.is_settled() {
+            self.parts.push(Part::rest(e));
+        }
+        self.sink.deliver(self.parts);
+    }
+
+    /// Delivers the outcome of a settled job.
+    pub(crate) fn deliver(self) {
+        debug_assert!(self.is_settled());
+        self.fail_rest(Error::protocol("a result was lost"));
+    }
+}

@@ -1,0 +1,290 @@
+//! A worker's control block and result arena: one anonymous file, its first page mapped by
+//! both sides (the control block: atomics only), the rest mapped by the worker alone.
+//!
+//! The worker writes each finished item's encoded result into the arena and then publishes
+//! how far it got in the control block, so that when it dies mid-chunk its parent reads the
+//! finished results back with [`read_at`] — nothing of them is lost with the process, and no
+//! syscall is made per item. The parent never maps the arena part, so the worker may grow it
+//! ([`GrowMap::resize`]) without telling anyone.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+
+use super::unix::above_stdio;
+
+/// Bytes of the control block at the start of the file; the arena follows.
+pub(crate) const PAGE: usize = 4096;
+
+/// The worker's mapping of the whole file: the control block, then the arena.
+#[derive(Debug)]
+pub(crate) struct GrowMap {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain shared memory with no thread affinity. The control block is reached only
+// through atomics; the arena only through `&mut self` (one writer in this process), and no
+// other process maps it (the parent reads it with `pread` once this process is dead).
+unsafe impl Send for GrowMap {}
+
+impl GrowMap {
+    /// Maps the file `fd` (at least [`PAGE`] bytes) whole, read-write.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<GrowMap> {
+        let len = file_len(fd.as_fd())?;
+        if len < PAGE as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a control block shorter than a page",
+            ));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "control file too large"))?;
+        // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
+        // open; no existing memory is affected. The result is checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(GrowMap { fd, ptr, len })
+    }
+
+    /// A private one, for a worker whose parent sent no control block (its arena then only
+    /// saves a copy, not results).
+    pub(crate) fn anonymous() -> io::Result<GrowMap> {
+        let fd = anonymous_file()?;
+        set_len(fd.as_fd(), PAGE as u64)?;
+        GrowMap::from_fd(fd)
+    }
+
+    /// Bytes available to the arena (the mapping less the control block).
+    pub(crate) fn capacity(&self) -> usize {
+        self.len - PAGE
+    }
+
+    /// Makes the arena `cap` bytes long (growing or shrinking the file and the mapping).
+    pub(crate) fn resize(&mut self, cap: usize) -> io::Result<()> {
+        let new_len = cap
+            .checked_add(PAGE)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "arena too large"))?;
+        let size = u64::try_from(new_len)
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "arena too large"))?;
+        if new_len > self.len {
+            // Grow the file first: the new pages of the mapping must have a file behind them.
+            set_len(self.fd.as_fd(), size)?;
+            self.remap(new_len)
+        } else {
+            // Shrink the mapping first: no page of it may outlive the file behind it (SIGBUS).
+            self.remap(new_len)?;
+            set_len(self.fd.as_fd(), size)
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn remap(&mut self, new_len: usize) -> io::Result<()> {
+        // SAFETY: `ptr`/`len` are exactly our current mapping; MREMAP_MAYMOVE lets the kernel
+        // move it, and nothing keeps a pointer into it across this call (`&mut self`: no slice
+        // from `arena_mut` is alive, and atomics borrowed from `&self` are not either). The
+        // result is checked for MAP_FAILED before it replaces `ptr`.
+        let ptr = unsafe {
+            libc::mremap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                new_len,
+                libc::MREMAP_MAYMOVE,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        self.ptr = NonNull::new(ptr.cast::<u8>()).expect("mremap never returns null on success");
+        self.len = new_len;
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn remap(&mut self, new_len: usize) -> io::Result<()> {
+        // SAFETY: a fresh shared mapping chosen by the kernel over a file we hold open,
+        // checked for MAP_FAILED; the old one is unmapped only once the new one exists, and
+        // nothing points into it across this call (`&mut self`).
+        unsafe {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                new_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                0,
+            );
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            self.ptr = NonNull::new_unchecked(ptr.cast::<u8>());
+        }
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// The `AtomicU64` at byte `offset` of the control block (8-aligned, below [`PAGE`]: a bug
+    /// otherwise, so it panics).
+    pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(
+            offset % 8 == 0 && offset + 8 <= PAGE,
+            "bad control offset {offset}"
+        );
+        // SAFETY: in bounds of the mapping and aligned (page-aligned base, checked offset);
+        // the mapping lives as long as `self`, and the borrow ties the reference to it. The
+        // control block is only ever accessed through atomics, by both processes.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The arena: every byte after the control block.
+    pub(crate) fn arena_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `[ptr + PAGE, ptr + len)` is mapped read-write for as long as `self` lives
+        // (`len >= PAGE` since `from_fd`); `&mut self` makes this the only reference into the
+        // arena in this process, and no other process maps it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(PAGE), self.len - PAGE) }
+    }
+
+    /// The arena, read-only.
+    pub(crate) fn arena(&self) -> &[u8] {
+        // SAFETY: as in `arena_mut`; a shared borrow of `self` excludes `arena_mut`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(PAGE), self.len - PAGE) }
+    }
+}
+
+impl Drop for GrowMap {
+    fn drop(&mut self) {
+        // SAFETY: exactly our mapping, unmapped once; no reference into it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Reads `buf.len()` bytes of the file `fd` at `offset` (`pread`), whole or an error.
+pub(crate) fn read_at(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) };
+        match n {
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                let n = n as usize;
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The size of the file `fd`.
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: zeroed `stat` is a valid out-buffer; `fd` is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat` for the call.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
+    // SAFETY: ftruncate on an open fd we hold; no memory is involved.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn anonymous_file() -> io::Result<OwnedFd> {
+    // SAFETY: a valid NUL-terminated name; memfd_create has no other preconditions.
+    let raw = unsafe { libc::memfd_create(c"mproc-arena".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd owned by nobody else.
+    above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn anonymous_file() -> io::Result<OwnedFd> {
+    let region = super::shm::Region::create("arena", PAGE)?;
+    let fd = region.fd().try_clone_to_owned()?;
+    drop(region);
+    above_stdio(fd)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `std::time::Instant` on Linux, the same in
+/// every process of the machine, so a time one process writes another can compare.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call (served by the vDSO: no syscall).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn an_arena_grows_keeps_its_bytes_and_reads_back_through_the_fd() {
+        let mut m = GrowMap::anonymous().unwrap();
+        assert_eq!(m.capacity(), 0);
+        m.resize(10).unwrap();
+        m.arena_mut()[..3].copy_from_slice(b"abc");
+        m.atomic_u64(8).store(7, Ordering::Relaxed);
+        m.resize(1 << 20).unwrap();
+        assert_eq!(&m.arena()[..3], b"abc");
+        assert_eq!(m.atomic_u64(8).load(Ordering::Relaxed), 7);
+        let mut back = [0; 3];
+        read_at(m.fd.as_fd(), PAGE as u64, &mut back).unwrap();
+        assert_eq!(&back, b"abc");
+        m.resize(4).unwrap();
+        assert_eq!(m.capacity(), 4);
+        assert_eq!(file_len(m.fd.as_fd()).unwrap(), PAGE as u64 + 4);
+        let mut past = [0; 8];
+        assert!(read_at(m.fd.as_fd(), PAGE as u64, &mut past).is_err());
+    }
+
+    #[test]
+    fn monotonic_ns_matches_instant() {
+        let a = monotonic_ns();
+        let i = std::time::Instant::now();
+        let b = monotonic_ns();
+        assert!(a <= b);
+        let _ = i;
+    }
+}

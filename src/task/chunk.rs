@@ -1,0 +1,314 @@
+//! A chunk of items: run in a worker, each item's outcome encoded as it finishes; decoded in
+//! the parent, each item with its own result.
+//!
+//! # The payload
+//! What a chunk's `Done` carries (after the tag), whether it comes whole from a live worker or
+//! is rebuilt from a dead worker's arena:
+//!
+//! ```text
+//! count: u64 LE   items in this payload
+//! tagged: u64 LE  index (in this payload) of the first item encoded with its variant
+//! items           `tagged` bare values (`R`), then `count - tagged` `ItemIn<R>`s
+//! ```
+//!
+//! The common case — every item returned — costs no byte per item; the first item that
+//! panics (or whose result cannot be encoded) switches the rest of the chunk to the tagged
+//! form, where each item says whether it is a value, a panic or an encoding failure.
+//!
+//! # In the arena
+//! The worker builds the whole `Done` frame in its arena (`sys::arena`), so sending it costs
+//! no copy, and commits each item in the control block (`progress`) as it finishes: should the
+//! worker die in the middle, the parent rebuilds the payload of the finished items from the
+//! arena ([`rebuild`]).
+
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::progress::Publisher;
+use crate::error::{Error, RemotePanic};
+use crate::sys::arena::GrowMap;
+use crate::sys::fnptr::{Callable, Reply};
+use crate::wire::frame::HEADER;
+use crate::wire::{codec, msg};
+
+/// Bytes before the first item in the arena: the frame header, the `Done` tag, `count` and
+/// `tagged`.
+pub(crate) const PREFIX: usize = HEADER + 1 + 16;
+
+/// An arena grown past this by a large chunk shrinks back before the next one.
+const SHRINK_ABOVE: usize = 8 << 20;
+
+/// An item's outcome in the tagged form (worker side; the variants match [`ItemIn`]).
+#[derive(Serialize)]
+enum ItemOut<'a, T> {
+    Ok(&'a T),
+    Panic(&'a RemotePanic),
+    Failed(&'a str),
+}
+
+/// An item's outcome in the tagged form (parent side).
+#[derive(Deserialize)]
+enum ItemIn<T> {
+    Ok(T),
+    Panic(RemotePanic),
+    Failed(String),
+}
+
+/// What a chunk run needs from the serve loop.
+pub(crate) struct RunCx<'a> {
+    /// The arena (and control block) the results go to; made on first use where the parent
+    /// sent none (a `Process`).
+    pub(crate) arena: &'a mut Option<GrowMap>,
+    /// The first item to run: those before it were settled by an earlier run.
+    pub(crate) skip: usize,
+    /// Set by the run when its reply is the first `in_arena` bytes of the arena rather than
+    /// `Reply::frame`.
+    pub(crate) in_arena: usize,
+}
+
+/// Decodes a chunk of arguments and runs `f` on each from `cx.skip` on; a panic fails only
+/// its own item. Called by the chunk trampoline.
+pub(crate) fn run<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
+    // A panic in serde code decoding the arguments fails the chunk, not the worker.
+    panic::catch_unwind(AssertUnwindSafe(|| run_inner(f, arg, cx)))
+        .unwrap_or_else(crate::worker::panic_reply)
+}
+
+fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
+    let map = match cx.arena {
+        Some(map) => map,
+        None => match GrowMap::anonymous() {
+            Ok(map) => cx.arena.insert(map),
+            Err(e) => {
+                let why = format!("cannot make a result arena: {e}");
+                return Reply::inline(msg::failed(&why), false);
+            }
+        },
+    };
+    if map.capacity() > SHRINK_ABOVE || map.capacity() < PREFIX {
+        if let Err(e) = map.resize(64 << 10) {
+            let why = format!("cannot size the result arena: {e}");
+            return Reply::inline(msg::failed(&why), false);
+        }
+    }
+    let publisher = Publisher::begin(map, cx.skip);
+    let items: Vec<F::Args> = match codec::decode(arg) {
+        Ok(a) => a,
+        Err(e) => {
+            let why = format!("cannot decode the arguments: {e}");
+            return Reply::inline(msg::failed(&why), false);
+        }
+    };
+    let n = items.len();
+    let skip = cx.skip.min(n);
+    publisher.counted(map, n);
+    let mut pos = PREFIX;
+    let mut tagged: Option<usize> = None;
+    for (k, a) in items.into_iter().enumerate().skip(skip) {
+        let start = pos;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            let v = f.invoke(a);
+            match tagged {
+                None => codec::encode_at(&v, map, start),
+                Some(_) => codec::encode_at(&ItemOut::Ok(&v), map, start),
+            }
+        }));
+        pos = match outcome {
+            Ok(Ok(end)) => end,
+            failed => {
+                if tagged.is_none() {
+                    tagged = Some(k);
+                    publisher.tagged_from(map, k);
+                }
+                let written = match failed {
+                    Err(payload) => {
+                        let p = crate::worker::panic_report(payload);
+                        codec::encode_at(&ItemOut::<()>::Panic(&p), map, start)
+                    }
+                    Ok(Err(e)) => {
+                        let why = format!("cannot encode the result: {e}");
+                        codec::encode_at(&ItemOut::<()>::Failed(&why), map, start)
+                    }
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                };
+                match written {
+                    Ok(end) => end,
+                    Err(e) => {
+                        let why = format!("cannot record an item's failure: {e}");
+                        return Reply::inline(msg::failed(&why), false);
+                    }
+                }
+            }
+        };
+        publisher.commit(map, k + 1, pos - PREFIX);
+    }
+    let count = (n - skip) as u64;
+    let tagged = tagged.map_or(count, |t| (t - skip) as u64);
+    let arena = map.arena_mut();
+    msg::write_done_header(&mut arena[..HEADER + 1], pos - HEADER);
+    arena[HEADER + 1..HEADER + 9].copy_from_slice(&count.to_le_bytes());
+    arena[HEADER + 9..PREFIX].copy_from_slice(&tagged.to_le_bytes());
+    let payload = &map.arena()[HEADER + 1..pos];
+    if payload.len() > msg::SPILL_LIMIT {
+        // A large result crosses as shared pages, not through the socket.
+        if let Ok(file) = codec::spill_bytes(payload) {
+            return Reply {
+                frame: msg::done_spilled(),
+                ok: true,
+                file: Some(file),
+            };
+        }
+    }
+    cx.in_arena = pos;
+    Reply::inline(Vec::new(), true)
+}
+
+/// The item count of a chunk's encoded arguments (a sequence: its length comes first, as a
+/// varint), or `None` if they do not start with one.
+#[cfg(any(test, feature = "mpi"))]
+pub(crate) fn arg_count(arg: &[u8]) -> Option<usize> {
+    let mut n: u64 = 0;
+    for (i, &b) in arg.iter().take(10).enumerate() {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return usize::try_from(n).ok();
+        }
+    }
+    None
+}
+
+/// Rebuilds the payload of a dead worker's finished items: `count` of them, the first
+/// `tagged` bare, from the committed arena bytes `items`. Returned as a `Done` body.
+pub(crate) fn rebuild(count: u64, tagged: u64, items: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(17 + items.len());
+    body.push(msg::DONE_TAG);
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(&tagged.min(count).to_le_bytes());
+    body.extend_from_slice(items);
+    body
+}
+
+/// A chunk's payload, its header checked.
+pub(crate) struct Items<'a> {
+    count: usize,
+    tagged: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Items<'a> {
+    /// Reads the header of a payload.
+    pub(crate) fn parse(payload: &'a [u8]) -> Result<Items<'a>, Error> {
+        let bad = || Error::protocol("a chunk's reply is shorter than its header");
+        let count = payload.get(..8).ok_or_else(bad)?;
+        let tagged = payload.get(8..16).ok_or_else(bad)?;
+        let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
+        let tagged = u64::from_le_bytes(tagged.try_into().expect("8 bytes"));
+        if tagged > count {
+            return Err(Error::protocol("a chunk's reply has a bad layout"));
+        }
+        // Every item takes at least one byte: a count past the bytes is a lie, refused before
+        // anything is sized by it.
+        let bytes = &payload[16..];
+        if count > bytes.len() as u64 {
+            return Err(Error::protocol(
+                "a chunk's reply claims more items than it holds",
+            ));
+        }
+        Ok(Items {
+            count: count as usize,
+            tagged: tagged as usize,
+            bytes,
+        })
+    }
+
+    /// Items in the payload.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Decodes every item in order into `each`; stops early when `each` returns false. An
+    /// undecodable item (and every one after it, which cannot be found) gives `Err` once.
+    pub(crate) fn decode_each<R: DeserializeOwned>(
+        self,
+        mut each: impl FnMut(Result<R, Error>) -> bool,
+    ) -> Result<(), Error> {
+        let mut rest = self.bytes;
+        for k in 0..self.count {
+            let item = if k < self.tagged {
+                codec::take::<R>(rest).map(|(v, r)| (Ok(v), r))
+            } else {
+                codec::take::<ItemIn<R>>(rest).map(|(v, r)| {
+                    let v = match v {
+                        ItemIn::Ok(v) => Ok(v),
+                        ItemIn::Panic(p) => Err(Error::panicked(p)),
+                        ItemIn::Failed(why) => Err(Error::codec(why)),
+                    };
+                    (v, r)
+                })
+            };
+            let (v, r) = item.map_err(Error::codec)?;
+            rest = r;
+            if !each(v) {
+                return Ok(());
+            }
+        }
+        // Bytes past the last item are ignored: a worker killed between committing an item's
+        // bytes and its index leaves that item's bytes in the arena, uncounted.
+        let _ = rest;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_item_count_is_read_from_encoded_arguments() {
+        for n in [0usize, 1, 127, 128, 300, 70_000] {
+            let args: Vec<u8> = vec![7; n];
+            let bytes = codec::encode(&args).unwrap();
+            assert_eq!(arg_count(&bytes), Some(n));
+        }
+        assert_eq!(arg_count(&[0xff; 11]), None);
+        assert_eq!(arg_count(&[]), None);
+    }
+
+    #[test]
+    fn rebuilt_payloads_decode_bare_then_tagged_items() {
+        let mut items = Vec::new();
+        codec::encode_into(&5u64, &mut items).unwrap();
+        let p = RemotePanic {
+            message: "boom".into(),
+            location: None,
+            backtrace: None,
+        };
+        codec::encode_into(&ItemOut::<u64>::Panic(&p), &mut items).unwrap();
+        codec::encode_into(&ItemOut::Ok(&6u64), &mut items).unwrap();
+        codec::encode_into(&ItemOut::<u64>::Failed("nope"), &mut items).unwrap();
+        let body = rebuild(4, 1, &items);
+        let parsed = Items::parse(&body[1..]).unwrap();
+        assert_eq!(parsed.count(), 4);
+        let mut got = Vec::new();
+        parsed
+            .decode_each::<u64>(|r| {
+                got.push(r);
+                true
+            })
+            .unwrap();
+        assert_eq!(*got[0].as_ref().unwrap(), 5);
+        assert_eq!(
+            got[1]
+                .as_ref()
+                .unwrap_err()
+                .remote_panic()
+                .unwrap()
+                .message(),
+            "boom"
+        );
+        assert_eq!(*got[2].as_ref().unwrap(), 6);
+        assert_eq!(got[3].as_ref().unwrap_err().kind(), crate::ErrorKind::Codec);
+    }
+}

@@ -1,0 +1,14 @@
+//! The protocol of one task, shared by both sides of the boundary: how a chunk of items runs
+//! in a worker and how its per-item outcomes come back, whole or after the worker died.
+//!
+//! - [`progress`]: the control block a worker and its parent share, in which the worker
+//!   publishes how far through its current chunk it is (which item runs, since when, how many
+//!   results are committed to its arena).
+//! - [`chunk`]: running a chunk on the worker side (each item's result encoded into the arena
+//!   as it finishes) and decoding its items on the parent side.
+//!
+//! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
+//! is the one place that turns a worker's death or timeout into outcomes for those items.
+
+pub(crate) mod chunk;
+pub(crate) mod progress;
