@@ -20,7 +20,8 @@ pub struct Error {
 
 enum Repr {
     Panicked(RemotePanic),
-    WorkerDied(ExitStatus),
+    /// How it ended, and what the worker said as it died (`"stack overflow"`), if anything.
+    WorkerDied(ExitStatus, Option<&'static str>),
     TimedOut,
     BinaryMismatch {
         expected: String,
@@ -81,7 +82,11 @@ impl Error {
         Error::new(Repr::Panicked(p))
     }
     pub(crate) fn worker_died(status: ExitStatus) -> Error {
-        Error::new(Repr::WorkerDied(status))
+        Error::new(Repr::WorkerDied(status, None))
+    }
+    /// A death the worker explained before it ended (its last words: `"stack overflow"`).
+    pub(crate) fn worker_died_of(status: ExitStatus, cause: &'static str) -> Error {
+        Error::new(Repr::WorkerDied(status, Some(cause)))
     }
     pub(crate) fn timed_out() -> Error {
         Error::new(Repr::TimedOut)
@@ -123,7 +128,7 @@ impl Error {
     pub(crate) fn duplicate(&self) -> Error {
         Error::new(match &*self.repr {
             Repr::Panicked(p) => Repr::Panicked(p.clone()),
-            Repr::WorkerDied(s) => Repr::WorkerDied(*s),
+            Repr::WorkerDied(s, cause) => Repr::WorkerDied(*s, *cause),
             Repr::TimedOut => Repr::TimedOut,
             Repr::BinaryMismatch { expected, found } => Repr::BinaryMismatch {
                 expected: expected.clone(),
@@ -157,7 +162,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match *self.repr {
             Repr::Panicked(_) => ErrorKind::Panicked,
-            Repr::WorkerDied(_) => ErrorKind::WorkerDied,
+            Repr::WorkerDied(..) => ErrorKind::WorkerDied,
             Repr::TimedOut => ErrorKind::TimedOut,
             Repr::BinaryMismatch { .. } => ErrorKind::BinaryMismatch,
             Repr::Protocol(_) => ErrorKind::Protocol,
@@ -192,10 +197,34 @@ impl Error {
     /// How the child ended, when it died without a result.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         match *self.repr {
-            Repr::WorkerDied(s) => Some(s),
+            Repr::WorkerDied(s, _) => Some(s),
             _ => None,
         }
     }
+}
+
+/// What an exit code means when mproc's worker loop chose it (`worker::EXIT_*`). A task that
+/// calls `std::process::exit` with the same number looks the same from outside, so the text
+/// says "unless the task exited with it" rather than claiming to know. Codes 0 and 1 are left
+/// alone: a worker that ends with them has answered first (a result, a panic), so a death
+/// with them is the task's own `exit`.
+fn mproc_exit_meaning(code: i32) -> Option<&'static str> {
+    use crate::worker::{EXIT_BAD_MARKER, EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED};
+    Some(match code {
+        EXIT_REFUSED => {
+            "mproc's code for a worker that refused to run another executable's functions, unless the task exited with it"
+        }
+        EXIT_PROTOCOL => {
+            "mproc's code for a protocol error between parent and worker, unless the task exited with it"
+        }
+        EXIT_BAD_MARKER => {
+            "mproc's code for a process started with a worker marker it cannot understand, unless the task exited with it"
+        }
+        EXIT_INTERNAL => {
+            "mproc's code for a bug of mproc inside the worker, unless the task exited with it"
+        }
+        _ => return None,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -206,7 +235,15 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.repr {
             Repr::Panicked(p) => write!(f, "the task panicked: {p}"),
-            Repr::WorkerDied(s) => write!(f, "the worker process died without a result ({s})"),
+            Repr::WorkerDied(s, cause) => {
+                write!(f, "the worker process died without a result ({s}")?;
+                if let Some(cause) = cause {
+                    write!(f, ": {cause}")?;
+                } else if let Some(meaning) = s.code().and_then(mproc_exit_meaning) {
+                    write!(f, ": {meaning}")?;
+                }
+                f.write_str(")")
+            }
             Repr::TimedOut => f.write_str("timed out"),
             Repr::BinaryMismatch { expected, found } => write!(
                 f,
@@ -256,7 +293,15 @@ impl RemotePanic {
     pub fn location(&self) -> Option<&str> {
         self.location.as_deref()
     }
-    /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) is set.
+    /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) is set
+    /// in the child as it starts.
+    ///
+    /// In a child whose memory is capped (`memory_limit`, `ulimit -v`), the backtrace is
+    /// symbolized in a throwaway copy of the child, so that the debug information it parses
+    /// (tens of MiB for a debug build) does not stay in the child; if that copy runs out of
+    /// memory the text says so. Such a child also runs with `RUST_BACKTRACE` removed from
+    /// its environment: std's out-of-memory handler would otherwise wait for a lock that a
+    /// panic's capture holds, and hang.
     pub fn backtrace(&self) -> Option<&str> {
         self.backtrace.as_deref()
     }
@@ -347,8 +392,23 @@ mod tests {
         let e = Error::worker_died(ExitStatus::from_raw(crate::sys::RawExit::Code(3)));
         assert_eq!(
             e.to_string(),
-            "the worker process died without a result (exit code 3)"
+            "the worker process died without a result (exit code 3: mproc's code for a protocol error between parent and worker, unless the task exited with it)"
         );
+        let e = Error::worker_died(ExitStatus::from_raw(crate::sys::RawExit::Code(42)));
+        assert_eq!(
+            e.to_string(),
+            "the worker process died without a result (exit code 42)"
+        );
+        let e = Error::worker_died_of(
+            ExitStatus::from_raw(crate::sys::RawExit::Signal(11)),
+            "stack overflow",
+        );
+        assert_eq!(
+            e.to_string(),
+            "the worker process died without a result (killed by signal 11 (SIGSEGV): stack overflow)"
+        );
+        assert_eq!(e.kind(), ErrorKind::WorkerDied);
+        assert_eq!(e.duplicate().to_string(), e.to_string());
         assert_eq!(Error::timed_out().to_string(), "timed out");
         assert!(
             Error::io(

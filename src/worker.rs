@@ -8,10 +8,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,7 +22,9 @@ use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, FnRef, Reply};
 use crate::sys::identity;
 use crate::sys::shm::Payload;
+use crate::sys::stack_guard;
 use crate::task::chunk::{Arena, RunCx};
+use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 use crate::wire::{codec, fds};
@@ -129,13 +131,29 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
     serve(token, sock)
 }
 
+/// What the panic hook records for [`panic_report`]: the location, and the backtrace as
+/// captured — its frames, not yet symbolized.
+#[derive(Default)]
+struct Recorded {
+    location: Option<String>,
+    backtrace: Option<std::backtrace::Backtrace>,
+}
+
 thread_local! {
     /// Location and backtrace of the last panic on this thread, recorded by the hook.
-    static LAST_PANIC: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
+    static LAST_PANIC: RefCell<Recorded> = RefCell::new(Recorded::default());
 }
 
 /// True in a process serving as a worker: the panic hook records instead of printing.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// True when this worker's panics carry a backtrace (`RUST_LIB_BACKTRACE` or
+/// `RUST_BACKTRACE` asked for one when it started, as std reads them).
+static WANT_BACKTRACE: AtomicBool = AtomicBool::new(false);
+
+/// The socket the worker answers on while a task runs, `-1` otherwise: where the panic hook
+/// writes its report under `panic = "abort"`, where no `catch_unwind` ever returns.
+static TASK_SOCKET: AtomicI32 = AtomicI32::new(-1);
 
 /// True in a worker process (serving tasks), false in a program's own process.
 pub(crate) fn in_worker() -> bool {
@@ -146,6 +164,14 @@ pub(crate) fn in_worker() -> bool {
 /// panic for the [`RemotePanic`] when this process is a worker, and defers to the previous hook
 /// otherwise. The `Fork` start method installs it in the parent *before* forking, so a forked
 /// child never takes the hook lock (which another thread of the parent might have held).
+///
+/// The hook captures the backtrace's frames but does not symbolize them: symbolizing reads
+/// the binary's debug information (megabytes, and the slow part), and is done by
+/// [`panic_report`] once the panic has been caught and the task's memory unwound. Both steps
+/// run with the memory limit lifted ([`crate::sys::with_memory_headroom`]).
+///
+/// Under `panic = "abort"` the runtime aborts as soon as the hook returns: the hook then
+/// builds the whole report itself and writes it to the parent first.
 pub(crate) fn ensure_panic_hook() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
@@ -155,12 +181,89 @@ pub(crate) fn ensure_panic_hook() {
                 return previous(info);
             }
             let location = info.location().map(|l| l.to_string());
-            let bt = std::backtrace::Backtrace::capture();
-            let backtrace =
-                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
-            LAST_PANIC.with(|p| *p.borrow_mut() = (location, backtrace));
+            let backtrace = WANT_BACKTRACE.load(Ordering::Relaxed).then(|| {
+                crate::sys::with_memory_headroom(std::backtrace::Backtrace::force_capture)
+            });
+            if cfg!(panic = "abort") {
+                let message = payload_text(info.payload());
+                return report_before_abort(message, location, backtrace);
+            }
+            LAST_PANIC.with(|p| {
+                *p.borrow_mut() = Recorded {
+                    location,
+                    backtrace,
+                }
+            });
         }));
     });
+}
+
+/// Under `panic = "abort"`: sends the panic's report as the task's answer, from the hook,
+/// before the runtime aborts. The parent then reports `Panicked`, not a bare `SIGABRT`.
+fn report_before_abort(
+    message: String,
+    location: Option<String>,
+    backtrace: Option<std::backtrace::Backtrace>,
+) {
+    let fd = TASK_SOCKET.swap(-1, Ordering::Relaxed);
+    if fd < 0 {
+        return; // not in a task (or the report already went): the abort says it all
+    }
+    let p = RemotePanic {
+        message,
+        location,
+        backtrace: backtrace.map(symbolize),
+    };
+    let _ = crate::sys::write_all_raw(fd, &encode_panic(&p));
+}
+
+/// The text of a captured backtrace.
+///
+/// Symbolizing parses the binary's debug information, and std keeps what it parsed for the
+/// rest of the process: 38 MiB for a debug test binary (measured), more than a tight
+/// `memory_limit` leaves. In a worker whose memory is capped it therefore happens in a
+/// throwaway copy of the worker ([`crate::sys::in_throwaway_child`]), with the limit lifted
+/// where it can be: the worker's own memory is untouched, and if the copy runs out the
+/// report says so. Elsewhere it happens here, with the limit lifted, and the parsed
+/// information serves the worker's next panics.
+fn symbolize(bt: std::backtrace::Backtrace) -> String {
+    if !crate::sys::memory_is_limited() {
+        return crate::sys::with_memory_headroom(|| bt.to_string());
+    }
+    let text = crate::sys::in_throwaway_child(
+        || {
+            // The copy shares the worker's socket: whatever happens to it, it must not speak
+            // there (an aborting panic's report, an overflow's notice).
+            TASK_SOCKET.store(-1, Ordering::Relaxed);
+            stack_guard::forget_fd();
+            crate::sys::with_memory_headroom(|| bt.to_string().into_bytes())
+        },
+        SYMBOLIZE_LIMIT,
+    );
+    match text {
+        Some(t) => String::from_utf8_lossy(&t).into_owned(),
+        None => "(the backtrace was captured, but symbolizing it failed under the worker's memory limit)".to_string(),
+    }
+}
+
+/// How long a throwaway copy of a worker may take to symbolize a backtrace.
+const SYMBOLIZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads what the environment asks of backtraces, as std would, before the first panic.
+///
+/// In a worker whose memory is capped, `RUST_BACKTRACE` is then removed from its
+/// environment: std's out-of-memory hook reads it on first use and, when it is set, waits for
+/// the backtrace lock to print one — the lock a panic's capture or symbolization holds while
+/// it allocates. An allocation failing there hung the worker forever; without the variable
+/// it aborts, and the parent reports `SIGABRT`. mproc captures with `force_capture`, so the
+/// worker's own panics keep their backtraces. (Tasks in such a worker see the variable unset.)
+fn read_backtrace_env(token: &ChildToken) {
+    let on = |key| child::getenv(token, key).map(|v| v != "0");
+    let want = on("RUST_LIB_BACKTRACE").or_else(|| on("RUST_BACKTRACE"));
+    WANT_BACKTRACE.store(want.unwrap_or(false), Ordering::Relaxed);
+    if crate::sys::memory_is_limited() {
+        child::remove_env(token, "RUST_BACKTRACE");
+    }
 }
 
 /// The worker loop: say hello, then run each task received until told it was the last or the
@@ -175,6 +278,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
             return EXIT_INTERNAL;
         }
     }
+    read_backtrace_env(token);
     let limit = child::getenv(token, crate::pool::PROCESS_LIMIT_ENV);
     if let Some(limit) = limit.and_then(|v| v.to_str()?.parse().ok()) {
         if crate::sys::set_process_limit(limit).is_err() {
@@ -182,6 +286,15 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         }
     }
     let mut sock = UnixStream::from(sock);
+    // A stack overflow is told apart from other faults, and said to the parent as the worker
+    // dies. Without it (no stack bounds to be had) the parent still sees the signal.
+    let _ = stack_guard::install(sock.as_raw_fd(), msg::dying_of_stack_overflow());
+    let code = serve_on(&mut sock, token);
+    stack_guard::forget_fd();
+    code
+}
+
+fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     let me = identity::reported(token);
     if sock
         .write_all(&msg::hello(std::process::id(), &me))
@@ -248,6 +361,12 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
             None
         };
         let arg = spilled.as_ref().map_or(run.arg, Payload::bytes);
+        // While the task runs, an aborting panic reports on this socket, and an overflow
+        // says so as the worker dies. The notice goes only to a `Process` (a task flagged
+        // last) until the pool's supervisor reads it: it takes an unknown message for a
+        // protocol error, which would hide the signal.
+        stack_guard::arm(run.flags & msg::FLAG_LAST != 0);
+        TASK_SOCKET.store(sock.as_raw_fd(), Ordering::Relaxed);
         // Handles inside the argument take their fds from those sent with this task.
         let mut cx = RunCx {
             arena: &mut arena,
@@ -256,6 +375,8 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         };
         let reply = fds::supplying(handle_fds, || fnptr::call(&proof, func, arg, &mut cx));
         let in_arena = cx.in_arena;
+        TASK_SOCKET.store(-1, Ordering::Relaxed);
+        stack_guard::arm(false);
         drop(spilled);
         // Output written with `print!` goes out before the answer (so a relayed line is
         // printed before the caller sees the result), and is not lost on `_exit`.
@@ -263,7 +384,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
         let _ = std::io::stderr().flush();
         // A large result's file goes with its frame; our copy of the fd closes after.
         let sent = match (&reply.file, arena.bytes(in_arena)) {
-            (Some(file), _) => fds::write_frame(&sock, &reply.frame, std::slice::from_ref(file)),
+            (Some(file), _) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
             (None, Some(built)) if in_arena > 0 => sock.write_all(built),
             (None, _) => sock.write_all(&reply.frame),
         };
@@ -278,31 +399,43 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
 
 /// The reply to a task that panicked outside its function (in serde code, say).
 pub(crate) fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
-    let p = panic_report(payload);
-    let mut out = msg::begin_panic();
-    let frame = match codec::encode_into(&p, &mut out.buf) {
-        Ok(()) => out.finish(),
-        Err(e) => msg::failed(&format!("cannot encode the panic: {e}")),
-    };
-    Reply::inline(frame, false)
+    Reply::inline(encode_panic(&panic_report(payload)), false)
 }
 
-/// The report of a caught panic: its message, and the location and backtrace the hook kept.
-pub(crate) fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+/// A `Panic` frame carrying `p`.
+fn encode_panic(p: &RemotePanic) -> Vec<u8> {
+    let mut out = msg::begin_panic();
+    match codec::encode_into(p, &mut out.buf) {
+        Ok(()) => out.finish(),
+        Err(e) => msg::failed(&format!("cannot encode the panic: {e}")),
+    }
+}
+
+/// A panic payload's message: the `&str` or `String`, a placeholder for other payloads.
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "Box<dyn Any>".to_string()
-    };
+    }
+}
+
+/// The report of a caught panic: its message, and the location and backtrace the hook kept
+/// (symbolized here: see [`symbolize`]).
+pub(crate) fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
+    let message = payload_text(&*payload);
     // A payload whose destructor panics must not take the worker down.
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-    let (location, backtrace) = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let Recorded {
+        location,
+        backtrace,
+    } = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
     RemotePanic {
         message,
         location,
-        backtrace,
+        backtrace: backtrace.map(symbolize),
     }
 }
 
@@ -316,7 +449,7 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
     let a: A = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
-            let why = format!("cannot decode the argument: {e}");
+            let why = codec::failure::<A>(Op::Decode, Role::Argument, &e);
             return Reply::inline(msg::failed(&why), false);
         }
     };
@@ -331,7 +464,7 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
                     file: Some(file),
                 },
                 Err(e) => {
-                    let why = format!("cannot encode the result: {e}");
+                    let why = codec::failure::<R>(Op::Encode, Role::Result, &e);
                     Reply::inline(msg::failed(&why), false)
                 }
             }

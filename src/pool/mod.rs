@@ -606,7 +606,14 @@ impl Pool {
     fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<(Vec<u8>, Fds)> {
         let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-        let fds = msg::encode_arg(&mut run, chunk).map_err(Error::codec)?;
+        let fds = msg::encode_arg(&mut run, chunk).map_err(|e| {
+            let role = if chunk.len() == 1 {
+                codec::Role::Argument
+            } else {
+                codec::Role::Arguments
+            };
+            Error::codec(codec::failure::<T>(codec::Op::Encode, role, &e))
+        })?;
         Ok((run.finish(), fds::shared(fds)))
     }
 

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ExitStatus, RemotePanic, Result};
 use crate::sys::{self, fnptr::FnRef, identity};
+use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::{codec, fds, msg};
 
@@ -287,7 +288,8 @@ impl Builder {
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
         let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
-        let fds = msg::encode_arg(&mut run, &arg).map_err(Error::codec)?;
+        let fds = msg::encode_arg(&mut run, &arg)
+            .map_err(|e| Error::codec(codec::failure::<A>(Op::Encode, Role::Argument, &e)))?;
         let run = run.finish();
         let mut spec = self.spec;
         spec.env
@@ -305,6 +307,7 @@ impl Builder {
             sock: Some(launched.sock),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
+            last_words: None,
             state: State::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
@@ -375,6 +378,8 @@ pub struct Process<R> {
     reader: FrameReader,
     /// Fds it sent: a large result's file.
     received: fds::Received,
+    /// Why it died, if it said so as it did ("stack overflow"); its exit status follows.
+    last_words: Option<&'static str>,
     state: State<R>,
     /// The exit status once reaped. Reaping and signalling happen under this lock, so a
     /// signal never reaches a recycled pid.
@@ -437,7 +442,10 @@ impl<R: DeserializeOwned> Process<R> {
                 },
                 None => {
                     let status = self.wait_exit(deadline)?;
-                    Err(Error::worker_died(status))
+                    Err(match self.last_words {
+                        Some(cause) => Error::worker_died_of(status, cause),
+                        None => Error::worker_died(status),
+                    })
                 }
             });
         }
@@ -471,6 +479,10 @@ impl<R: DeserializeOwned> Process<R> {
                 return Some(Err(Error::protocol(bad.0)));
             }
         };
+        if let Some(cause) = msg::parse_dying(frame) {
+            self.last_words = Some(cause);
+            return None; // its death follows: `join` reports it with this cause
+        }
         let outcome = match msg::parse_from_worker(frame) {
             Ok(msg::FromWorker::Hello { identity: id, .. }) => {
                 if id == identity::own() {
@@ -482,11 +494,11 @@ impl<R: DeserializeOwned> Process<R> {
             Ok(msg::FromWorker::Refused { identity: id }) => {
                 Err(Error::binary_mismatch(identity::own(), id))
             }
-            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(Error::codec),
+            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(decode_failure::<R>),
             // A process's result always comes inline (`worker::run_typed`).
             // A large result: mapped from the file sent with it and decoded in place.
             Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Payload::from_fd) {
-                Some(Ok(region)) => codec::decode(region.bytes()).map_err(Error::codec),
+                Some(Ok(region)) => codec::decode(region.bytes()).map_err(decode_failure::<R>),
                 Some(Err(e)) => {
                     let _ = self.signal(sys::SIGKILL);
                     Err(Error::protocol(format!("cannot map a large result: {e}")))
@@ -662,6 +674,11 @@ impl<R> Process<R> {
     }
 }
 
+/// The error of a result that arrived but cannot be decoded as an `R`.
+fn decode_failure<R>(why: String) -> Error {
+    Error::codec(codec::failure::<R>(Op::Decode, Role::Result, &why))
+}
+
 fn libc_esrch() -> i32 {
     3 // ESRCH on every Unix
 }
@@ -787,6 +804,7 @@ mod tests {
             sock: Some(ours),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
+            last_words: None,
             state: State::Running,
             exit: Mutex::new(None),
             _result: PhantomData,

@@ -15,6 +15,8 @@ pub(crate) mod futex;
 pub(crate) mod identity;
 pub(crate) mod robust;
 pub(crate) mod shm;
+#[cfg(target_os = "linux")]
+pub(crate) mod stack_guard;
 pub(crate) mod unix;
 
 #[cfg(target_os = "linux")]

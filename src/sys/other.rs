@@ -84,3 +84,15 @@ pub(crate) const HAS_FORK_SERVER: bool = false;
 pub(crate) fn is_running(pid: i32) -> bool {
     super::unix::kill(pid, 0).is_ok()
 }
+
+/// No stack-overflow notice here yet (the port needs the stack bounds of a thread).
+pub(crate) mod stack_guard {
+    /// Does nothing here.
+    pub(crate) fn install(_fd: std::os::fd::RawFd, _notice: Vec<u8>) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Does nothing here.
+    pub(crate) fn arm(_on: bool) {}
+    /// Does nothing here.
+    pub(crate) fn forget_fd() {}
+}

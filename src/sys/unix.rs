@@ -725,13 +725,152 @@ pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<us
 
 /// Caps this process's data segment (heap and private mappings) at `bytes`, so that a runaway
 /// allocation fails in this process alone.
+///
+/// Only the soft limit is lowered: mproc lifts it for a moment to capture and symbolize a
+/// panic's backtrace ([`with_memory_headroom`]), which must never fail half-way.
 pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: bytes as libc::rlim_t,
-    };
+    let mut lim = get_rlimit(libc::RLIMIT_DATA)?;
+    lim.rlim_cur = (bytes as libc::rlim_t).min(lim.rlim_max);
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }).map(drop)
+}
+
+/// The type `getrlimit` takes its resource as.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type Resource = libc::c_int;
+
+fn get_rlimit(resource: Resource) -> io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for the duration of the call.
+    cvt(unsafe { libc::getrlimit(resource, &mut lim) })?;
+    Ok(lim)
+}
+
+/// True when this process's address space or data segment is capped (`ulimit -v`,
+/// [`set_memory_limit`]): an allocation can then fail rather than the kernel's OOM killer
+/// stepping in.
+pub(crate) fn memory_is_limited() -> bool {
+    [libc::RLIMIT_AS, libc::RLIMIT_DATA]
+        .into_iter()
+        .any(|r| get_rlimit(r).is_ok_and(|l| l.rlim_cur != libc::RLIM_INFINITY))
+}
+
+/// Runs `f` with the data-segment soft limit raised to the hard limit, then lowers it again:
+/// a panic's backtrace is captured and symbolized with room to spare, so that the allocator
+/// never fails while std holds its backtrace lock (its out-of-memory hook takes that lock
+/// too: a worker that ran out there hung forever). A limit the process cannot raise (a hard
+/// `ulimit -v`) stays as it is.
+pub(crate) fn with_memory_headroom<T>(f: impl FnOnce() -> T) -> T {
+    let lim = get_rlimit(libc::RLIMIT_DATA)
+        .ok()
+        .filter(|l| l.rlim_cur < l.rlim_max);
+    if let Some(l) = lim {
+        let lifted = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
+        // SAFETY: `lifted` is a valid rlimit for the duration of the call.
+        unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lifted) };
+    }
+    let out = f();
+    if let Some(l) = lim {
+        // SAFETY: `l` is a valid rlimit for the duration of the call.
+        unsafe { libc::setrlimit(libc::RLIMIT_DATA, &l) };
+    }
+    out
+}
+
+/// Runs `work` in a forked, short-lived copy of this process and returns the bytes it
+/// produced, or `None` if the copy failed, died or took longer than `limit` (it is then
+/// killed). Everything `work` allocates dies with the copy.
+///
+/// For symbolizing a panic's backtrace in a worker whose memory is capped: std keeps what it
+/// parses of the debug information (tens of MiB for a debug build) for the rest of the
+/// process, which would eat the worker's limit for good — or run out on the way.
+///
+/// The copy runs ordinary code after `fork`. If another thread of the caller held a lock
+/// `work` needs (the backtrace lock, during its own panic), the copy waits until `limit` and
+/// is killed: a lost backtrace, never a hang. glibc resets malloc's locks in the child.
+pub(crate) fn in_throwaway_child(
+    work: impl FnOnce() -> Vec<u8>,
+    limit: Duration,
+) -> Option<Vec<u8>> {
+    let (read, write) = pipe().ok()?;
+    let parent = getpid();
+    // SAFETY: the child runs `work` (std code) after fork with the hazards stated above — a
+    // lock held by a vanished thread makes it wait, a liveness failure the parent bounds by
+    // killing it; it then writes to the pipe and ends with `_exit`, never returning here.
+    match unsafe { fork() }.ok()? {
+        Forked::Child => {
+            forget_pid();
+            drop(read);
+            let code = match super::set_parent_death_signal(parent) {
+                Ok(()) => {
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                    match out.map(|o| write_all_raw(write.as_raw_fd(), &o)) {
+                        Ok(Ok(())) => 0,
+                        _ => 1,
+                    }
+                }
+                Err(_) => 1,
+            };
+            exit_now(code)
+        }
+        Forked::Parent(pid) => {
+            drop(write);
+            let out = read_until_eof(read, limit);
+            if out.is_none() {
+                let _ = kill(pid, libc::SIGKILL);
+            }
+            // At the end of its output it is exiting (the pipe closes with it), or killed.
+            let status = waitpid(pid, true);
+            out.filter(|_| matches!(status, Ok(Some(RawExit::Code(0)))))
+        }
+    }
+}
+
+/// Reads `fd` to its end, giving up (`None`) once `limit` has passed.
+fn read_until_eof(fd: OwnedFd, limit: Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + limit;
+    let mut file = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ready = poll_readable(&[std::os::fd::AsFd::as_fd(&file)], Some(left)).ok()?;
+        if !ready[0].readable {
+            return None; // out of time
+        }
+        match file.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Writes all of `bytes` to the raw descriptor `fd`, retrying short writes and `EINTR`.
+///
+/// For a panic hook that must report before the runtime aborts (`panic = "abort"`), which has
+/// only the number of the socket its worker serves on. A wrong `fd` is an error or a write to
+/// whatever has that number; it cannot violate memory safety.
+pub(crate) fn write_all_raw(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes for the call.
+        let n = retry_eintr(|| unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 /// Caps the processes and threads of this process's real user at `n` (`RLIMIT_NPROC`), so that
@@ -744,4 +883,34 @@ pub(crate) fn set_process_limit(n: u64) -> io::Result<()> {
     };
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) }).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "fork: not under Miri")]
+    fn a_throwaway_child_returns_its_bytes_or_nothing_in_time() {
+        let big = vec![7u8; 200_000]; // more than a pipe holds: read while it writes
+        let out = in_throwaway_child(|| big.clone(), Duration::from_secs(30));
+        assert_eq!(out.as_deref(), Some(&big[..]));
+
+        let start = std::time::Instant::now();
+        let out = in_throwaway_child(
+            || {
+                std::thread::sleep(Duration::from_secs(30));
+                Vec::new()
+            },
+            Duration::from_millis(200),
+        );
+        assert_eq!(out, None, "past its time it is killed");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        let out = in_throwaway_child(|| panic!("on purpose"), Duration::from_secs(30));
+        assert_eq!(out, None, "a failed child gives nothing, not what it wrote");
+    }
 }

@@ -19,13 +19,50 @@ use serde::de::DeserializeOwned;
 
 use crate::sys::arena::GrowMap;
 
+/// Which way a value failed to cross.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Encode,
+    Decode,
+}
+
+/// Which value failed to cross: a task's argument (or a chunk's arguments) or its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Argument,
+    Arguments,
+    Result,
+    #[allow(dead_code, reason = "for the chunk path's results")]
+    Results,
+}
+
+/// The text of a codec failure, naming the side and the type:
+/// "cannot encode the result of type `T`: <the codec's message>". Every place that encodes or
+/// decodes a task's values (the worker's trampolines, `Process`, the pool) builds its error
+/// with this, so that a failure says which value, of which type, and why.
+pub(crate) fn failure<T: ?Sized>(op: Op, role: Role, why: &str) -> String {
+    let op = match op {
+        Op::Encode => "encode",
+        Op::Decode => "decode",
+    };
+    let role = match role {
+        Role::Argument => "the argument",
+        Role::Arguments => "the arguments",
+        Role::Result => "the result",
+        Role::Results => "the results",
+    };
+    format!(
+        "cannot {op} {role} of type `{}`: {why}",
+        std::any::type_name::<T>()
+    )
+}
+
 /// Appends the encoding of `value` to `out`.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    postcard::serialize_with_flavor(value, Append(out))
-        .map_err(|e| super::fds::explain(e.to_string()))
+    postcard::serialize_with_flavor(value, Append(out)).map_err(|e| encode_error(value, e))
 }
 
 /// Postcard output appended to a `Vec`. Postcard writes every integer as a varint of 1-10
@@ -256,7 +293,164 @@ pub(crate) fn encode_spilling_from<T: Serialize + ?Sized>(
         file: None,
         inline_only: false,
     };
-    postcard::serialize_with_flavor(value, spill).map_err(|e| super::fds::explain(e.to_string()))
+    postcard::serialize_with_flavor(value, spill).map_err(|e| encode_error(value, e))
+}
+
+/// The message of a failed encoding: a handle's own explanation if it raised one, else the
+/// message a `Serialize` gave `ser::Error::custom`, which postcard drops (it keeps only "Serde
+/// Serialization Error"): the value is serialized once more, into [`Messages`], which keeps
+/// it. Only on failure: the fast path pays nothing.
+fn encode_error<T: Serialize + ?Sized>(value: &T, e: postcard::Error) -> String {
+    let text = super::fds::explain(e.to_string());
+    if !matches!(e, postcard::Error::SerdeSerCustom) || text != e.to_string() {
+        return text;
+    }
+    let again = value.serialize(Messages);
+    // A handle met on the second pass (outside any collector) raises its own complaint,
+    // which is not the cause: drop it.
+    let _ = super::fds::explain(String::new());
+    match again {
+        Err(Message(Some(m))) => m,
+        _ => text,
+    }
+}
+
+/// The error of [`Messages`]: what `custom` was given.
+#[derive(Debug)]
+struct Message(Option<String>);
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_deref().unwrap_or("no message"))
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl serde::ser::Error for Message {
+    fn custom<M: std::fmt::Display>(msg: M) -> Message {
+        Message(Some(msg.to_string()))
+    }
+}
+
+/// A serializer that writes nothing and keeps the message of the first custom error.
+struct Messages;
+
+macro_rules! accept {
+    ($($name:ident($($arg:ty),*);)*) => {
+        $(fn $name(self, $(_: $arg),*) -> Result<(), Message> { Ok(()) })*
+    };
+}
+
+impl serde::Serializer for Messages {
+    type Ok = ();
+    type Error = Message;
+    type SerializeSeq = Messages;
+    type SerializeTuple = Messages;
+    type SerializeTupleStruct = Messages;
+    type SerializeTupleVariant = Messages;
+    type SerializeMap = Messages;
+    type SerializeStruct = Messages;
+    type SerializeStructVariant = Messages;
+
+    accept! {
+        serialize_bool(bool); serialize_i8(i8); serialize_i16(i16); serialize_i32(i32);
+        serialize_i64(i64); serialize_i128(i128); serialize_u8(u8); serialize_u16(u16);
+        serialize_u32(u32); serialize_u64(u64); serialize_u128(u128); serialize_f32(f32);
+        serialize_f64(f64); serialize_char(char); serialize_str(&str); serialize_bytes(&[u8]);
+        serialize_none(); serialize_unit(); serialize_unit_struct(&'static str);
+        serialize_unit_variant(&'static str, u32, &'static str);
+    }
+    fn serialize_some<V: Serialize + ?Sized>(self, v: &V) -> Result<(), Message> {
+        v.serialize(Messages)
+    }
+    fn serialize_newtype_struct<V: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &V,
+    ) -> Result<(), Message> {
+        v.serialize(Messages)
+    }
+    fn serialize_newtype_variant<V: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &V,
+    ) -> Result<(), Message> {
+        v.serialize(Messages)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Messages, Message> {
+        Ok(Messages)
+    }
+}
+
+macro_rules! compound {
+    ($($trait:ident: $method:ident($($key:ty),*);)*) => {$(
+        impl serde::ser::$trait for Messages {
+            type Ok = ();
+            type Error = Message;
+            fn $method<V: Serialize + ?Sized>(&mut self, $(_: $key,)* v: &V) -> Result<(), Message> {
+                v.serialize(Messages)
+            }
+            fn end(self) -> Result<(), Message> {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+compound! {
+    SerializeSeq: serialize_element();
+    SerializeTuple: serialize_element();
+    SerializeTupleStruct: serialize_field();
+    SerializeTupleVariant: serialize_field();
+    SerializeStruct: serialize_field(&'static str);
+    SerializeStructVariant: serialize_field(&'static str);
+}
+
+impl serde::ser::SerializeMap for Messages {
+    type Ok = ();
+    type Error = Message;
+    fn serialize_key<K: Serialize + ?Sized>(&mut self, k: &K) -> Result<(), Message> {
+        k.serialize(Messages)
+    }
+    fn serialize_value<V: Serialize + ?Sized>(&mut self, v: &V) -> Result<(), Message> {
+        v.serialize(Messages)
+    }
+    fn end(self) -> Result<(), Message> {
+        Ok(())
+    }
 }
 
 /// Bytes staged in `out` before they are written to the file.
@@ -394,6 +588,30 @@ mod tests {
         std::io::Seek::rewind(&mut f).unwrap();
         f.read_to_end(&mut spilled).unwrap();
         assert_eq!(spilled, inline);
+    }
+
+    struct Refuses;
+    impl Serialize for Refuses {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("the disk ate it"))
+        }
+    }
+
+    #[test]
+    fn a_custom_serialize_error_keeps_its_message() {
+        let nested = (1u8, vec![Some(Refuses)]);
+        assert_eq!(encode(&nested).unwrap_err(), "the disk ate it");
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_spilling(&Refuses, &mut out, 1 << 20).unwrap_err(),
+            "the disk ate it"
+        );
+        let text = failure::<Refuses>(Op::Encode, Role::Result, "the disk ate it");
+        assert!(
+            text.starts_with("cannot encode the result of type `")
+                && text.ends_with("Refuses`: the disk ate it"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ const PANIC: u8 = 0x12;
 const FAILED: u8 = 0x13;
 const REFUSED: u8 = 0x14;
 const DONE_SPILLED: u8 = 0x15;
+const DYING: u8 = 0x16;
 
 /// Bit in `Run::flags`: the worker exits after answering.
 pub(crate) const FLAG_LAST: u8 = 1;
@@ -266,6 +267,26 @@ pub(crate) fn refused(identity: &[u8]) -> Vec<u8> {
     f.finish()
 }
 
+/// A worker's last words, written from its `SIGSEGV` handler as it dies of a stack overflow
+/// (`sys::stack_guard`): built in advance, sent with one `write(2)`. The death itself is still
+/// reported by the exit status; this only says why. Read with [`parse_dying`] before
+/// [`parse_from_worker`] (as `Fds` frames are), which does not know it.
+pub(crate) fn dying_of_stack_overflow() -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(DYING);
+    f.buf.push(1);
+    f.finish()
+}
+
+/// The cause a worker announced as it died (see [`dying_of_stack_overflow`]), if `body` is
+/// such a message.
+pub(crate) fn parse_dying(body: &[u8]) -> Option<&'static str> {
+    match body {
+        [DYING, 1] => Some("stack overflow"),
+        _ => None,
+    }
+}
+
 /// Decodes a worker → parent message.
 pub(crate) fn parse_from_worker(body: &[u8]) -> Result<FromWorker<'_>, BadMessage> {
     let mut c = Cursor(body);
@@ -334,6 +355,9 @@ mod tests {
             parse_from_worker(&e[HEADER..]).unwrap(),
             FromWorker::Failed("nope")
         );
+        let dying = dying_of_stack_overflow();
+        assert_eq!(parse_dying(&dying[HEADER..]), Some("stack overflow"));
+        assert_eq!(parse_dying(&d_tag_only()), None);
         let d = done_spilled();
         assert_eq!(
             parse_from_worker(&d[HEADER..]).unwrap(),
@@ -342,6 +366,10 @@ mod tests {
         let mut trailing = d[HEADER..].to_vec();
         trailing.push(0);
         assert!(parse_from_worker(&trailing).is_err(), "no payload inline");
+    }
+
+    fn d_tag_only() -> Vec<u8> {
+        vec![DYING]
     }
 
     #[test]
