@@ -30,6 +30,7 @@ use super::progress::Publisher;
 use crate::error::{Error, RemotePanic};
 use crate::sys::arena::GrowMap;
 use crate::sys::fnptr::{Callable, Reply};
+use crate::wire::codec::{Op, Role};
 use crate::wire::frame::HEADER;
 use crate::wire::{codec, msg};
 
@@ -137,7 +138,7 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     let items: Vec<F::Args> = match codec::decode(arg) {
         Ok(a) => a,
         Err(e) => {
-            let why = format!("cannot decode the arguments: {e}");
+            let why = codec::failure::<Vec<F::Args>>(Op::Decode, Role::Arguments, &e);
             return Reply::inline(msg::failed(&why), false);
         }
     };
@@ -167,7 +168,7 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
                     w.put(&ItemOut::<()>::Panic(&p))
                 }
                 Ok(Err(e)) => {
-                    let why = format!("cannot encode the result: {e}");
+                    let why = codec::failure::<F::Out>(Op::Encode, Role::Result, &e);
                     w.put(&ItemOut::<()>::Failed(&why))
                 }
                 Ok(Ok(())) => unreachable!("matched above"),

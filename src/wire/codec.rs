@@ -32,7 +32,10 @@ pub(crate) enum Role {
     Argument,
     Arguments,
     Result,
-    #[allow(dead_code, reason = "for the chunk path's results")]
+    #[allow(
+        dead_code,
+        reason = "a whole chunk's results never fail to encode as one"
+    )]
     Results,
 }
 
