@@ -231,6 +231,8 @@ fn answer(server: &Server) -> Result<(i32, Option<OwnedFd>), Asked> {
     }
     // Kernels before 5.2 send no pidfd; open one here (5.3+) or go without.
     let pidfd = got.pop().or_else(|| sys::pidfd_open(pid).ok());
+    // It is our child (`CLONE_PARENT`): make sure it leads its group before we return it.
+    sys::put_in_own_group(pid);
     Ok((pid, pidfd))
 }
 

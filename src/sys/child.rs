@@ -28,7 +28,10 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
     // Python's `fork` does; it is opt-in and documented with these hazards (deadlock on locks
     // held by vanished threads), which are liveness, not memory-safety, failures with glibc.
     match unsafe { fork() }? {
-        Forked::Parent(pid) => Ok(pid),
+        Forked::Parent(pid) => {
+            super::unix::put_in_own_group(pid);
+            Ok(pid)
+        }
         Forked::Child => run_child(child),
     }
 }

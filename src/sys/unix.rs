@@ -262,6 +262,18 @@ pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
 /// and a write goes through. Both dispositions are inherited across `exec`, by the child's own
 /// subprocesses too.
 ///
+/// The parent's half of [`lead_own_group`]: puts its new child `pid` in a group of its own
+/// too, so that the child leads it by the time `fork` (or the fork server's reply) returns,
+/// whichever of the two runs first — a Ctrl-C right after a spawn cannot reach the child
+/// through the parent's group. Errors are ignored: the child may already be in its group,
+/// have exec'd, or be gone; its own call decides then.
+pub(crate) fn put_in_own_group(pid: i32) {
+    if pid > 1 {
+        // SAFETY: `setpgid` takes two integers and touches no memory.
+        let _ = unsafe { libc::setpgid(pid, pid) };
+    }
+}
+
 /// Async-signal-safe (`setpgid`, `signal`): may be called between `fork` and `exec`.
 pub(crate) fn lead_own_group() -> io::Result<()> {
     // SAFETY: `setpgid` takes two integers; (0, 0) means "this process, as a new group".
