@@ -31,10 +31,11 @@ pub(crate) struct SelfExec {
 /// launchers and packaging tools do) has the *loader* as `/proc/self/exe`: executed alone, the
 /// loader prints its usage and exits, and every worker would die before its first message.
 /// Such a start is recognised by the kernel having loaded no interpreter (`AT_BASE` is 0, as
-/// for a static program) while the file mapped at the main program's headers (the first object
-/// `dl_iterate_phdr` reports, found in `/proc/self/maps`) is not `/proc/self/exe`. The
-/// loader's options are then the words of `/proc/self/cmdline` between the loader and the
-/// program, and the program is started again as the loader, those options and that file.
+/// for a static program) for a main program that names one (a `PT_INTERP` header: a static
+/// program has none). The program's file is the one mapped at its headers (the first object
+/// `dl_iterate_phdr` reports, found in `/proc/self/maps`), the loader's options are the words
+/// of `/proc/self/cmdline` between the loader and the program, and the program is started
+/// again as the loader, those options and that file.
 ///
 /// # Errors
 /// `Unsupported`, saying so, when the program was started through the loader and how to start
@@ -68,19 +69,18 @@ fn loader_launch() -> Option<Result<SelfExec, String>> {
     if unsafe { libc::getauxval(libc::AT_BASE) } != 0 {
         return None; // the kernel loaded the interpreter for the program: an ordinary start
     }
-    // A static program, or the loader run as a program: is the main program /proc/self/exe?
-    let main_phdr = main_program_phdr()?;
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let (program, dev, ino) = mapped_file(&maps, main_phdr)?;
-    use std::os::unix::fs::MetadataExt;
-    let exe = std::fs::metadata(exe_path()).ok()?;
-    if (exe.dev(), exe.ino()) == (dev, ino) {
+    // A static program (no interpreter of its own), or the loader run as a program.
+    let main = main_program()?;
+    if !main.has_interp {
         return None;
     }
-    Some(loader_relaunch(program))
+    Some(loader_relaunch(main.phdr))
 }
 
-fn loader_relaunch(program: String) -> Result<SelfExec, String> {
+fn loader_relaunch(main_phdr: usize) -> Result<SelfExec, String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+    let program = mapped_file(&maps, main_phdr)
+        .ok_or_else(|| "no file is mapped at the program's headers".to_string())?;
     if program.ends_with(" (deleted)") {
         return Err(format!("its file {program} was deleted or replaced"));
     }
@@ -117,8 +117,8 @@ fn loader_prefix(words: &[OsString], args: &[OsString]) -> Option<(Vec<OsString>
     Some((words[1..program_at].to_vec(), words[0].clone()))
 }
 
-/// The path, device and inode of the file mapped at `addr`, from `/proc/self/maps` text.
-fn mapped_file(maps: &str, addr: usize) -> Option<(String, u64, u64)> {
+/// The path of the file mapped at `addr`, from `/proc/self/maps` text.
+fn mapped_file(maps: &str, addr: usize) -> Option<String> {
     maps.lines().find_map(|line| {
         let (range, rest) = line.split_once(' ')?;
         let (start, end) = range.split_once('-')?;
@@ -129,40 +129,51 @@ fn mapped_file(maps: &str, addr: usize) -> Option<(String, u64, u64)> {
         if !(start <= addr && addr < end) {
             return None;
         }
-        // perms offset dev inode path
-        let mut fields = rest.splitn(5, ' ');
-        let (_perms, _offset) = (fields.next()?, fields.next()?);
-        let (major, minor) = fields.next()?.split_once(':')?;
-        let dev = libc::makedev(
-            u32::from_str_radix(major, 16).ok()?,
-            u32::from_str_radix(minor, 16).ok()?,
-        );
-        let ino = fields.next()?.parse().ok()?;
-        let path = fields.next()?.trim_start();
-        path.starts_with('/').then(|| (path.to_string(), dev, ino))
+        // perms offset dev inode path (the path may hold spaces)
+        let path = rest.splitn(5, ' ').nth(4)?.trim_start();
+        path.starts_with('/').then(|| path.to_string())
     })
 }
 
-unsafe extern "C" fn find_main_phdr(
+/// What [`main_program`] found.
+#[derive(Default)]
+struct MainProgram {
+    /// The address of its program headers.
+    phdr: usize,
+    /// It has a `PT_INTERP` header: it is started through a dynamic loader.
+    has_interp: bool,
+}
+
+unsafe extern "C" fn find_main_program(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
     data: *mut libc::c_void,
 ) -> libc::c_int {
-    // SAFETY: `data` is the `usize` passed by `main_program_phdr`; `info` is valid for the
-    // call, per dl_iterate_phdr's contract. The first object reported is the main program.
-    unsafe { *(data as *mut usize) = (*info).dlpi_phdr as usize };
+    // SAFETY: `data` is the `MainProgram` passed by `main_program`; `info` and its
+    // `dlpi_phnum` program headers are valid for the call, per dl_iterate_phdr's contract. The
+    // first object reported is the main program.
+    unsafe {
+        let found = &mut *(data as *mut MainProgram);
+        let info = &*info;
+        found.phdr = info.dlpi_phdr as usize;
+        found.has_interp = (0..info.dlpi_phnum as usize)
+            .any(|i| (*info.dlpi_phdr.add(i)).p_type == libc::PT_INTERP);
+    }
     1
 }
 
-/// Where the main program's program headers are in memory.
-fn main_program_phdr() -> Option<usize> {
-    let mut phdr = 0usize;
-    // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `phdr`, which
+/// The main program's program headers: where they are, and whether it names an interpreter.
+fn main_program() -> Option<MainProgram> {
+    let mut found = MainProgram::default();
+    // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `found`, which
     // outlives the call.
     unsafe {
-        libc::dl_iterate_phdr(Some(find_main_phdr), (&mut phdr as *mut usize).cast());
+        libc::dl_iterate_phdr(
+            Some(find_main_program),
+            (&mut found as *mut MainProgram).cast(),
+        );
     }
-    (phdr != 0).then_some(phdr)
+    (found.phdr != 0).then_some(found)
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends, then checks
@@ -447,9 +458,8 @@ mod tests {
 7ffd1a000000-7ffd1a021000 rw-p 00000000 00:00 0                          [stack]
 7ffd1b000000-7ffd1b001000 rw-p 00000000 00:00 0
 ";
-        let (path, dev, ino) = mapped_file(maps, 0x55d0c0a00040).unwrap();
+        let path = mapped_file(maps, 0x55d0c0a00040).unwrap();
         assert_eq!(path, "/work/my app (1)");
-        assert_eq!((dev, ino), (libc::makedev(0xfd, 1), 1234567));
         assert!(
             mapped_file(maps, 0x7ffd1a000010).is_none(),
             "[stack] is no file"
