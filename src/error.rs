@@ -33,7 +33,7 @@ enum Repr {
         context: &'static str,
         source: io::Error,
     },
-    Usage(&'static str),
+    Usage(std::borrow::Cow<'static, str>),
     Closed(&'static str),
     Broken(String),
     Full,
@@ -106,8 +106,8 @@ impl Error {
     pub(crate) fn io(context: &'static str, source: io::Error) -> Error {
         Error::new(Repr::Io { context, source })
     }
-    pub(crate) fn usage(msg: &'static str) -> Error {
-        Error::new(Repr::Usage(msg))
+    pub(crate) fn usage(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+        Error::new(Repr::Usage(msg.into()))
     }
     pub(crate) fn closed(msg: &'static str) -> Error {
         Error::new(Repr::Closed(msg))
@@ -143,7 +143,7 @@ impl Error {
                 };
                 Repr::Io { context, source }
             }
-            Repr::Usage(m) => Repr::Usage(m),
+            Repr::Usage(m) => Repr::Usage(m.clone()),
             Repr::Closed(m) => Repr::Closed(m),
             Repr::Broken(m) => Repr::Broken(m.clone()),
             Repr::Full => Repr::Full,
@@ -252,7 +252,8 @@ impl fmt::Display for Error {
             Repr::Protocol(m) => write!(f, "protocol error: {m}"),
             Repr::Codec(m) => write!(f, "serialization error: {m}"),
             Repr::Io { context, source } => write!(f, "{context}: {source}"),
-            Repr::Usage(m) | Repr::Closed(m) => f.write_str(m),
+            Repr::Usage(m) => f.write_str(m),
+            Repr::Closed(m) => f.write_str(m),
             Repr::Broken(m) => write!(f, "the pool is broken: {m}"),
             Repr::Full => f.write_str("the queue is full"),
             Repr::Empty => f.write_str("the queue is empty"),

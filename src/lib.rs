@@ -113,7 +113,12 @@
 //!
 //! # Children never outlive their parent
 //! Every child, and the fork server, is killed by the kernel when the parent dies, even by
-//! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it.
+//! SIGKILL (`PR_SET_PDEATHSIG`). Dropping a running [`Process`] kills and reaps it. Every
+//! worker and child leads its own process group, and whenever mproc kills or reaps one it
+//! kills its group too, so a task's own subprocesses die with it. Two things escape: a
+//! subprocess that leaves the group (`setsid`, `setpgid`, a shell with job control), and a
+//! task's subprocesses when the parent itself is SIGKILLed (the workers die, but nothing is
+//! left to kill their groups).
 //!
 //! # Crate features
 //! - `progress` (off by default): `ProgressExt::progress` draws a progress bar (rate, ETA,

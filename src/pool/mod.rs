@@ -266,6 +266,8 @@ impl PoolBuilder {
                 "mproc's constructor did not run in this worker; call mproc::init() first in main",
             ));
         }
+        // An invalid `MPROC_START_METHOD` is refused here, like Python's `ValueError`.
+        let method = StartMethod::resolve(self.method)?;
         let init = match self.init {
             Some(Err(why)) => return Err(Error::codec(why)),
             Some(Ok(frame)) => Some(frame),
@@ -280,7 +282,7 @@ impl PoolBuilder {
             .push(("MPROC_PARENT_NAME".into(), parent_name.into()));
         let config = Config {
             processes,
-            method: self.method.unwrap_or_default(),
+            method,
             spec,
             init,
             max_tasks_per_child: self.max_tasks_per_child,

@@ -137,9 +137,9 @@ impl StartMethod {
         }
         match value.to_str().map(str::parse::<StartMethod>) {
             Some(Ok(m)) => Ok(Some(m)),
-            _ => Err(Error::usage(
-                "MPROC_START_METHOD names no start method (expected forkserver, spawn or fork, in any case)",
-            )),
+            _ => Err(Error::usage(format!(
+                "MPROC_START_METHOD={value:?} names no start method (expected forkserver, spawn or fork, in any case)"
+            ))),
         }
     }
 
