@@ -430,3 +430,21 @@ fn the_apply_fast_path_counts_a_crash_as_the_tasks_failure_not_a_broken_pool() {
     let p = Arc::clone(&pool);
     assert_eq!(bounded(move || p.apply(triple, 5)).unwrap(), 15);
 }
+
+fn nothing(_: u64) {}
+
+#[test]
+fn items_whose_results_encode_to_no_bytes_still_count() {
+    let _leaks = common::leak_checked();
+    // `()` encodes to no byte at all: a chunk of them is its item count and nothing else.
+    let pool = Pool::builder().processes(2).chunksize(7).build().unwrap();
+    let got = pool.map_async(nothing, 0..50).get_timeout(LIMIT).unwrap();
+    assert_eq!(got.len(), 50);
+    let mut it = pool.imap(nothing, 0..20);
+    let mut n = 0;
+    while let Some(r) = it.next_timeout(LIMIT) {
+        r.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 20);
+}

@@ -770,7 +770,7 @@ pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
         for part in outcome {
             let answer = part.what?;
             let items = Items::parse(answer.payload())?;
-            out.reserve(items.count());
+            out.reserve(items.size_hint());
             let mut failed = None;
             items.decode_each::<R>(|r| match r {
                 Ok(v) => {

@@ -247,14 +247,9 @@ impl<'a> Items<'a> {
         if tagged > count {
             return Err(Error::protocol("a chunk's reply has a bad layout"));
         }
-        // Every item takes at least one byte: a count past the bytes is a lie, refused before
-        // anything is sized by it.
+        // The count is not checked against the bytes: an item may encode to none (`()`).
+        // Nothing is sized by it beyond what the bytes could hold (see `size_hint`).
         let bytes = &payload[16..];
-        if count > bytes.len() as u64 {
-            return Err(Error::protocol(
-                "a chunk's reply claims more items than it holds",
-            ));
-        }
         Ok(Items {
             count: count as usize,
             tagged: tagged as usize,
@@ -265,6 +260,12 @@ impl<'a> Items<'a> {
     /// Items in the payload.
     pub(crate) fn count(&self) -> usize {
         self.count
+    }
+
+    /// Room to reserve for the decoded items: their count, but never more than one per byte
+    /// (plus one), so that a lying count cannot make the decoder allocate what was never sent.
+    pub(crate) fn size_hint(&self) -> usize {
+        self.count.min(self.bytes.len() + 1)
     }
 
     /// Decodes every item in order into `each`; stops early when `each` returns false. An
@@ -309,6 +310,26 @@ mod tests {
         }
         assert_eq!(arg_count(&[0xff; 11]), None);
         assert_eq!(arg_count(&[]), None);
+    }
+
+    #[test]
+    fn items_that_encode_to_nothing_decode_by_their_count() {
+        let body = rebuild(1000, 1000, &[]);
+        let parsed = Items::parse(&body[1..]).unwrap();
+        assert_eq!(
+            parsed.size_hint(),
+            1,
+            "reserves by the bytes, not the claimed count"
+        );
+        let mut n = 0;
+        parsed
+            .decode_each::<()>(|r| {
+                r.unwrap();
+                n += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(n, 1000);
     }
 
     #[test]
