@@ -748,7 +748,7 @@ fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
 /// A worker's message sorted as the supervisor sorts it (for `__fuzz`): `true` if it is one.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn classify_for_fuzz(frame: Vec<u8>) -> bool {
-    supervisor::classify(frame, None).is_ok()
+    reply::classify(frame, None).is_ok()
 }
 
 pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {
