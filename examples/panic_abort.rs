@@ -14,6 +14,13 @@ fn explode(x: u64) -> u64 {
     x
 }
 
+fn explode_at_5(x: u64) -> u64 {
+    if x == 5 {
+        panic!("too big: 3");
+    }
+    x
+}
+
 fn check(what: &str, err: &mproc::Error) -> bool {
     let Some(p) = err.remote_panic() else {
         eprintln!("{what}: expected a panic, got: {err}");
@@ -52,6 +59,20 @@ fn main() -> Result<(), mproc::Error> {
         Err(e) => ok &= check("Pool", &e),
     }
     assert_eq!(pool.apply_async(explode, 2).get_timeout(limit)?, 2);
+    // In the middle of a chunk: item 5 of a chunk of 10 panics (under `abort`, its worker
+    // dies after reporting it); it alone fails, the others keep or get their results.
+    let pool = mproc::Pool::builder().processes(2).chunksize(10).build()?;
+    let mut it = pool.imap(explode_at_5, 0..10u64);
+    for x in 0..10u64 {
+        match it.next_timeout(limit) {
+            Some(Ok(v)) if x != 5 && v == x => {}
+            Some(Err(e)) if x == 5 => ok &= check("Pool chunk, item 5", &e),
+            other => {
+                eprintln!("Pool chunk, item {x}: unexpected {other:?}");
+                ok = false;
+            }
+        }
+    }
     if !ok {
         std::process::exit(1);
     }
