@@ -29,20 +29,11 @@ use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 use crate::wire::{codec, fds};
 
-/// The environment variable that marks a process as an mproc worker. Its value says what to
-/// serve: `spawn:<fd>` (a worker on socket `fd`) or `server:<fd>` (the fork server).
-pub(crate) const MARKER_ENV: &str = "MPROC_WORKER";
-
-/// Exit code of a worker whose function panicked or could not run (as Python's `exitcode` 1).
-pub(crate) const EXIT_TASK_FAILED: i32 = 1;
-/// Exit code of a worker that refused to run foreign function addresses.
-pub(crate) const EXIT_REFUSED: i32 = 2;
-/// Exit code of a worker that received a malformed message or lost its parent mid-message.
-pub(crate) const EXIT_PROTOCOL: i32 = 3;
-/// Exit code of a process started with a marker it cannot understand.
-pub(crate) const EXIT_BAD_MARKER: i32 = 4;
-/// Exit code when mproc itself failed inside a worker (a bug).
-pub(crate) const EXIT_INTERNAL: i32 = 70;
+// The marker and mproc's exit codes belong to the child-process layer below (`sys::child`,
+// which the load-time constructor and the child entry use); named here for the code above.
+pub(crate) use crate::sys::child::{
+    EXIT_BAD_MARKER, EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED, EXIT_TASK_FAILED, MARKER_ENV,
+};
 
 /// Set once this process consumed a marker (it is a worker, or `init()` ran).
 static MARKER_CONSUMED: AtomicBool = AtomicBool::new(false);

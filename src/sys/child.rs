@@ -15,6 +15,21 @@ use super::unix::{Forked, fork, remove_env_single_threaded};
 /// Proof that the current process has a single thread (a fresh child, or the constructor).
 pub(crate) struct ChildToken(());
 
+/// The environment variable that marks a process as an mproc worker. Its value says what to
+/// serve: `spawn:<fd>` (a worker on socket `fd`) or `server:<fd>` (the fork server).
+pub(crate) const MARKER_ENV: &str = "MPROC_WORKER";
+
+/// Exit code of a worker whose function panicked or could not run (as Python's `exitcode` 1).
+pub(crate) const EXIT_TASK_FAILED: i32 = 1;
+/// Exit code of a worker that refused to run foreign function addresses.
+pub(crate) const EXIT_REFUSED: i32 = 2;
+/// Exit code of a worker that received a malformed message or lost its parent mid-message.
+pub(crate) const EXIT_PROTOCOL: i32 = 3;
+/// Exit code of a process started with a marker it cannot understand.
+pub(crate) const EXIT_BAD_MARKER: i32 = 4;
+/// Exit code when mproc itself failed inside a worker (a bug).
+pub(crate) const EXIT_INTERNAL: i32 = 70;
+
 /// Runs `child` in a forked copy of this process, which then exits with its return value.
 /// Returns the child's pid in the parent. The child leads its own process group.
 ///
@@ -67,11 +82,11 @@ fn run_child(child: impl FnOnce(&ChildToken) -> i32) -> ! {
     if super::unix::lead_own_group().is_err() {
         // Cannot happen (only a session leader is refused, and a new child is none); without
         // its own group the child's subprocesses could not be contained, so it does not serve.
-        super::exit_now(crate::worker::EXIT_INTERNAL);
+        super::exit_now(EXIT_INTERNAL);
     }
     let token = ChildToken(());
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(&token)))
-        .unwrap_or(crate::worker::EXIT_INTERNAL);
+        .unwrap_or(EXIT_INTERNAL);
     super::exit_now(code)
 }
 

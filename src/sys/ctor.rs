@@ -13,7 +13,7 @@ extern "C" fn mproc_on_load(
     _argv: *const *const libc::c_char,
     _envp: *const *const libc::c_char,
 ) {
-    let Some(marker) = super::child::take_env_at_load(crate::worker::MARKER_ENV) else {
+    let Some(marker) = super::child::take_env_at_load(super::child::MARKER_ENV) else {
         // Not an mproc worker (the marker wins: a serving rank's own workers inherit the
         // launcher's rank variables). Under MPI, every rank but 0 serves instead of `main`.
         #[cfg(feature = "mpi")]
