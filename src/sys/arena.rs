@@ -8,11 +8,11 @@
 //! ([`GrowMap::resize`]) without telling anyone.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
-use super::unix::above_stdio;
+use super::shm::{file_size, map_shared_rw};
 
 /// Bytes of the control block at the start of the file; the arena follows.
 pub(crate) const PAGE: usize = 4096;
@@ -33,40 +33,21 @@ unsafe impl Send for GrowMap {}
 impl GrowMap {
     /// Maps the file `fd` (at least [`PAGE`] bytes) whole, read-write.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<GrowMap> {
-        let len = file_len(fd.as_fd())?;
-        if len < PAGE as u64 {
+        let len = file_size(fd.as_fd())?;
+        if len < PAGE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "a control block shorter than a page",
             ));
         }
-        let len = usize::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "control file too large"))?;
-        // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
-        // open; no existing memory is affected. The result is checked for MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        let ptr = map_shared_rw(fd.as_fd(), len, 0)?;
         Ok(GrowMap { fd, ptr, len })
     }
 
     /// A private one, for a worker whose parent sent no control block (its arena then only
     /// saves a copy, not results).
     pub(crate) fn anonymous() -> io::Result<GrowMap> {
-        let fd = anonymous_file()?;
-        set_len(fd.as_fd(), PAGE as u64)?;
-        GrowMap::from_fd(fd)
+        GrowMap::from_fd(control_file()?)
     }
 
     /// Bytes available to the arena (the mapping less the control block).
@@ -200,17 +181,6 @@ pub(crate) fn read_at(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &mut [u8]) -
     Ok(())
 }
 
-/// The size of the file `fd`.
-pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: zeroed `stat` is a valid out-buffer; `fd` is open.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable `stat` for the call.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(u64::try_from(st.st_size).unwrap_or(0))
-}
-
 fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
@@ -221,15 +191,17 @@ fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// A fresh control file of one page: not sealed, so that the worker can shrink its arena
+/// back (and free its pages) after a large chunk.
+pub(crate) fn control_file() -> io::Result<OwnedFd> {
+    let fd = anonymous_file()?;
+    set_len(fd.as_fd(), PAGE as u64)?;
+    Ok(fd)
+}
+
 #[cfg(target_os = "linux")]
 fn anonymous_file() -> io::Result<OwnedFd> {
-    // SAFETY: a valid NUL-terminated name; memfd_create has no other preconditions.
-    let raw = unsafe { libc::memfd_create(c"mproc-arena".as_ptr(), libc::MFD_CLOEXEC) };
-    if raw == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
+    super::shm::memfd("worker-control", libc::MFD_CLOEXEC)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -237,7 +209,7 @@ fn anonymous_file() -> io::Result<OwnedFd> {
     let region = super::shm::Region::create("arena", PAGE)?;
     let fd = region.fd().try_clone_to_owned()?;
     drop(region);
-    above_stdio(fd)
+    super::unix::above_stdio(fd)
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `std::time::Instant` on Linux, the same in
@@ -274,7 +246,7 @@ mod tests {
         assert_eq!(&back, b"abc");
         m.resize(4).unwrap();
         assert_eq!(m.capacity(), 4);
-        assert_eq!(file_len(m.fd.as_fd()).unwrap(), PAGE as u64 + 4);
+        assert_eq!(file_size(m.fd.as_fd()).unwrap(), PAGE + 4);
         let mut past = [0; 8];
         assert!(read_at(m.fd.as_fd(), PAGE as u64, &mut past).is_err());
     }

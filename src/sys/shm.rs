@@ -97,22 +97,7 @@ impl Region {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
-        // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
-        // open; no existing memory is affected. The result is checked for MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(explain_map_error(len, io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        let ptr = map_shared_rw(fd.as_fd(), len, 0)?;
         Ok(Region { fd, ptr, len })
     }
 
@@ -148,25 +133,8 @@ impl Region {
     /// the region's own mapping stays where it is (a queue's ring, see [`Window`]).
     pub(crate) fn map_window(&self, offset: usize, len: usize) -> io::Result<Window> {
         window_fits(self, offset, len)?;
-        let file_offset = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-        // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over a file we hold
-        // open, within its length (checked above, and the file cannot shrink: it is sealed);
-        // no existing memory is affected. The result is checked for MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd.as_raw_fd(),
-                file_offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(explain_map_error(len, io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        // Within the file's length (checked above), and the file cannot shrink: it is sealed.
+        let ptr = map_shared_rw(self.fd.as_fd(), len, offset)?;
         Ok(Window { ptr, len, offset })
     }
 
@@ -636,7 +604,36 @@ fn payload_sealed(_fd: BorrowedFd<'_>) -> bool {
     false
 }
 
-fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+/// Maps `[offset, offset + len)` of the file `fd` shared and read-write, where the kernel
+/// chooses; a refusal under `RLIMIT_AS` names the limit. The mapping outlives `fd`; the caller
+/// unmaps it.
+pub(crate) fn map_shared_rw(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    offset: usize,
+) -> io::Result<NonNull<u8>> {
+    let file_offset = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over an open file; no
+    // existing memory is affected. The result is checked for MAP_FAILED.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            file_offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(explain_map_error(len, io::Error::last_os_error()));
+    }
+    Ok(NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success"))
+}
+
+/// The size of the regular file `fd`.
+pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
     file_stat(fd).map(|(size, _)| size)
 }
 
@@ -687,8 +684,9 @@ fn seal_shrink(_fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// A new memfd named `mproc-{name}`, with `flags`.
 #[cfg(target_os = "linux")]
-fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
+pub(crate) fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
     let c = CString::new(format!("mproc-{name}")).expect("names are ours, without NUL");
     // SAFETY: `c` is a valid NUL-terminated name; memfd_create has no other preconditions.
     let raw = unsafe { libc::memfd_create(c.as_ptr(), flags) };

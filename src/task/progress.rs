@@ -117,7 +117,7 @@ pub(crate) struct Watch {
 impl Watch {
     /// A fresh control block; `timed`: the worker records when each item starts.
     pub(crate) fn create(timed: bool) -> io::Result<Watch> {
-        let region = Region::create("worker-control", PAGE)?;
+        let region = Region::from_fd(arena::control_file()?)?;
         region.atomic_u64(TIMED).store(u64::from(timed), Relaxed);
         Ok(Watch { region })
     }
@@ -154,7 +154,7 @@ impl Watch {
     /// an allocation: the worker wrote these numbers, and it may have been corrupt.
     pub(crate) fn recover(&self, snap: &Snapshot, prefix: usize) -> io::Result<Vec<u8>> {
         let start = (PAGE + prefix) as u64;
-        let size = arena::file_len(self.region.fd())?;
+        let size = crate::sys::shm::file_size(self.region.fd())? as u64;
         if start.checked_add(snap.bytes).is_none_or(|end| end > size) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
