@@ -19,7 +19,7 @@ use super::fate;
 use super::job::{Job, Sink};
 use super::reply::{Classified, sort};
 use super::result::{Answer, Outcome, Part, Slot};
-use super::shared::{Lease, Returned, Shared};
+use super::shared::{Lease, Returned, Shared, WATCH_TICK, paused_for};
 use crate::error::Error;
 use crate::sys;
 use crate::wire::fds::{self, Fds, Received};
@@ -27,11 +27,6 @@ use crate::wire::frame::{self, FrameError, FrameReader};
 
 /// What a borrowed worker answered: its reply to the task, or the failure of the whole run.
 pub(crate) type Reply = Result<Answer, Error>;
-
-/// The longest a borrower sleeps while its task has a deadline, and how much longer than
-/// asked counts as the program having been stopped (see the supervisor's `WATCH_TICK`).
-const WATCH_TICK: Duration = Duration::from_millis(200);
-const PAUSE_SLACK: Duration = Duration::from_millis(50);
 
 /// How a borrowed exchange went wrong.
 pub(crate) enum Loss {
@@ -68,11 +63,8 @@ pub(crate) fn run(
             }
             // Slept far longer than asked: the program was stopped meanwhile (Ctrl-Z,
             // SIGSTOP), and that time does not count against the task.
-            if let (Some(asked), Some(d)) = (asked, b.deadline.as_mut()) {
-                let slept = before.elapsed();
-                if slept > asked + PAUSE_SLACK {
-                    *d += slept - asked;
-                }
+            if let (Some(gap), Some(d)) = (paused_for(before, asked), b.deadline.as_mut()) {
+                *d += gap;
             }
         }
         match b.poll() {

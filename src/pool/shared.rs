@@ -22,6 +22,21 @@ pub(crate) struct Shared {
     pub(crate) live: AtomicUsize,
 }
 
+/// The longest the supervisor (or a borrower) sleeps while a task has a deadline: a pause of
+/// the whole program longer than this (Ctrl-Z, `SIGSTOP`, a frozen container) is noticed, and
+/// does not count against the running items.
+pub(crate) const WATCH_TICK: Duration = Duration::from_millis(200);
+/// Sleeping this much longer than asked counts as a pause.
+const PAUSE_SLACK: Duration = Duration::from_millis(50);
+
+/// How long the program was paused (stopped, or starved of CPU) during a sleep that began at
+/// `since` and asked for `asked`: the oversleep, if it passes the slack.
+pub(crate) fn paused_for(since: Instant, asked: Option<Duration>) -> Option<Duration> {
+    let asked = asked?;
+    let slept = since.elapsed();
+    (slept > asked + PAUSE_SLACK).then(|| slept - asked)
+}
+
 /// What the starter thread reports.
 pub(crate) enum Launch {
     Started(crate::process::launch::Launched),

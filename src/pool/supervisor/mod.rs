@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::fate::{self, Loss, Progress};
 use super::job::Job;
 use super::reply::{Classified, sort};
-use super::shared::{Lease, Returned, Shared, Start};
+use super::shared::{self, Lease, Returned, Shared, Start, WATCH_TICK};
 use crate::error::{Error, ExitStatus};
 use crate::process::StartMethod;
 use crate::process::launch::{self, Spec};
@@ -66,12 +66,6 @@ const FAST_TASK: Duration = Duration::from_micros(200);
 /// so writing them never blocks: a blocked write here while the worker blocks writing a large
 /// result to us would deadlock both.
 const LOOKAHEAD_BYTES: usize = 48 << 10;
-/// The longest the supervisor sleeps while a task has a deadline: a pause of the whole
-/// program longer than this (Ctrl-Z, `SIGSTOP`, a frozen container) is noticed, and does not
-/// count against the running items.
-const WATCH_TICK: Duration = Duration::from_millis(200);
-/// Sleeping this much longer than asked counts as a pause.
-const PAUSE_SLACK: Duration = Duration::from_millis(50);
 /// The first wait before starting workers again after the OS refused one (`EAGAIN` under
 /// `ulimit -u`, `ENOMEM`...), and the longest, as it doubles.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -84,23 +78,7 @@ const LIVE_PATIENCE: Duration = Duration::from_secs(10);
 /// Starts the supervisor thread for a new pool.
 pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
     let (shared, wake_rx) = Shared::new()?;
-    let sup = Supervisor {
-        shared: Arc::clone(&shared),
-        config,
-        wake_rx,
-        workers: Vec::new(),
-        startup_failures: 0,
-        respawn_at: None,
-        backoff: MIN_BACKOFF,
-        failing_since: None,
-        short: false,
-        starter: None,
-        launching: 0,
-        filled_once: false,
-        running: false,
-        avg_task: Duration::from_millis(1),
-        next_id: 0,
-    };
+    let sup = Supervisor::new(Arc::clone(&shared), config, wake_rx);
     let handle = std::thread::Builder::new()
         .name("mproc-pool".into())
         .spawn(move || sup.run())?;
@@ -135,6 +113,27 @@ struct Supervisor {
 }
 
 impl Supervisor {
+    /// A supervisor with no worker yet.
+    fn new(shared: Arc<Shared>, config: Config, wake_rx: UnixStream) -> Supervisor {
+        Supervisor {
+            shared,
+            config,
+            wake_rx,
+            workers: Vec::new(),
+            startup_failures: 0,
+            respawn_at: None,
+            backoff: MIN_BACKOFF,
+            failing_since: None,
+            short: false,
+            starter: None,
+            launching: 0,
+            filled_once: false,
+            running: false,
+            avg_task: Duration::from_millis(1),
+            next_id: 0,
+        }
+    }
+
     fn run(mut self) {
         self.serve();
         self.stop_starter();
@@ -244,12 +243,9 @@ impl Supervisor {
     /// The loop slept much longer than it asked, from `since`: the program was stopped (or
     /// starved of CPU) meanwhile. That time does not count against the running items.
     fn credit_pause(&mut self, since: Instant, asked: Option<Duration>) {
-        let Some(asked) = asked else { return };
-        let slept = since.elapsed();
-        if slept <= asked + PAUSE_SLACK {
+        let Some(gap) = shared::paused_for(since, asked) else {
             return;
-        }
-        let gap = slept - asked;
+        };
         event!(
             info,
             ?gap,

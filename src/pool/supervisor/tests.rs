@@ -43,31 +43,19 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         tasks: 0,
         served: true,
     };
-    let sup = Supervisor {
-        shared,
-        config: Config {
-            processes: 1,
-            method: StartMethod::Spawn,
-            spec: Spec::default(),
-            init: None,
-            max_tasks_per_child: None,
-            task_timeout: None,
-        },
-        wake_rx,
-        workers: vec![worker],
-        startup_failures: 0,
-        respawn_at: None,
-        backoff: MIN_BACKOFF,
-        failing_since: None,
-        short: false,
-        starter: None,
-        launching: 0,
-        filled_once: true,
-        running: true,
-        // Fast tasks: `assign` tops up the look-ahead.
-        avg_task: Duration::from_micros(1),
-        next_id: 1,
+    let config = Config {
+        processes: 1,
+        method: StartMethod::Spawn,
+        spec: Spec::default(),
+        init: None,
+        max_tasks_per_child: None,
+        task_timeout: None,
     };
+    let mut sup = Supervisor::new(shared, config, wake_rx);
+    sup.workers.push(worker);
+    // Started already, and fast tasks: `assign` tops up the look-ahead.
+    (sup.filled_once, sup.running, sup.next_id) = (true, true, 1);
+    sup.avg_task = Duration::from_micros(1);
     (sup, theirs, child)
 }
 
