@@ -353,10 +353,8 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         };
         let arg = spilled.as_ref().map_or(run.arg, Payload::bytes);
         // While the task runs, an aborting panic reports on this socket, and an overflow
-        // says so as the worker dies. The notice goes only to a `Process` (a task flagged
-        // last) until the pool's supervisor reads it: it takes an unknown message for a
-        // protocol error, which would hide the signal.
-        stack_guard::arm(run.flags & msg::FLAG_LAST != 0);
+        // says so as the worker dies (the pool and `Process` both read that notice).
+        stack_guard::arm(true);
         TASK_SOCKET.store(sock.as_raw_fd(), Ordering::Relaxed);
         // Handles inside the argument take their fds from those sent with this task.
         let mut cx = RunCx {

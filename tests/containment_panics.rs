@@ -8,7 +8,7 @@ mod common;
 use std::time::Instant;
 
 use common::LIMIT;
-use mproc::{ErrorKind, Pool, Process, StartMethod};
+use mproc::{ErrorKind, Event, Pool, Process, Queue, StartMethod};
 use serde::{Deserialize, Serialize};
 
 fn hog_then_panic(mb: usize) -> usize {
@@ -370,19 +370,70 @@ fn a_stack_overflow_in_a_pool_task_fails_that_task() {
     );
 }
 
-/// Case 14 through a pool, the text: needs the supervisor to read the worker's last words
-/// (`msg::parse_dying`) and the worker to send them to pools too (`stack_guard::arm` in
-/// `worker::serve_on`).
+/// Case 14 through a pool, the text, on every path a task takes: the `apply` fast path (an
+/// idle worker lent to the caller), the supervisor's queue (`apply_async` behind busy
+/// workers), the middle of a chunk (`map_chunked`, `imap`, `map`'s automatic chunks), where
+/// the items around it keep their results.
 #[test]
-#[ignore = "needs the pool's supervisor to read a dying worker's notice (issue 14, case 14)"]
 fn a_stack_overflow_in_a_pool_task_says_so() {
     let _leaks = common::leak_checked();
-    let pool = Pool::new(1).unwrap();
-    let err = pool.apply_async(recurse, 0).get_timeout(LIMIT).unwrap_err();
-    assert_eq!(
-        err.exit_status().unwrap().signal(),
-        Some(libc::SIGSEGV),
-        "{err}"
+    let says_so = |err: &mproc::Error, path: &str| {
+        assert_eq!(err.kind(), ErrorKind::WorkerDied, "{path}: {err}");
+        assert_eq!(
+            err.exit_status().unwrap().signal(),
+            Some(libc::SIGSEGV),
+            "{path}: {err}"
+        );
+        assert!(err.to_string().contains("stack overflow"), "{path}: {err}");
+    };
+    let pool = Pool::new(2).unwrap();
+    says_so(&pool.apply(recurse, 0).unwrap_err(), "apply");
+    says_so(
+        &pool.apply_async(recurse, 0).get_timeout(LIMIT).unwrap_err(),
+        "apply_async",
     );
-    assert!(err.to_string().contains("stack overflow"), "{err}");
+    // Behind tasks that hold every worker: the supervisor's queue.
+    let (started, open) = (Queue::new().unwrap(), Event::new().unwrap());
+    let held: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(wait_for, (started.clone(), open.clone())))
+        .collect();
+    for _ in 0..2 {
+        started.get_timeout(LIMIT).unwrap();
+    }
+    let mut queued = pool.apply_async(recurse, 0);
+    open.set();
+    for mut h in held {
+        h.get_timeout(LIMIT).unwrap();
+    }
+    says_so(
+        &queued.get_timeout(LIMIT).unwrap_err(),
+        "queued apply_async",
+    );
+    // Mid-chunk: depth 0 overflows, 199_990 does not.
+    let items = [199_990, 199_990, 0, 199_990];
+    says_so(
+        &pool.map_chunked(recurse, items, 4).unwrap_err(),
+        "map_chunked",
+    );
+    let each: Vec<_> = pool
+        .imap(recurse, items)
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(each.len(), 4);
+    for (i, r) in each.iter().enumerate() {
+        match (i, r) {
+            (2, Err(e)) => assert!(e.contains("stack overflow"), "imap: {e}"),
+            (2, Ok(v)) => panic!("imap: item 2 gave {v}"),
+            (_, r) => assert!(r.as_ref().is_ok_and(|v| *v > 0), "imap {i}: {r:?}"),
+        }
+    }
+    says_so(&pool.map(recurse, items).unwrap_err(), "map");
+    // The pool still serves, on replacements.
+    assert!(pool.apply(recurse, 199_990).unwrap() > 0);
+}
+
+/// Holds a worker until `open` is set, after saying so on `started`.
+fn wait_for((started, open): (Queue<()>, Event)) {
+    started.put(()).unwrap();
+    assert!(open.wait_timeout(LIMIT));
 }

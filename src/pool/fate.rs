@@ -27,8 +27,9 @@ use crate::trace::event;
 /// How a worker was lost with a job in hand.
 #[derive(Debug)]
 pub(crate) enum Loss {
-    /// It died (crashed, was killed from outside, exited).
-    Died(ExitStatus),
+    /// It died (crashed, was killed from outside, exited), with the cause it announced as it
+    /// died, if any (`"stack overflow"`).
+    Died(ExitStatus, Option<&'static str>),
     /// It was killed because the running item passed `task_timeout`.
     TimedOut,
     /// It was killed for breaking the protocol (this error).
@@ -134,7 +135,7 @@ pub(crate) fn answered(mut job: Job, what: Result<Answer, Error>) {
 pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job> {
     let finished = match progress {
         Progress::Began { finished } => finished,
-        Progress::NotStarted if matches!(loss, Loss::Died(_) | Loss::Collateral) => {
+        Progress::NotStarted if matches!(loss, Loss::Died(..) | Loss::Collateral) => {
             job.unstarted_losses += 1;
             if job.unstarted_losses <= FREE_UNSTARTED {
                 return Some(job);
@@ -154,7 +155,7 @@ pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job>
             Loss::TimedOut => job.fail_one(Error::timed_out()),
             Loss::Misbehaved(e) | Loss::Reported(e) => job.fail_one(e.duplicate()),
             Loss::Collateral => {}
-            Loss::Died(_) if job.retries_left > 0 => {
+            Loss::Died(..) if job.retries_left > 0 => {
                 job.retries_left -= 1;
                 event!(
                     warn,
@@ -163,7 +164,8 @@ pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job>
                     "re-running a task lost to a dead worker"
                 );
             }
-            Loss::Died(status) => job.fail_one(Error::worker_died(*status)),
+            Loss::Died(status, None) => job.fail_one(Error::worker_died(*status)),
+            Loss::Died(status, Some(cause)) => job.fail_one(Error::worker_died_of(*status, cause)),
         }
     }
     if job.is_settled() {
@@ -197,7 +199,7 @@ mod tests {
     }
 
     fn died() -> Loss {
-        Loss::Died(ExitStatus::from_raw(RawExit::Signal(9)))
+        Loss::Died(ExitStatus::from_raw(RawExit::Signal(9)), None)
     }
 
     /// A fake worker: runs items `from..to` of a 5-item job (value = 10 * index), commits them

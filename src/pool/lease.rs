@@ -96,6 +96,8 @@ pub(crate) struct Borrowed {
     items: usize,
     /// The write failed: the worker is dead or dying.
     unsent: bool,
+    /// The cause it announced as it died (`"stack overflow"`), if it did.
+    last_words: Option<&'static str>,
 }
 
 /// Writes the task in `frame` (with the fds of handles inside its argument) to an idle
@@ -127,6 +129,7 @@ pub(crate) fn borrow(
         fds,
         items,
         unsent,
+        last_words: None,
     })
 }
 
@@ -169,6 +172,11 @@ impl Borrowed {
             match self.reader.advance(&mut src) {
                 Ok(Some(f)) => match sort(&mut self.received, f) {
                     Ok(None | Some(Classified::Hello { ours: true })) => continue,
+                    // Its death follows; the supervisor reports it with this cause.
+                    Ok(Some(Classified::Dying(cause))) => {
+                        self.last_words = Some(cause);
+                        continue;
+                    }
                     Ok(Some(Classified::Answer(a))) => return Ok(Some(a)),
                     Ok(Some(Classified::Hello { ours: false })) | Err(_) => {
                         return Err(Loss::Died);
@@ -220,6 +228,7 @@ pub(crate) fn settle(
         tasks: b.lease.tasks,
         job,
         timed_out: matches!(loss, Loss::TimedOut),
+        last_words: b.last_words,
     });
     shared.wake_locked(q);
 }

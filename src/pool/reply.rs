@@ -15,6 +15,8 @@ pub(crate) enum Classified {
     Hello { ours: bool },
     /// The answer to a task: the frame (for `Done`) or the failure of the whole run.
     Answer(Result<Answer, Error>),
+    /// Its last words (`"stack overflow"`): it is dying, and its exit status follows.
+    Dying(&'static str),
 }
 
 /// Sorts a worker's message: `Ok(None)` for an `Fds` frame, whose fds wait for the next.
@@ -34,6 +36,9 @@ pub(crate) fn classify(
     frame: Vec<u8>,
     file: Option<OwnedFd>,
 ) -> Result<Classified, msg::BadMessage> {
+    if let Some(cause) = msg::parse_dying(&frame) {
+        return Ok(Classified::Dying(cause));
+    }
     let outcome = match msg::parse_from_worker(&frame)? {
         FromWorker::Hello { identity: id, .. } => {
             return Ok(Classified::Hello {

@@ -100,6 +100,8 @@ pub(crate) enum Returned {
         tasks: usize,
         job: Job,
         timed_out: bool,
+        /// The cause it announced as it died (`"stack overflow"`), if it did.
+        last_words: Option<&'static str>,
     },
 }
 

@@ -90,6 +90,7 @@ impl Supervisor {
                     tasks,
                     job,
                     timed_out,
+                    last_words,
                 } => {
                     let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
                         job.fail_rest(Error::protocol("a lent worker vanished"));
@@ -101,6 +102,7 @@ impl Supervisor {
                     signal(w, sys::SIGKILL);
                     w.sock = None;
                     w.state = State::Ending;
+                    w.last_words = last_words;
                     if timed_out {
                         let snap = w.watch.snapshot();
                         w.loss = Some((Loss::TimedOut, (snap.started, snap.done)));

@@ -45,6 +45,10 @@ impl Supervisor {
         let what = match sort(&mut self.workers[i].received, frame) {
             Ok(None) => return, // fds for the next message
             Ok(Some(Classified::Answer(what))) => what,
+            Ok(Some(Classified::Dying(cause))) => {
+                self.workers[i].last_words = Some(cause);
+                return; // its death follows, and is reported with this cause
+            }
             Ok(Some(Classified::Hello { ours: true })) => {
                 // Alive and ours: with no initializer to wait for, the worker has started. A
                 // later death (an idle worker killed, a task killed by its timeout) is not a
@@ -185,7 +189,7 @@ impl Supervisor {
                 Some((loss, item)) if item == (snap.started, snap.done) => loss,
                 // Killed for an item that finished meanwhile: the next one is not to blame.
                 Some(_) => Loss::Collateral,
-                None => Loss::Died(status),
+                None => Loss::Died(status, w.last_words),
             };
             let progress = Progress::read(&w.watch, w.answered, &job);
             again.extend(fate::lost(job, progress, &loss));

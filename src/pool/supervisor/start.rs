@@ -215,6 +215,7 @@ impl Supervisor {
             credit: Duration::ZERO,
             credit_item: (0, 0),
             loss: None,
+            last_words: None,
             tasks: 0,
             served: false,
         };

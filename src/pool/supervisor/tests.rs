@@ -40,6 +40,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         credit: Duration::ZERO,
         credit_item: (0, 0),
         loss: None,
+        last_words: None,
         tasks: 0,
         served: true,
     };

@@ -54,6 +54,8 @@ pub(super) struct Worker {
     /// Why mproc killed it, if it did, and which item was running then: settles the head job
     /// when it is reaped.
     pub(super) loss: Option<(Loss, (u64, u64))>,
+    /// Why it said it is dying (`"stack overflow"`), before its exit status arrives.
+    pub(super) last_words: Option<&'static str>,
     pub(super) tasks: usize,
     /// Reached the point of serving (hello checked and initializer done).
     pub(super) served: bool,
