@@ -38,11 +38,19 @@ pub(crate) const EXIT_INTERNAL: i32 = 70;
 /// `fork` stays locked forever there; glibc resets its own (malloc, stdio) through `atfork`
 /// handlers, but Rust `Mutex`es and foreign libraries' locks are not reset.
 pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i32> {
+    // Signals wait until the child has dropped the fault handler it inherited (see
+    // `default_fault_signals`): a `kill` right after `fork` returns must still kill it.
+    let mask = super::unix::block_all_signals();
     // SAFETY: POSIX only promises async-signal-safe calls in the child of a multithreaded
     // process. The `Fork` start method deliberately runs ordinary Rust code there, exactly as
     // Python's `fork` does; it is opt-in and documented with these hazards (deadlock on locks
     // held by vanished threads), which are liveness, not memory-safety, failures with glibc.
-    match unsafe { fork() }? {
+    let forked = unsafe { fork() };
+    if let Ok(Forked::Child) = forked {
+        super::unix::default_fault_signals();
+    }
+    super::unix::restore_signals(&mask);
+    match forked? {
         Forked::Parent(pid) => {
             super::unix::put_in_own_group(pid);
             Ok(pid)

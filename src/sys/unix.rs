@@ -84,6 +84,45 @@ pub(crate) fn reset_signals() {
     }
 }
 
+/// A thread's signal mask, saved by [`block_all_signals`].
+pub(crate) struct SignalMask(libc::sigset_t);
+
+/// Blocks every signal in the calling thread; returns the mask to put back with
+/// [`restore_signals`]. Around a `fork`, it keeps a signal sent to the new child from reaching
+/// a handler the child inherited but must not run (std's `SIGSEGV` handler swallows a sent
+/// `SIGSEGV`), until the child has put its dispositions in order.
+pub(crate) fn block_all_signals() -> SignalMask {
+    let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `sigfillset` initialises `all`; `pthread_sigmask` reads it and fills `old`
+    // (it cannot fail with a valid `how`, so `old` is initialised on return).
+    unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+        SignalMask(old.assume_init())
+    }
+}
+
+/// Puts back a mask saved by [`block_all_signals`]. Async-signal-safe.
+pub(crate) fn restore_signals(mask: &SignalMask) {
+    // SAFETY: `mask.0` is a mask `pthread_sigmask` filled in.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut());
+    }
+}
+
+/// Gives `SIGSEGV` and `SIGBUS` their default disposition, in a freshly forked child: the
+/// handler std installed in the parent returns from a *sent* `SIGSEGV` without dying, and the
+/// worker's own (`stack_guard`) is installed later. Async-signal-safe.
+pub(crate) fn default_fault_signals() {
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: SIG_DFL is a valid disposition for both signals.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
 /// This process's id.
 ///
 /// Cached: `getpid` is a real system call (glibc stopped caching it), and lock paths ask for it

@@ -97,8 +97,10 @@ impl Leaks {
     /// Counts now. Hold [`serial`] around the test so other tests do not disturb the counts.
     pub fn start() -> Leaks {
         // The fork server is a long-lived child started on first use: start it now, so that
-        // it counts as already there.
-        mproc::Process::spawn(noop, ())
+        // it counts as already there (whatever `MPROC_START_METHOD` makes the default).
+        mproc::Process::builder()
+            .start_method(mproc::StartMethod::ForkServer)
+            .spawn(noop, ())
             .and_then(|mut p| p.join_timeout(LIMIT))
             .expect("a trivial process runs");
         Leaks {
