@@ -211,13 +211,13 @@ impl Error {
     }
 }
 
-/// What an exit code means when mproc's worker loop chose it (`worker::EXIT_*`). A task that
+/// What an exit code means when mproc's worker loop chose it (`sys::child::EXIT_*`). A task that
 /// calls `std::process::exit` with the same number looks the same from outside, so the text
 /// says "unless the task exited with it" rather than claiming to know. Codes 0 and 1 are left
 /// alone: a worker that ends with them has answered first (a result, a panic), so a death
 /// with them is the task's own `exit`.
 fn mproc_exit_meaning(code: i32) -> Option<&'static str> {
-    use crate::worker::{EXIT_BAD_MARKER, EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED};
+    use crate::sys::child::{EXIT_BAD_MARKER, EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED};
     Some(match code {
         EXIT_REFUSED => {
             "mproc's code for a worker that refused to run another executable's functions, unless the task exited with it"
