@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
@@ -181,22 +181,11 @@ fn main_program() -> Option<MainProgram> {
 ///
 /// Async-signal-safe: may be called between `fork` and `exec`.
 pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG with a valid signal number has no memory-safety preconditions.
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    if ret == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::process::{Signal, set_parent_process_death_signal};
+    // Raw system calls (prctl, getppid): nothing here allocates or takes a lock.
+    set_parent_process_death_signal(Some(Signal::KILL))?;
     // The parent may have died before the prctl: then we were re-parented and must go.
-    // SAFETY: `getppid` has no preconditions.
-    if unsafe { libc::getppid() } != expected_parent {
+    if super::getppid() != expected_parent {
         // No allocation here: this runs between fork and exec.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
@@ -206,32 +195,17 @@ pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
 /// Opens a pidfd for `pid`, which must be an unreaped child of this process (so the pid
 /// cannot have been recycled).
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: the raw syscall takes two integers and returns a new fd or -1.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh fd that nobody else owns.
-    super::above_stdio(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+    use rustix::process::{Pid, PidfdFlags};
+    let pid = Pid::from_raw(pid.max(0)).ok_or(io::Error::from_raw_os_error(libc::EINVAL))?;
+    super::above_stdio(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `sig` through a pidfd: it can never hit a recycled pid.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: the raw syscall takes an fd, a signal, a null siginfo and zero flags.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    Ok(rustix::process::pidfd_send_signal(
+        pidfd,
+        super::unix::signal_of(sig)?,
+    )?)
 }
 
 /// The result of [`clone_sibling`], seen from each side.
