@@ -8,7 +8,9 @@
 //! ([`GrowMap::resize`]) without telling anyone.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+#[cfg(not(target_os = "linux"))]
+use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
@@ -159,20 +161,15 @@ impl Drop for GrowMap {
 /// Reads `buf.len()` bytes of the file `fd` at `offset` (`pread`), whole or an error.
 pub(crate) fn read_at(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
-        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) };
-        match n {
-            -1 => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        if i64::try_from(offset).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset out of range",
+            ));
+        }
+        match super::unix::retry(|| rustix::io::pread(fd, &mut *buf, offset))? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
             n => {
-                let n = n as usize;
                 buf = &mut buf[n..];
                 offset += n as u64;
             }
@@ -182,13 +179,13 @@ pub(crate) fn read_at(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &mut [u8]) -
 }
 
 fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
-    // SAFETY: ftruncate on an open fd we hold; no memory is involved.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } == -1 {
-        return Err(io::Error::last_os_error());
+    if i64::try_from(len).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file too large",
+        ));
     }
-    Ok(())
+    Ok(rustix::fs::ftruncate(fd, len)?)
 }
 
 /// A fresh control file of one page: not sealed, so that the worker can shrink its arena
@@ -201,7 +198,7 @@ pub(crate) fn control_file() -> io::Result<OwnedFd> {
 
 #[cfg(target_os = "linux")]
 fn anonymous_file() -> io::Result<OwnedFd> {
-    super::shm::memfd("worker-control", libc::MFD_CLOEXEC)
+    super::shm::memfd("worker-control", rustix::fs::MemfdFlags::CLOEXEC)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -215,12 +212,8 @@ fn anonymous_file() -> io::Result<OwnedFd> {
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `std::time::Instant` on Linux, the same in
 /// every process of the machine, so a time one process writes another can compare.
 pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call (served by the vDSO: no syscall).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // Served by the vDSO where there is one: no system call.
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)

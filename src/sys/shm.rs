@@ -11,7 +11,9 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+#[cfg(not(target_os = "linux"))]
+use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -45,12 +47,7 @@ impl Region {
             ));
         }
         let fd = anonymous_file(name)?;
-        let size = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        // SAFETY: `fd` is an open file we own; ftruncate has no memory-safety preconditions.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
+        set_file_len(fd.as_fd(), len)?;
         seal_shrink(fd.as_fd())?;
         Region::map(fd, len)
     }
@@ -82,17 +79,16 @@ impl Region {
 
     /// Opens a region by path, e.g. `/proc/PID/fd/N` of a process that holds it.
     pub(crate) fn open_path(path: &str) -> io::Result<Region> {
-        let c = CString::new(path)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL"))?;
-        // No controlling terminal, no blocking open, whatever the path turns out to be.
-        let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        let raw = unsafe { libc::open(c.as_ptr(), flags) };
-        if raw == -1 {
-            return Err(io::Error::last_os_error());
+        use rustix::fs::{Mode, OFlags};
+        if path.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path contains a NUL",
+            ));
         }
-        // SAFETY: `raw` is a fresh fd owned by nobody else.
-        let fd = above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })?;
+        // No controlling terminal, no blocking open, whatever the path turns out to be.
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = above_stdio(rustix::fs::open(path, flags, Mode::empty())?)?;
         Region::from_fd(fd)
     }
 
@@ -118,14 +114,8 @@ impl Region {
         if self.file_len()? >= len {
             return Ok(());
         }
-        let size = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        // SAFETY: ftruncate on an fd we hold; no memory is passed. Growing a file leaves every
-        // existing mapping of it valid.
-        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), size) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // Growing a file leaves every existing mapping of it valid.
+        set_file_len(self.fd.as_fd(), len)
     }
 
     /// Maps `[offset, offset + len)` of the region's file on its own (`offset` a multiple of
@@ -242,13 +232,7 @@ impl Region {
     /// Bytes of memory the region's pages occupy now (a sparse region uses less than `len`).
     #[cfg(test)]
     pub(crate) fn allocated(&self) -> u64 {
-        // SAFETY: zeroed `stat` is a valid out-buffer; the fd is open.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a valid, writable `stat` for the call.
-        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } == -1 {
-            return 0;
-        }
-        st.st_blocks as u64 * 512
+        rustix::fs::fstat(&self.fd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
 }
 
@@ -395,9 +379,7 @@ fn window_fits(region: &Region, offset: usize, len: usize) -> io::Result<()> {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    rustix::param::page_size()
 }
 
 /// `window`'s mapping grown to `len` bytes of `region`'s file: in place or moved by `mremap`,
@@ -441,15 +423,8 @@ fn remap(region: &Region, window: &Window, len: usize) -> io::Result<NonNull<u8>
 
 /// The address-space limit of this process (`RLIMIT_AS`), if it has one.
 pub(crate) fn address_space_limit() -> Option<u64> {
-    // SAFETY: zeroed `rlimit` is a valid out-buffer.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == -1
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
-    Some(lim.rlim_cur as u64)
+    // `None`: unlimited.
+    rustix::process::getrlimit(rustix::process::Resource::As).current
 }
 
 /// Address space this process has mapped now (`VmSize`), where the system says.
@@ -463,7 +438,7 @@ fn address_space_in_use() -> Option<u64> {
 /// A failed mapping of `len` bytes, explained: when the address space ran out under an
 /// `RLIMIT_AS` (`ulimit -v`), the error names the limit.
 fn explain_map_error(len: usize, err: io::Error) -> io::Error {
-    if err.raw_os_error() != Some(libc::ENOMEM) {
+    if err.raw_os_error() != Some(rustix::io::Errno::NOMEM.raw_os_error()) {
         return err;
     }
     let msg = match (address_space_limit(), address_space_in_use()) {
@@ -572,17 +547,15 @@ impl Drop for Payload {
 
 /// The seals a payload file carries once written: no more writes, no resizing, no other seals.
 #[cfg(target_os = "linux")]
-const PAYLOAD_SEALS: libc::c_int =
-    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+const PAYLOAD_SEALS: rustix::fs::SealFlags = rustix::fs::SealFlags::WRITE
+    .union(rustix::fs::SealFlags::SHRINK)
+    .union(rustix::fs::SealFlags::GROW)
+    .union(rustix::fs::SealFlags::SEAL);
 
 /// Seals a payload file its sender has finished writing (see [`Payload`]).
 #[cfg(target_os = "linux")]
 pub(crate) fn seal_payload(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on an open fd with an integer argument; no memory is involved.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, PAYLOAD_SEALS) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::fcntl_add_seals(fd, PAYLOAD_SEALS)?)
 }
 
 /// Without memfd there are no payload files (see [`payload_file`]).
@@ -594,9 +567,7 @@ pub(crate) fn seal_payload(_fd: BorrowedFd<'_>) -> io::Result<()> {
 /// True if `fd` carries every seal of [`PAYLOAD_SEALS`].
 #[cfg(target_os = "linux")]
 fn payload_sealed(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: fcntl on an open fd; no memory is involved.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    seals != -1 && seals & PAYLOAD_SEALS == PAYLOAD_SEALS
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(PAYLOAD_SEALS))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -639,13 +610,8 @@ pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
 
 /// Size and allocated bytes of a regular file.
 fn file_stat(fd: BorrowedFd<'_>) -> io::Result<(usize, u64)> {
-    // SAFETY: zeroed `stat` is a valid out-buffer; `fd` is open.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable `stat` for the call.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let st = rustix::fs::fstat(fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not an mproc shared memory region (not a regular file)",
@@ -662,20 +628,26 @@ const POPULATE: libc::c_int = libc::MAP_POPULATE;
 #[cfg(not(target_os = "linux"))]
 const POPULATE: libc::c_int = 0;
 
+/// Sets the length of the file `fd` to `len` bytes (`ftruncate`).
+pub(crate) fn set_file_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let len = u64::try_from(len)
+        .ok()
+        .filter(|&l| i64::try_from(l).is_ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+    Ok(rustix::fs::ftruncate(fd, len)?)
+}
+
 #[cfg(target_os = "linux")]
 fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
-    memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    use rustix::fs::MemfdFlags;
+    memfd(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
 }
 
 /// Seals a region's file against shrinking: a process holding it cannot truncate it under
 /// the others' mappings (their next access would fault with `SIGBUS`). It can still grow.
 #[cfg(target_os = "linux")]
 fn seal_shrink(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on an open fd with an integer argument; no memory is involved.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::fcntl_add_seals(fd, rustix::fs::SealFlags::SHRINK)?)
 }
 
 /// Without memfd there are no seals.
@@ -686,15 +658,9 @@ fn seal_shrink(_fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// A new memfd named `mproc-{name}`, with `flags`.
 #[cfg(target_os = "linux")]
-pub(crate) fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
+pub(crate) fn memfd(name: &str, flags: rustix::fs::MemfdFlags) -> io::Result<OwnedFd> {
     let c = CString::new(format!("mproc-{name}")).expect("names are ours, without NUL");
-    // SAFETY: `c` is a valid NUL-terminated name; memfd_create has no other preconditions.
-    let raw = unsafe { libc::memfd_create(c.as_ptr(), flags) };
-    if raw == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
+    above_stdio(rustix::fs::memfd_create(c.as_c_str(), flags)?)
 }
 
 /// An empty anonymous file (memfd where there is one) that can be sealed, to write a payload
@@ -703,7 +669,8 @@ pub(crate) fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
 /// payloads inline: a POSIX shared memory object may refuse `write`, and has no seals.
 #[cfg(target_os = "linux")]
 pub(crate) fn payload_file(name: &str) -> io::Result<OwnedFd> {
-    memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    use rustix::fs::MemfdFlags;
+    memfd(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -743,15 +710,9 @@ fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
 
 #[cfg(target_os = "linux")]
 fn punch_hole(fd: BorrowedFd<'_>, offset: usize, len: usize) {
-    // SAFETY: fallocate on an fd we hold; no memory is passed.
-    unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        );
-    }
+    use rustix::fs::FallocateFlags;
+    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    let _ = rustix::fs::fallocate(fd, flags, offset as u64, len as u64);
 }
 
 #[cfg(not(target_os = "linux"))]
