@@ -7,6 +7,7 @@
 
 pub(crate) mod arena;
 pub(crate) mod child;
+pub(crate) mod child_handle;
 pub(crate) mod ctor;
 pub(crate) mod endpoints;
 pub(crate) mod fnptr;
@@ -29,4 +30,5 @@ mod other;
 #[cfg(not(target_os = "linux"))]
 pub(crate) use other::*;
 
+pub(crate) use child_handle::ChildHandle;
 pub(crate) use unix::*;

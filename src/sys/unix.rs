@@ -769,13 +769,14 @@ pub(crate) fn in_throwaway_child(
         }
         Forked::Parent(pid) => {
             drop(write);
+            let copy = super::ChildHandle::new(pid, None);
             let out = read_until_eof(read, limit);
             if out.is_none() {
-                let _ = kill(pid, libc::SIGKILL);
+                let _ = copy.signal(SIGKILL);
             }
             // At the end of its output it is exiting (the pipe closes with it), or killed.
-            let status = waitpid(pid, true);
-            out.filter(|_| matches!(status, Ok(Some(RawExit::Code(0)))))
+            let status = copy.reap();
+            out.filter(|_| matches!(status, Ok(RawExit::Code(0))))
         }
     }
 }

@@ -26,8 +26,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         .unwrap();
     let worker = Worker {
         id: 1,
-        pid: child.id() as i32,
-        pidfd: None,
+        child: Arc::new(sys::ChildHandle::new(child.id() as i32, None)),
         sock: Some(Arc::new(ours)),
         published: false,
         reader: FrameReader::new(frame::DEFAULT_LIMIT),
