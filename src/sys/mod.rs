@@ -14,6 +14,7 @@ pub(crate) mod fnptr;
 pub(crate) mod fork_local;
 pub(crate) mod futex;
 pub(crate) mod identity;
+pub(crate) mod mapping;
 pub(crate) mod robust;
 pub(crate) mod shm;
 #[cfg(target_os = "linux")]
