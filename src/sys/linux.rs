@@ -136,7 +136,6 @@ fn mapped_file(maps: &str, addr: usize) -> Option<String> {
 }
 
 /// What [`main_program`] found.
-#[derive(Default)]
 struct MainProgram {
     /// The address of its program headers.
     phdr: usize,
@@ -144,36 +143,72 @@ struct MainProgram {
     has_interp: bool,
 }
 
-unsafe extern "C" fn find_main_program(
+/// One program header of the main program, copied out of the loader's record.
+#[derive(Clone, Copy)]
+struct Segment {
+    kind: u32,
+    /// Where it is mapped in this process: the load bias plus `p_vaddr`.
+    addr: usize,
+    /// Bytes mapped (`p_memsz`).
+    len: usize,
+}
+
+/// The main program as the dynamic loader reports it (the first object of
+/// `dl_iterate_phdr`): the address of its program headers, and the headers.
+#[derive(Default)]
+struct MainImage {
+    phdr: usize,
+    segments: Vec<Segment>,
+}
+
+unsafe extern "C" fn copy_main_image(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
     data: *mut libc::c_void,
 ) -> libc::c_int {
-    // SAFETY: `data` is the `MainProgram` passed by `main_program`; `info` and its
-    // `dlpi_phnum` program headers are valid for the call, per dl_iterate_phdr's contract. The
-    // first object reported is the main program.
+    // SAFETY: `data` is the `MainImage` passed by `main_image`; `info` and its `dlpi_phnum`
+    // program headers are valid for the call, per dl_iterate_phdr's contract. The first
+    // object reported is the main program.
     unsafe {
-        let found = &mut *(data as *mut MainProgram);
+        let image = &mut *(data as *mut MainImage);
         let info = &*info;
-        found.phdr = info.dlpi_phdr as usize;
-        found.has_interp = (0..info.dlpi_phnum as usize)
-            .any(|i| (*info.dlpi_phdr.add(i)).p_type == libc::PT_INTERP);
+        image.phdr = info.dlpi_phdr as usize;
+        for i in 0..info.dlpi_phnum as usize {
+            let ph = &*info.dlpi_phdr.add(i);
+            image.segments.push(Segment {
+                kind: ph.p_type,
+                addr: (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize),
+                len: ph.p_memsz as usize,
+            });
+        }
     }
-    1
+    1 // only the main program: stop after the first object
+}
+
+/// The main program's headers, read once.
+fn main_image() -> &'static MainImage {
+    static IMAGE: std::sync::OnceLock<MainImage> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let mut image = MainImage::default();
+        // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `image`,
+        // which outlives the call.
+        unsafe {
+            libc::dl_iterate_phdr(
+                Some(copy_main_image),
+                (&mut image as *mut MainImage).cast(),
+            );
+        }
+        image
+    })
 }
 
 /// The main program's program headers: where they are, and whether it names an interpreter.
 fn main_program() -> Option<MainProgram> {
-    let mut found = MainProgram::default();
-    // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `found`, which
-    // outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(find_main_program),
-            (&mut found as *mut MainProgram).cast(),
-        );
-    }
-    (found.phdr != 0).then_some(found)
+    let image = main_image();
+    (image.phdr != 0).then(|| MainProgram {
+        phdr: image.phdr,
+        has_interp: image.segments.iter().any(|s| s.kind == libc::PT_INTERP),
+    })
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends, then checks
@@ -262,39 +297,6 @@ pub(super) unsafe fn clone_sibling() -> io::Result<Cloned> {
     }
 }
 
-/// Context for the `dl_iterate_phdr` callback.
-struct BuildIdSearch {
-    found: Option<Vec<u8>>,
-}
-
-unsafe extern "C" fn find_build_id(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the `BuildIdSearch` passed by `build_id` and `info` is valid for the
-    // call, per dl_iterate_phdr's contract. The first object reported is the main program.
-    // Its PT_NOTE segments are mapped at `dlpi_addr + p_vaddr` for `p_memsz` bytes; we read
-    // within those bounds only, checking every note's sizes before using them.
-    unsafe {
-        let search = &mut *(data as *mut BuildIdSearch);
-        let info = &*info;
-        for i in 0..info.dlpi_phnum as usize {
-            let ph = &*info.dlpi_phdr.add(i);
-            if ph.p_type != libc::PT_NOTE {
-                continue;
-            }
-            let start = (info.dlpi_addr as usize + ph.p_vaddr as usize) as *const u8;
-            let notes = std::slice::from_raw_parts(start, ph.p_memsz as usize);
-            if let Some(id) = parse_build_id_notes(notes) {
-                search.found = Some(id.to_vec());
-                break;
-            }
-        }
-    }
-    1 // only the main program: stop after the first object
-}
-
 /// Finds the GNU build-id descriptor in a PT_NOTE segment.
 pub(crate) fn parse_build_id_notes(mut notes: &[u8]) -> Option<&[u8]> {
     const NT_GNU_BUILD_ID: u32 = 3;
@@ -321,57 +323,27 @@ pub(crate) fn parse_build_id_notes(mut notes: &[u8]) -> Option<&[u8]> {
 
 /// The main executable's GNU build id, read from memory (< 1 µs), if it has one.
 pub(crate) fn build_id() -> Option<Vec<u8>> {
-    let mut search = BuildIdSearch { found: None };
-    // SAFETY: the callback matches dl_iterate_phdr's signature and only reads the memory it
-    // describes; `search` outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(find_build_id),
-            (&mut search as *mut BuildIdSearch).cast(),
-        );
-    }
-    search.found
-}
-
-unsafe extern "C" fn find_main_range(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the `(usize, usize)` passed by `main_image_range`; `info` and its
-    // program headers are valid for the call, per dl_iterate_phdr's contract. The first object
-    // reported is the main program.
-    unsafe {
-        let range = &mut *(data as *mut (usize, usize));
-        let info = &*info;
-        for i in 0..info.dlpi_phnum as usize {
-            let ph = &*info.dlpi_phdr.add(i);
-            if ph.p_type == libc::PT_LOAD {
-                let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                range.0 = range.0.min(start);
-                range.1 = range.1.max(start + ph.p_memsz as usize);
-            }
-        }
-    }
-    1
+    main_image()
+        .segments
+        .iter()
+        .filter(|s| s.kind == libc::PT_NOTE)
+        .find_map(|s| {
+            // SAFETY: a PT_NOTE segment of the main program is mapped readable at `addr` for
+            // `len` bytes for the life of the process (the loader reported it); its bytes never
+            // change. `parse_build_id_notes` checks every note's sizes before using them.
+            let notes = unsafe { std::slice::from_raw_parts(s.addr as *const u8, s.len) };
+            parse_build_id_notes(notes).map(<[u8]>::to_vec)
+        })
 }
 
 /// The address range the main executable is mapped at: function addresses must fall inside it
 /// to be meaningful in another process.
 pub(crate) fn main_image_range() -> Option<(usize, usize)> {
-    static RANGE: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
-    *RANGE.get_or_init(|| {
-        let mut range = (usize::MAX, 0usize);
-        // SAFETY: the callback matches dl_iterate_phdr's signature and only reads the headers
-        // it is given; `range` outlives the call.
-        unsafe {
-            libc::dl_iterate_phdr(
-                Some(find_main_range),
-                (&mut range as *mut (usize, usize)).cast(),
-            );
-        }
-        (range.0 < range.1).then_some(range)
-    })
+    let loads = main_image().segments.iter().filter(|s| s.kind == libc::PT_LOAD);
+    let range = loads.fold((usize::MAX, 0usize), |(lo, hi), s| {
+        (lo.min(s.addr), hi.max(s.addr + s.len))
+    });
+    (range.0 < range.1).then_some(range)
 }
 
 /// Whether this platform can create workers through a fork server: the raw `clone` call in
@@ -441,6 +413,18 @@ mod tests {
         assert!(mapped_file(maps, 0x7ffd1b000010).is_none(), "anonymous");
         assert!(mapped_file(maps, 0x1000).is_none(), "unmapped");
         assert!(mapped_file("garbage\n-\n", 0x1000).is_none());
+    }
+
+    #[test]
+    fn the_main_image_holds_our_code_and_its_build_id() {
+        let (lo, hi) = main_image_range().expect("the loader reports the main program");
+        let here = the_main_image_holds_our_code_and_its_build_id as fn() as usize;
+        assert!((lo..hi).contains(&here), "{here:#x} in {lo:#x}..{hi:#x}");
+        // Debian's gcc driver passes --build-id: a GNU build id is 20 bytes (SHA-1).
+        if let Some(id) = build_id() {
+            assert!(id.len() >= 8, "{id:?}");
+        }
+        assert!(main_program().is_some_and(|m| m.has_interp), "a dynamically linked test");
     }
 
     #[test]
