@@ -198,11 +198,7 @@ fn start() -> io::Result<Server> {
 }
 
 /// Sends one request and reads the reply: the worker's pid and pidfd.
-fn ask(
-    server: &Server,
-    request: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<sys::ChildHandle, Asked> {
+fn ask(server: &Server, request: &[u8], fds: &[BorrowedFd<'_>]) -> Result<sys::ChildHandle, Asked> {
     // SEQPACKET: a message is sent whole or not at all.
     sys::send_with_fds(server.ctrl.as_fd(), request, fds).map_err(Asked::NotSent)?;
     answer(server)

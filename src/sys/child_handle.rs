@@ -286,7 +286,11 @@ mod tests {
     #[test]
     fn an_ending_child_blocks_the_reap_only_without_an_exit_fd() {
         let with_fd = Fake::new(1, true);
-        assert_eq!(reap_ending(&with_fd).unwrap(), None, "not yet: its fd fires again");
+        assert_eq!(
+            reap_ending(&with_fd).unwrap(),
+            None,
+            "not yet: its fd fires again"
+        );
         assert_eq!(with_fd.calls(), ["try_reap"]);
         let without = Fake::new(1, false);
         assert_eq!(reap_ending(&without).unwrap(), Some(RawExit::Code(3)));
@@ -296,11 +300,23 @@ mod tests {
     #[test]
     fn waiting_sleeps_on_the_exit_fd_or_blocks_in_the_reap() {
         let with_fd = Fake::new(2, true);
-        assert_eq!(wait_deadline(&with_fd, None).unwrap(), Some(RawExit::Code(3)));
-        let calls = ["try_reap", "wait_exit_fd", "try_reap", "wait_exit_fd", "try_reap"];
+        assert_eq!(
+            wait_deadline(&with_fd, None).unwrap(),
+            Some(RawExit::Code(3))
+        );
+        let calls = [
+            "try_reap",
+            "wait_exit_fd",
+            "try_reap",
+            "wait_exit_fd",
+            "try_reap",
+        ];
         assert_eq!(with_fd.calls(), calls);
         let without = Fake::new(2, false);
-        assert_eq!(wait_deadline(&without, None).unwrap(), Some(RawExit::Code(3)));
+        assert_eq!(
+            wait_deadline(&without, None).unwrap(),
+            Some(RawExit::Code(3))
+        );
         assert_eq!(without.calls(), ["try_reap", "reap"]);
     }
 
@@ -309,7 +325,10 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(20);
         let without = Fake::new(u32::MAX, false);
         assert_eq!(wait_deadline(&without, Some(deadline)).unwrap(), None);
-        assert!(!without.calls().contains(&"reap"), "never blocks with a deadline");
+        assert!(
+            !without.calls().contains(&"reap"),
+            "never blocks with a deadline"
+        );
         assert!(Instant::now() >= deadline);
         let passed = Fake::new(u32::MAX, true);
         assert_eq!(wait_deadline(&passed, Some(Instant::now())).unwrap(), None);
@@ -319,7 +338,10 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "processes: not under Miri")]
     fn a_real_child_is_killed_reaped_and_its_foreign_reap_reported_as_unknown() {
-        let sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let c = ChildHandle::open(sleeper.id() as i32);
         assert_eq!(c.try_reap().unwrap(), None);
         assert_eq!(c.end(), RawExit::Signal(crate::sys::SIGKILL));

@@ -193,10 +193,7 @@ fn main_image() -> &'static MainImage {
         // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `image`,
         // which outlives the call.
         unsafe {
-            libc::dl_iterate_phdr(
-                Some(copy_main_image),
-                (&mut image as *mut MainImage).cast(),
-            );
+            libc::dl_iterate_phdr(Some(copy_main_image), (&mut image as *mut MainImage).cast());
         }
         image
     })
@@ -339,7 +336,10 @@ pub(crate) fn build_id() -> Option<Vec<u8>> {
 /// The address range the main executable is mapped at: function addresses must fall inside it
 /// to be meaningful in another process.
 pub(crate) fn main_image_range() -> Option<(usize, usize)> {
-    let loads = main_image().segments.iter().filter(|s| s.kind == libc::PT_LOAD);
+    let loads = main_image()
+        .segments
+        .iter()
+        .filter(|s| s.kind == libc::PT_LOAD);
     let range = loads.fold((usize::MAX, 0usize), |(lo, hi), s| {
         (lo.min(s.addr), hi.max(s.addr + s.len))
     });
@@ -424,7 +424,10 @@ mod tests {
         if let Some(id) = build_id() {
             assert!(id.len() >= 8, "{id:?}");
         }
-        assert!(main_program().is_some_and(|m| m.has_interp), "a dynamically linked test");
+        assert!(
+            main_program().is_some_and(|m| m.has_interp),
+            "a dynamically linked test"
+        );
     }
 
     #[test]

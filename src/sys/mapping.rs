@@ -49,8 +49,16 @@ impl Mapping {
         };
         // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over an open file;
         // no existing memory is affected. The result is checked for MAP_FAILED.
-        let ptr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), file_offset) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                fd.as_raw_fd(),
+                file_offset,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -352,7 +352,9 @@ pub(crate) struct Payload {
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Payload").field("len", &self.map.len()).finish()
+        f.debug_struct("Payload")
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
@@ -476,7 +478,10 @@ fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
 /// the others' mappings (their next access would fault with `SIGBUS`). It can still grow.
 #[cfg(target_os = "linux")]
 fn seal_shrink(fd: BorrowedFd<'_>) -> io::Result<()> {
-    Ok(rustix::fs::fcntl_add_seals(fd, rustix::fs::SealFlags::SHRINK)?)
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        rustix::fs::SealFlags::SHRINK,
+    )?)
 }
 
 /// Without memfd there are no seals.

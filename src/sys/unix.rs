@@ -453,7 +453,12 @@ fn recvmsg_fds(
     let mut control = RecvAncillaryBuffer::new(&mut space.0);
     let mut iov = [io::IoSliceMut::new(buf)];
     let got = retry(|| {
-        rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | flags)
+        rustix::net::recvmsg(
+            sock,
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | flags,
+        )
     })?;
     // Each SCM_RIGHTS payload's fds now belong to this process; what is not drained here is
     // closed when `control` drops.
@@ -658,7 +663,9 @@ pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()
 /// need a writer to block early.
 #[cfg(test)]
 pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    Ok(rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes)?)
+    Ok(rustix::net::sockopt::set_socket_send_buffer_size(
+        fd, bytes,
+    )?)
 }
 
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries kept), close-on-exec.

@@ -135,7 +135,11 @@ impl Supervisor {
         let now = Instant::now();
         for w in &mut self.workers {
             if w.deadline(timeout, now).is_some_and(|d| d <= now) {
-                event!(warn, pid = w.child.pid(), "task timed out: killing its worker");
+                event!(
+                    warn,
+                    pid = w.child.pid(),
+                    "task timed out: killing its worker"
+                );
                 signal(w, sys::SIGKILL);
                 // The socket stays open: answers written before the kill still count.
                 w.state = State::Ending;
