@@ -553,9 +553,10 @@ pub(crate) fn command_child_setup(cmd: &mut Command, sock: RawFd, target: RawFd)
         dup_to(unsafe { BorrowedFd::borrow_raw(sock) }, target)?;
         crate::sys::set_parent_death_signal(parent)
     };
-    // SAFETY: the closure only makes async-signal-safe calls (setpgid, signal, dup2, fcntl,
-    // prctl, getppid, and `io::Error::last_os_error`, which reads errno), as `pre_exec`
-    // requires.
+    // SAFETY: the closure only makes async-signal-safe calls, as `pre_exec` requires: raw
+    // system calls through rustix (setpgid, fcntl, prctl, getppid), libc's `signal` and
+    // `dup2`, and errors built from errno values (`io::Error::from_raw_os_error`, no
+    // allocation).
     unsafe {
         cmd.pre_exec(setup);
     }
