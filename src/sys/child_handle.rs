@@ -10,6 +10,9 @@
 //! before it is reaped, and a child someone else reaped (`ECHILD`: a foreign `waitpid(-1)`,
 //! `SIGCHLD` ignored) is reported as [`RawExit::Unknown`] and never signalled again.
 //!
+//! `waitpid`, `kill`, `kill_group` and the pidfd calls are `pub(super)`: outside `sys`, this
+//! handle is the only way to wait for or signal a child.
+//!
 //! The decisions made on top of the system calls (when to block, when to signal) are written
 //! once, generic over the tiny [`Wait`] and [`Kill`] traits (tokio's shape), so that they are
 //! unit-tested with a fake child below.

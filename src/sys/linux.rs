@@ -226,14 +226,14 @@ pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
 
 /// Opens a pidfd for `pid`, which must be an unreaped child of this process (so the pid
 /// cannot have been recycled).
-pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+pub(super) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     use rustix::process::{Pid, PidfdFlags};
     let pid = Pid::from_raw(pid.max(0)).ok_or(io::Error::from_raw_os_error(libc::EINVAL))?;
     super::above_stdio(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `sig` through a pidfd: it can never hit a recycled pid.
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+pub(super) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     Ok(rustix::process::pidfd_send_signal(
         pidfd,
         super::unix::signal_of(sig)?,

@@ -194,7 +194,7 @@ pub(super) unsafe fn fork() -> io::Result<Forked> {
 /// Retries on `EINTR`. A child reaped by someone else (`ECHILD`) is reported as
 /// [`RawExit::Unknown`]: it has ended, and its pid must not be signalled any more (nor is its
 /// group: the id may already belong to another).
-pub(crate) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
+pub(super) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
     match wait_unreaped(pid, block)? {
         Unreaped::Running => return Ok(None),
         Unreaped::Gone => return Ok(Some(RawExit::Unknown)),
@@ -264,7 +264,7 @@ fn decode_status(status: libc::c_int) -> RawExit {
 
 /// Sends `sig` to `pid` with plain `kill(2)` (0: only checks that it could). Callers must know
 /// `pid` is not reaped yet. A pid of 0 or less (a group, or everyone) is refused with `ESRCH`.
-pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
+pub(super) fn kill(pid: i32, sig: i32) -> io::Result<()> {
     let pid = positive_pid(pid, Errno::SRCH)?;
     if sig == 0 {
         return Ok(rustix::process::test_kill_process(pid)?);
@@ -324,7 +324,7 @@ pub(crate) fn lead_own_group() -> io::Result<()> {
 ///
 /// What escapes: a subprocess that left the group (`setsid`, `setpgid`, a shell with job
 /// control starting a pipeline).
-pub(crate) fn kill_group(pid: i32, pidfd: Option<BorrowedFd<'_>>, sig: i32) -> io::Result<()> {
+pub(super) fn kill_group(pid: i32, pidfd: Option<BorrowedFd<'_>>, sig: i32) -> io::Result<()> {
     kill_group_only(pid, sig);
     match pidfd {
         Some(fd) => super::pidfd_send_signal(fd, sig),
