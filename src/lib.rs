@@ -144,6 +144,8 @@
 //!   `fork`; under `ForkServer` and `Spawn` it inherits only stdio.
 
 #![deny(missing_docs)]
+// Every `unsafe` lives in `sys`, the OS layer, behind safe functions.
+#![deny(unsafe_code)]
 
 mod capture;
 mod error;
@@ -155,6 +157,7 @@ mod pool;
 mod process;
 #[cfg(feature = "progress")]
 mod progress;
+#[allow(unsafe_code)]
 mod sys;
 mod task;
 mod trace;

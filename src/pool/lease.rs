@@ -54,8 +54,8 @@ pub(crate) fn run(
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()).min(WATCH_TICK));
             let before = Instant::now();
-            let waited = match &b.lease.pidfd {
-                Some(p) => sys::poll_readable(&[b.sock(), p.as_fd()], asked),
+            let waited = match b.lease.child.exit_fd() {
+                Some(p) => sys::poll_readable(&[b.sock(), p], asked),
                 None => sys::poll_readable(&[b.sock()], asked),
             };
             if waited.is_err() {
@@ -148,8 +148,8 @@ impl Borrowed {
         if let Some(o) = self.read()? {
             return Ok(Some(o));
         }
-        if let Some(p) = &self.lease.pidfd {
-            let ended = sys::poll_readable(&[p.as_fd()], Some(Duration::ZERO));
+        if let Some(p) = self.lease.child.exit_fd() {
+            let ended = sys::poll_readable(&[p], Some(Duration::ZERO));
             if ended.is_ok_and(|r| r[0].readable) {
                 // It ended; it may have answered between our read and this look.
                 return self.read()?.map(Some).ok_or(Loss::Died);
@@ -212,8 +212,7 @@ pub(crate) fn settle(
     // Make sure it is gone, with its process group: a timed-out or misbehaving worker may
     // still be running, and so may its task's subprocesses. (Not reaped yet: the supervisor
     // reaps it, so its pid and group id are still its own.)
-    let pidfd = b.lease.pidfd.as_deref().map(AsFd::as_fd);
-    let _ = sys::kill_group(b.lease.pid, pidfd, sys::SIGKILL);
+    let _ = b.lease.child.signal_group(sys::SIGKILL);
     let mut q = shared.lock();
     if q.terminate {
         drop(q);
@@ -248,9 +247,8 @@ fn give_back(shared: &Shared, lease: &mut Lease) {
     let wake = !q.jobs.is_empty() || q.closed || q.terminate;
     q.idle.push(Lease {
         id: lease.id,
-        pid: lease.pid,
         sock: Arc::clone(&lease.sock),
-        pidfd: lease.pidfd.clone(),
+        child: Arc::clone(&lease.child),
         tasks: lease.tasks,
         tasks_left: lease.tasks_left,
     });

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -80,9 +79,8 @@ pub(crate) struct Backlog {
 pub(crate) struct Lease {
     pub(crate) id: u64,
     pub(crate) sock: Arc<UnixStream>,
-    /// Its pid (and process group's id), still unreaped while lent.
-    pub(crate) pid: i32,
-    pub(crate) pidfd: Option<Arc<OwnedFd>>,
+    /// Its process (pid, process group, pidfd), still unreaped while lent.
+    pub(crate) child: Arc<crate::sys::ChildHandle>,
     /// Tasks run (answered) while lent since the supervisor last looked.
     pub(crate) tasks: usize,
     /// Tasks it may still run before it must retire (`max_tasks_per_child`).

@@ -32,9 +32,9 @@ const MAX_REQUEST: usize = 64 << 10;
 const REQUEST_TAG: u8 = 0xF5;
 
 struct Server {
-    pid: i32,
-    /// Signals reach the server through this, never through a pid that may have been reused.
-    pidfd: Option<OwnedFd>,
+    /// Signals reach the server through its pidfd where there is one, never through a pid
+    /// that may have been reused.
+    child: sys::ChildHandle,
     ctrl: OwnedFd,
 }
 
@@ -47,8 +47,7 @@ impl Server {
     /// Kills and reaps a server that died or stopped answering.
     fn discard(self) {
         // Its group holds no worker: each leaves it for its own as it starts.
-        let _ = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
-        let _ = sys::waitpid(self.pid, true);
+        self.child.kill_and_reap();
         SERVER_FD.store(-1, Ordering::Release);
     }
 }
@@ -59,9 +58,9 @@ static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
 /// forked child closes its inherited copy through these (see `forget_server`).
 static SERVER_FD: AtomicI64 = AtomicI64::new(-1);
 
-/// Asks the fork server (started on first use) for a worker; returns its pid, pidfd and the
+/// Asks the fork server (started on first use) for a worker; returns its handle and the
 /// parent's end of its socket.
-pub(crate) fn launch(spec: &Spec) -> io::Result<(i32, Option<OwnedFd>, UnixStream)> {
+pub(crate) fn launch(spec: &Spec) -> io::Result<(sys::ChildHandle, UnixStream)> {
     if !sys::HAS_FORK_SERVER {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -76,7 +75,7 @@ pub(crate) fn launch(spec: &Spec) -> io::Result<(i32, Option<OwnedFd>, UnixStrea
         let (parent_end, child_end) = sys::socket_pair()?;
         let server = ensure_started(&mut guard)?;
         match ask(server, &request, &request_fds(&child_end, &stdio)) {
-            Ok((pid, pidfd)) => return Ok((pid, pidfd, parent_end)),
+            Ok(child) => return Ok((child, parent_end)),
             // The server died (killed from outside?) before or while handling the request:
             // replace it and try once more.
             Err(Asked::NotSent(e) | Asked::Unanswered(e)) => {
@@ -102,7 +101,7 @@ const WINDOW: usize = 8;
 /// server forks them back to back instead of waiting for this thread between each. Returns
 /// those it made, in order; fewer than `n` (maybe none) if anything went wrong, and the caller
 /// then asks [`launch`] one at a time, which replaces a dead server.
-pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(i32, Option<OwnedFd>, UnixStream)> {
+pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(sys::ChildHandle, UnixStream)> {
     let mut made = Vec::new();
     if !sys::HAS_FORK_SERVER || n == 0 {
         return made;
@@ -137,7 +136,7 @@ pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(i32, Option<OwnedFd>, U
             break;
         };
         match answer(server) {
-            Ok((pid, pidfd)) => made.push((pid, pidfd, parent_end)),
+            Ok(child) => made.push((child, parent_end)),
             // This one failed (say, out of processes); the replies to the others still come.
             Err(Asked::Refused(_)) => asked = n,
             Err(Asked::NotSent(_) | Asked::Unanswered(_)) => {
@@ -184,7 +183,7 @@ fn start() -> io::Result<Server> {
     let (ctrl, theirs) = sys::seqpacket_pair()?;
     sys::set_recv_timeout(ctrl.as_fd(), REPLY_TIMEOUT)?;
     let ctrl_fd = ctrl.as_raw_fd();
-    let (pid, pidfd) = launch::on_spawner(move || {
+    let child = launch::on_spawner(move || {
         let fd = theirs.as_raw_fd();
         let mut cmd = launch::worker_command(&format!("server:{fd}"))?;
         cmd.stdin(std::process::Stdio::null());
@@ -193,25 +192,20 @@ fn start() -> io::Result<Server> {
         // Recorded on the spawner thread, before any later `Fork` there can copy the fd.
         let stamp = (i64::from(sys::getpid()) << 32) | i64::from(ctrl_fd);
         SERVER_FD.store(stamp, Ordering::Release);
-        let pid = child.id() as i32;
-        Ok((pid, sys::pidfd_open(pid).ok()))
+        Ok(sys::ChildHandle::open(child.id() as i32))
     })?;
-    Ok(Server { pid, pidfd, ctrl })
+    Ok(Server { child, ctrl })
 }
 
 /// Sends one request and reads the reply: the worker's pid and pidfd.
-fn ask(
-    server: &Server,
-    request: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<(i32, Option<OwnedFd>), Asked> {
+fn ask(server: &Server, request: &[u8], fds: &[BorrowedFd<'_>]) -> Result<sys::ChildHandle, Asked> {
     // SEQPACKET: a message is sent whole or not at all.
     sys::send_with_fds(server.ctrl.as_fd(), request, fds).map_err(Asked::NotSent)?;
     answer(server)
 }
 
 /// Reads the server's reply to the oldest request not answered yet.
-fn answer(server: &Server) -> Result<(i32, Option<OwnedFd>), Asked> {
+fn answer(server: &Server) -> Result<sys::ChildHandle, Asked> {
     let mut reply = [0u8; 4];
     let (n, mut got) = match sys::recv_with_fds(server.ctrl.as_fd(), &mut reply) {
         Ok((0, _)) => return Err(Asked::Unanswered(io::ErrorKind::UnexpectedEof.into())),
@@ -230,10 +224,13 @@ fn answer(server: &Server) -> Result<(i32, Option<OwnedFd>), Asked> {
         return Err(Asked::Refused(io::Error::from_raw_os_error(-pid)));
     }
     // Kernels before 5.2 send no pidfd; open one here (5.3+) or go without.
-    let pidfd = got.pop().or_else(|| sys::pidfd_open(pid).ok());
+    let child = match got.pop() {
+        Some(pidfd) => sys::ChildHandle::new(pid, Some(pidfd)),
+        None => sys::ChildHandle::open(pid),
+    };
     // It is our child (`CLONE_PARENT`): make sure it leads its group before we return it.
     sys::put_in_own_group(pid);
-    Ok((pid, pidfd))
+    Ok(child)
 }
 
 /// The request: a tag, a stdio mask (bit i: the i-th passed fd after the socket replaces stdio

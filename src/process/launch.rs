@@ -25,9 +25,9 @@ use crate::worker::{self, ChildSetup, MARKER_ENV};
 
 /// A started worker, seen from the parent.
 pub(crate) struct Launched {
-    pub(crate) pid: i32,
-    /// A pidfd where the platform has them: race-free signals and a pollable exit.
-    pub(crate) pidfd: Option<OwnedFd>,
+    /// Its pid, and a pidfd where the platform has them: race-free signals and a pollable
+    /// exit.
+    pub(crate) child: sys::ChildHandle,
     /// The parent's end of the worker's socket.
     pub(crate) sock: UnixStream,
 }
@@ -95,7 +95,7 @@ pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     // Our copies of the write ends go, so the relay sees end of file when the child exits.
     drop(own);
     for (target, r) in relays {
-        crate::output::relay(r, target, format!("[{name} {}] ", launched.pid))?;
+        crate::output::relay(r, target, format!("[{name} {}] ", launched.child.pid()))?;
     }
     Ok(launched)
 }
@@ -112,7 +112,7 @@ pub(crate) fn launch_many(method: StartMethod, spec: &Spec, n: usize) -> Vec<Lau
     }
     super::forkserver::launch_many(spec, n)
         .into_iter()
-        .map(|(pid, pidfd, sock)| Launched { pid, pidfd, sock })
+        .map(|(child, sock)| Launched { child, sock })
         .collect()
 }
 
@@ -137,23 +137,22 @@ fn check_start_method_env() -> io::Result<()> {
 /// Starts a worker with `method` and the stdio `spec` resolves to.
 fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     if method == StartMethod::ForkServer {
-        let (pid, pidfd, sock) = super::forkserver::launch(spec)?;
-        return Ok(Launched { pid, pidfd, sock });
+        let (child, sock) = super::forkserver::launch(spec)?;
+        return Ok(Launched { child, sock });
     }
     let (parent_end, child_end) = sys::socket_pair()?;
-    let (pid, pidfd) = match method {
+    let child = match method {
         StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
         _ => spawn(spec.clone(), child_end.into())?,
     };
     Ok(Launched {
-        pid,
-        pidfd,
+        child,
         sock: parent_end,
     })
 }
 
 /// Exec of this same executable, marked as a worker.
-fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
+fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<sys::ChildHandle> {
     on_spawner(move || {
         let fd = child_end.as_raw_fd();
         let mut cmd = worker_command(&format!("spawn:{fd}"))?;
@@ -163,9 +162,8 @@ fn spawn(spec: Spec, child_end: OwnedFd) -> io::Result<(i32, Option<OwnedFd>)> {
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;
         drop(child_end);
-        // We reap through waitpid; `Child`'s own drop neither waits nor kills.
-        let pid = child.id() as i32;
-        Ok((pid, sys::pidfd_open(pid).ok()))
+        // We reap through the handle; `Child`'s own drop neither waits nor kills.
+        Ok(sys::ChildHandle::open(child.id() as i32))
     })
 }
 
@@ -183,7 +181,7 @@ pub(crate) fn worker_command(marker: &str) -> io::Result<Command> {
 }
 
 /// `fork` of this process; the child serves at once.
-fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<(i32, Option<OwnedFd>)> {
+fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<sys::ChildHandle> {
     on_spawner(move || {
         let parent = sys::getpid();
         // The child must not inherit a held panic-hook lock, nor stdout/stderr locks held by
@@ -227,7 +225,7 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<(i32, O
         drop(stdio_locks.borrow_mut().take());
         let pid = pid?;
         drop(child_end);
-        Ok((pid, sys::pidfd_open(pid).ok()))
+        Ok(sys::ChildHandle::open(pid))
     })
 }
 

@@ -9,7 +9,7 @@ pub use current::{ProcessInfo, active_children, current_process, parent_process}
 use std::ffi::OsString;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -299,11 +299,10 @@ impl Builder {
             .push((current::PARENT_NAME_ENV.into(), parent_name.into()));
         let launched =
             launch::launch(method, &spec).map_err(|e| Error::io("cannot start a process", e))?;
-        current::register(launched.pid as u32, &name);
+        current::register(launched.child.pid() as u32, &name);
         let p = Process {
-            pid: launched.pid,
+            child: launched.child,
             name,
-            pidfd: launched.pidfd,
             sock: Some(launched.sock),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
@@ -370,10 +369,10 @@ impl Builder {
 /// and reaps it; dropping one that has ended reaps it. Either way no zombie and no orphan is
 /// left. Call [`join`](Process::join) to wait for the result instead.
 pub struct Process<R> {
-    pid: i32,
+    /// Its pid and pidfd; the pidfd is closed, and `sock` dropped, once `join` has returned:
+    /// a joined handle holds no fd.
+    child: sys::ChildHandle,
     name: String,
-    /// Dropped, with `sock`, once `join` has returned: a joined handle holds no fd.
-    pidfd: Option<OwnedFd>,
     sock: Option<UnixStream>,
     reader: FrameReader,
     /// Fds it sent: a large result's file.
@@ -458,7 +457,7 @@ impl<R: DeserializeOwned> Process<R> {
         // Lines it printed through `Stdio::Prefixed` come out before `join` returns.
         crate::output::sync();
         self.sock = None;
-        self.pidfd = None;
+        self.child.close_exit_fd();
         match std::mem::replace(&mut self.state, State::Taken) {
             State::Finished(outcome) => outcome,
             _ => unreachable!("checked above"),
@@ -525,7 +524,7 @@ impl<R: DeserializeOwned> Process<R> {
 impl<R> Process<R> {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
-        self.pid as u32
+        self.child.pid() as u32
     }
 
     /// The name given by [`Builder::name`], or `Process-N`.
@@ -543,7 +542,7 @@ impl<R> Process<R> {
     pub fn exit_status(&self) -> Option<ExitStatus> {
         let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
         if exit.is_none() {
-            if let Ok(Some(raw)) = sys::waitpid(self.pid, false) {
+            if let Ok(Some(raw)) = self.child.try_reap() {
                 *exit = Some(ExitStatus::from_raw(raw));
             }
         }
@@ -570,7 +569,7 @@ impl<R> Process<R> {
         if exit.is_some() {
             return Ok(());
         }
-        let sent = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sig);
+        let sent = self.child.signal_group(sig);
         match sent {
             Err(e) if e.raw_os_error() != Some(libc_esrch()) => {
                 Err(Error::io("cannot signal the process", e))
@@ -597,8 +596,8 @@ impl<R> Process<R> {
                 }
             }
             let timeout = remaining(deadline);
-            let ready = match &self.pidfd {
-                Some(pidfd) => sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], timeout),
+            let ready = match self.child.exit_fd() {
+                Some(pidfd) => sys::poll_readable(&[sock.as_fd(), pidfd], timeout),
                 None => sys::poll_readable(&[sock.as_fd()], timeout),
             }
             .map_err(|e| Error::io("cannot wait for the process", e))?;
@@ -646,30 +645,16 @@ impl<R> Process<R> {
 
     /// Waits (until `deadline`) for the child to end and reaps it.
     fn wait_exit(&self, deadline: Option<Instant>) -> Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.exit_status() {
-                return Ok(status);
-            }
-            if passed(deadline) {
-                return Err(Error::timed_out());
-            }
-            let timeout = remaining(deadline);
-            match &self.pidfd {
-                Some(pidfd) => {
-                    sys::poll_readable(&[pidfd.as_fd()], timeout)
-                        .map_err(|e| Error::io("cannot wait for the process", e))?;
-                }
-                // Without pidfds: block in waitpid when there is no deadline, else poll.
-                None if timeout.is_none() => {
-                    let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
-                    if exit.is_none() {
-                        let raw = sys::waitpid(self.pid, true)
-                            .map_err(|e| Error::io("cannot wait for the process", e))?;
-                        *exit = raw.map(ExitStatus::from_raw);
-                    }
-                }
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
+        // Held throughout: `join` (`&mut self`) is the only caller, so nothing else waits for
+        // the lock meanwhile, and no signal can race the reap.
+        let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(status) = *exit {
+            return Ok(status);
+        }
+        match self.child.wait_deadline(deadline) {
+            Ok(Some(raw)) => Ok(*exit.insert(ExitStatus::from_raw(raw))),
+            Ok(None) => Err(Error::timed_out()),
+            Err(e) => Err(Error::io("cannot wait for the process", e)),
         }
     }
 }
@@ -696,18 +681,13 @@ fn passed(deadline: Option<Instant>) -> bool {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        current::unregister(self.pid as u32);
+        current::unregister(self.child.pid() as u32);
         let mut exit = self.exit.lock().unwrap_or_else(PoisonError::into_inner);
         if exit.is_some() {
             return;
         }
-        if let Ok(Some(raw)) = sys::waitpid(self.pid, false) {
-            *exit = Some(ExitStatus::from_raw(raw));
-            return;
-        }
-        let _ = sys::kill_group(self.pid, self.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
-        // SIGKILL cannot be caught: this returns as soon as the kernel has torn it down.
-        let _ = sys::waitpid(self.pid, true);
+        // Reaped if it has ended; killed (with its group) and reaped otherwise.
+        *exit = Some(ExitStatus::from_raw(self.child.end()));
     }
 }
 
@@ -715,7 +695,7 @@ impl<R> fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
             .field("name", &self.name)
-            .field("pid", &self.pid)
+            .field("pid", &self.child.pid())
             .field("exit_status", &self.exit_status())
             .finish()
     }
@@ -798,9 +778,8 @@ mod tests {
         drop(child); // the Process reaps it
         let (ours, theirs) = UnixStream::pair().unwrap();
         let p = Process {
-            pid,
+            child: sys::ChildHandle::open(pid),
             name: "fake".into(),
-            pidfd: sys::pidfd_open(pid).ok(),
             sock: Some(ours),
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),

@@ -8,10 +8,10 @@
 //! ([`GrowMap::resize`]) without telling anyone.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU64;
 
+use super::mapping::Mapping;
 use super::shm::{file_size, map_shared_rw};
 
 /// Bytes of the control block at the start of the file; the arena follows.
@@ -21,14 +21,11 @@ pub(crate) const PAGE: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct GrowMap {
     fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
+    /// The control block is reached only through atomics; the arena only through `&mut self`
+    /// (one writer in this process) or `&self` (reads), and no other process maps it (the
+    /// parent reads it with `pread` once this process is dead).
+    map: Mapping,
 }
-
-// SAFETY: plain shared memory with no thread affinity. The control block is reached only
-// through atomics; the arena only through `&mut self` (one writer in this process), and no
-// other process maps it (the parent reads it with `pread` once this process is dead).
-unsafe impl Send for GrowMap {}
 
 impl GrowMap {
     /// Maps the file `fd` (at least [`PAGE`] bytes) whole, read-write.
@@ -40,8 +37,8 @@ impl GrowMap {
                 "a control block shorter than a page",
             ));
         }
-        let ptr = map_shared_rw(fd.as_fd(), len, 0)?;
-        Ok(GrowMap { fd, ptr, len })
+        let map = map_shared_rw(fd.as_fd(), len, 0)?;
+        Ok(GrowMap { fd, map })
     }
 
     /// A private one, for a worker whose parent sent no control block (its arena then only
@@ -52,7 +49,7 @@ impl GrowMap {
 
     /// Bytes available to the arena (the mapping less the control block).
     pub(crate) fn capacity(&self) -> usize {
-        self.len - PAGE
+        self.map.len() - PAGE
     }
 
     /// Makes the arena `cap` bytes long (growing or shrinking the file and the mapping).
@@ -62,7 +59,7 @@ impl GrowMap {
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "arena too large"))?;
         let size = u64::try_from(new_len)
             .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "arena too large"))?;
-        if new_len > self.len {
+        if new_len > self.map.len() {
             // Grow the file first: the new pages of the mapping must have a file behind them.
             set_len(self.fd.as_fd(), size)?;
             self.remap(new_len)
@@ -73,50 +70,8 @@ impl GrowMap {
         }
     }
 
-    #[cfg(target_os = "linux")]
     fn remap(&mut self, new_len: usize) -> io::Result<()> {
-        // SAFETY: `ptr`/`len` are exactly our current mapping; MREMAP_MAYMOVE lets the kernel
-        // move it, and nothing keeps a pointer into it across this call (`&mut self`: no slice
-        // from `arena_mut` is alive, and atomics borrowed from `&self` are not either). The
-        // result is checked for MAP_FAILED before it replaces `ptr`.
-        let ptr = unsafe {
-            libc::mremap(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                new_len,
-                libc::MREMAP_MAYMOVE,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        self.ptr = NonNull::new(ptr.cast::<u8>()).expect("mremap never returns null on success");
-        self.len = new_len;
-        Ok(())
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn remap(&mut self, new_len: usize) -> io::Result<()> {
-        // SAFETY: a fresh shared mapping chosen by the kernel over a file we hold open,
-        // checked for MAP_FAILED; the old one is unmapped only once the new one exists, and
-        // nothing points into it across this call (`&mut self`).
-        unsafe {
-            let ptr = libc::mmap(
-                std::ptr::null_mut(),
-                new_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd.as_raw_fd(),
-                0,
-            );
-            if ptr == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-            self.ptr = NonNull::new_unchecked(ptr.cast::<u8>());
-        }
-        self.len = new_len;
-        Ok(())
+        self.map.resize(self.fd.as_fd(), 0, new_len)
     }
 
     /// The `AtomicU64` at byte `offset` of the control block (8-aligned, below [`PAGE`]: a bug
@@ -126,10 +81,8 @@ impl GrowMap {
             offset % 8 == 0 && offset + 8 <= PAGE,
             "bad control offset {offset}"
         );
-        // SAFETY: in bounds of the mapping and aligned (page-aligned base, checked offset);
-        // the mapping lives as long as `self`, and the borrow ties the reference to it. The
-        // control block is only ever accessed through atomics, by both processes.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+        // The control block is only ever accessed through atomics, by both processes.
+        self.map.atomic_u64(offset)
     }
 
     /// The arena: every byte after the control block.
@@ -137,42 +90,28 @@ impl GrowMap {
         // SAFETY: `[ptr + PAGE, ptr + len)` is mapped read-write for as long as `self` lives
         // (`len >= PAGE` since `from_fd`); `&mut self` makes this the only reference into the
         // arena in this process, and no other process maps it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(PAGE), self.len - PAGE) }
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(PAGE), self.capacity()) }
     }
 
     /// The arena, read-only.
     pub(crate) fn arena(&self) -> &[u8] {
         // SAFETY: as in `arena_mut`; a shared borrow of `self` excludes `arena_mut`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(PAGE), self.len - PAGE) }
-    }
-}
-
-impl Drop for GrowMap {
-    fn drop(&mut self) {
-        // SAFETY: exactly our mapping, unmapped once; no reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(PAGE), self.capacity()) }
     }
 }
 
 /// Reads `buf.len()` bytes of the file `fd` at `offset` (`pread`), whole or an error.
 pub(crate) fn read_at(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
-        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) };
-        match n {
-            -1 => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        if i64::try_from(offset).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset out of range",
+            ));
+        }
+        match super::unix::retry(|| rustix::io::pread(fd, &mut *buf, offset))? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
             n => {
-                let n = n as usize;
                 buf = &mut buf[n..];
                 offset += n as u64;
             }
@@ -182,13 +121,13 @@ pub(crate) fn read_at(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &mut [u8]) -
 }
 
 fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
-    // SAFETY: ftruncate on an open fd we hold; no memory is involved.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } == -1 {
-        return Err(io::Error::last_os_error());
+    if i64::try_from(len).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file too large",
+        ));
     }
-    Ok(())
+    Ok(rustix::fs::ftruncate(fd, len)?)
 }
 
 /// A fresh control file of one page: not sealed, so that the worker can shrink its arena
@@ -201,7 +140,7 @@ pub(crate) fn control_file() -> io::Result<OwnedFd> {
 
 #[cfg(target_os = "linux")]
 fn anonymous_file() -> io::Result<OwnedFd> {
-    super::shm::memfd("worker-control", libc::MFD_CLOEXEC)
+    super::shm::memfd("worker-control", rustix::fs::MemfdFlags::CLOEXEC)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -215,12 +154,8 @@ fn anonymous_file() -> io::Result<OwnedFd> {
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `std::time::Instant` on Linux, the same in
 /// every process of the machine, so a time one process writes another can compare.
 pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call (served by the vDSO: no syscall).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // Served by the vDSO where there is one: no system call.
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)

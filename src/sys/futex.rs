@@ -11,6 +11,7 @@ use std::time::Instant;
 /// when the deadline passed; spurious returns are possible, so callers re-check in a loop.
 #[cfg(target_os = "linux")]
 pub(crate) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+    use rustix::thread::futex::{self, Timespec};
     let timeout = match deadline {
         None => None,
         Some(d) => {
@@ -18,49 +19,23 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -
             if left.is_zero() {
                 return false;
             }
-            Some(libc::timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
+            Some(Timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
             })
         }
     };
-    let ts = timeout
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call (a shared mapping or
-    // memory of this process); `ts` is null or points at a live timespec. FUTEX_WAIT reads the
-    // word and sleeps; it writes nothing.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    !(r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT))
+    // Shared (no `PRIVATE` flag): the word may live in a mapping other processes hold. A
+    // relative timeout, as FUTEX_WAIT takes it.
+    let r = futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref());
+    r != Err(rustix::io::Errno::TIMEDOUT)
 }
 
 /// Wakes up to `n` waiters on `word` in any process. Returns how many were woken.
 #[cfg(target_os = "linux")]
 pub(crate) fn wake(word: &AtomicU32, n: u32) -> usize {
-    let n = n.min(i32::MAX as u32) as libc::c_int;
-    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is valid and aligned.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    r.max(0) as usize
+    use rustix::thread::futex;
+    futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32)).unwrap_or(0)
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
@@ -136,7 +136,6 @@ fn mapped_file(maps: &str, addr: usize) -> Option<String> {
 }
 
 /// What [`main_program`] found.
-#[derive(Default)]
 struct MainProgram {
     /// The address of its program headers.
     phdr: usize,
@@ -144,36 +143,69 @@ struct MainProgram {
     has_interp: bool,
 }
 
-unsafe extern "C" fn find_main_program(
+/// One program header of the main program, copied out of the loader's record.
+#[derive(Clone, Copy)]
+struct Segment {
+    kind: u32,
+    /// Where it is mapped in this process: the load bias plus `p_vaddr`.
+    addr: usize,
+    /// Bytes mapped (`p_memsz`).
+    len: usize,
+}
+
+/// The main program as the dynamic loader reports it (the first object of
+/// `dl_iterate_phdr`): the address of its program headers, and the headers.
+#[derive(Default)]
+struct MainImage {
+    phdr: usize,
+    segments: Vec<Segment>,
+}
+
+unsafe extern "C" fn copy_main_image(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
     data: *mut libc::c_void,
 ) -> libc::c_int {
-    // SAFETY: `data` is the `MainProgram` passed by `main_program`; `info` and its
-    // `dlpi_phnum` program headers are valid for the call, per dl_iterate_phdr's contract. The
-    // first object reported is the main program.
+    // SAFETY: `data` is the `MainImage` passed by `main_image`; `info` and its `dlpi_phnum`
+    // program headers are valid for the call, per dl_iterate_phdr's contract. The first
+    // object reported is the main program.
     unsafe {
-        let found = &mut *(data as *mut MainProgram);
+        let image = &mut *(data as *mut MainImage);
         let info = &*info;
-        found.phdr = info.dlpi_phdr as usize;
-        found.has_interp = (0..info.dlpi_phnum as usize)
-            .any(|i| (*info.dlpi_phdr.add(i)).p_type == libc::PT_INTERP);
+        image.phdr = info.dlpi_phdr as usize;
+        for i in 0..info.dlpi_phnum as usize {
+            let ph = &*info.dlpi_phdr.add(i);
+            image.segments.push(Segment {
+                kind: ph.p_type,
+                addr: (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize),
+                len: ph.p_memsz as usize,
+            });
+        }
     }
-    1
+    1 // only the main program: stop after the first object
+}
+
+/// The main program's headers, read once.
+fn main_image() -> &'static MainImage {
+    static IMAGE: std::sync::OnceLock<MainImage> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let mut image = MainImage::default();
+        // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `image`,
+        // which outlives the call.
+        unsafe {
+            libc::dl_iterate_phdr(Some(copy_main_image), (&mut image as *mut MainImage).cast());
+        }
+        image
+    })
 }
 
 /// The main program's program headers: where they are, and whether it names an interpreter.
 fn main_program() -> Option<MainProgram> {
-    let mut found = MainProgram::default();
-    // SAFETY: the callback matches dl_iterate_phdr's signature and writes only `found`, which
-    // outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(find_main_program),
-            (&mut found as *mut MainProgram).cast(),
-        );
-    }
-    (found.phdr != 0).then_some(found)
+    let image = main_image();
+    (image.phdr != 0).then(|| MainProgram {
+        phdr: image.phdr,
+        has_interp: image.segments.iter().any(|s| s.kind == libc::PT_INTERP),
+    })
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends, then checks
@@ -181,22 +213,11 @@ fn main_program() -> Option<MainProgram> {
 ///
 /// Async-signal-safe: may be called between `fork` and `exec`.
 pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG with a valid signal number has no memory-safety preconditions.
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    if ret == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::process::{Signal, set_parent_process_death_signal};
+    // Raw system calls (prctl, getppid): nothing here allocates or takes a lock.
+    set_parent_process_death_signal(Some(Signal::KILL))?;
     // The parent may have died before the prctl: then we were re-parented and must go.
-    // SAFETY: `getppid` has no preconditions.
-    if unsafe { libc::getppid() } != expected_parent {
+    if super::getppid() != expected_parent {
         // No allocation here: this runs between fork and exec.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
@@ -205,33 +226,18 @@ pub(crate) fn set_parent_death_signal(expected_parent: i32) -> io::Result<()> {
 
 /// Opens a pidfd for `pid`, which must be an unreaped child of this process (so the pid
 /// cannot have been recycled).
-pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: the raw syscall takes two integers and returns a new fd or -1.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh fd that nobody else owns.
-    super::above_stdio(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+pub(super) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    use rustix::process::{Pid, PidfdFlags};
+    let pid = Pid::from_raw(pid.max(0)).ok_or(io::Error::from_raw_os_error(libc::EINVAL))?;
+    super::above_stdio(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `sig` through a pidfd: it can never hit a recycled pid.
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: the raw syscall takes an fd, a signal, a null siginfo and zero flags.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+pub(super) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(
+        pidfd,
+        super::unix::signal_of(sig)?,
+    )?)
 }
 
 /// The result of [`clone_sibling`], seen from each side.
@@ -288,39 +294,6 @@ pub(super) unsafe fn clone_sibling() -> io::Result<Cloned> {
     }
 }
 
-/// Context for the `dl_iterate_phdr` callback.
-struct BuildIdSearch {
-    found: Option<Vec<u8>>,
-}
-
-unsafe extern "C" fn find_build_id(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the `BuildIdSearch` passed by `build_id` and `info` is valid for the
-    // call, per dl_iterate_phdr's contract. The first object reported is the main program.
-    // Its PT_NOTE segments are mapped at `dlpi_addr + p_vaddr` for `p_memsz` bytes; we read
-    // within those bounds only, checking every note's sizes before using them.
-    unsafe {
-        let search = &mut *(data as *mut BuildIdSearch);
-        let info = &*info;
-        for i in 0..info.dlpi_phnum as usize {
-            let ph = &*info.dlpi_phdr.add(i);
-            if ph.p_type != libc::PT_NOTE {
-                continue;
-            }
-            let start = (info.dlpi_addr as usize + ph.p_vaddr as usize) as *const u8;
-            let notes = std::slice::from_raw_parts(start, ph.p_memsz as usize);
-            if let Some(id) = parse_build_id_notes(notes) {
-                search.found = Some(id.to_vec());
-                break;
-            }
-        }
-    }
-    1 // only the main program: stop after the first object
-}
-
 /// Finds the GNU build-id descriptor in a PT_NOTE segment.
 pub(crate) fn parse_build_id_notes(mut notes: &[u8]) -> Option<&[u8]> {
     const NT_GNU_BUILD_ID: u32 = 3;
@@ -347,57 +320,30 @@ pub(crate) fn parse_build_id_notes(mut notes: &[u8]) -> Option<&[u8]> {
 
 /// The main executable's GNU build id, read from memory (< 1 µs), if it has one.
 pub(crate) fn build_id() -> Option<Vec<u8>> {
-    let mut search = BuildIdSearch { found: None };
-    // SAFETY: the callback matches dl_iterate_phdr's signature and only reads the memory it
-    // describes; `search` outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(find_build_id),
-            (&mut search as *mut BuildIdSearch).cast(),
-        );
-    }
-    search.found
-}
-
-unsafe extern "C" fn find_main_range(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the `(usize, usize)` passed by `main_image_range`; `info` and its
-    // program headers are valid for the call, per dl_iterate_phdr's contract. The first object
-    // reported is the main program.
-    unsafe {
-        let range = &mut *(data as *mut (usize, usize));
-        let info = &*info;
-        for i in 0..info.dlpi_phnum as usize {
-            let ph = &*info.dlpi_phdr.add(i);
-            if ph.p_type == libc::PT_LOAD {
-                let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                range.0 = range.0.min(start);
-                range.1 = range.1.max(start + ph.p_memsz as usize);
-            }
-        }
-    }
-    1
+    main_image()
+        .segments
+        .iter()
+        .filter(|s| s.kind == libc::PT_NOTE)
+        .find_map(|s| {
+            // SAFETY: a PT_NOTE segment of the main program is mapped readable at `addr` for
+            // `len` bytes for the life of the process (the loader reported it); its bytes never
+            // change. `parse_build_id_notes` checks every note's sizes before using them.
+            let notes = unsafe { std::slice::from_raw_parts(s.addr as *const u8, s.len) };
+            parse_build_id_notes(notes).map(<[u8]>::to_vec)
+        })
 }
 
 /// The address range the main executable is mapped at: function addresses must fall inside it
 /// to be meaningful in another process.
 pub(crate) fn main_image_range() -> Option<(usize, usize)> {
-    static RANGE: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
-    *RANGE.get_or_init(|| {
-        let mut range = (usize::MAX, 0usize);
-        // SAFETY: the callback matches dl_iterate_phdr's signature and only reads the headers
-        // it is given; `range` outlives the call.
-        unsafe {
-            libc::dl_iterate_phdr(
-                Some(find_main_range),
-                (&mut range as *mut (usize, usize)).cast(),
-            );
-        }
-        (range.0 < range.1).then_some(range)
-    })
+    let loads = main_image()
+        .segments
+        .iter()
+        .filter(|s| s.kind == libc::PT_LOAD);
+    let range = loads.fold((usize::MAX, 0usize), |(lo, hi), s| {
+        (lo.min(s.addr), hi.max(s.addr + s.len))
+    });
+    (range.0 < range.1).then_some(range)
 }
 
 /// Whether this platform can create workers through a fork server: the raw `clone` call in
@@ -467,6 +413,21 @@ mod tests {
         assert!(mapped_file(maps, 0x7ffd1b000010).is_none(), "anonymous");
         assert!(mapped_file(maps, 0x1000).is_none(), "unmapped");
         assert!(mapped_file("garbage\n-\n", 0x1000).is_none());
+    }
+
+    #[test]
+    fn the_main_image_holds_our_code_and_its_build_id() {
+        let (lo, hi) = main_image_range().expect("the loader reports the main program");
+        let here = the_main_image_holds_our_code_and_its_build_id as fn() as usize;
+        assert!((lo..hi).contains(&here), "{here:#x} in {lo:#x}..{hi:#x}");
+        // Debian's gcc driver passes --build-id: a GNU build id is 20 bytes (SHA-1).
+        if let Some(id) = build_id() {
+            assert!(id.len() >= 8, "{id:?}");
+        }
+        assert!(
+            main_program().is_some_and(|m| m.has_interp),
+            "a dynamically linked test"
+        );
     }
 
     #[test]

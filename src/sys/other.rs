@@ -37,12 +37,12 @@ pub(crate) fn set_parent_death_signal(_expected_parent: i32) -> io::Result<()> {
 }
 
 /// pidfds do not exist here.
-pub(crate) fn pidfd_open(_pid: i32) -> io::Result<OwnedFd> {
+pub(super) fn pidfd_open(_pid: i32) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 /// pidfds do not exist here.
-pub(crate) fn pidfd_send_signal(_pidfd: BorrowedFd<'_>, _sig: i32) -> io::Result<()> {
+pub(super) fn pidfd_send_signal(_pidfd: BorrowedFd<'_>, _sig: i32) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 

@@ -222,9 +222,9 @@ mod imp {
     }
 
     fn gettid() -> u32 {
-        // SAFETY: gettid has no preconditions and cannot fail. The raw syscall, not glibc's
-        // cached value, which is stale in fork-server workers.
-        unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+        // The raw syscall (rustix makes it), not glibc's cached value, which is stale in
+        // fork-server workers.
+        rustix::thread::gettid().as_raw_nonzero().get() as u32
     }
 
     /// Registers the list head at `addr` for the calling thread.

@@ -11,26 +11,22 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+#[cfg(not(target_os = "linux"))]
+use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+use super::mapping::{Access, Mapping};
 use super::unix::above_stdio;
 
 /// A shared memory mapping of a whole anonymous file.
 #[derive(Debug)]
 pub(crate) struct Region {
     fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
+    /// Every access goes through atomics or through data guarded by a lock living in the
+    /// region itself (see the accessors below).
+    map: Mapping,
 }
-
-// SAFETY: the mapping is plain shared memory with no thread affinity; every access to it goes
-// through atomics or through data guarded by a lock living in the region itself (see the
-// accessors below), so moving or sharing the handle between threads is sound.
-unsafe impl Send for Region {}
-// SAFETY: as above: `&Region` only hands out atomics, copies, and slices guarded by callers.
-unsafe impl Sync for Region {}
 
 impl Region {
     /// A new zero-filled region of `len` bytes. `name` shows in `/proc/PID/fd` (debugging only).
@@ -45,12 +41,7 @@ impl Region {
             ));
         }
         let fd = anonymous_file(name)?;
-        let size = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        // SAFETY: `fd` is an open file we own; ftruncate has no memory-safety preconditions.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
+        set_file_len(fd.as_fd(), len)?;
         seal_shrink(fd.as_fd())?;
         Region::map(fd, len)
     }
@@ -82,28 +73,27 @@ impl Region {
 
     /// Opens a region by path, e.g. `/proc/PID/fd/N` of a process that holds it.
     pub(crate) fn open_path(path: &str) -> io::Result<Region> {
-        let c = CString::new(path)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL"))?;
-        // No controlling terminal, no blocking open, whatever the path turns out to be.
-        let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        let raw = unsafe { libc::open(c.as_ptr(), flags) };
-        if raw == -1 {
-            return Err(io::Error::last_os_error());
+        use rustix::fs::{Mode, OFlags};
+        if path.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path contains a NUL",
+            ));
         }
-        // SAFETY: `raw` is a fresh fd owned by nobody else.
-        let fd = above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })?;
+        // No controlling terminal, no blocking open, whatever the path turns out to be.
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = above_stdio(rustix::fs::open(path, flags, Mode::empty())?)?;
         Region::from_fd(fd)
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
-        let ptr = map_shared_rw(fd.as_fd(), len, 0)?;
-        Ok(Region { fd, ptr, len })
+        let map = map_shared_rw(fd.as_fd(), len, 0)?;
+        Ok(Region { fd, map })
     }
 
     /// Bytes in the region (its mapping here; the file may be longer: see [`Window`]).
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Bytes in the region's file.
@@ -118,14 +108,8 @@ impl Region {
         if self.file_len()? >= len {
             return Ok(());
         }
-        let size = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        // SAFETY: ftruncate on an fd we hold; no memory is passed. Growing a file leaves every
-        // existing mapping of it valid.
-        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), size) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // Growing a file leaves every existing mapping of it valid.
+        set_file_len(self.fd.as_fd(), len)
     }
 
     /// Maps `[offset, offset + len)` of the region's file on its own (`offset` a multiple of
@@ -134,8 +118,8 @@ impl Region {
     pub(crate) fn map_window(&self, offset: usize, len: usize) -> io::Result<Window> {
         window_fits(self, offset, len)?;
         // Within the file's length (checked above), and the file cannot shrink: it is sealed.
-        let ptr = map_shared_rw(self.fd.as_fd(), len, offset)?;
-        Ok(Window { ptr, len, offset })
+        let map = map_shared_rw(self.fd.as_fd(), len, offset)?;
+        Ok(Window { map, offset })
     }
 
     /// The file behind the region (to send it to another process).
@@ -145,27 +129,17 @@ impl Region {
 
     /// Address of the first byte in this process (for `SharedMemory::as_ptr`).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    fn check(&self, offset: usize, size: usize, align: usize) {
-        check(self.len, offset, size, align);
+        self.map.as_ptr()
     }
 
     /// The `AtomicU32` at byte `offset` (4-aligned, in bounds; a bug otherwise, so it panics).
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        self.check(offset, 4, 4);
-        // SAFETY: in bounds and aligned (checked); the mapping lives as long as `self`; an
-        // `AtomicU32` is valid for any bit pattern and is the only way mproc touches these
-        // bytes, so shared references to it from many threads and processes are sound.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+        self.map.atomic_u32(offset)
     }
 
     /// The `AtomicU64` at byte `offset` (8-aligned, in bounds).
     pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        self.check(offset, 8, 8);
-        // SAFETY: as in `atomic_u32`.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+        self.map.atomic_u64(offset)
     }
 
     /// Copies `src` into the region at `offset`.
@@ -174,25 +148,12 @@ impl Region {
     /// racing writer in another process could tear the bytes, never break memory safety here,
     /// since bytes have no invalid values.
     pub(crate) fn write(&self, offset: usize, src: &[u8]) {
-        self.check(offset, src.len(), 1);
-        // SAFETY: destination in bounds (checked), source a valid slice, the two cannot overlap
-        // (the region is a mapping of its own, never a Rust allocation).
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
-        }
+        self.map.write(offset, src)
     }
 
     /// Copies bytes at `offset` out of the region into `dst` (same ownership rule as `write`).
     pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
-        self.check(offset, dst.len(), 1);
-        // SAFETY: source in bounds (checked), destination a valid exclusive slice, no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        }
+        self.map.read(offset, dst)
     }
 
     /// A typed view of `n` values of `T` at `offset`.
@@ -209,11 +170,11 @@ impl Region {
         let size = std::mem::size_of::<T>()
             .checked_mul(n)
             .expect("caller checked the array size");
-        self.check(offset, size, std::mem::align_of::<T>());
+        self.map.check(offset, size, std::mem::align_of::<T>());
         // SAFETY: in bounds and aligned for `T` (checked); `T: Pod` is valid for any bytes; the
         // caller holds the cross-process lock for this range (witnessed by `_exclusive`, borrowed
         // for the slice's lifetime), so the slice is the only access while it lives.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset).cast::<T>(), n) }
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(offset).cast::<T>(), n) }
     }
 
     /// A shared typed view of `n` values of `T` at `offset`: [`pod_slice_mut`] for a guard
@@ -231,36 +192,26 @@ impl Region {
         let size = std::mem::size_of::<T>()
             .checked_mul(n)
             .expect("caller checked the array size");
-        self.check(offset, size, std::mem::align_of::<T>());
+        self.map.check(offset, size, std::mem::align_of::<T>());
         // SAFETY: in bounds and aligned for `T` (checked); `T: Pod` is valid for any bytes; the
         // caller holds the cross-process lock for this range (witnessed by `_held`, borrowed for
         // the slice's lifetime, so no `&mut` view through the same guard can coexist), so no
         // one writes the range while the slice lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset).cast::<T>(), n) }
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset).cast::<T>(), n) }
     }
 
     /// Bytes of memory the region's pages occupy now (a sparse region uses less than `len`).
     #[cfg(test)]
     pub(crate) fn allocated(&self) -> u64 {
-        // SAFETY: zeroed `stat` is a valid out-buffer; the fd is open.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a valid, writable `stat` for the call.
-        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } == -1 {
-            return 0;
-        }
-        st.st_blocks as u64 * 512
+        rustix::fs::fstat(&self.fd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
         // A mutex in here held through a forgotten guard must leave the robust list first.
-        super::robust::unmapping(self.ptr.as_ptr() as usize, self.len);
-        // SAFETY: `ptr`/`len` are exactly the mapping created in `map`, unmapped once here; no
-        // reference into it outlives `self` (all accessors borrow `self`).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        // (The mapping itself goes with the field, after this.)
+        super::robust::unmapping(self.map.as_ptr() as usize, self.map.len());
     }
 }
 
@@ -271,64 +222,42 @@ impl Drop for Region {
 /// and must hold no robust mutex (its unmapping does not unlink them).
 #[derive(Debug)]
 pub(crate) struct Window {
-    ptr: NonNull<u8>,
-    len: usize,
+    /// Reached only through copies and through slices borrowed from a lock guard.
+    map: Mapping,
     /// Where the window starts in the file.
     offset: usize,
 }
 
-// SAFETY: as for `Region`: plain shared memory with no thread affinity; callers reach its bytes
-// only through copies and through slices borrowed from a lock guard.
-unsafe impl Send for Window {}
-// SAFETY: as above.
-unsafe impl Sync for Window {}
-
 impl Window {
     /// Bytes mapped.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Copies `src` into the window at `offset` (ownership rule of [`Region::write`]).
     pub(crate) fn write(&self, offset: usize, src: &[u8]) {
-        check(self.len, offset, src.len(), 1);
-        // SAFETY: destination in bounds (checked), source a valid slice, no overlap (the window
-        // is a mapping of its own, never a Rust allocation).
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
-        }
+        self.map.write(offset, src)
     }
 
     /// Copies bytes at `offset` into `dst` (ownership rule of [`Region::write`]).
     pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
-        check(self.len, offset, dst.len(), 1);
-        // SAFETY: source in bounds (checked), destination a valid exclusive slice, no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        }
+        self.map.read(offset, dst)
     }
 
     /// Copies `len` bytes within the window, from `from` to `to` (the ranges may overlap).
     pub(crate) fn copy_within(&self, from: usize, to: usize, len: usize) {
-        check(self.len, from, len, 1);
-        check(self.len, to, len, 1);
-        // SAFETY: both ranges in bounds (checked); `ptr::copy` allows overlap.
-        unsafe { std::ptr::copy(self.ptr.as_ptr().add(from), self.ptr.as_ptr().add(to), len) }
+        self.map.copy_within(from, to, len)
     }
 
     /// A shared view of `n` bytes at `offset`, under the lock witnessed by `_held` (as
     /// [`Region::pod_slice`]).
     pub(crate) fn bytes<'a, G>(&'a self, _held: &'a G, offset: usize, n: usize) -> &'a [u8] {
-        check(self.len, offset, n, 1);
+        self.map.check(offset, n, 1);
         // SAFETY: in bounds (checked); bytes are valid for any contents; the caller holds the
         // cross-process lock for this range (witnessed by `_held`, borrowed for the slice's
         // lifetime), so no one writes the range while the slice lives; the window cannot be
         // remapped meanwhile (`grow` takes `&mut self`).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), n) }
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset), n) }
     }
 
     /// Gives the pages of `[offset, offset + len)` of the window back to the kernel; they read
@@ -336,43 +265,22 @@ impl Window {
     /// memory in proportion to what is queued, not to what ever passed through. Best effort.
     /// `region` is the region whose file the window maps.
     pub(crate) fn discard(&self, region: &Region, offset: usize, len: usize) {
-        check(self.len, offset, len, 1);
+        self.map.check(offset, len, 1);
         punch_hole(region.fd(), self.offset + offset, len);
     }
 
     /// Remaps the window to `len` bytes of `region`'s file (the file must be that long:
     /// [`Region::grow_file`]). Its address may change; on failure the window stays as it was.
     pub(crate) fn grow(&mut self, region: &Region, len: usize) -> io::Result<()> {
-        if len <= self.len {
+        if len <= self.len() {
             return Ok(());
         }
         window_fits(region, self.offset, len)?;
-        let ptr = remap(region, self, len)?;
-        self.ptr = ptr;
-        self.len = len;
-        Ok(())
+        let added = len - self.len();
+        self.map
+            .resize(region.fd(), self.offset, len)
+            .map_err(|e| explain_map_error(added, e))
     }
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the window's mapping (made by `map_window` or `grow`),
-        // unmapped once here; no slice from `bytes` outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
-/// Panics unless `[offset, offset + size)` lies in `len` bytes and `offset` is `align`-aligned:
-/// an access out of a mapping is a bug of the caller, who validates what it read from shared
-/// memory before using it as an offset.
-fn check(len: usize, offset: usize, size: usize, align: usize) {
-    assert!(
-        offset.checked_add(size).is_some_and(|end| end <= len),
-        "region access out of bounds: {offset}+{size} > {len}"
-    );
-    assert!(offset % align == 0, "misaligned region access at {offset}");
 }
 
 /// Refuses a window that does not start on a page or runs past the end of the file (a mapping
@@ -395,61 +303,13 @@ fn window_fits(region: &Region, offset: usize, len: usize) -> io::Result<()> {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
-}
-
-/// `window`'s mapping grown to `len` bytes of `region`'s file: in place or moved by `mremap`,
-/// which needs address space for the added bytes only. On failure the old mapping is intact.
-#[cfg(target_os = "linux")]
-fn remap(_region: &Region, window: &Window, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: `window.ptr`/`window.len` are exactly a live mapping of ours; `MREMAP_MAYMOVE`
-    // lets the kernel pick a new address, and the caller replaces the old pointer with the
-    // result (no reference into the window lives across this: `grow` takes `&mut`). The file
-    // covers the new length (checked by the caller). The result is checked for MAP_FAILED.
-    let ptr = unsafe {
-        libc::mremap(
-            window.ptr.as_ptr().cast(),
-            window.len,
-            len,
-            libc::MREMAP_MAYMOVE,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(explain_map_error(
-            len - window.len,
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(NonNull::new(ptr.cast::<u8>()).expect("mremap never returns null on success"))
-}
-
-/// Without `mremap`: a new mapping, then the old one unmapped.
-#[cfg(not(target_os = "linux"))]
-fn remap(region: &Region, window: &Window, len: usize) -> io::Result<NonNull<u8>> {
-    let new = region.map_window(window.offset, len)?;
-    let ptr = new.ptr;
-    std::mem::forget(new);
-    // SAFETY: the old mapping is exactly `window.ptr`/`window.len`, replaced by the caller with
-    // the new one; no reference into it lives across this (`grow` takes `&mut`).
-    unsafe {
-        libc::munmap(window.ptr.as_ptr().cast(), window.len);
-    }
-    Ok(ptr)
+    rustix::param::page_size()
 }
 
 /// The address-space limit of this process (`RLIMIT_AS`), if it has one.
 pub(crate) fn address_space_limit() -> Option<u64> {
-    // SAFETY: zeroed `rlimit` is a valid out-buffer.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == -1
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
-    Some(lim.rlim_cur as u64)
+    // `None`: unlimited.
+    rustix::process::getrlimit(rustix::process::Resource::As).current
 }
 
 /// Address space this process has mapped now (`VmSize`), where the system says.
@@ -463,7 +323,7 @@ fn address_space_in_use() -> Option<u64> {
 /// A failed mapping of `len` bytes, explained: when the address space ran out under an
 /// `RLIMIT_AS` (`ulimit -v`), the error names the limit.
 fn explain_map_error(len: usize, err: io::Error) -> io::Error {
-    if err.raw_os_error() != Some(libc::ENOMEM) {
+    if err.raw_os_error() != Some(rustix::io::Errno::NOMEM.raw_os_error()) {
         return err;
     }
     let msg = match (address_space_limit(), address_space_in_use()) {
@@ -485,19 +345,16 @@ fn explain_map_error(len: usize, err: io::Error) -> io::Error {
 /// `wire::codec::encode_spilling` and [`seal_payload`]). The file's fd is closed once mapped,
 /// so a process holding many payloads holds no fd for them.
 pub(crate) struct Payload {
-    ptr: NonNull<u8>,
-    len: usize,
+    /// Read-only memory that nobody can change (the file is sealed against writes, shrinking
+    /// and growing).
+    map: Mapping,
 }
-
-// SAFETY: the mapping is read-only memory that nobody can change (the file is sealed against
-// writes, shrinking and growing), with no thread affinity.
-unsafe impl Send for Payload {}
-// SAFETY: as above: `&Payload` only hands out a shared slice of immutable bytes.
-unsafe impl Sync for Payload {}
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Payload").field("len", &self.len).finish()
+        f.debug_struct("Payload")
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
@@ -530,24 +387,9 @@ impl Payload {
                 "a payload file with holes (not written whole)",
             ));
         }
-        // SAFETY: a fresh read-only shared mapping chosen by the kernel (addr null) over a
-        // file we hold open; no existing memory is affected. The result is checked for
-        // MAP_FAILED. The mapping stays valid after `fd` is closed below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED | POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
-        Ok(Payload { ptr, len })
+        // The mapping stays valid after `fd` is closed below.
+        let map = Mapping::new(fd.as_fd(), len, 0, Access::ReadPopulated)?;
+        Ok(Payload { map })
     }
 
     /// The payload's bytes.
@@ -556,33 +398,21 @@ impl Payload {
         // the slice to it). No process can change them: the file is sealed against writes
         // (`F_SEAL_WRITE`: no write, no writable shared mapping), shrinking and growing, and
         // the seals themselves are sealed; `from_fd` checked all of it before mapping.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Payload {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping created in `from_fd`, unmapped once
-        // here; no slice from `bytes` outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 }
 
 /// The seals a payload file carries once written: no more writes, no resizing, no other seals.
 #[cfg(target_os = "linux")]
-const PAYLOAD_SEALS: libc::c_int =
-    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+const PAYLOAD_SEALS: rustix::fs::SealFlags = rustix::fs::SealFlags::WRITE
+    .union(rustix::fs::SealFlags::SHRINK)
+    .union(rustix::fs::SealFlags::GROW)
+    .union(rustix::fs::SealFlags::SEAL);
 
 /// Seals a payload file its sender has finished writing (see [`Payload`]).
 #[cfg(target_os = "linux")]
 pub(crate) fn seal_payload(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on an open fd with an integer argument; no memory is involved.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, PAYLOAD_SEALS) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::fcntl_add_seals(fd, PAYLOAD_SEALS)?)
 }
 
 /// Without memfd there are no payload files (see [`payload_file`]).
@@ -594,9 +424,7 @@ pub(crate) fn seal_payload(_fd: BorrowedFd<'_>) -> io::Result<()> {
 /// True if `fd` carries every seal of [`PAYLOAD_SEALS`].
 #[cfg(target_os = "linux")]
 fn payload_sealed(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: fcntl on an open fd; no memory is involved.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    seals != -1 && seals & PAYLOAD_SEALS == PAYLOAD_SEALS
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(PAYLOAD_SEALS))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -607,29 +435,8 @@ fn payload_sealed(_fd: BorrowedFd<'_>) -> bool {
 /// Maps `[offset, offset + len)` of the file `fd` shared and read-write, where the kernel
 /// chooses; a refusal under `RLIMIT_AS` names the limit. The mapping outlives `fd`; the caller
 /// unmaps it.
-pub(crate) fn map_shared_rw(
-    fd: BorrowedFd<'_>,
-    len: usize,
-    offset: usize,
-) -> io::Result<NonNull<u8>> {
-    let file_offset = libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-    // SAFETY: a fresh shared mapping chosen by the kernel (addr null) over an open file; no
-    // existing memory is affected. The result is checked for MAP_FAILED.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            file_offset,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(explain_map_error(len, io::Error::last_os_error()));
-    }
-    Ok(NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success"))
+pub(crate) fn map_shared_rw(fd: BorrowedFd<'_>, len: usize, offset: usize) -> io::Result<Mapping> {
+    Mapping::new(fd, len, offset, Access::ReadWrite).map_err(|e| explain_map_error(len, e))
 }
 
 /// The size of the regular file `fd`.
@@ -639,13 +446,8 @@ pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
 
 /// Size and allocated bytes of a regular file.
 fn file_stat(fd: BorrowedFd<'_>) -> io::Result<(usize, u64)> {
-    // SAFETY: zeroed `stat` is a valid out-buffer; `fd` is open.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable `stat` for the call.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let st = rustix::fs::fstat(fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not an mproc shared memory region (not a regular file)",
@@ -657,25 +459,29 @@ fn file_stat(fd: BorrowedFd<'_>) -> io::Result<(usize, u64)> {
     Ok((size, allocated))
 }
 
-#[cfg(target_os = "linux")]
-const POPULATE: libc::c_int = libc::MAP_POPULATE;
-#[cfg(not(target_os = "linux"))]
-const POPULATE: libc::c_int = 0;
+/// Sets the length of the file `fd` to `len` bytes (`ftruncate`).
+pub(crate) fn set_file_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let len = u64::try_from(len)
+        .ok()
+        .filter(|&l| i64::try_from(l).is_ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+    Ok(rustix::fs::ftruncate(fd, len)?)
+}
 
 #[cfg(target_os = "linux")]
 fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
-    memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    use rustix::fs::MemfdFlags;
+    memfd(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
 }
 
 /// Seals a region's file against shrinking: a process holding it cannot truncate it under
 /// the others' mappings (their next access would fault with `SIGBUS`). It can still grow.
 #[cfg(target_os = "linux")]
 fn seal_shrink(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on an open fd with an integer argument; no memory is involved.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        rustix::fs::SealFlags::SHRINK,
+    )?)
 }
 
 /// Without memfd there are no seals.
@@ -686,15 +492,9 @@ fn seal_shrink(_fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// A new memfd named `mproc-{name}`, with `flags`.
 #[cfg(target_os = "linux")]
-pub(crate) fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
+pub(crate) fn memfd(name: &str, flags: rustix::fs::MemfdFlags) -> io::Result<OwnedFd> {
     let c = CString::new(format!("mproc-{name}")).expect("names are ours, without NUL");
-    // SAFETY: `c` is a valid NUL-terminated name; memfd_create has no other preconditions.
-    let raw = unsafe { libc::memfd_create(c.as_ptr(), flags) };
-    if raw == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    above_stdio(unsafe { OwnedFd::from_raw_fd(raw) })
+    above_stdio(rustix::fs::memfd_create(c.as_c_str(), flags)?)
 }
 
 /// An empty anonymous file (memfd where there is one) that can be sealed, to write a payload
@@ -703,7 +503,8 @@ pub(crate) fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
 /// payloads inline: a POSIX shared memory object may refuse `write`, and has no seals.
 #[cfg(target_os = "linux")]
 pub(crate) fn payload_file(name: &str) -> io::Result<OwnedFd> {
-    memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    use rustix::fs::MemfdFlags;
+    memfd(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -743,15 +544,9 @@ fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
 
 #[cfg(target_os = "linux")]
 fn punch_hole(fd: BorrowedFd<'_>, offset: usize, len: usize) {
-    // SAFETY: fallocate on an fd we hold; no memory is passed.
-    unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        );
-    }
+    use rustix::fs::FallocateFlags;
+    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    let _ = rustix::fs::fallocate(fd, flags, offset as u64, len as u64);
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -760,6 +555,7 @@ fn punch_hole(_fd: BorrowedFd<'_>, _offset: usize, _len: usize) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
 
     #[test]

@@ -8,6 +8,9 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
+
 /// How a child ended, as `waitpid` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum RawExit {
@@ -31,6 +34,31 @@ fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
             return Err(err);
         }
     }
+}
+
+/// Runs a rustix call until it is not interrupted (`EINTR`), as a std error.
+pub(super) fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// `pid` as rustix's `Pid`: a positive number, or `err` (a zero or negative pid would name a
+/// process group or every process, which no caller means).
+fn positive_pid(pid: i32, err: Errno) -> rustix::io::Result<Pid> {
+    if pid > 0 {
+        Pid::from_raw(pid).ok_or(err)
+    } else {
+        Err(err)
+    }
+}
+
+/// A signal number as rustix's `Signal`: `EINVAL` for a number that names none.
+pub(super) fn signal_of(sig: i32) -> rustix::io::Result<Signal> {
+    Signal::from_named_raw(sig).ok_or(Errno::INVAL)
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -155,10 +183,11 @@ pub(crate) fn forget_pid() {
     PID.store(0, Ordering::Relaxed);
 }
 
-/// The parent process's id.
+/// The parent process's id (0 when it lives outside this pid namespace).
+///
+/// Async-signal-safe (one raw system call): may be called between `fork` and `exec`.
 pub(crate) fn getppid() -> i32 {
-    // SAFETY: `getppid` cannot fail and has no preconditions.
-    unsafe { libc::getppid() }
+    Pid::as_raw(rustix::process::getppid())
 }
 
 /// Removes a variable from this process's environment.
@@ -204,7 +233,7 @@ pub(super) unsafe fn fork() -> io::Result<Forked> {
 /// Retries on `EINTR`. A child reaped by someone else (`ECHILD`) is reported as
 /// [`RawExit::Unknown`]: it has ended, and its pid must not be signalled any more (nor is its
 /// group: the id may already belong to another).
-pub(crate) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
+pub(super) fn waitpid(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
     match wait_unreaped(pid, block)? {
         Unreaped::Running => return Ok(None),
         Unreaped::Gone => return Ok(Some(RawExit::Unknown)),
@@ -225,53 +254,42 @@ enum Unreaped {
 
 /// Waits (if `block`) for child `pid` to end, leaving it unreaped (`WNOWAIT`).
 fn wait_unreaped(pid: i32, block: bool) -> io::Result<Unreaped> {
-    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
-    loop {
-        // SAFETY: a zeroed siginfo_t is a valid out-buffer; waitid fills it (or leaves si_pid 0
-        // under WNOHANG when the child still runs).
-        let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
-        // SAFETY: `info` is a valid out-pointer for the duration of the call.
-        let ret = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ECHILD) => return Ok(Unreaped::Gone),
-                _ => return Err(err),
-            }
-        }
-        // SAFETY: waitid succeeded, so `info` is initialised; `si_pid` is valid for the
-        // SIGCHLD-style record waitid writes (0 when nothing had ended under WNOHANG).
-        let ended = unsafe { info.si_pid() } != 0;
-        return Ok(if ended {
-            Unreaped::Ended
-        } else {
-            Unreaped::Running
-        });
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let mut flags = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+    if !block {
+        flags |= WaitIdOptions::NOHANG;
+    }
+    let pid = match positive_pid(pid, Errno::CHILD) {
+        Ok(pid) => pid,
+        Err(_) => return Ok(Unreaped::Gone),
+    };
+    // `None`: nothing had ended under WNOHANG (rustix reads `si_pid` 0, as we did).
+    match retry(|| waitid(WaitId::Pid(pid), flags)) {
+        Ok(Some(_)) => Ok(Unreaped::Ended),
+        Ok(None) => Ok(Unreaped::Running),
+        Err(e) if e.raw_os_error() == Some(Errno::CHILD.raw_os_error()) => Ok(Unreaped::Gone),
+        Err(e) => Err(e),
     }
 }
 
 /// Reaps child `pid` (plain `waitpid`).
 fn reap(pid: i32, block: bool) -> io::Result<Option<RawExit>> {
-    let flags = if block { 0 } else { libc::WNOHANG };
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: `status` is a valid out-pointer for the duration of the call.
-        let ret = unsafe { libc::waitpid(pid, &mut status, flags) };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if err.raw_os_error() == Some(libc::ECHILD) {
-                return Ok(Some(RawExit::Unknown));
-            }
-            return Err(err);
+    use rustix::process::{WaitOptions, waitpid};
+    let flags = if block {
+        WaitOptions::empty()
+    } else {
+        WaitOptions::NOHANG
+    };
+    let Ok(pid) = positive_pid(pid, Errno::CHILD) else {
+        return Ok(Some(RawExit::Unknown));
+    };
+    match retry(|| waitpid(Some(pid), flags)) {
+        Ok(Some((_, status))) => Ok(Some(decode_status(status.as_raw()))),
+        Ok(None) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(Errno::CHILD.raw_os_error()) => {
+            Ok(Some(RawExit::Unknown))
         }
-        if ret == 0 {
-            return Ok(None);
-        }
-        return Ok(Some(decode_status(status)));
+        Err(e) => Err(e),
     }
 }
 
@@ -283,10 +301,20 @@ fn decode_status(status: libc::c_int) -> RawExit {
     }
 }
 
-/// Sends `sig` to `pid` with plain `kill(2)`. Callers must know `pid` is not reaped yet.
-pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: `kill` has no memory-safety preconditions.
-    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+/// Sends `sig` to `pid` with plain `kill(2)` (0: only checks that it could). Callers must know
+/// `pid` is not reaped yet. A pid of 0 or less (a group, or everyone) is refused with `ESRCH`.
+pub(super) fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    let pid = positive_pid(pid, Errno::SRCH)?;
+    if sig == 0 {
+        return Ok(rustix::process::test_kill_process(pid)?);
+    }
+    Ok(rustix::process::kill_process(pid, signal_of(sig)?)?)
+}
+
+/// Sends `sig` to the process group `pgid` (`kill(-pgid, sig)`).
+fn kill_process_group(pgid: i32, sig: i32) -> io::Result<()> {
+    let pgid = positive_pid(pgid, Errno::SRCH)?;
+    Ok(rustix::process::kill_process_group(pgid, signal_of(sig)?)?)
 }
 
 /// Makes the calling process the leader of a new process group (its id is the caller's pid),
@@ -307,16 +335,15 @@ pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
 /// through the parent's group. Errors are ignored: the child may already be in its group,
 /// have exec'd, or be gone; its own call decides then.
 pub(crate) fn put_in_own_group(pid: i32) {
-    if pid > 1 {
-        // SAFETY: `setpgid` takes two integers and touches no memory.
-        let _ = unsafe { libc::setpgid(pid, pid) };
+    if let (true, Some(pid)) = (pid > 1, Pid::from_raw(pid.max(0))) {
+        let _ = rustix::process::setpgid(Some(pid), Some(pid));
     }
 }
 
 /// Async-signal-safe (`setpgid`, `signal`): may be called between `fork` and `exec`.
 pub(crate) fn lead_own_group() -> io::Result<()> {
-    // SAFETY: `setpgid` takes two integers; (0, 0) means "this process, as a new group".
-    cvt(unsafe { libc::setpgid(0, 0) })?;
+    // (None, None): "this process, as a new group" (`setpgid(0, 0)`); a raw system call.
+    rustix::process::setpgid(None, None)?;
     for sig in [libc::SIGTTIN, libc::SIGTTOU] {
         // SAFETY: SIG_IGN is a valid disposition for both signals; no handler runs.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
@@ -336,7 +363,7 @@ pub(crate) fn lead_own_group() -> io::Result<()> {
 ///
 /// What escapes: a subprocess that left the group (`setsid`, `setpgid`, a shell with job
 /// control starting a pipeline).
-pub(crate) fn kill_group(pid: i32, pidfd: Option<BorrowedFd<'_>>, sig: i32) -> io::Result<()> {
+pub(super) fn kill_group(pid: i32, pidfd: Option<BorrowedFd<'_>>, sig: i32) -> io::Result<()> {
     kill_group_only(pid, sig);
     match pidfd {
         Some(fd) => super::pidfd_send_signal(fd, sig),
@@ -350,7 +377,7 @@ fn kill_group_only(pid: i32, sig: i32) {
     if pid > 1 {
         // ESRCH (no such group) is the normal answer for a child without subprocesses that
         // has ended, or one that has not run `lead_own_group` yet.
-        let _ = kill(-pid, sig);
+        let _ = kill_process_group(pid, sig);
     }
 }
 
@@ -368,39 +395,33 @@ pub(crate) fn poll_readable(
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
         .collect();
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                // Round up so that a sub-millisecond remainder does not spin at 0 ms.
-                left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
-            }
-        };
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures.
-        let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        let ms = deadline.map(|d| {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            // Whole milliseconds, as poll(2) takes them, rounded up so that a sub-millisecond
+            // remainder does not spin at 0 ms.
+            left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i64
+        });
+        let ts = ms.map(|ms| Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        });
+        match rustix::event::poll(&mut pfds, ts.as_ref()) {
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
+        let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
         return Ok(pfds
             .iter()
             .map(|p| Ready {
-                readable: p.revents
-                    & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
-                    != 0,
+                readable: p.revents().intersects(ready),
             })
             .collect());
     }
@@ -424,41 +445,17 @@ pub(crate) fn send_with_fds(
             "too many fds in one message",
         ));
     }
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let fd_bytes = mem::size_of_val(fds);
-    // u64 storage keeps the control buffer aligned for `cmsghdr`.
-    let mut cmsg_buf = [0u64; 72];
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        debug_assert!(space <= mem::size_of_val(&cmsg_buf));
-        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer is `space` bytes, aligned, and large enough for one header
-        // carrying `fds.len()` ints (CMSG_SPACE above), so CMSG_FIRSTHDR is non-null and
-        // CMSG_DATA points at `fd_bytes` writable bytes inside it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(cmsg),
-                fd_bytes,
-            );
-        }
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds in one message",
+        ));
     }
-    // SAFETY: `msg` points at live buffers (`iov`, `cmsg_buf`, `data`) for the call.
-    retry_eintr(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+    let iov = [io::IoSlice::new(data)];
+    retry(|| sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL))
 }
 
 /// Receives bytes into `buf` and any fds sent with them (`SCM_RIGHTS`), which arrive as
@@ -467,7 +464,7 @@ pub(crate) fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    recvmsg_fds(sock, buf, 0)
+    recvmsg_fds(sock, buf, rustix::net::RecvFlags::empty())
 }
 
 /// [`recv_with_fds`] that never blocks: `WouldBlock` when nothing is waiting. The socket
@@ -477,50 +474,40 @@ pub(crate) fn recv_with_fds_nowait(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    recvmsg_fds(sock, buf, libc::MSG_DONTWAIT)
+    recvmsg_fds(sock, buf, rustix::net::RecvFlags::DONTWAIT)
 }
+
+/// Control-message room for a receive: more than [`MAX_FDS_PER_MSG`] fds (a peer sending
+/// too many is told by `MSG_CTRUNC`, not by a short buffer), aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct RecvControl([MaybeUninit<u8>; 576]);
 
 fn recvmsg_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-    flags: libc::c_int,
+    flags: rustix::net::RecvFlags,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cmsg_buf = [0u64; 72];
-    // SAFETY: zeroed msghdr is a valid empty header; fields are filled below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = mem::size_of_val(&cmsg_buf) as _;
-    // SAFETY: `msg` points at live, writable buffers of the advertised sizes.
-    let n = retry_eintr(|| unsafe {
-        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags)
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    let mut space = RecvControl([MaybeUninit::uninit(); 576]);
+    let mut control = RecvAncillaryBuffer::new(&mut space.0);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let got = retry(|| {
+        rustix::net::recvmsg(
+            sock,
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | flags,
+        )
     })?;
+    // Each SCM_RIGHTS payload's fds now belong to this process; what is not drained here is
+    // closed when `control` drops.
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed control
-    // messages; CMSG_FIRSTHDR/NXTHDR walk them within that length. Each SCM_RIGHTS payload is
-    // an array of fds that now belong to this process, so wrapping each in `OwnedFd` once is
-    // correct. `read_unaligned` copes with any alignment of the data.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                let count = len / mem::size_of::<RawFd>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = msg {
+            fds.extend(rights);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if got.flags.contains(ReturnFlags::CTRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "too many fds in one message",
@@ -530,7 +517,7 @@ fn recvmsg_fds(
         .into_iter()
         .map(above_stdio)
         .collect::<io::Result<Vec<_>>>()?;
-    Ok((n, fds))
+    Ok((got.bytes, fds))
 }
 
 /// Makes `fd` the descriptor numbered `target` (closing what was there) without close-on-exec.
@@ -556,35 +543,25 @@ pub(crate) fn dup_over(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
 
 /// A pipe, both ends close-on-exec and numbered above stdio: `(read, write)`.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints for `pipe2`/`pipe` to fill.
-    #[cfg(target_os = "linux")]
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: as above. (Without `pipe2`, a `fork` by another thread before `set_cloexec`
-    // below could inherit the ends: the same window std's own `pipe` has there.)
-    #[cfg(not(target_os = "linux"))]
-    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
-    // SAFETY: the call succeeded, so both are fresh fds owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    #[cfg(not(target_os = "linux"))]
-    for fd in [&r, &w] {
-        set_cloexec(fd.as_fd(), true)?;
-    }
+    // `pipe2(O_CLOEXEC)` where there is one; elsewhere rustix falls back to `pipe` and
+    // `fcntl`, with the window std's own `pipe` has there (a `fork` by another thread in
+    // between inherits the ends).
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
 /// Sets or clears close-on-exec on `fd`.
+///
+/// Async-signal-safe (two raw system calls): may be called between `fork` and `exec`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFD/F_SETFD on a borrowed (thus open) fd.
-    unsafe {
-        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
-        let new = if on {
-            flags | libc::FD_CLOEXEC
-        } else {
-            flags & !libc::FD_CLOEXEC
-        };
-        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new)).map(drop)
-    }
+    use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
+    let flags = fcntl_getfd(fd)?;
+    let new = if on {
+        flags | FdFlags::CLOEXEC
+    } else {
+        flags - FdFlags::CLOEXEC
+    };
+    Ok(fcntl_setfd(fd, new)?)
 }
 
 /// Takes ownership of a descriptor number inherited from the parent.
@@ -610,21 +587,15 @@ pub(crate) fn command_child_setup(cmd: &mut Command, sock: RawFd, target: RawFd)
     let setup = move || -> io::Result<()> {
         // Only async-signal-safe calls here: setpgid, signal, dup2, fcntl, prctl, getppid.
         lead_own_group()?;
-        if sock == target {
-            // SAFETY: `sock` is open in the child (inherited); fcntl is async-signal-safe.
-            unsafe {
-                let flags = cvt(libc::fcntl(sock, libc::F_GETFD))?;
-                cvt(libc::fcntl(sock, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
-            }
-        } else {
-            // SAFETY: dup2 is async-signal-safe; `sock` is open in the child.
-            cvt(unsafe { libc::dup2(sock, target) })?;
-        }
+        // SAFETY: `sock` is open in the child: the parent keeps it open until `spawn`
+        // returns, and the child inherited it; the borrow ends with this call.
+        dup_to(unsafe { BorrowedFd::borrow_raw(sock) }, target)?;
         crate::sys::set_parent_death_signal(parent)
     };
-    // SAFETY: the closure only makes async-signal-safe calls (setpgid, signal, dup2, fcntl,
-    // prctl, getppid, and `io::Error::last_os_error`, which reads errno), as `pre_exec`
-    // requires.
+    // SAFETY: the closure only makes async-signal-safe calls, as `pre_exec` requires: raw
+    // system calls through rustix (setpgid, fcntl, prctl, getppid), libc's `signal` and
+    // `dup2`, and errors built from errno values (`io::Error::from_raw_os_error`, no
+    // allocation).
     unsafe {
         cmd.pre_exec(setup);
     }
@@ -708,10 +679,8 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd (>= 3) that we then own.
-    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
-    // SAFETY: `new` is a fresh fd owned by nobody else; `fd` is closed by its drop.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    // `fd` is closed by its drop.
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
 /// A connected pair of stream Unix sockets, close-on-exec, numbered above stdio.
@@ -726,52 +695,37 @@ pub(crate) fn socket_pair() -> io::Result<(
 /// Gives `recv` on `fd` a timeout (`SO_RCVTIMEO`): a blocked receive then fails with
 /// `WouldBlock`.
 pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `tv` is a valid timeval for the duration of the call, with its exact size given.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    use rustix::net::sockopt::{Timeout, set_socket_timeout};
+    Ok(set_socket_timeout(fd, Timeout::Recv, Some(t))?)
+}
+
+/// Sets the size of `fd`'s send buffer (`SO_SNDBUF`; the kernel doubles it), for tests that
+/// need a writer to block early.
+#[cfg(test)]
+pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_send_buffer_size(
+        fd, bytes,
+    )?)
 }
 
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries kept), close-on-exec.
 #[cfg(target_os = "linux")]
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: socketpair returned two fresh fds that nobody else owns.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
     Ok((above_stdio(a)?, above_stdio(b)?))
 }
 
 /// One `recv` that never blocks: `WouldBlock` when nothing is waiting.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
-    retry_eintr(|| unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    })
+    use rustix::net::{RecvFlags, recv};
+    // The bytes received (the second number is the datagram's length, the same here).
+    retry(|| recv(sock, &mut *buf, RecvFlags::DONTWAIT)).map(|(n, _)| n)
 }
 
 /// Caps this process's data segment (heap and private mappings) at `bytes`, so that a runaway
@@ -780,35 +734,21 @@ pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<us
 /// Only the soft limit is lowered: mproc lifts it for a moment to capture and symbolize a
 /// panic's backtrace ([`with_memory_headroom`]), which must never fail half-way.
 pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
-    let mut lim = get_rlimit(libc::RLIMIT_DATA)?;
-    lim.rlim_cur = (bytes as libc::rlim_t).min(lim.rlim_max);
-    // SAFETY: `lim` is a valid rlimit for the duration of the call.
-    cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }).map(drop)
-}
-
-/// The type `getrlimit` takes its resource as.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-type Resource = libc::__rlimit_resource_t;
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-type Resource = libc::c_int;
-
-fn get_rlimit(resource: Resource) -> io::Result<libc::rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid out-pointer for the duration of the call.
-    cvt(unsafe { libc::getrlimit(resource, &mut lim) })?;
-    Ok(lim)
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Data);
+    // `None` is unlimited.
+    lim.current = Some(lim.maximum.map_or(bytes, |max| bytes.min(max)));
+    Ok(setrlimit(Resource::Data, lim)?)
 }
 
 /// True when this process's address space or data segment is capped (`ulimit -v`,
 /// [`set_memory_limit`]): an allocation can then fail rather than the kernel's OOM killer
 /// stepping in.
 pub(crate) fn memory_is_limited() -> bool {
-    [libc::RLIMIT_AS, libc::RLIMIT_DATA]
+    use rustix::process::{Resource, getrlimit};
+    [Resource::As, Resource::Data]
         .into_iter()
-        .any(|r| get_rlimit(r).is_ok_and(|l| l.rlim_cur != libc::RLIM_INFINITY))
+        .any(|r| getrlimit(r).current.is_some())
 }
 
 /// Runs `f` with the data-segment soft limit raised to the hard limit, then lowers it again:
@@ -817,21 +757,23 @@ pub(crate) fn memory_is_limited() -> bool {
 /// too: a worker that ran out there hung forever). A limit the process cannot raise (a hard
 /// `ulimit -v`) stays as it is.
 pub(crate) fn with_memory_headroom<T>(f: impl FnOnce() -> T) -> T {
-    let lim = get_rlimit(libc::RLIMIT_DATA)
-        .ok()
-        .filter(|l| l.rlim_cur < l.rlim_max);
-    if let Some(l) = lim {
-        let lifted = libc::rlimit {
-            rlim_cur: l.rlim_max,
-            rlim_max: l.rlim_max,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Below the hard limit (`None`: unlimited).
+    let lim = Some(getrlimit(Resource::Data)).filter(|l| match (l.current, l.maximum) {
+        (Some(cur), Some(max)) => cur < max,
+        (Some(_), None) => true,
+        (None, _) => false,
+    });
+    if let Some(l) = &lim {
+        let lifted = Rlimit {
+            current: l.maximum,
+            maximum: l.maximum,
         };
-        // SAFETY: `lifted` is a valid rlimit for the duration of the call.
-        unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lifted) };
+        let _ = setrlimit(Resource::Data, lifted);
     }
     let out = f();
     if let Some(l) = lim {
-        // SAFETY: `l` is a valid rlimit for the duration of the call.
-        unsafe { libc::setrlimit(libc::RLIMIT_DATA, &l) };
+        let _ = setrlimit(Resource::Data, l);
     }
     out
 }
@@ -857,10 +799,10 @@ pub(crate) fn write_all_raw(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
 /// a fork bomb in this process stops at the cap. Root and `CAP_SYS_ADMIN`/`CAP_SYS_RESOURCE`
 /// holders are exempt (the kernel's rule).
 pub(crate) fn set_process_limit(n: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: n as libc::rlim_t,
-        rlim_max: n as libc::rlim_t,
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let lim = Rlimit {
+        current: Some(n),
+        maximum: Some(n),
     };
-    // SAFETY: `lim` is a valid rlimit for the duration of the call.
-    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) }).map(drop)
+    Ok(setrlimit(Resource::Nproc, lim)?)
 }

@@ -49,9 +49,8 @@ impl Supervisor {
             }
             q.idle.push(Lease {
                 id: w.id,
-                pid: w.pid,
                 sock: Arc::clone(sock),
-                pidfd: w.pidfd.clone(),
+                child: Arc::clone(&w.child),
                 tasks: 0,
                 tasks_left,
             });

@@ -195,8 +195,8 @@ impl Supervisor {
                 fds.push(s.as_fd());
                 owners.push((i, false));
             }
-            if let (Some(p), false) = (&w.pidfd, lent.contains(&w.id)) {
-                fds.push(p.as_fd());
+            if let (Some(p), false) = (w.child.exit_fd(), lent.contains(&w.id)) {
+                fds.push(p);
                 owners.push((i, true));
             }
         }
@@ -226,7 +226,7 @@ impl Supervisor {
         }
         // Workers without pidfds are reaped when their socket closes.
         for i in 0..self.workers.len() {
-            if self.workers[i].pidfd.is_none()
+            if self.workers[i].child.exit_fd().is_none()
                 && self.workers[i].sock.is_none()
                 && !exited.contains(&i)
             {
@@ -316,7 +316,7 @@ impl Supervisor {
         }
         let terminating = self.shared.lock().terminate;
         for mut w in std::mem::take(&mut self.workers) {
-            let _ = sys::waitpid(w.pid, true);
+            let _ = w.child.reap();
             if terminating {
                 for j in w.inflight.drain(..) {
                     j.fail_rest(Error::closed("the pool was terminated"));
@@ -335,13 +335,13 @@ impl Supervisor {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for w in self.workers.drain(..) {
-            if let Some(p) = &w.pidfd {
+            if let Some(p) = w.child.exit_fd() {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if !sys::poll_readable(&[p.as_fd()], Some(left)).is_ok_and(|r| r[0].readable) {
+                if !sys::poll_readable(&[p], Some(left)).is_ok_and(|r| r[0].readable) {
                     signal(&w, sys::SIGKILL);
                 }
             }
-            let _ = sys::waitpid(w.pid, true);
+            let _ = w.child.reap();
         }
     }
 }

@@ -139,7 +139,11 @@ impl Supervisor {
         let now = Instant::now();
         for w in &mut self.workers {
             if w.deadline(timeout, now).is_some_and(|d| d <= now) {
-                event!(warn, pid = w.pid, "task timed out: killing its worker");
+                event!(
+                    warn,
+                    pid = w.child.pid(),
+                    "task timed out: killing its worker"
+                );
                 signal(w, sys::SIGKILL);
                 // The socket stays open: answers written before the kill still count.
                 w.state = State::Ending;
@@ -167,9 +171,8 @@ impl Supervisor {
         if self.workers[i].sock.is_some() {
             self.read_worker(i);
         }
-        let w = &self.workers[i];
-        let block = w.pidfd.is_none();
-        let status = match sys::waitpid(w.pid, block) {
+        // Without a pidfd it was noticed by its closed socket: this then blocks until it ends.
+        let status = match self.workers[i].child.reap_ending() {
             Ok(Some(raw)) => ExitStatus::from_raw(raw),
             Ok(None) => return, // not yet: the pidfd fires again
             Err(_) => ExitStatus::from_raw(sys::RawExit::Unknown),
@@ -180,7 +183,7 @@ impl Supervisor {
             .iter()
             .filter(|w| !matches!(w.state, State::Ending));
         self.shared.live.store(live.count(), Ordering::Relaxed);
-        event!(info, pid = w.pid, id = w.id, status = %status, running = w.inflight.len(), "worker exited");
+        event!(info, pid = w.child.pid(), id = w.id, status = %status, running = w.inflight.len(), "worker exited");
         let mut again = Vec::new();
         if let Some(job) = w.inflight.pop_front() {
             let snap = w.watch.snapshot();

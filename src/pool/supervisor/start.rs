@@ -2,7 +2,6 @@
 //! gets its control block first, then the initializer.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -171,39 +170,39 @@ impl Supervisor {
 
     /// Takes on a worker just started; kills it if it cannot be set up.
     pub(super) fn add(&mut self, l: launch::Launched) -> io::Result<()> {
-        let (pid, pidfd) = (
-            l.pid,
-            l.pidfd.as_ref().map(|p| p.as_fd().try_clone_to_owned()),
-        );
+        let child = Arc::new(l.child);
+        let l = (Arc::clone(&child), l.sock);
         match self.adopt(l) {
             Ok(w) => {
-                event!(info, pid = w.pid, id = w.id, "worker started");
+                event!(info, pid = w.child.pid(), id = w.id, "worker started");
                 self.workers.push(w);
                 Ok(())
             }
             Err(e) => {
-                let pidfd = pidfd.and_then(Result::ok);
-                let _ = sys::kill_group(pid, pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
-                let _ = sys::waitpid(pid, true);
+                child.kill_and_reap();
                 Err(e)
             }
         }
     }
 
-    /// A worker just started: sends it its control block, then the initializer, if any.
-    pub(super) fn adopt(&mut self, l: launch::Launched) -> io::Result<Worker> {
+    /// A worker just started (its handle and our end of its socket): sends it its control
+    /// block, then the initializer, if any.
+    pub(super) fn adopt(
+        &mut self,
+        l: (Arc<sys::ChildHandle>, std::os::unix::net::UnixStream),
+    ) -> io::Result<Worker> {
+        let (child, sock) = l;
         let watch = Watch::create(self.config.task_timeout.is_some())?;
         let control = [watch.fd().try_clone_to_owned()?];
         // A failed write means it died: its pidfd says so on the next turn.
-        let _ = fds::write_frame(&l.sock, &msg::control(), &control);
+        let _ = fds::write_frame(&sock, &msg::control(), &control);
         drop(control);
         self.next_id += 1;
         let now = Instant::now();
         let mut w = Worker {
             id: self.next_id,
-            pid: l.pid,
-            pidfd: l.pidfd.map(Arc::new),
-            sock: Some(Arc::new(l.sock)),
+            child,
+            sock: Some(Arc::new(sock)),
             published: false,
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: Received::default(),
@@ -293,8 +292,8 @@ fn post(shared: &std::sync::Weak<Shared>, l: Launch) {
 /// Kills and reaps a worker nobody will take on. Its fds close first, so that once it is
 /// gone nothing of it is left open.
 fn discard(l: launch::Launched) {
-    let pid = l.pid;
-    let _ = sys::kill_group(pid, l.pidfd.as_ref().map(AsFd::as_fd), sys::SIGKILL);
-    drop(l);
-    let _ = sys::waitpid(pid, true);
+    let launch::Launched { child, sock } = l;
+    let _ = child.signal_group(sys::SIGKILL);
+    drop(sock);
+    let _ = child.reap();
 }

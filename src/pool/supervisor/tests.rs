@@ -26,8 +26,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         .unwrap();
     let worker = Worker {
         id: 1,
-        pid: child.id() as i32,
-        pidfd: None,
+        child: Arc::new(sys::ChildHandle::new(child.id() as i32, None)),
         sock: Some(Arc::new(ours)),
         published: false,
         reader: FrameReader::new(frame::DEFAULT_LIMIT),
@@ -112,18 +111,7 @@ fn answer_from_a_worker_that_died_before_a_look_ahead_write_completes_its_job() 
 #[test]
 fn send_jobs_counts_the_jobs_written_whole_before_the_peer_died() {
     let (ours, theirs) = sys::socket_pair().unwrap();
-    let small: libc::c_int = 4096;
-    // SAFETY: a valid socket fd and a c_int option value with its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&ours),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    sys::set_send_buffer(std::os::fd::AsFd::as_fd(&ours), 4096).unwrap();
     let jobs: Vec<Job> = (0..40).map(|_| job(1000).0).collect();
     let frame_len = jobs[0].frame.len();
     // The worker reads three whole frames, then dies; the writer is blocked by then, its

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +28,8 @@ pub(super) enum State {
 
 pub(super) struct Worker {
     pub(super) id: u64,
-    pub(super) pid: i32,
-    pub(super) pidfd: Option<Arc<OwnedFd>>,
+    /// Its process: pid, and the pidfd that fires at its death where there is one.
+    pub(super) child: Arc<sys::ChildHandle>,
     pub(super) sock: Option<Arc<UnixStream>>,
     /// Offered to clients in `Backlog::idle` (or lent to one right now).
     pub(super) published: bool,
@@ -105,5 +104,5 @@ pub(super) fn retire(w: &mut Worker) {
 
 pub(super) fn signal(w: &Worker, sig: i32) {
     // The worker's process group too: a task's own subprocesses die with it.
-    let _ = sys::kill_group(w.pid, w.pidfd.as_deref().map(AsFd::as_fd), sig);
+    let _ = w.child.signal_group(sig);
 }
