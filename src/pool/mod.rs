@@ -485,7 +485,7 @@ impl Pool {
             Err(e) => return AsyncResult::failed(e),
         };
         match self.shared.submit([job]) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>),
+            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).cancellable(&self.shared),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -599,7 +599,7 @@ impl Pool {
             return AsyncResult::new(None, finish_map::<F::Out>);
         }
         match self.shared.submit(jobs) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_map::<F::Out>),
+            Ok(()) => AsyncResult::new(Some(slot), finish_map::<F::Out>).cancellable(&self.shared),
             Err(e) => AsyncResult::failed(e),
         }
     }
