@@ -1,5 +1,6 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
 
+mod completion;
 mod fate;
 mod imap;
 mod job;
@@ -9,6 +10,7 @@ mod result;
 mod shared;
 mod supervisor;
 
+pub use completion::{AsCompleted, ReturnWhen, as_completed, wait};
 pub use imap::{Imap, ImapUnordered};
 pub use result::AsyncResult;
 
