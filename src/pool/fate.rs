@@ -338,14 +338,21 @@ mod tests {
             lost(j, p, &died()).is_none(),
             "not re-run, even with retries left"
         );
-        assert!(slot.is_done() && slot.take().is_empty(), "nothing delivered");
+        assert!(
+            slot.is_done() && slot.take().is_empty(),
+            "nothing delivered"
+        );
         // Another job, running when its worker was killed for a cancellation: collateral.
         let (j, _slot) = job(5, 1);
         let watch = Watch::create(false).unwrap();
         run_and_die(&watch, 0, 2);
         let p = Progress::read(&watch, 0, &j);
         let j = lost(j, p, &Loss::Cancelled).expect("re-run");
-        assert_eq!((j.next, j.retries_left), (2, 1), "items 0, 1 kept; nothing spent");
+        assert_eq!(
+            (j.next, j.retries_left),
+            (2, 1),
+            "items 0, 1 kept; nothing spent"
+        );
         // Re-queued jobs: the cancelled ones are settled instead.
         let (keep, _k) = job(1, 0);
         let (drop, dropped) = job(1, 0);

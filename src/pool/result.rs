@@ -161,7 +161,12 @@ impl Notify {
                 return Some(tag);
             }
             match deadline {
-                None => done = self.changed.wait(done).unwrap_or_else(PoisonError::into_inner),
+                None => {
+                    done = self
+                        .changed
+                        .wait(done)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -609,7 +614,10 @@ mod tests {
         assert!(slot.wait(Some(Instant::now())), "a waiter returns at once");
         assert_eq!(slot.cancel(), Cancel::Already);
         slot.complete(1, done());
-        assert!(slot.take().is_empty(), "deliveries after the cancel are dropped");
+        assert!(
+            slot.take().is_empty(),
+            "deliveries after the cancel are dropped"
+        );
         let finished = Slot::new(1);
         finished.complete(0, done());
         assert_eq!(finished.cancel(), Cancel::Finished);
