@@ -102,6 +102,11 @@ fn assert_cancelled<R: std::fmt::Debug>(r: mproc::Result<R>) {
 /// Both workers serve, none of them one of `killed`: two tasks run at the same time. (Only
 /// while the pool counts tasks as slow: otherwise it may send the second behind the first.)
 fn assert_two_fresh_workers(pool: &Pool, killed: &[u32]) {
+    assert!(
+        eventually(LIMIT, || pool.workers() == 2),
+        "the pool is back to 2 workers: {}",
+        pool.workers()
+    );
     let (log, g) = (new_log(), gate());
     let mut hs: Vec<_> = (0..2)
         .map(|i| pool.apply_async(hold, (log.clone(), g.clone(), 100 + i)))
@@ -315,14 +320,22 @@ fn a_cancelled_job_sent_ahead_is_killed_when_its_turn_comes_and_spares_the_one_b
     assert!(x.cancel());
     first.set();
     let mut b = b;
-    assert_eq!(b.get_timeout(LIMIT).unwrap(), 1, "the job before it keeps its result");
+    assert_eq!(
+        b.get_timeout(LIMIT).unwrap(),
+        1,
+        "the job before it keeps its result"
+    );
     second.set();
     let mut a = a;
     assert_eq!(a.get_timeout(LIMIT).unwrap(), 2);
     assert_cancelled(x.get());
+    assert!(eventually(LIMIT, || pool.workers() == 2));
     // (Not `assert_two_fresh_workers`: with tasks counted as fast, its second task may be
     // sent ahead behind its first, which waits for it.)
-    assert_eq!(pool.map(square, 0..10).unwrap(), (0..10).map(square).collect::<Vec<_>>());
+    assert_eq!(
+        pool.map(square, 0..10).unwrap(),
+        (0..10).map(square).collect::<Vec<_>>()
+    );
     pool.close();
     pool.join().unwrap();
     // If it began (it was sent ahead), its worker was killed; it never finished either way.
@@ -424,7 +437,11 @@ fn wait_returns_as_asked() {
     let hs = vec![pool.apply_async(square, 1), pool.apply_async(square, 2)];
     let (done, _) = mproc::wait(&hs, ReturnWhen::FirstException, Some(LIMIT));
     assert_eq!(done, [0, 1]);
-    let (done, not_done) = mproc::wait(&Vec::<AsyncResult<u64>>::new(), ReturnWhen::AllCompleted, None);
+    let (done, not_done) = mproc::wait(
+        &Vec::<AsyncResult<u64>>::new(),
+        ReturnWhen::AllCompleted,
+        None,
+    );
     assert!(done.is_empty() && not_done.is_empty());
 }
 
@@ -453,7 +470,10 @@ fn wait_for_the_first_exception() {
     g.set();
     let mut hs = hs.into_iter();
     assert_eq!(hs.next().unwrap().get().unwrap(), 0);
-    assert_eq!(hs.next().unwrap().get().unwrap_err().kind(), ErrorKind::Panicked);
+    assert_eq!(
+        hs.next().unwrap().get().unwrap_err().kind(),
+        ErrorKind::Panicked
+    );
     let mut held = held.into_iter();
     assert_cancelled(held.next().unwrap().get());
     let mut last = held.next().unwrap();
