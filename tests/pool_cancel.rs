@@ -479,3 +479,25 @@ fn wait_for_the_first_exception() {
     let mut last = held.next().unwrap();
     assert_eq!(last.get_timeout(LIMIT).unwrap(), 3);
 }
+
+#[test]
+fn an_awaited_handle_can_be_cancelled() {
+    let _leaks = common::leak_checked();
+    let pool = pool();
+    let (log, g) = (new_log(), gate()); // never set
+    let mut h = pool.apply_async(hold, (log.clone(), g.clone(), 0));
+    let worker = started(&log).1;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let got = rt.block_on(async {
+        let short = tokio::time::timeout(Duration::from_millis(50), &mut h).await;
+        assert!(short.is_err(), "still running");
+        assert!(h.cancel());
+        tokio::time::timeout(LIMIT, h).await.expect("ready at once")
+    });
+    assert_cancelled(got);
+    assert_dies(worker, "the worker of a cancelled task");
+    drop(rt);
+}
