@@ -39,6 +39,7 @@ enum Repr {
     Full,
     Empty,
     BrokenBarrier,
+    Cancelled,
 }
 
 /// The category of an [`Error`].
@@ -75,6 +76,9 @@ pub enum ErrorKind {
     Full,
     /// A queue had nothing to take (`try_get`).
     Empty,
+    /// The task was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel)) before
+    /// it finished: it never ran, or its worker was killed.
+    Cancelled,
 }
 
 impl Error {
@@ -132,6 +136,9 @@ impl Error {
     pub(crate) fn broken_barrier() -> Error {
         Error::new(Repr::BrokenBarrier)
     }
+    pub(crate) fn cancelled() -> Error {
+        Error::new(Repr::Cancelled)
+    }
     /// A copy, for reporting one failure on every item of a chunk.
     pub(crate) fn duplicate(&self) -> Error {
         Error::new(match &*self.repr {
@@ -157,6 +164,7 @@ impl Error {
             Repr::Full => Repr::Full,
             Repr::Empty => Repr::Empty,
             Repr::BrokenBarrier => Repr::BrokenBarrier,
+            Repr::Cancelled => Repr::Cancelled,
         })
     }
 
@@ -181,6 +189,7 @@ impl Error {
             Repr::Full => ErrorKind::Full,
             Repr::Empty => ErrorKind::Empty,
             Repr::Broken(_) | Repr::BrokenBarrier => ErrorKind::Broken,
+            Repr::Cancelled => ErrorKind::Cancelled,
         }
     }
 
@@ -266,6 +275,7 @@ impl fmt::Display for Error {
             Repr::Full => f.write_str("the queue is full"),
             Repr::Empty => f.write_str("the queue is empty"),
             Repr::BrokenBarrier => f.write_str("the barrier is broken"),
+            Repr::Cancelled => f.write_str("task cancelled"),
         }
     }
 }
@@ -454,6 +464,8 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::WorkerDied);
         assert_eq!(e.duplicate().to_string(), e.to_string());
         assert_eq!(Error::timed_out().to_string(), "timed out");
+        assert_eq!(Error::cancelled().to_string(), "task cancelled");
+        assert_eq!(Error::cancelled().duplicate().kind(), ErrorKind::Cancelled);
         assert!(
             Error::io(
                 "cannot start a process",

@@ -35,7 +35,9 @@
 //! that panics fails alone; a worker that crashes or is killed fails only the task it was
 //! running (or that task is re-run, [`max_retries`](PoolBuilder::max_retries)) and is
 //! replaced; [`task_timeout`](PoolBuilder::task_timeout) kills runaway tasks; the pool never
-//! hangs on a lost worker.
+//! hangs on a lost worker. A handle can be [cancelled](AsyncResult::cancel), running or not,
+//! and many handles waited on at once, as with `concurrent.futures`: [`as_completed`] yields
+//! results in completion order, [`wait`] returns when the first completes or fails, or all do.
 //!
 //! ```
 //! fn square(x: u64) -> u64 {
@@ -195,7 +197,10 @@ pub use ipc::{
     RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
-pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
+pub use pool::{
+    AsCompleted, AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, ReturnWhen, as_completed,
+    wait,
+};
 pub use process::{
     Builder, Process, ProcessInfo, StartMethod, Stdio, active_children, current_process,
     parent_process,

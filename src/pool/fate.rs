@@ -16,6 +16,10 @@
 //!   job is re-queued as it is, spending nothing.
 //! - A failure of the whole chunk before any item ran (its arguments cannot be decoded, a
 //!   foreign binary) fails every item with that error.
+//! - A cancelled job (`AsyncResult::cancel`) never runs again: withdrawn from the queue, or
+//!   lost with its worker (killed for it, or for any other reason), every item it has left
+//!   fails with `Cancelled`. A job lost with a worker killed for another job's cancellation
+//!   is that kill's collateral: re-run, spending nothing.
 
 use super::job::Job;
 use super::result::Answer;
@@ -40,6 +44,9 @@ pub(crate) enum Loss {
     /// It was killed for another reason than the item it was running (a timeout raced with
     /// the item's end): that item is re-run, spending nothing.
     Collateral,
+    /// It was killed because the job it was running was cancelled. If it was running another
+    /// job by the time it died (the cancelled one finished first), that one is collateral.
+    Cancelled,
 }
 
 /// Deaths before a job began that re-queue it for free; past them, its first item is charged
@@ -129,13 +136,37 @@ pub(crate) fn answered(mut job: Job, what: Result<Answer, Error>) {
     }
 }
 
+/// `job` was cancelled: delivers its outcome, every item it has left failing with
+/// `Cancelled`, instead of running it (again).
+pub(crate) fn cancelled(job: Job) {
+    job.fail_rest(Error::cancelled());
+}
+
+/// Jobs to put back in the queue, but those cancelled meanwhile, which are settled instead.
+pub(crate) fn requeued(jobs: impl Iterator<Item = Job>) -> impl Iterator<Item = Job> {
+    jobs.filter_map(|j| {
+        if j.is_cancelled() {
+            cancelled(j);
+            return None;
+        }
+        Some(j)
+    })
+}
+
 /// A worker was lost (`loss`) with `job` at the head of its queue, having got this far
 /// (`progress`). Returns the job if it must run again (re-queue it first); otherwise its
 /// outcome has been delivered.
 pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job> {
+    if job.is_cancelled() {
+        // Whatever killed the worker: what the job has left is not to run.
+        cancelled(job);
+        return None;
+    }
     let finished = match progress {
         Progress::Began { finished } => finished,
-        Progress::NotStarted if matches!(loss, Loss::Died(..) | Loss::Collateral) => {
+        Progress::NotStarted
+            if matches!(loss, Loss::Died(..) | Loss::Collateral | Loss::Cancelled) =>
+        {
             job.unstarted_losses += 1;
             if job.unstarted_losses <= FREE_UNSTARTED {
                 return Some(job);
@@ -154,7 +185,8 @@ pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job>
         match loss {
             Loss::TimedOut => job.fail_one(Error::timed_out()),
             Loss::Misbehaved(e) | Loss::Reported(e) => job.fail_one(e.duplicate()),
-            Loss::Collateral => {}
+            // Killed for another job's cancellation: this one is not to blame.
+            Loss::Collateral | Loss::Cancelled => {}
             Loss::Died(..) if job.retries_left > 0 => {
                 job.retries_left -= 1;
                 event!(
@@ -295,6 +327,41 @@ mod tests {
         let got = outcome(&slot);
         assert_eq!(got[3].as_ref().unwrap(), &30);
         assert!(got[4].as_ref().unwrap_err().is_timeout());
+    }
+
+    #[test]
+    fn a_cancelled_job_is_never_run_again_and_its_kill_spares_other_jobs() {
+        let watch = Watch::create(false).unwrap();
+        let (j, slot) = job(5, 3);
+        slot.cancel();
+        run_and_die(&watch, 0, 2);
+        let p = Progress::read(&watch, 0, &j);
+        assert!(
+            lost(j, p, &died()).is_none(),
+            "not re-run, even with retries left"
+        );
+        assert!(
+            slot.is_done() && slot.take().is_empty(),
+            "nothing delivered"
+        );
+        // Another job, running when its worker was killed for a cancellation: collateral.
+        let (j, _slot) = job(5, 1);
+        let watch = Watch::create(false).unwrap();
+        run_and_die(&watch, 0, 2);
+        let p = Progress::read(&watch, 0, &j);
+        let j = lost(j, p, &Loss::Cancelled).expect("re-run");
+        assert_eq!(
+            (j.next, j.retries_left),
+            (2, 1),
+            "items 0, 1 kept; nothing spent"
+        );
+        // Re-queued jobs: the cancelled ones are settled instead.
+        let (keep, _k) = job(1, 0);
+        let (drop, dropped) = job(1, 0);
+        dropped.cancel();
+        let again: Vec<Job> = requeued([keep, drop].into_iter()).collect();
+        assert_eq!(again.len(), 1);
+        assert!(!again[0].is_cancelled());
     }
 
     #[test]

@@ -66,6 +66,14 @@ impl Job {
         }
     }
 
+    /// True if the request it belongs to was cancelled: it is not to run any more.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        match &self.sink {
+            Sink::Slot(s, _) => s.is_cancelled(),
+            Sink::Channel(..) => false,
+        }
+    }
+
     /// Items not settled yet.
     pub(crate) fn left(&self) -> usize {
         self.items - self.next

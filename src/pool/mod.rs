@@ -1,5 +1,6 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
 
+mod completion;
 mod fate;
 mod imap;
 mod job;
@@ -9,6 +10,7 @@ mod result;
 mod shared;
 mod supervisor;
 
+pub use completion::{AsCompleted, ReturnWhen, as_completed, wait};
 pub use imap::{Imap, ImapUnordered};
 pub use result::AsyncResult;
 
@@ -471,7 +473,7 @@ impl Pool {
             Err(e) => return AsyncResult::failed(e),
         };
         match self.shared.submit([job]) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>),
+            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).cancellable(&self.shared),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -585,7 +587,7 @@ impl Pool {
             return AsyncResult::new(None, finish_map::<F::Out>);
         }
         match self.shared.submit(jobs) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_map::<F::Out>),
+            Ok(()) => AsyncResult::new(Some(slot), finish_map::<F::Out>).cancellable(&self.shared),
             Err(e) => AsyncResult::failed(e),
         }
     }

@@ -1,11 +1,14 @@
 //! Where a task's outcome lands ([`Slot`]) and the handle users hold ([`AsyncResult`]).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::shared::Shared;
 use crate::error::{Error, Result};
 
 /// What the supervisor delivers for one job: its items' outcomes, in order, in parts (one
@@ -75,16 +78,109 @@ const SPIN: Duration = Duration::from_micros(50);
 /// One-shot cells for the outcomes of a request's jobs (one for `apply`, one per chunk for
 /// `map`). The supervisor fills them in any order; waiters wake once, when the last arrives,
 /// so a `map` of thousands of chunks costs its caller one wake-up, not thousands.
+///
+/// A slot can be cancelled before its last outcome arrives: it is then done at once, its
+/// waiters wake, and later deliveries are dropped. The supervisor reads [`Slot::is_cancelled`]
+/// to withdraw the request's jobs (see `supervisor::cancel`).
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     ready: Condvar,
+    /// Set once, under the state lock, by `cancel`: read without it by the supervisor.
+    cancelled: AtomicBool,
 }
 
 struct SlotState {
     outcomes: Vec<Option<Outcome>>,
     remaining: usize,
     taken: bool,
+    cancelled: bool,
     waker: Option<Waker>,
+    /// Waiters on several slots at once (`as_completed`, `wait`), told when this one is done,
+    /// with the tag each gave.
+    watchers: Vec<(Arc<Notify>, usize)>,
+}
+
+impl SlotState {
+    fn is_done(&self) -> bool {
+        self.remaining == 0 || self.cancelled
+    }
+
+    /// Everyone to tell that the slot is done: called once, as it becomes done.
+    fn wake_all(&mut self) -> Wake {
+        (self.waker.take(), std::mem::take(&mut self.watchers))
+    }
+}
+
+/// Who to wake as a slot becomes done: the task waiting on it, and the multi-waiters.
+type Wake = (Option<Waker>, Vec<(Arc<Notify>, usize)>);
+
+fn tell(ready: &Condvar, (waker, watchers): Wake) {
+    ready.notify_all();
+    if let Some(w) = waker {
+        w.wake();
+    }
+    for (n, tag) in watchers {
+        n.notify(tag);
+    }
+}
+
+/// How [`Slot::cancel`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cancel {
+    /// Every outcome had arrived: too late.
+    Finished,
+    /// It was cancelled before.
+    Already,
+    /// Cancelled now.
+    Now,
+}
+
+/// A wake-up shared by many slots: a waiter on several handles sleeps on one of these, and
+/// learns which became done, in the order they did, from the tags they were watched with.
+#[derive(Default)]
+pub(crate) struct Notify {
+    done: Mutex<VecDeque<usize>>,
+    changed: Condvar,
+}
+
+impl Notify {
+    fn notify(&self, tag: usize) {
+        self.done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(tag);
+        self.changed.notify_all();
+    }
+
+    /// The tag of the next slot to have become done, waiting until `deadline` (for ever:
+    /// `None`) for one; `None` if none did by then.
+    pub(crate) fn next(&self, deadline: Option<Instant>) -> Option<usize> {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(tag) = done.pop_front() {
+                return Some(tag);
+            }
+            match deadline {
+                None => {
+                    done = self
+                        .changed
+                        .wait(done)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    done = self
+                        .changed
+                        .wait_timeout(done, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+    }
 }
 
 impl Default for Slot {
@@ -101,17 +197,21 @@ impl Slot {
                 outcomes: (0..n).map(|_| None).collect(),
                 remaining: n,
                 taken: false,
+                cancelled: false,
                 waker: None,
+                watchers: Vec::new(),
             }),
             ready: Condvar::new(),
+            cancelled: AtomicBool::new(false),
         }
     }
 
-    /// Delivers outcome `i`; the last one wakes every waiter. Repeated deliveries are ignored.
+    /// Delivers outcome `i`; the last one wakes every waiter. Repeated deliveries, and those
+    /// to a cancelled slot, are dropped.
     pub(crate) fn complete(&self, i: usize, outcome: Outcome) {
-        let waker = {
+        let wake = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if s.taken {
+            if s.taken || s.cancelled {
                 return;
             }
             match s.outcomes.get_mut(i) {
@@ -122,21 +222,59 @@ impl Slot {
             if s.remaining > 0 {
                 return;
             }
-            s.waker.take()
+            s.wake_all()
         };
-        self.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        tell(&self.ready, wake);
     }
 
-    /// True once every outcome was delivered.
+    /// Cancels the request unless every outcome has arrived; wakes every waiter if it does.
+    /// Outcomes delivered so far are dropped.
+    pub(crate) fn cancel(&self) -> Cancel {
+        let wake = {
+            let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.cancelled {
+                return Cancel::Already;
+            }
+            if s.remaining == 0 || s.taken {
+                return Cancel::Finished;
+            }
+            s.cancelled = true;
+            self.cancelled.store(true, Ordering::Release);
+            s.outcomes.clear();
+            s.wake_all()
+        };
+        tell(&self.ready, wake);
+        Cancel::Now
+    }
+
+    /// True once the request was cancelled: its jobs are not to run any more.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// True once every outcome was delivered, or the request was cancelled.
     pub(crate) fn is_done(&self) -> bool {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remaining
-            == 0
+            .is_done()
+    }
+
+    /// Asks for `n` to be told `tag` when the slot is done; false (and nothing registered)
+    /// if it is done already.
+    pub(crate) fn watch(&self, n: &Arc<Notify>, tag: usize) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.is_done() {
+            return false;
+        }
+        s.watchers.push((Arc::clone(n), tag));
+        true
+    }
+
+    /// Forgets every registration of `n` (by [`watch`](Slot::watch)).
+    pub(crate) fn unwatch(&self, n: &Arc<Notify>) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.watchers.retain(|(w, _)| !Arc::ptr_eq(w, n));
     }
 
     /// Blocks until all are delivered or `deadline` passes; true if all were delivered.
@@ -148,8 +286,7 @@ impl Slot {
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remaining
-                == 0
+                .is_done()
             {
                 return true;
             }
@@ -159,7 +296,7 @@ impl Slot {
             std::thread::yield_now();
         }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while s.remaining > 0 {
+        while !s.is_done() {
             match deadline {
                 None => s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner),
                 Some(d) => {
@@ -193,10 +330,10 @@ impl Slot {
     /// True if all delivered; otherwise remembers `waker` to wake on the last delivery.
     fn poll_done(&self, waker: &Waker) -> bool {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.remaining > 0 {
+        if !s.is_done() {
             s.waker = Some(waker.clone());
         }
-        s.remaining == 0
+        s.is_done()
     }
 }
 
@@ -227,12 +364,16 @@ pub(crate) type Finish<R> = fn(Vec<Outcome>) -> Result<R>;
 ///
 /// # Drop
 /// Dropping it does not cancel the task: the pool still runs it and discards the result.
+/// To stop it, [`cancel`](AsyncResult::cancel) it.
 #[must_use = "the result is only available through the handle"]
 pub struct AsyncResult<R> {
     slot: Option<Arc<Slot>>,
     finish: Finish<R>,
     value: Mutex<Option<Result<R>>>,
     taken: bool,
+    /// The pool whose supervisor withdraws the jobs of a cancelled handle; `None` for a
+    /// handle that cannot be cancelled (an MPI pool's).
+    pool: Option<Weak<Shared>>,
 }
 
 impl<R> AsyncResult<R> {
@@ -242,7 +383,96 @@ impl<R> AsyncResult<R> {
             finish,
             value: Mutex::new(None),
             taken: false,
+            pool: None,
         }
+    }
+
+    /// The handle of jobs queued on the local pool `shared`: [`cancel`](AsyncResult::cancel)
+    /// works on it.
+    pub(crate) fn cancellable(mut self, shared: &Arc<Shared>) -> AsyncResult<R> {
+        self.pool = Some(Arc::downgrade(shared));
+        self
+    }
+
+    /// Asks for `n` to be told `tag` when the result is available; false (and nothing
+    /// registered) if it is already.
+    pub(crate) fn watch(&self, n: &Arc<Notify>, tag: usize) -> bool {
+        match &self.slot {
+            Some(s) if !self.taken => s.watch(n, tag),
+            _ => false,
+        }
+    }
+
+    /// Forgets `n` (see [`watch`](AsyncResult::watch)).
+    pub(crate) fn unwatch(&self, n: &Arc<Notify>) {
+        if let Some(s) = &self.slot {
+            s.unwatch(n);
+        }
+    }
+
+    /// Cancels the task (every item of a `map_async` not finished yet), like Python's
+    /// `Future.cancel()`, but a running task is stopped too: a queued task never runs, and
+    /// the worker running it (with its process group: the task's subprocesses) is killed and
+    /// replaced. [`get`](AsyncResult::get) then fails with
+    /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), at once, and
+    /// [`ready`](AsyncResult::ready) and [`cancelled`](AsyncResult::cancelled) are true.
+    ///
+    /// Returns false if the result had already arrived (it stays available; nothing is
+    /// stopped), true if the task is now cancelled — or was already. Other tasks are not
+    /// affected, even those waiting in the killed worker: they run elsewhere. A `map_async`
+    /// cancelled half-way loses the results of its finished items too.
+    ///
+    /// Cancelling does not wait for the worker to die; the pool kills it at once and starts
+    /// a replacement. A task sent ahead to a worker (tasks shorter than about 200 µs are
+    /// queued in the worker, behind the running one) counts as running: it may begin before
+    /// its worker is killed. A handle from an MPI pool cannot be cancelled (false).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use mproc::{ErrorKind, Pool};
+    ///
+    /// fn nap(secs: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let slow = pool.apply_async(nap, 60);
+    /// assert!(slow.cancel()); // its worker is killed, not left to sleep a minute
+    /// assert!(slow.cancelled());
+    /// assert_eq!(slow.get().unwrap_err().kind(), ErrorKind::Cancelled);
+    ///
+    /// let quick = pool.apply_async(nap, 0);
+    /// quick.wait();
+    /// assert!(!quick.cancel(), "too late: it finished");
+    /// assert_eq!(quick.get()?, 0);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        let (Some(slot), Some(pool)) = (&self.slot, &self.pool) else {
+            return false;
+        };
+        if self.taken {
+            return false;
+        }
+        match slot.cancel() {
+            Cancel::Finished => false,
+            Cancel::Already => true,
+            Cancel::Now => {
+                // The supervisor withdraws the jobs (a pool gone has failed them already).
+                if let Some(shared) = pool.upgrade() {
+                    shared.cancelled();
+                }
+                true
+            }
+        }
+    }
+
+    /// True if [`cancel`](AsyncResult::cancel) stopped the task (Python's
+    /// `Future.cancelled()`).
+    pub fn cancelled(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.is_cancelled())
     }
 
     /// An already failed result (the pool refused the request).
@@ -252,7 +482,7 @@ impl<R> AsyncResult<R> {
         r
     }
 
-    /// True once the result is available (Python's `ready()`).
+    /// True once the result is available, or the task was cancelled (Python's `ready()`).
     pub fn ready(&self) -> bool {
         self.taken
             || self
@@ -292,7 +522,8 @@ impl<R> AsyncResult<R> {
     /// The task's panic ([`ErrorKind::Panicked`](crate::ErrorKind::Panicked)), the death of
     /// its worker ([`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied)), its timeout
     /// ([`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut), with
-    /// [`task_timeout`](crate::PoolBuilder::task_timeout)), or why the pool refused it.
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout)), its cancellation
+    /// ([`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)), or why the pool refused it.
     pub fn get(mut self) -> Result<R> {
         self.wait();
         self.take_value()
@@ -325,6 +556,9 @@ impl<R> AsyncResult<R> {
     }
 
     fn compute(&self) -> Result<R> {
+        if self.cancelled() {
+            return Err(Error::cancelled());
+        }
         let outcomes = self.slot.as_ref().map(|s| s.take()).unwrap_or_default();
         (self.finish)(outcomes)
     }
@@ -359,5 +593,52 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
         f.debug_struct("AsyncResult")
             .field("ready", &self.ready())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done() -> Outcome {
+        vec![Part::rest(Error::timed_out())]
+    }
+
+    #[test]
+    fn a_slot_cancels_once_and_only_before_its_last_outcome() {
+        let slot = Slot::new(2);
+        slot.complete(0, done());
+        assert!(!slot.is_done());
+        assert_eq!(slot.cancel(), Cancel::Now);
+        assert!(slot.is_done() && slot.is_cancelled());
+        assert!(slot.wait(Some(Instant::now())), "a waiter returns at once");
+        assert_eq!(slot.cancel(), Cancel::Already);
+        slot.complete(1, done());
+        assert!(
+            slot.take().is_empty(),
+            "deliveries after the cancel are dropped"
+        );
+        let finished = Slot::new(1);
+        finished.complete(0, done());
+        assert_eq!(finished.cancel(), Cancel::Finished);
+        assert!(!finished.is_cancelled());
+    }
+
+    #[test]
+    fn watchers_learn_completions_in_order_and_only_once() {
+        let n = Arc::new(Notify::default());
+        let slots: Vec<Slot> = (0..3).map(|_| Slot::new(1)).collect();
+        for (i, s) in slots.iter().enumerate() {
+            assert!(s.watch(&n, i));
+        }
+        slots[2].complete(0, done());
+        slots[0].cancel();
+        slots[1].unwatch(&n);
+        slots[1].complete(0, done());
+        let soon = Some(Instant::now() + Duration::from_millis(10));
+        assert_eq!(n.next(soon), Some(2));
+        assert_eq!(n.next(soon), Some(0));
+        assert_eq!(n.next(soon), None, "unwatched: not told");
+        assert!(!slots[1].watch(&n, 1), "done already: nothing to wait for");
     }
 }

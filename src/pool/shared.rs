@@ -71,6 +71,8 @@ pub(crate) struct Backlog {
     pub(crate) launched: Vec<Launch>,
     /// The supervisor has returned: the starter kills what it still launches.
     pub(crate) stopped: bool,
+    /// A handle was cancelled since the supervisor last looked: its jobs are to be withdrawn.
+    pub(crate) cancelled: bool,
 }
 
 /// An idle worker lent to a client thread for one `apply`: the client writes the task and
@@ -121,6 +123,13 @@ impl Shared {
         q.jobs.extend(jobs);
         self.wake_locked(q);
         Ok(())
+    }
+
+    /// A handle was cancelled: wakes the supervisor to withdraw its jobs.
+    pub(crate) fn cancelled(&self) {
+        let mut q = self.lock();
+        q.cancelled = true;
+        self.wake_locked(q);
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {

@@ -37,6 +37,7 @@ use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
 
 mod assign;
+mod cancel;
 mod reap;
 mod start;
 #[cfg(test)]
@@ -161,6 +162,7 @@ impl Supervisor {
                 }
             } else {
                 self.absorb_returned();
+                self.withdraw_cancelled();
                 self.fill();
                 self.assign();
                 self.publish(closed);
@@ -273,10 +275,12 @@ impl Supervisor {
         self.shared.lock().wake_pending = false;
     }
 
-    /// Puts jobs back at the front of the queue, in order.
+    /// Puts jobs back at the front of the queue, in order (those cancelled meanwhile are
+    /// settled instead).
     pub(super) fn requeue(&mut self, jobs: impl DoubleEndedIterator<Item = Job>) {
+        let jobs: Vec<Job> = fate::requeued(jobs).collect();
         let mut q = self.shared.lock();
-        for j in jobs.rev() {
+        for j in jobs.into_iter().rev() {
             q.jobs.push_front(j);
         }
     }

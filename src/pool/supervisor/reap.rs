@@ -103,6 +103,9 @@ impl Supervisor {
                 w.tasks += 1;
                 self.startup_failures = 0;
                 fate::answered(job, what);
+                // The job it runs next may have been cancelled while it waited there.
+                self.kill_if_cancelled(i);
+                let w = &mut self.workers[i];
                 if self
                     .config
                     .max_tasks_per_child
@@ -185,6 +188,8 @@ impl Supervisor {
         self.shared.live.store(live.count(), Ordering::Relaxed);
         event!(info, pid = w.child.pid(), id = w.id, status = %status, running = w.inflight.len(), "worker exited");
         let mut again = Vec::new();
+        // Killed for a cancellation before its first task: not a worker that cannot start.
+        let cancelled = matches!(w.loss, Some((Loss::Cancelled, _)));
         if let Some(job) = w.inflight.pop_front() {
             let snap = w.watch.snapshot();
             let loss = match w.loss.take() {
@@ -202,7 +207,7 @@ impl Supervisor {
         if let State::Init = w.state {
             self.break_pool(format!("the initializer died ({status})"));
         }
-        if !w.served && w.watch.started() == 0 {
+        if !w.served && w.watch.started() == 0 && !cancelled {
             self.startup_failures += 1;
             if self.startup_failures > 3 * self.config.processes.max(1) {
                 self.break_pool(format!(
