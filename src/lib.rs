@@ -192,7 +192,7 @@ pub use ipc::{
     RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
-pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder};
+pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, StarArgs};
 pub use process::{
     Builder, Process, ProcessInfo, StartMethod, Stdio, active_children, current_process,
     parent_process,

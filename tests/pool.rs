@@ -98,7 +98,8 @@ fn starmap_apply_and_closures() {
     let _leaks = common::leak_checked();
     let p = pool(2);
     assert_eq!(
-        p.starmap(add, vec![(1, 2), (3, 4), (-5, 5)]).unwrap(),
+        p.starmap(|a, b| add(a, b), vec![(1, 2), (3, 4), (-5, 5)])
+            .unwrap(),
         [3, 7, 0]
     );
     assert_eq!(p.apply(square, 9).unwrap(), 81);

@@ -164,7 +164,7 @@ fn a_crash_mid_chunk_fails_only_its_item_on_every_map_path() {
         }),
         ("starmap", {
             let pairs = pairs.clone();
-            Box::new(move |p: &Pool| p.starmap(abort_pair_at_3, pairs.clone()))
+            Box::new(move |p: &Pool| p.starmap(|a, b| abort_pair_at_3(a, b), &pairs))
         }),
         ("map_captured", {
             let items = items.clone();

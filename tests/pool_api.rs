@@ -1,0 +1,290 @@
+//! The `Pool` calls that porters of `multiprocessing.Pool` and `concurrent.futures` code reach
+//! for: borrowed items, `starmap` over 2 to 6 arguments and `starmap_async`, per-call chunk
+//! sizes for `imap`, and errors that name their item. The behaviour follows CPython's
+//! documentation of `Pool.starmap`, `Pool.imap(func, iterable, chunksize)` and the like; the
+//! code is ours.
+
+mod common;
+
+use std::sync::{Arc, mpsc};
+
+use common::LIMIT;
+use mproc::{ErrorKind, Pool};
+
+fn pool(n: usize) -> Arc<Pool> {
+    Arc::new(Pool::new(n).expect("a pool starts"))
+}
+
+/// Runs a blocking call on a thread of its own and waits for it at most [`LIMIT`]: the calls
+/// without a `_timeout` form (`map`, `starmap`) cannot hang a test.
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(LIMIT).expect("the call returns in time")
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn len(s: String) -> usize {
+    s.len()
+}
+
+fn panics_on_3(x: u64) -> u64 {
+    assert!(x != 3, "three is not allowed");
+    x
+}
+
+fn with_pid(x: u64) -> (u64, u32) {
+    (x, std::process::id())
+}
+
+fn aborts_on_5(x: u64) -> u64 {
+    if x == 5 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn map_takes_borrowed_items_without_cloning() {
+    let _leaks = common::leak_checked();
+    let p = pool(2);
+    let got = within({
+        let p = Arc::clone(&p);
+        move || {
+            let v: Vec<u64> = (1..=8).collect();
+            let borrowed = p.map(square, &v).unwrap();
+            let sliced = p.map(square, &v[2..4]).unwrap();
+            let chunked = p.map_chunked(square, &v, 3).unwrap();
+            let names = vec!["a".to_string(), "bcd".to_string()];
+            let lens = p.map(len, &names).unwrap();
+            // The owned forms infer as before.
+            let owned = p.map(square, v).unwrap();
+            let closure = p.map(|x: u64| x * x, 1..=8).unwrap();
+            let untyped = p.map(|x| x + 1, vec![1u64, 2]).unwrap();
+            (
+                borrowed, sliced, chunked, lens, owned, closure, untyped, names,
+            )
+        }
+    });
+    let squares = [1, 4, 9, 16, 25, 36, 49, 64];
+    assert_eq!(got.0, squares);
+    assert_eq!(got.1, [9, 16]);
+    assert_eq!(got.2, squares);
+    assert_eq!(got.3, [1, 3]);
+    assert_eq!(got.4, squares);
+    assert_eq!(got.5, squares);
+    assert_eq!(got.6, [2, 3]);
+    assert_eq!(got.7.len(), 2, "the borrowed names are still ours");
+
+    let v: Vec<u64> = (1..=8).collect();
+    let mut r = p.map_async(square, &v);
+    drop(v); // encoded when map_async returned
+    assert_eq!(r.get_timeout(LIMIT).unwrap(), squares);
+    let v: Vec<u64> = (1..=8).collect();
+    let mut it = p.imap(square, &v);
+    let mut ordered = Vec::new();
+    while let Some(r) = it.next_timeout(LIMIT) {
+        ordered.push(r.unwrap());
+    }
+    assert_eq!(ordered, squares);
+    let mut it = p.imap_unordered(square, v.iter());
+    let mut unordered = Vec::new();
+    while let Some(r) = it.next_timeout(LIMIT) {
+        unordered.push(r.unwrap());
+    }
+    unordered.sort_unstable();
+    assert_eq!(unordered, squares);
+}
+
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn sum3(a: u8, b: u16, c: u32) -> u64 {
+    u64::from(a) + u64::from(b) + u64::from(c)
+}
+
+fn join4(a: String, b: char, c: bool, d: i32) -> String {
+    format!("{a}{b}{c}{d}")
+}
+
+fn sum5(a: u64, b: u64, c: u64, d: u64, e: u64) -> u64 {
+    a + b + c + d + e
+}
+
+fn sum6(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> u64 {
+    a + b + c + d + e + f
+}
+
+fn pair_panics_on_3(a: u64, b: u64) -> u64 {
+    panics_on_3(a) + b
+}
+
+#[test]
+fn starmap_runs_functions_of_two_to_six_arguments() {
+    let _leaks = common::leak_checked();
+    let p = pool(2);
+    let got = within({
+        let p = Arc::clone(&p);
+        move || {
+            let pairs = vec![(1, 2), (3, 4), (-5, 5)];
+            let two = p.starmap(|a, b| add(a, b), &pairs).unwrap();
+            let owned = p.starmap(|a, b| add(a, b), pairs).unwrap();
+            let pointer = p.starmap(add as fn(i64, i64) -> i64, [(2, 2)]).unwrap();
+            let three = p.starmap(|a, b, c| sum3(a, b, c), [(1, 2, 3)]).unwrap();
+            let four = p
+                .starmap(
+                    |a, b, c, d| join4(a, b, c, d),
+                    [("x".to_string(), 'y', true, -1)],
+                )
+                .unwrap();
+            let five = p
+                .starmap(|a, b, c, d, e| sum5(a, b, c, d, e), [(1, 2, 3, 4, 5)])
+                .unwrap();
+            let six = p
+                .starmap(
+                    |a, b, c, d, e, f| sum6(a, b, c, d, e, f),
+                    &[(1, 2, 3, 4, 5, 6)],
+                )
+                .unwrap();
+            (two, owned, pointer, three, four, five, six)
+        }
+    });
+    assert_eq!(got.0, [3, 7, 0]);
+    assert_eq!(got.1, [3, 7, 0]);
+    assert_eq!(got.2, [4]);
+    assert_eq!(got.3, [6]);
+    assert_eq!(got.4, ["xytrue-1"]);
+    assert_eq!(got.5, [15]);
+    assert_eq!(got.6, [21]);
+}
+
+#[test]
+fn starmap_async_hands_back_a_handle() {
+    let _leaks = common::leak_checked();
+    let p = pool(2);
+    let pairs: Vec<(i64, i64)> = (0..20).map(|i| (i, 2 * i)).collect();
+    let mut r = p.starmap_async(|a, b| add(a, b), &pairs);
+    let want: Vec<i64> = pairs.iter().map(|&(a, b)| a + b).collect();
+    assert_eq!(r.get_timeout(LIMIT).unwrap(), want);
+    let mut r = p.starmap_async(|a, b| pair_panics_on_3(a, b), (0..6).map(|i| (i, 0)));
+    let e = r.get_timeout(LIMIT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Panicked);
+    assert_eq!(e.index(), Some(3));
+}
+
+/// Each run of `chunk` consecutive results came from one worker: one chunk, one worker.
+fn chunks_on_one_worker(results: &[(u64, u32)], chunk: usize) -> bool {
+    let mut by_item = results.to_vec();
+    by_item.sort_unstable();
+    by_item
+        .chunks(chunk)
+        .all(|c| c.iter().all(|&(_, pid)| pid == c[0].1))
+}
+
+#[test]
+fn imap_chunked_sets_the_chunk_size_per_call() {
+    let _leaks = common::leak_checked();
+    let p = pool(2);
+    let mut it = p.imap_chunked(with_pid, 0..40, 10);
+    let mut ordered = Vec::new();
+    while let Some(r) = it.next_timeout(LIMIT) {
+        ordered.push(r.unwrap());
+    }
+    assert_eq!(
+        ordered.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (0..40).collect::<Vec<_>>()
+    );
+    assert!(chunks_on_one_worker(&ordered, 10), "{ordered:?}");
+    let mut it = p.imap_unordered_chunked(with_pid, 0..40, 10);
+    let mut unordered = Vec::new();
+    while let Some(r) = it.next_timeout(LIMIT) {
+        unordered.push(r.unwrap());
+    }
+    assert_eq!(unordered.len(), 40);
+    assert!(chunks_on_one_worker(&unordered, 10), "{unordered:?}");
+    // A chunk size of 0 means 1, as the pool-wide setting does.
+    let mut it = p.imap_chunked(square, [3], 0);
+    assert_eq!(it.next_timeout(LIMIT).unwrap().unwrap(), 9);
+    assert!(it.next_timeout(LIMIT).is_none());
+}
+
+/// The message of `e` after its "item N (worker pid P): " prefix, checking both.
+fn placed(e: &mproc::Error, index: usize) -> String {
+    assert_eq!(e.index(), Some(index), "{e}");
+    let pid = e.worker_pid().expect("the worker is known");
+    assert_ne!(pid, std::process::id(), "a worker's pid, not ours");
+    let text = e.to_string();
+    let prefix = format!("item {index} (worker pid {pid}): ");
+    text.strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{text:?} starts with {prefix:?}"))
+        .to_string()
+}
+
+#[test]
+fn errors_name_their_item_and_worker_on_every_map_path() {
+    let _leaks = common::leak_checked();
+    let p = pool(2);
+    let items: Vec<u64> = (0..8).collect();
+    let mut chunked = p.map_async(panics_on_3, &items);
+    let e = chunked.get_timeout(LIMIT).unwrap_err();
+    let rest = placed(&e, 3);
+    assert!(
+        rest.starts_with("the task panicked: three is not allowed"),
+        "{rest}"
+    );
+    let e = within({
+        let p = Arc::clone(&p);
+        move || p.map_chunked(panics_on_3, 0..8, 1).unwrap_err()
+    });
+    placed(&e, 3);
+    let e = within({
+        let p = Arc::clone(&p);
+        move || p.starmap(|a, b| pair_panics_on_3(a, b), [(5, 0), (4, 0), (3, 0)])
+    })
+    .unwrap_err();
+    placed(&e, 2);
+
+    let mut it = p.imap_chunked(panics_on_3, 0..8, 3);
+    let mut failed = Vec::new();
+    let mut k = 0;
+    while let Some(r) = it.next_timeout(LIMIT) {
+        if let Err(e) = r {
+            placed(&e, k);
+            failed.push(k);
+        }
+        k += 1;
+    }
+    assert_eq!(failed, [3]);
+    let mut it = p.imap_unordered_chunked(panics_on_3, 0..8, 3);
+    let mut failed = Vec::new();
+    while let Some(r) = it.next_timeout(LIMIT) {
+        if let Err(e) = r {
+            placed(&e, 3);
+            failed.push(e.index());
+        }
+    }
+    assert_eq!(failed, [Some(3)]);
+
+    // A death names its item too; the rest of the map still ran.
+    let mut died = p.map_async(aborts_on_5, 0..8);
+    let e = died.get_timeout(LIMIT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied);
+    let rest = placed(&e, 5);
+    assert!(rest.starts_with("the worker process died"), "{rest}");
+
+    // apply: no index, and the message as before.
+    let mut one = p.apply_async(panics_on_3, 3);
+    let e = one.get_timeout(LIMIT).unwrap_err();
+    assert_eq!((e.index(), e.worker_pid()), (None, None));
+    assert!(
+        e.to_string()
+            .starts_with("the task panicked: three is not allowed"),
+        "{e}"
+    );
+}
