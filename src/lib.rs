@@ -82,10 +82,32 @@
 //! the lock was abandoned ([`LockGuard::was_abandoned`]), where Python deadlocks everyone.
 //!
 //! # Shared memory
-//! [`Value`] and [`Array`] hold plain-old-data (`bytemuck::Pod`) in shared memory behind a
+//! [`Value`] and [`Array`] hold plain-old-data ([`Pod`]) in shared memory behind a
 //! robust lock, like Python's `Value` and `Array` with `lock=True`; a worker writing into an
 //! `Array` is seen by the parent without a copy. [`SharedMemory`] is a raw block of bytes that
 //! an unrelated process can open by [`name`](SharedMemory::name).
+//!
+//! A struct of your own goes in a `Value` with mproc's re-export of bytemuck's derives (no
+//! `bytemuck` dependency of yours needed; the `crate` attribute points the derive at it):
+//!
+//! ```
+//! #[derive(Clone, Copy, Debug, PartialEq, mproc::Pod, mproc::Zeroable)]
+//! #[bytemuck(crate = "mproc::bytemuck")]
+//! #[repr(C)]
+//! struct Point {
+//!     x: f64,
+//!     y: f64,
+//! }
+//!
+//! fn shift(p: mproc::Value<Point>) {
+//!     p.lock().expect("the lock").x += 1.0;
+//! }
+//!
+//! let p = mproc::Value::new(Point { x: 1.0, y: 2.0 })?;
+//! mproc::Process::spawn(shift, p.clone())?.join()?;
+//! assert_eq!(p.get()?, Point { x: 2.0, y: 2.0 });
+//! # Ok::<(), mproc::Error>(())
+//! ```
 //!
 //! Every one of these objects is an anonymous memory file (`memfd`): the kernel frees it when
 //! the last process holding it exits, however it exits. Nothing is created in `/dev/shm`, so
@@ -184,6 +206,13 @@ pub mod __fuzz {
     }
 }
 
+/// The [bytemuck](https://docs.rs/bytemuck) crate mproc uses, for the derives' `crate`
+/// attribute (`#[bytemuck(crate = "mproc::bytemuck")]`) and its casts.
+pub use bytemuck;
+/// bytemuck's traits for plain-old-data, which [`Value`] and [`Array`] need, and (in the
+/// macro namespace) their derives: `#[derive(mproc::Pod, mproc::Zeroable)]` with
+/// `#[bytemuck(crate = "mproc::bytemuck")]` (see [Shared memory](crate#shared-memory)).
+pub use bytemuck::{Pod, Zeroable};
 pub use capture::Captured;
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
 pub use ipc::{Array, ArrayGuard, Connection, SharedMemory, Value, ValueGuard, pipe};

@@ -19,7 +19,9 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -
                 return false;
             }
             Some(libc::timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                // `as _`: `time_t` is a deprecated name on musl (it is to change width there);
+                // capped where any width holds it (68 years: the caller waits again).
+                tv_sec: left.as_secs().min(i32::MAX as u64) as _,
                 tv_nsec: left.subsec_nanos() as libc::c_long,
             })
         }

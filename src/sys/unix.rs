@@ -727,8 +727,10 @@ pub(crate) fn socket_pair() -> io::Result<(
 /// `WouldBlock`.
 pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
+        // `as _`: `time_t` and `suseconds_t` are deprecated names on musl (they are to change
+        // width there); capped where any width holds it (68 years).
+        tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+        tv_usec: t.subsec_micros() as _,
     };
     // SAFETY: `tv` is a valid timeval for the duration of the call, with its exact size given.
     cvt(unsafe {
