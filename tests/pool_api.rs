@@ -288,3 +288,49 @@ fn errors_name_their_item_and_worker_on_every_map_path() {
         "{e}"
     );
 }
+
+const THREAD_VARS: [&str; 6] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
+
+fn thread_vars(_: ()) -> Vec<Option<String>> {
+    THREAD_VARS.iter().map(|v| std::env::var(v).ok()).collect()
+}
+
+fn worker_thread_vars(b: mproc::PoolBuilder) -> Vec<Option<String>> {
+    let p = b.processes(2).build().expect("a pool starts");
+    p.apply_async(thread_vars, ())
+        .get_timeout(LIMIT)
+        .expect("the task runs")
+}
+
+#[test]
+fn threads_per_worker_sets_every_library_thread_count() {
+    let _leaks = common::leak_checked();
+    let three = worker_thread_vars(Pool::builder().threads_per_worker(3));
+    assert!(three.iter().all(|v| v.as_deref() == Some("3")), "{three:?}");
+    // `env` wins over it, whatever the order.
+    let got = worker_thread_vars(
+        Pool::builder()
+            .env("MKL_NUM_THREADS", "7")
+            .threads_per_worker(3),
+    );
+    assert_eq!(got[2].as_deref(), Some("7"));
+    assert_eq!(got[0].as_deref(), Some("3"));
+    // The default: this process's CPUs over the workers, unless the environment says.
+    let default = worker_thread_vars(Pool::builder());
+    let share = (mproc::cpu_count() / 2).max(1).to_string();
+    for (var, got) in THREAD_VARS.iter().zip(&default) {
+        let want = std::env::var(var).unwrap_or_else(|_| share.clone());
+        assert_eq!(got.as_deref(), Some(want.as_str()), "{var}");
+    }
+    // 0 sets nothing: the workers see what this process has.
+    let none = worker_thread_vars(Pool::builder().threads_per_worker(0));
+    let ours: Vec<Option<String>> = thread_vars(());
+    assert_eq!(none, ours);
+}

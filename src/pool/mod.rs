@@ -126,7 +126,20 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     max_retries: u32,
     chunksize: Option<usize>,
+    /// `threads_per_worker`, if set (0: set nothing).
+    threads_per_worker: Option<usize>,
 }
+
+/// The variables that size the thread pools of OpenMP, the BLAS libraries, numexpr and rayon,
+/// as joblib sets them (`inner_max_num_threads`).
+pub(crate) const THREAD_VARS: [&str; 6] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
 
 impl PoolBuilder {
     /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
@@ -214,6 +227,33 @@ impl PoolBuilder {
             .push((PROCESS_LIMIT_ENV.into(), n.to_string().into()));
         self
     }
+    /// Caps the threads each worker's libraries start: sets `OMP_NUM_THREADS`,
+    /// `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, `VECLIB_MAXIMUM_THREADS`,
+    /// `NUMEXPR_NUM_THREADS` and `RAYON_NUM_THREADS` to `n` in every worker, as joblib's
+    /// `inner_max_num_threads` does, so that N workers running a multithreaded library do not
+    /// start N times a thread per CPU. `n = 0` sets none of them.
+    ///
+    /// **The default** is the CPUs this process may use divided by the workers
+    /// (`cpu_count() / processes`, at least 1), joblib's choice: a pool already runs one
+    /// worker per CPU, and a BLAS call or a rayon `par_iter` in each of them starting one
+    /// thread per CPU again slows everything down. The default never overrides a variable set
+    /// in this process's environment (the operator's `OMP_NUM_THREADS=4 ./app`) or with
+    /// [`env`](PoolBuilder::env). An explicit `threads_per_worker(n)` overrides the inherited
+    /// environment, but not `env`.
+    ///
+    /// ```
+    /// fn omp(_: ()) -> Option<String> {
+    ///     std::env::var("OMP_NUM_THREADS").ok()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).threads_per_worker(2).build()?;
+    /// assert_eq!(pool.apply(omp, ())?.as_deref(), Some("2"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn threads_per_worker(mut self, n: usize) -> PoolBuilder {
+        self.threads_per_worker = Some(n);
+        self
+    }
     /// Sets an environment variable in every worker.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> PoolBuilder {
         self.spec.env.push((key.into(), value.into()));
@@ -278,6 +318,9 @@ impl PoolBuilder {
             None => None,
         };
         let mut spec = self.spec;
+        let threads = thread_vars(self.threads_per_worker, processes, &spec.env);
+        // First, so that a variable set with `env` comes later and wins.
+        spec.env.splice(0..0, threads);
         spec.stdio[0] = Stdio::Null;
         let parent_name = crate::current_process().name().to_string();
         spec.env
@@ -823,6 +866,26 @@ impl std::fmt::Debug for Pool {
             .field("processes", &self.processes)
             .finish()
     }
+}
+
+/// The thread-count variables for the workers (see [`PoolBuilder::threads_per_worker`]):
+/// `explicit` if set (0: none), else `cpu_count / processes`; never one set in `env`, and for
+/// the default, never one set in this process's environment.
+fn thread_vars(
+    explicit: Option<usize>,
+    processes: usize,
+    env: &[(OsString, OsString)],
+) -> Vec<(OsString, OsString)> {
+    let n = explicit.unwrap_or_else(|| (crate::cpu_count() / processes.max(1)).max(1));
+    if n == 0 {
+        return Vec::new();
+    }
+    THREAD_VARS
+        .iter()
+        .filter(|var| !env.iter().any(|(k, _)| k == **var))
+        .filter(|var| explicit.is_some() || std::env::var_os(var).is_none())
+        .map(|var| (OsString::from(var), OsString::from(n.to_string())))
+        .collect()
 }
 
 /// Makes a job of a chunk of items: how the items of a request are encoded.
