@@ -175,6 +175,11 @@ impl Error {
         self
     }
 
+    /// The error without its item (for a call of one item, like `apply`).
+    pub(crate) fn unplaced(self) -> Error {
+        self.placed(None)
+    }
+
     /// Marks the error as item `index`'s, run by the worker `pid` (if known).
     pub(crate) fn at_item(self, index: usize, pid: Option<u32>) -> Error {
         self.placed(Some(At { index, pid }))

@@ -392,7 +392,7 @@ pub(crate) fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
 }
 
 /// A `Panic` frame carrying `p`.
-fn encode_panic(p: &RemotePanic) -> Vec<u8> {
+pub(crate) fn encode_panic(p: &RemotePanic) -> Vec<u8> {
     let mut out = msg::begin_panic();
     match codec::encode_into(p, &mut out.buf) {
         Ok(()) => out.finish(),

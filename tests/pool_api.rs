@@ -4,6 +4,11 @@
 //! documentation of `Pool.starmap`, `Pool.imap(func, iterable, chunksize)` and the like; the
 //! code is ours.
 
+// `|a, b| add(a, b)` is how a named function goes to `starmap` (see `StarArgs`); clippy's
+// `redundant_closure` suggests `add` instead, which does not compile there (the closure is
+// coerced to a function pointer whose type the tuples decide).
+#![allow(clippy::redundant_closure)]
+
 mod common;
 
 use std::sync::{Arc, mpsc};
@@ -333,4 +338,161 @@ fn threads_per_worker_sets_every_library_thread_count() {
     let none = worker_thread_vars(Pool::builder().threads_per_worker(0));
     let ours: Vec<Option<String>> = thread_vars(());
     assert_eq!(none, ours);
+}
+
+/// A worker's state: which process built it, and how many tasks used it since.
+struct Counter {
+    built_by: u32,
+    uses: u64,
+}
+
+fn new_counter(start: u64) -> Counter {
+    Counter {
+        built_by: std::process::id(),
+        uses: start,
+    }
+}
+
+/// (pid now, pid that built the state, uses so far including this one)
+fn count(c: &mut Counter, _: u64) -> (u32, u32, u64) {
+    c.uses += 1;
+    (std::process::id(), c.built_by, c.uses)
+}
+
+fn count_or_abort(c: &mut Counter, x: u64) -> (u32, u32, u64) {
+    if x == 13 {
+        std::process::abort();
+    }
+    count(c, x)
+}
+
+/// Per worker, the uses in the order they happened: 1, 2, 3... if the state lasted.
+fn uses_by_worker(runs: &[(u32, u32, u64)]) -> std::collections::HashMap<u32, Vec<u64>> {
+    let mut by = std::collections::HashMap::<u32, Vec<u64>>::new();
+    for &(pid, built_by, uses) in runs {
+        assert_eq!(pid, built_by, "a state is its own worker's");
+        by.entry(pid).or_default().push(uses);
+    }
+    for uses in by.values_mut() {
+        uses.sort_unstable();
+    }
+    by
+}
+
+#[test]
+fn worker_state_is_built_once_per_worker_and_kept() {
+    let _leaks = common::leak_checked();
+    let p = Arc::new(
+        Pool::builder()
+            .processes(2)
+            .worker_state(new_counter, 0)
+            .build()
+            .unwrap(),
+    );
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.extend(
+            p.map_with_state_async(count, 0..10)
+                .get_timeout(LIMIT)
+                .unwrap(),
+        );
+    }
+    let one = within({
+        let p = Arc::clone(&p);
+        move || p.apply_with_state(count, 0).unwrap()
+    });
+    runs.push(one);
+    let by = uses_by_worker(&runs);
+    assert!(by.len() <= 2, "{by:?}");
+    for uses in by.values() {
+        let want: Vec<u64> = (1..=uses.len() as u64).collect();
+        assert_eq!(uses, &want, "one state per worker, kept across calls");
+    }
+}
+
+#[test]
+fn a_replaced_worker_builds_a_fresh_state() {
+    let _leaks = common::leak_checked();
+    // Retired after every chunk: each chunk's worker is new, its state too.
+    let p = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .worker_state(new_counter, 100)
+        .build()
+        .unwrap();
+    let runs = p
+        .map_with_state_async(count, 0..8)
+        .get_timeout(LIMIT)
+        .unwrap();
+    let by = uses_by_worker(&runs);
+    for uses in by.values() {
+        assert_eq!(uses[0], 101, "a fresh state in every worker: {by:?}");
+    }
+    // A crash replaces the worker; the one after it builds its own state.
+    let p = Pool::builder()
+        .processes(2)
+        .worker_state(new_counter, 0)
+        .build()
+        .unwrap();
+    let e = p
+        .map_with_state_async(count_or_abort, 10..16)
+        .get_timeout(LIMIT)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied);
+    assert_eq!(e.index(), Some(3));
+    let crashed = e.worker_pid().expect("the worker is known");
+    let runs = p
+        .map_with_state_async(count, 0..20)
+        .get_timeout(LIMIT)
+        .unwrap();
+    let by = uses_by_worker(&runs);
+    assert!(!by.contains_key(&crashed), "the crashed worker is gone");
+}
+
+struct Other;
+
+fn other(_: &mut Other, x: u64) -> u64 {
+    x
+}
+
+fn boom(_: u64) -> Counter {
+    panic!("no model today")
+}
+
+#[test]
+fn state_calls_without_the_right_state_say_so() {
+    let _leaks = common::leak_checked();
+    let plain = Pool::new(2).unwrap();
+    let e = plain
+        .map_with_state_async(count, [1])
+        .get_timeout(LIMIT)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Usage);
+    assert!(e.to_string().contains("no worker state"), "{e}");
+    let p = Pool::builder()
+        .processes(2)
+        .worker_state(new_counter, 0)
+        .build()
+        .unwrap();
+    // Refused before anything is sent: it returns at once.
+    let e = p.apply_with_state(other, 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Usage);
+    let text = e.to_string();
+    assert!(
+        text.contains("Counter") && text.contains("Other"),
+        "names both types: {text}"
+    );
+    // A constructor that panics fails the items that needed it, and says where.
+    let p = Pool::builder()
+        .processes(2)
+        .worker_state(boom, 0)
+        .build()
+        .unwrap();
+    let e = p
+        .map_with_state_async(count, 0..4)
+        .get_timeout(LIMIT)
+        .unwrap_err();
+    let panic = e.remote_panic().expect("a panic");
+    assert_eq!(panic.message(), "building the worker state: no model today");
+    assert_eq!(e.index(), Some(0));
 }

@@ -51,7 +51,9 @@ mod sealed {
 /// already known, which it is not yet when the function comes first: wrap it in a closure,
 /// `|a, b, c| volume(a, b, c)` (the compiler's "type mismatch resolving `<(..) as
 /// StarArgs>::Fn<_> == fn(..) {volume}`" means that), or give its type,
-/// `volume as fn(u64, u64, u64) -> u64`.
+/// `volume as fn(u64, u64, u64) -> u64`. Clippy's `redundant_closure` lint suggests dropping
+/// such a closure; that suggestion does not compile here (allow the lint where you call
+/// `starmap`, or use the cast).
 ///
 /// ```
 /// fn volume(l: u64, w: u64, h: u64) -> u64 {

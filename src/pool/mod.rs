@@ -8,6 +8,7 @@ mod lease;
 mod reply;
 mod result;
 mod shared;
+mod state;
 mod supervisor;
 
 pub use args::StarArgs;
@@ -94,6 +95,8 @@ pub struct Pool {
     max_retries: u32,
     chunksize: Option<usize>,
     task_timeout: Option<Duration>,
+    /// How workers build their state, with `worker_state`.
+    state: Option<state::StateSpec>,
 }
 
 /// Configures a [`Pool`]; Python's `Pool(...)` keyword arguments and more.
@@ -128,6 +131,8 @@ pub struct PoolBuilder {
     chunksize: Option<usize>,
     /// `threads_per_worker`, if set (0: set nothing).
     threads_per_worker: Option<usize>,
+    /// How workers build their state, with `worker_state`.
+    state: Option<state::StateSpec>,
 }
 
 /// The variables that size the thread pools of OpenMP, the BLAS libraries, numexpr and rayon,
@@ -356,6 +361,7 @@ impl PoolBuilder {
             max_retries: self.max_retries,
             chunksize: self.chunksize,
             task_timeout: self.task_timeout,
+            state: self.state,
         })
     }
 }
@@ -503,7 +509,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let items: Vec<T> = items.into_iter().collect();
-        self.map_chunks(Star(f), Pool::job_of_tuples::<T>, items, None)
+        let fnref = FnRef::chunked(Star(f));
+        self.map_chunks::<Star<T::Fn<R>>, T>(fnref, Pool::job_of_tuples::<T>, items, None)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: Python's `apply`.
@@ -734,13 +741,15 @@ impl Pool {
         items: Vec<T>,
         chunksize: Option<usize>,
     ) -> AsyncResult<Vec<F::Out>> {
-        self.map_chunks(f, Pool::job::<F::Args, T>, items, chunksize)
+        let fnref = FnRef::chunked(f);
+        self.map_chunks::<F, T>(fnref, Pool::job::<F::Args, T>, items, chunksize)
     }
 
-    /// Cuts `items` into chunks, each made a job by `job`, and submits them.
+    /// Cuts `items` into chunks for the function `fnref`, of type `F`, each made a job by
+    /// `job`, and submits them.
     fn map_chunks<F: Callable, T>(
         &self,
-        f: F,
+        fnref: Option<FnRef>,
         job: MakeJob<T>,
         items: Vec<T>,
         chunksize: Option<usize>,
@@ -748,7 +757,6 @@ impl Pool {
         let chunksize = chunksize
             .or(self.chunksize)
             .unwrap_or_else(|| auto_chunksize(items.len(), self.processes));
-        let fnref = FnRef::chunked(f);
         let chunks = items.chunks(chunksize.max(1));
         let slot = Arc::new(Slot::new(chunks.len()));
         let mut jobs = Vec::with_capacity(chunks.len());
