@@ -496,3 +496,44 @@ fn state_calls_without_the_right_state_say_so() {
     assert_eq!(panic.message(), "building the worker state: no model today");
     assert_eq!(e.index(), Some(0));
 }
+
+fn own_comm(_: ()) -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("comm is readable")
+        .trim_end()
+        .to_string()
+}
+
+/// This test program's name as the kernel keeps it (its first 15 bytes).
+fn program_comm() -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let name = exe.file_name().expect("a file name").to_string_lossy();
+    name.chars()
+        .scan(0, |n, c| {
+            *n += c.len_utf8();
+            (*n <= 15).then_some(c)
+        })
+        .collect()
+}
+
+#[test]
+fn workers_show_the_program_name_in_ps() {
+    let _leaks = common::leak_checked();
+    let program = program_comm();
+    let p = pool(2);
+    let comm = p.apply_async(own_comm, ()).get_timeout(LIMIT).unwrap();
+    assert_eq!(comm, program, "a pool worker shows the program, not `exe`");
+    let named = mproc::Process::builder()
+        .name("w1")
+        .spawn(own_comm, ())
+        .unwrap()
+        .join_timeout(LIMIT)
+        .unwrap();
+    let cut: String = program.chars().take(12).collect();
+    assert_eq!(named, format!("{cut}:w1"), "a named child shows its name");
+    let unnamed = mproc::Process::spawn(own_comm, ())
+        .unwrap()
+        .join_timeout(LIMIT)
+        .unwrap();
+    assert_eq!(unnamed, program);
+}
