@@ -35,7 +35,9 @@
 //! that panics fails alone; a worker that crashes or is killed fails only the task it was
 //! running (or that task is re-run, [`max_retries`](PoolBuilder::max_retries)) and is
 //! replaced; [`task_timeout`](PoolBuilder::task_timeout) kills runaway tasks; the pool never
-//! hangs on a lost worker.
+//! hangs on a lost worker. A failed item's error says which item it was
+//! ([`Error::index`]). Each worker may keep a state of its own, built once
+//! ([`PoolBuilder::worker_state`], [`Pool::map_with_state`]).
 //!
 //! ```
 //! fn square(x: u64) -> u64 {

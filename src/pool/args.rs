@@ -11,15 +11,15 @@ use crate::sys::fnptr::Callable;
 
 /// A chunk of items encoded as the `Vec<A>` the worker decodes, each item read through its
 /// borrow: `map(f, &v)` sends `v`'s values without cloning them first.
-pub(crate) struct Borrowed<'a, A: ?Sized, T>(pub(crate) &'a [T], PhantomData<fn(&A)>);
+pub(crate) struct ByBorrow<'a, A: ?Sized, T>(pub(crate) &'a [T], PhantomData<fn(&A)>);
 
-impl<'a, A: ?Sized, T> Borrowed<'a, A, T> {
+impl<'a, A: ?Sized, T> ByBorrow<'a, A, T> {
     pub(crate) fn new(items: &'a [T]) -> Self {
-        Borrowed(items, PhantomData)
+        ByBorrow(items, PhantomData)
     }
 }
 
-impl<A: Serialize + ?Sized, T: Borrow<A>> Serialize for Borrowed<'_, A, T> {
+impl<A: Serialize + ?Sized, T: Borrow<A>> Serialize for ByBorrow<'_, A, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // The same encoding as `Vec<A>`: a length, then the values.
         s.collect_seq(self.0.iter().map(Borrow::<A>::borrow))
@@ -147,12 +147,12 @@ mod tests {
         let refs: Vec<&u64> = v.iter().collect();
         let owned = codec::encode(&v).unwrap();
         assert_eq!(
-            codec::encode(&Borrowed::<u64, _>::new(&refs)).unwrap(),
+            codec::encode(&ByBorrow::<u64, _>::new(&refs)).unwrap(),
             owned
         );
-        assert_eq!(codec::encode(&Borrowed::<u64, _>::new(&v)).unwrap(), owned);
+        assert_eq!(codec::encode(&ByBorrow::<u64, _>::new(&v)).unwrap(), owned);
         let names = vec!["a".to_string(), "bc".to_string()];
-        let as_str = codec::encode(&Borrowed::<str, _>::new(&names)).unwrap();
+        let as_str = codec::encode(&ByBorrow::<str, _>::new(&names)).unwrap();
         assert_eq!(as_str, codec::encode(&names).unwrap());
     }
 

@@ -33,7 +33,7 @@ use crate::sys::identity;
 use crate::task::chunk::Items;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
-use args::{Borrowed, Star};
+use args::{ByBorrow, Star};
 use job::{Job, Sink};
 #[cfg(feature = "mpi")]
 pub(crate) use lease::{Borrowed, Loss, Reply};
@@ -782,7 +782,7 @@ impl Pool {
         f: Option<FnRef>,
         chunk: &[T],
     ) -> Result<(Vec<u8>, Fds)> {
-        encode_chunk::<A>(f, &Borrowed::<A, T>::new(chunk), chunk.len())
+        encode_chunk::<A>(f, &ByBorrow::<A, T>::new(chunk), chunk.len())
     }
 
     /// Encodes a chunk of arguments into a job.

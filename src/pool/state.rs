@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::args::Borrowed;
+use super::args::ByBorrow;
 use super::job::{Job, Sink};
 use super::{AsyncResult, Pool, PoolBuilder, encode_chunk};
 use crate::error::{Error, Result};
@@ -195,7 +195,7 @@ impl Pool {
         let init = spec
             .init
             .ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
-        let items = Borrowed::<A, T>::new(chunk);
+        let items = ByBorrow::<A, T>::new(chunk);
         let value = StateChunk {
             key: spec.key,
             init,
