@@ -98,6 +98,14 @@ impl Error {
     pub(crate) fn worker_died_of(status: ExitStatus, cause: &'static str) -> Error {
         Error::new(Repr::WorkerDied(status, Some(cause)))
     }
+    /// The cause a dead worker announced (see [`Error::worker_died_of`]), if any.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn death_cause(&self) -> Option<&'static str> {
+        match &*self.repr {
+            Repr::WorkerDied(_, cause) => *cause,
+            _ => None,
+        }
+    }
     pub(crate) fn timed_out() -> Error {
         Error::new(Repr::TimedOut)
     }
@@ -256,13 +264,13 @@ impl Error {
     }
 }
 
-/// What an exit code means when mproc's worker loop chose it (`worker::EXIT_*`). A task that
+/// What an exit code means when mproc's worker loop chose it (`sys::child::EXIT_*`). A task that
 /// calls `std::process::exit` with the same number looks the same from outside, so the text
 /// says "unless the task exited with it" rather than claiming to know. Codes 0 and 1 are left
 /// alone: a worker that ends with them has answered first (a result, a panic), so a death
 /// with them is the task's own `exit`.
 fn mproc_exit_meaning(code: i32) -> Option<&'static str> {
-    use crate::worker::{EXIT_BAD_MARKER, EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED};
+    use crate::sys::child::{EXIT_BAD_MARKER, EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED};
     Some(match code {
         EXIT_REFUSED => {
             "mproc's code for a worker that refused to run another executable's functions, unless the task exited with it"
@@ -343,8 +351,42 @@ impl std::error::Error for Error {
 pub struct RemotePanic {
     pub(crate) message: String,
     pub(crate) location: Option<String>,
-    pub(crate) backtrace: Option<String>,
+    pub(crate) backtrace: Option<Frames>,
 }
+
+/// A child's backtrace: its frames as captured there (see `sys::frames`), symbolized here on
+/// first read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Frames {
+    offsets: Vec<u64>,
+    /// `RUST_BACKTRACE=full`: every frame, not only the task's.
+    full: bool,
+    #[serde(skip)]
+    text: std::sync::OnceLock<String>,
+}
+
+impl Frames {
+    pub(crate) fn new(offsets: Vec<u64>, full: bool) -> Frames {
+        Frames {
+            offsets,
+            full,
+            text: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn text(&self) -> &str {
+        self.text
+            .get_or_init(|| crate::sys::frames::render(&self.offsets, self.full))
+    }
+}
+
+impl PartialEq for Frames {
+    fn eq(&self, other: &Frames) -> bool {
+        (&self.offsets, self.full) == (&other.offsets, other.full)
+    }
+}
+
+impl Eq for Frames {}
 
 impl RemotePanic {
     /// The panic message (the `&str` or `String` payload; a placeholder for other payloads).
@@ -356,16 +398,17 @@ impl RemotePanic {
         self.location.as_deref()
     }
     /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) is set
-    /// in the child as it starts.
+    /// in the child as it starts; `full` keeps every frame, as std does.
     ///
-    /// In a child whose memory is capped (`memory_limit`, `ulimit -v`), the backtrace is
-    /// symbolized in a throwaway copy of the child, so that the debug information it parses
-    /// (tens of MiB for a debug build) does not stay in the child; if that copy runs out of
-    /// memory the text says so. Such a child also runs with `RUST_BACKTRACE` removed from
-    /// its environment: std's out-of-memory handler would otherwise wait for a lock that a
-    /// panic's capture holds, and hang.
+    /// The child only records the frames' addresses (no allocation, no lock: it works under
+    /// a memory limit with no memory left). They are symbolized here, in the calling process
+    /// (which runs the same executable), the first time this is called: a panic whose
+    /// backtrace is never read costs nothing, and the debug information is parsed once per
+    /// program, not once per worker. A child whose memory is capped runs with
+    /// `RUST_BACKTRACE` removed from its environment (its own panics still carry backtraces):
+    /// std's out-of-memory handler would otherwise try to print one with no memory left.
     pub fn backtrace(&self) -> Option<&str> {
-        self.backtrace.as_deref()
+        self.backtrace.as_ref().map(Frames::text)
     }
 }
 

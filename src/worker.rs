@@ -11,18 +11,18 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::RemotePanic;
+use crate::error::{Frames, RemotePanic};
 use crate::sys::arena::GrowMap;
 use crate::sys::child::{self, ChildToken};
 use crate::sys::fnptr::{self, FnRef, Reply};
-use crate::sys::identity;
 use crate::sys::shm::Payload;
 use crate::sys::stack_guard;
+use crate::sys::{frames, identity};
 use crate::task::chunk::{Arena, RunCx};
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
@@ -130,7 +130,7 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
 #[derive(Default)]
 struct Recorded {
     location: Option<String>,
-    backtrace: Option<std::backtrace::Backtrace>,
+    backtrace: Option<Frames>,
 }
 
 thread_local! {
@@ -141,9 +141,12 @@ thread_local! {
 /// True in a process serving as a worker: the panic hook records instead of printing.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
 
-/// True when this worker's panics carry a backtrace (`RUST_LIB_BACKTRACE` or
-/// `RUST_BACKTRACE` asked for one when it started, as std reads them).
-static WANT_BACKTRACE: AtomicBool = AtomicBool::new(false);
+/// Whether this worker's panics carry a backtrace ([`NO_BACKTRACE`], [`SHORT`] or [`FULL`]):
+/// what `RUST_LIB_BACKTRACE` or `RUST_BACKTRACE` asked for when it started, as std reads them.
+static WANT_BACKTRACE: AtomicU8 = AtomicU8::new(NO_BACKTRACE);
+const NO_BACKTRACE: u8 = 0;
+const SHORT: u8 = 1;
+const FULL: u8 = 2;
 
 /// The socket the worker answers on while a task runs, `-1` otherwise: where the panic hook
 /// writes its report under `panic = "abort"`, where no `catch_unwind` ever returns.
@@ -159,10 +162,8 @@ pub(crate) fn in_worker() -> bool {
 /// otherwise. The `Fork` start method installs it in the parent *before* forking, so a forked
 /// child never takes the hook lock (which another thread of the parent might have held).
 ///
-/// The hook captures the backtrace's frames but does not symbolize them: symbolizing reads
-/// the binary's debug information (megabytes, and the slow part), and is done by
-/// [`panic_report`] once the panic has been caught and the task's memory unwound. Both steps
-/// run with the memory limit lifted ([`crate::sys::with_memory_headroom`]).
+/// The hook records the backtrace's frames as bare addresses (`sys::frames::capture`: no
+/// allocation, no lock); the parent symbolizes them if and when the backtrace is read.
 ///
 /// Under `panic = "abort"` the runtime aborts as soon as the hook returns: the hook then
 /// builds the whole report itself and writes it to the parent first.
@@ -175,9 +176,7 @@ pub(crate) fn ensure_panic_hook() {
                 return previous(info);
             }
             let location = info.location().map(|l| l.to_string());
-            let backtrace = WANT_BACKTRACE.load(Ordering::Relaxed).then(|| {
-                crate::sys::with_memory_headroom(std::backtrace::Backtrace::force_capture)
-            });
+            let backtrace = capture_frames();
             if cfg!(panic = "abort") {
                 let message = payload_text(info.payload());
                 return report_before_abort(message, location, backtrace);
@@ -194,11 +193,7 @@ pub(crate) fn ensure_panic_hook() {
 
 /// Under `panic = "abort"`: sends the panic's report as the task's answer, from the hook,
 /// before the runtime aborts. The parent then reports `Panicked`, not a bare `SIGABRT`.
-fn report_before_abort(
-    message: String,
-    location: Option<String>,
-    backtrace: Option<std::backtrace::Backtrace>,
-) {
+fn report_before_abort(message: String, location: Option<String>, backtrace: Option<Frames>) {
     let fd = TASK_SOCKET.swap(-1, Ordering::Relaxed);
     if fd < 0 {
         return; // not in a task (or the report already went): the abort says it all
@@ -206,55 +201,43 @@ fn report_before_abort(
     let p = RemotePanic {
         message,
         location,
-        backtrace: backtrace.map(symbolize),
+        backtrace,
     };
     let _ = crate::sys::write_all_raw(fd, &encode_panic(&p));
 }
 
-/// The text of a captured backtrace.
-///
-/// Symbolizing parses the binary's debug information, and std keeps what it parsed for the
-/// rest of the process: 38 MiB for a debug test binary (measured), more than a tight
-/// `memory_limit` leaves. In a worker whose memory is capped it therefore happens in a
-/// throwaway copy of the worker ([`crate::sys::in_throwaway_child`]), with the limit lifted
-/// where it can be: the worker's own memory is untouched, and if the copy runs out the
-/// report says so. Elsewhere it happens here, with the limit lifted, and the parsed
-/// information serves the worker's next panics.
-fn symbolize(bt: std::backtrace::Backtrace) -> String {
-    if !crate::sys::memory_is_limited() {
-        return crate::sys::with_memory_headroom(|| bt.to_string());
+/// The panicking thread's frames, if this worker's panics carry a backtrace. The one
+/// allocation (the frames' copy, under a kilobyte) is made with the memory limit lifted.
+fn capture_frames() -> Option<Frames> {
+    let want = WANT_BACKTRACE.load(Ordering::Relaxed);
+    if want == NO_BACKTRACE {
+        return None;
     }
-    let text = crate::sys::in_throwaway_child(
-        || {
-            // The copy shares the worker's socket: whatever happens to it, it must not speak
-            // there (an aborting panic's report, an overflow's notice).
-            TASK_SOCKET.store(-1, Ordering::Relaxed);
-            stack_guard::forget_fd();
-            crate::sys::with_memory_headroom(|| bt.to_string().into_bytes())
-        },
-        SYMBOLIZE_LIMIT,
-    );
-    match text {
-        Some(t) => String::from_utf8_lossy(&t).into_owned(),
-        None => "(the backtrace was captured, but symbolizing it failed under the worker's memory limit)".to_string(),
-    }
+    let mut buf = [0u64; frames::MAX_FRAMES];
+    let n = frames::capture(&mut buf);
+    let offsets = crate::sys::with_memory_headroom(|| buf[..n].to_vec());
+    Some(Frames::new(offsets, want == FULL))
 }
-
-/// How long a throwaway copy of a worker may take to symbolize a backtrace.
-const SYMBOLIZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads what the environment asks of backtraces, as std would, before the first panic.
 ///
 /// In a worker whose memory is capped, `RUST_BACKTRACE` is then removed from its
 /// environment: std's out-of-memory hook reads it on first use and, when it is set, waits for
-/// the backtrace lock to print one — the lock a panic's capture or symbolization holds while
-/// it allocates. An allocation failing there hung the worker forever; without the variable
-/// it aborts, and the parent reports `SIGABRT`. mproc captures with `force_capture`, so the
-/// worker's own panics keep their backtraces. (Tasks in such a worker see the variable unset.)
+/// the backtrace lock to print one, symbolizing with no memory left. Without the variable it
+/// aborts, and the parent reports `SIGABRT`. mproc's own capture does not read it, so the
+/// worker's panics keep their backtraces. (Tasks in such a worker see the variable unset.)
 fn read_backtrace_env(token: &ChildToken) {
-    let on = |key| child::getenv(token, key).map(|v| v != "0");
-    let want = on("RUST_LIB_BACKTRACE").or_else(|| on("RUST_BACKTRACE"));
-    WANT_BACKTRACE.store(want.unwrap_or(false), Ordering::Relaxed);
+    let level = |key| {
+        child::getenv(token, key).map(|v| match v.to_str() {
+            Some("0") => NO_BACKTRACE,
+            Some("full") => FULL,
+            _ => SHORT,
+        })
+    };
+    let want = level("RUST_LIB_BACKTRACE").or_else(|| level("RUST_BACKTRACE"));
+    WANT_BACKTRACE.store(want.unwrap_or(NO_BACKTRACE), Ordering::Relaxed);
+    // Found before any panic: the capture must not be the first to look.
+    let _ = crate::sys::main_image_range();
     if crate::sys::memory_is_limited() {
         child::remove_env(token, "RUST_BACKTRACE");
     }
@@ -457,8 +440,7 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The report of a caught panic: its message, and the location and backtrace the hook kept
-/// (symbolized here: see [`symbolize`]).
+/// The report of a caught panic: its message, and the location and backtrace the hook kept.
 pub(crate) fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePanic {
     let message = payload_text(&*payload);
     // A payload whose destructor panics must not take the worker down.
@@ -470,7 +452,7 @@ pub(crate) fn panic_report(payload: Box<dyn std::any::Any + Send>) -> RemotePani
     RemotePanic {
         message,
         location,
-        backtrace: backtrace.map(symbolize),
+        backtrace,
     }
 }
 
@@ -488,7 +470,7 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
             return Reply::inline(msg::failed(&why), false);
         }
     };
-    match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
+    match panic::catch_unwind(AssertUnwindSafe(|| frames::short_backtrace_base(|| f(a)))) {
         Ok(r) => {
             let mut out = msg::begin_done();
             match codec::encode_spilling(&r, &mut out.buf, msg::SPILL_LIMIT) {

@@ -131,12 +131,24 @@ fn many_panics_with_backtraces_and_recycled_workers() {
         .unwrap();
     let start = Instant::now();
     let handles: Vec<_> = (0..200).map(|i| pool.apply_async(boom, i)).collect();
+    let mut errors = Vec::new();
     for (i, mut h) in handles.into_iter().enumerate() {
         let err = h.get_timeout(LIMIT).unwrap_err();
         assert_eq!(err.remote_panic().unwrap().message(), format!("boom {i}"));
+        errors.push(err);
+    }
+    let got = start.elapsed();
+    // Symbolized here, when read: every one names the task, from the first worker's to the
+    // last's, and only the task's frames and the panic's (a short backtrace).
+    let start = Instant::now();
+    for err in &errors {
+        let bt = err.remote_panic().unwrap().backtrace().unwrap();
+        assert!(bt.contains("containment_panics::boom"), "{bt}");
+        assert!(!bt.contains("mproc::worker"), "{bt}");
     }
     eprintln!(
-        "200 panics with backtraces, max_tasks_per_child(10): {:?}",
+        "200 panics with backtraces, max_tasks_per_child(10): {got:?}; reading their \
+         backtraces: {:?}",
         start.elapsed()
     );
 }

@@ -146,6 +146,21 @@ impl Default for Builder {
     }
 }
 
+impl crate::PoolBuilder {
+    /// Switches to a pool over the ranks of an MPI job (feature `mpi`): `processes`,
+    /// `max_retries`, `task_timeout`, `max_tasks_per_child` and `chunksize` carry over, applied
+    /// on each serving rank; the other settings do not (yet). See [`crate::mpi`].
+    pub fn mpi(self) -> Builder {
+        Builder::from_local(
+            self.processes,
+            self.max_retries,
+            self.task_timeout,
+            self.max_tasks_per_child,
+            self.chunksize,
+        )
+    }
+}
+
 impl Builder {
     /// Local worker processes on each serving rank (default: `MPROC_MPI_PROCESSES`, else the
     /// rank's CPU count).

@@ -13,7 +13,7 @@
 use crate::error::{Error, ErrorKind, ExitStatus, RemotePanic};
 use crate::pool::{Answer, Outcome, Part};
 use crate::sys::RawExit;
-use crate::wire::codec;
+use crate::wire::{codec, msg};
 
 /// Serving rank → rank 0, once its local pool runs: `[u32 local processes][identity]` (0
 /// processes: the rank could not start its local pool and takes no tasks).
@@ -51,6 +51,7 @@ pub(crate) struct RankConfig {
 
 const DONE: u8 = 0;
 const PANICKED: u8 = 1;
+/// `[u8 which: code 0, signal 1, unknown 2][i32 value][u8 cause: none 0, stack overflow 1]`.
 const DIED: u8 = 2;
 const TIMED_OUT: u8 = 3;
 const REFUSED: u8 = 4;
@@ -241,6 +242,8 @@ fn encode_one(out: &mut Vec<u8>, what: &Result<Answer, Error>) {
             };
             out.extend_from_slice(&[DIED, which]);
             out.extend_from_slice(&value.to_le_bytes());
+            // The one cause a worker announces as it dies.
+            out.push(u8::from(e.death_cause() == Some(msg::STACK_OVERFLOW)));
         }
         ErrorKind::TimedOut => out.push(TIMED_OUT),
         ErrorKind::Codec => text(out, CODEC, &e.to_string()),
@@ -303,8 +306,10 @@ fn decode_one(rank: i32, reply: &[u8]) -> Result<Answer, Error> {
             Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),
         },
         DIED => {
-            let (which, value) = match rest {
-                [w, a, b, c, d] => (*w, i32::from_le_bytes([*a, *b, *c, *d])),
+            let (which, value, cause) = match rest {
+                [w, a, b, c, d, cause @ (0 | 1)] => {
+                    (*w, i32::from_le_bytes([*a, *b, *c, *d]), *cause)
+                }
                 _ => return Err(Error::protocol("a malformed death report")),
             };
             let raw = match which {
@@ -312,7 +317,11 @@ fn decode_one(rank: i32, reply: &[u8]) -> Result<Answer, Error> {
                 1 => RawExit::Signal(value),
                 _ => RawExit::Unknown,
             };
-            Err(Error::worker_died(ExitStatus::from_raw(raw)))
+            let status = ExitStatus::from_raw(raw);
+            Err(match cause {
+                1 => Error::worker_died_of(status, msg::STACK_OVERFLOW),
+                _ => Error::worker_died(status),
+            })
         }
         TIMED_OUT => Err(Error::timed_out()),
         REFUSED => Err(Error::binary_mismatch(crate::sys::identity::own(), rest)),
@@ -378,6 +387,13 @@ mod tests {
         let died = Error::worker_died(ExitStatus::from_raw(RawExit::Signal(6)));
         let back = round_trip(Err(died)).expect_err("an error");
         assert_eq!(back.exit_status().and_then(|s| s.signal()), Some(6));
+        assert_eq!(back.death_cause(), None);
+        let overflow = Error::worker_died_of(
+            ExitStatus::from_raw(RawExit::Signal(11)),
+            crate::wire::msg::STACK_OVERFLOW,
+        );
+        let back = round_trip(Err(overflow)).expect_err("an error");
+        assert!(back.to_string().contains("stack overflow"), "{back}");
         let p = RemotePanic {
             message: "boom".into(),
             location: Some("here".into()),

@@ -92,9 +92,9 @@ pub struct Pool {
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
-    max_retries: u32,
-    chunksize: Option<usize>,
-    task_timeout: Option<Duration>,
+    pub(crate) max_retries: u32,
+    pub(crate) chunksize: Option<usize>,
+    pub(crate) task_timeout: Option<Duration>,
     /// How workers build their state, with `worker_state`.
     state: Option<state::StateSpec>,
 }
@@ -120,15 +120,15 @@ pub struct Pool {
 #[derive(Clone, Debug, Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
-    processes: Option<usize>,
+    pub(crate) processes: Option<usize>,
     method: Option<StartMethod>,
     spec: Spec,
     /// The initializer's `Run` frame, or why it could not be made.
     init: Option<std::result::Result<(Vec<u8>, Fds), String>>,
-    max_tasks_per_child: Option<usize>,
-    task_timeout: Option<Duration>,
-    max_retries: u32,
-    chunksize: Option<usize>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_retries: u32,
+    pub(crate) chunksize: Option<usize>,
     /// `threads_per_worker`, if set (0: set nothing).
     threads_per_worker: Option<usize>,
     /// How workers build their state, with `worker_state`.
@@ -279,20 +279,6 @@ impl PoolBuilder {
     pub fn chunksize(mut self, n: usize) -> PoolBuilder {
         self.chunksize = Some(n.max(1));
         self
-    }
-
-    /// Switches to a pool over the ranks of an MPI job (feature `mpi`): `processes`,
-    /// `max_retries`, `task_timeout`, `max_tasks_per_child` and `chunksize` carry over, applied
-    /// on each serving rank; the other settings do not (yet). See [`crate::mpi`].
-    #[cfg(feature = "mpi")]
-    pub fn mpi(self) -> crate::mpi::Builder {
-        crate::mpi::Builder::from_local(
-            self.processes,
-            self.max_retries,
-            self.task_timeout,
-            self.max_tasks_per_child,
-            self.chunksize,
-        )
     }
 
     /// Starts the pool: the supervisor thread and its workers.

@@ -23,7 +23,7 @@ fn anchor() -> usize {
     std::hint::black_box(0x006d_7072_6f63)
 }
 
-fn anchor_addr() -> usize {
+pub(super) fn anchor_addr() -> usize {
     anchor as fn() -> usize as usize
 }
 

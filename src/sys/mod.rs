@@ -11,6 +11,7 @@ pub(crate) mod ctor;
 pub(crate) mod endpoints;
 pub(crate) mod fnptr;
 pub(crate) mod fork_local;
+pub(crate) mod frames;
 pub(crate) mod futex;
 pub(crate) mod identity;
 pub(crate) mod robust;

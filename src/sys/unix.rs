@@ -838,77 +838,6 @@ pub(crate) fn with_memory_headroom<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Runs `work` in a forked, short-lived copy of this process and returns the bytes it
-/// produced, or `None` if the copy failed, died or took longer than `limit` (it is then
-/// killed). Everything `work` allocates dies with the copy.
-///
-/// For symbolizing a panic's backtrace in a worker whose memory is capped: std keeps what it
-/// parses of the debug information (tens of MiB for a debug build) for the rest of the
-/// process, which would eat the worker's limit for good — or run out on the way.
-///
-/// The copy runs ordinary code after `fork`. If another thread of the caller held a lock
-/// `work` needs (the backtrace lock, during its own panic), the copy waits until `limit` and
-/// is killed: a lost backtrace, never a hang. glibc resets malloc's locks in the child.
-pub(crate) fn in_throwaway_child(
-    work: impl FnOnce() -> Vec<u8>,
-    limit: Duration,
-) -> Option<Vec<u8>> {
-    let (read, write) = pipe().ok()?;
-    let parent = getpid();
-    // SAFETY: the child runs `work` (std code) after fork with the hazards stated above — a
-    // lock held by a vanished thread makes it wait, a liveness failure the parent bounds by
-    // killing it; it then writes to the pipe and ends with `_exit`, never returning here.
-    match unsafe { fork() }.ok()? {
-        Forked::Child => {
-            forget_pid();
-            drop(read);
-            let code = match super::set_parent_death_signal(parent) {
-                Ok(()) => {
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-                    match out.map(|o| write_all_raw(write.as_raw_fd(), &o)) {
-                        Ok(Ok(())) => 0,
-                        _ => 1,
-                    }
-                }
-                Err(_) => 1,
-            };
-            exit_now(code)
-        }
-        Forked::Parent(pid) => {
-            drop(write);
-            let out = read_until_eof(read, limit);
-            if out.is_none() {
-                let _ = kill(pid, libc::SIGKILL);
-            }
-            // At the end of its output it is exiting (the pipe closes with it), or killed.
-            let status = waitpid(pid, true);
-            out.filter(|_| matches!(status, Ok(Some(RawExit::Code(0)))))
-        }
-    }
-}
-
-/// Reads `fd` to its end, giving up (`None`) once `limit` has passed.
-fn read_until_eof(fd: OwnedFd, limit: Duration) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let deadline = std::time::Instant::now() + limit;
-    let mut file = std::fs::File::from(fd);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ready = poll_readable(&[std::os::fd::AsFd::as_fd(&file)], Some(left)).ok()?;
-        if !ready[0].readable {
-            return None; // out of time
-        }
-        match file.read(&mut buf) {
-            Ok(0) => return Some(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-}
-
 /// Writes all of `bytes` to the raw descriptor `fd`, retrying short writes and `EINTR`.
 ///
 /// For a panic hook that must report before the runtime aborts (`panic = "abort"`), which has
@@ -936,34 +865,4 @@ pub(crate) fn set_process_limit(n: u64) -> io::Result<()> {
     };
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) }).map(drop)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[cfg_attr(miri, ignore = "fork: not under Miri")]
-    fn a_throwaway_child_returns_its_bytes_or_nothing_in_time() {
-        let big = vec![7u8; 200_000]; // more than a pipe holds: read while it writes
-        let out = in_throwaway_child(|| big.clone(), Duration::from_secs(30));
-        assert_eq!(out.as_deref(), Some(&big[..]));
-
-        let start = std::time::Instant::now();
-        let out = in_throwaway_child(
-            || {
-                std::thread::sleep(Duration::from_secs(30));
-                Vec::new()
-            },
-            Duration::from_millis(200),
-        );
-        assert_eq!(out, None, "past its time it is killed");
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            start.elapsed()
-        );
-        let out = in_throwaway_child(|| panic!("on purpose"), Duration::from_secs(30));
-        assert_eq!(out, None, "a failed child gives nothing, not what it wrote");
-    }
 }

@@ -150,7 +150,7 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     for (k, a) in items.into_iter().enumerate().skip(skip) {
         let start = w.pos();
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            let v = f.invoke(a);
+            let v = crate::sys::frames::short_backtrace_base(|| f.invoke(a));
             match tagged {
                 None => w.put(&v),
                 Some(_) => w.put(&ItemOut::Ok(&v)),

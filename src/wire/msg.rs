@@ -278,11 +278,14 @@ pub(crate) fn dying_of_stack_overflow() -> Vec<u8> {
     f.finish()
 }
 
+/// The one cause a worker announces as it dies.
+pub(crate) const STACK_OVERFLOW: &str = "stack overflow";
+
 /// The cause a worker announced as it died (see [`dying_of_stack_overflow`]), if `body` is
 /// such a message.
 pub(crate) fn parse_dying(body: &[u8]) -> Option<&'static str> {
     match body {
-        [DYING, 1] => Some("stack overflow"),
+        [DYING, 1] => Some(STACK_OVERFLOW),
         _ => None,
     }
 }
