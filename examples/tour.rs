@@ -142,17 +142,20 @@ fn main() -> mproc::Result<()> {
     } // `p` is dropped here: drop terminates the pool, just as leaving Python's with-block does
     println!("  the block ended: its pool was terminated and its workers reaped");
 
-    println!("\n9. A worker crashes mid-map: item 3 calls abort() (Python's Pool hangs forever)");
+    println!(
+        "\n9. A worker crashes mid-map: fragile(3) calls abort() (Python's Pool hangs forever)"
+    );
     let pool = Pool::new(2)?;
     pools += 1;
     let mut ok = Vec::new();
-    for (n, r) in (1..=6).zip(pool.imap(fragile, 1..=6)) {
+    for r in pool.imap(fragile, 1..=6) {
         tasks += 1;
         match r {
             Ok(v) => ok.push(v),
             Err(e) => {
                 crashes += 1;
-                println!("  item {n}: {e}");
+                // The error names its input (counted from 0) and the worker that ran it.
+                println!("  {e}");
             }
         }
     }

@@ -16,6 +16,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// ([`remote_panic`](Error::remote_panic), [`exit_status`](Error::exit_status)).
 pub struct Error {
     repr: Box<Repr>,
+    /// Which item of a `map`, `starmap` or `imap` failed, and on which worker: boxed apart
+    /// so that most errors pay one null pointer for it.
+    at: Option<Box<At>>,
+}
+
+/// Where a failed item sat: its index in the input and the pid of the worker that ran it.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    index: usize,
+    pid: Option<u32>,
 }
 
 enum Repr {
@@ -166,12 +176,55 @@ impl Error {
             Repr::BrokenBarrier => Repr::BrokenBarrier,
             Repr::Cancelled => Repr::Cancelled,
         })
+        .placed(self.at.as_deref().copied())
     }
 
     fn new(repr: Repr) -> Error {
         Error {
             repr: Box::new(repr),
+            at: None,
         }
+    }
+
+    fn placed(mut self, at: Option<At>) -> Error {
+        self.at = at.map(Box::new);
+        self
+    }
+
+    /// The error without its item (for a call of one item, like `apply`).
+    pub(crate) fn unplaced(self) -> Error {
+        self.placed(None)
+    }
+
+    /// Marks the error as item `index`'s, run by the worker `pid` (if known).
+    pub(crate) fn at_item(self, index: usize, pid: Option<u32>) -> Error {
+        self.placed(Some(At { index, pid }))
+    }
+
+    /// Which input item this error belongs to, for an error of one item of a `map`,
+    /// `map_async`, `starmap`, `imap` or `imap_unordered` (its position in the input, counted
+    /// from 0); `None` for other errors, such as those of `apply` and `apply_async`.
+    ///
+    /// ```
+    /// fn check(x: u64) -> u64 {
+    ///     assert!(x != 3, "three");
+    ///     x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let e = pool.map(check, 0..6).unwrap_err();
+    /// assert_eq!(e.index(), Some(3));
+    /// assert!(e.to_string().starts_with("item 3 (worker pid "));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn index(&self) -> Option<usize> {
+        self.at.as_ref().map(|at| at.index)
+    }
+
+    /// The pid of the worker that ran the failed item, when [`index`](Error::index) is known
+    /// and the item reached a worker.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.at.as_ref().and_then(|at| at.pid)
     }
 
     /// The category of this error.
@@ -250,6 +303,14 @@ fn hex(bytes: &[u8]) -> String {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at.as_deref() {
+            Some(At {
+                index,
+                pid: Some(pid),
+            }) => write!(f, "item {index} (worker pid {pid}): ")?,
+            Some(At { index, pid: None }) => write!(f, "item {index}: ")?,
+            None => {}
+        }
         match &*self.repr {
             Repr::Panicked(p) => write!(f, "the task panicked: {p}"),
             Repr::WorkerDied(s, cause) => {
@@ -466,6 +527,16 @@ mod tests {
         assert_eq!(Error::timed_out().to_string(), "timed out");
         assert_eq!(Error::cancelled().to_string(), "task cancelled");
         assert_eq!(Error::cancelled().duplicate().kind(), ErrorKind::Cancelled);
+        let e = Error::timed_out().at_item(3, Some(1234));
+        assert_eq!(e.to_string(), "item 3 (worker pid 1234): timed out");
+        assert_eq!((e.index(), e.worker_pid()), (Some(3), Some(1234)));
+        assert_eq!(e.duplicate().to_string(), e.to_string());
+        assert_eq!(
+            Error::timed_out().at_item(0, None).to_string(),
+            "item 0: timed out"
+        );
+        assert_eq!(Error::timed_out().index(), None);
+        assert!(std::mem::size_of::<Error>() <= 2 * std::mem::size_of::<usize>());
         assert!(
             Error::io(
                 "cannot start a process",

@@ -38,6 +38,9 @@
 //! hangs on a lost worker. A handle can be [cancelled](AsyncResult::cancel), running or not,
 //! and many handles waited on at once, as with `concurrent.futures`: [`as_completed`] yields
 //! results in completion order, [`wait`] returns when the first completes or fails, or all do.
+//! A failed item's error says which item it was
+//! ([`Error::index`]). Each worker may keep a state of its own, built once
+//! ([`PoolBuilder::worker_state`], [`Pool::map_with_state`]).
 //!
 //! ```
 //! fn square(x: u64) -> u64 {
@@ -84,10 +87,32 @@
 //! the lock was abandoned ([`LockGuard::was_abandoned`]), where Python deadlocks everyone.
 //!
 //! # Shared memory
-//! [`Value`] and [`Array`] hold plain-old-data (`bytemuck::Pod`) in shared memory behind a
+//! [`Value`] and [`Array`] hold plain-old-data ([`Pod`]) in shared memory behind a
 //! robust lock, like Python's `Value` and `Array` with `lock=True`; a worker writing into an
 //! `Array` is seen by the parent without a copy. [`SharedMemory`] is a raw block of bytes that
 //! an unrelated process can open by [`name`](SharedMemory::name).
+//!
+//! A struct of your own goes in a `Value` with mproc's re-export of bytemuck's derives (no
+//! `bytemuck` dependency of yours needed; the `crate` attribute points the derive at it):
+//!
+//! ```
+//! #[derive(Clone, Copy, Debug, PartialEq, mproc::Pod, mproc::Zeroable)]
+//! #[bytemuck(crate = "mproc::bytemuck")]
+//! #[repr(C)]
+//! struct Point {
+//!     x: f64,
+//!     y: f64,
+//! }
+//!
+//! fn shift(p: mproc::Value<Point>) {
+//!     p.lock().expect("the lock").x += 1.0;
+//! }
+//!
+//! let p = mproc::Value::new(Point { x: 1.0, y: 2.0 })?;
+//! mproc::Process::spawn(shift, p.clone())?.join()?;
+//! assert_eq!(p.get()?, Point { x: 2.0, y: 2.0 });
+//! # Ok::<(), mproc::Error>(())
+//! ```
 //!
 //! Every one of these objects is an anonymous memory file (`memfd`): the kernel frees it when
 //! the last process holding it exits, however it exits. Nothing is created in `/dev/shm`, so
@@ -189,6 +214,13 @@ pub mod __fuzz {
     }
 }
 
+/// The [bytemuck](https://docs.rs/bytemuck) crate mproc uses, for the derives' `crate`
+/// attribute (`#[bytemuck(crate = "mproc::bytemuck")]`) and its casts.
+pub use bytemuck;
+/// bytemuck's traits for plain-old-data, which [`Value`] and [`Array`] need, and (in the
+/// macro namespace) their derives: `#[derive(mproc::Pod, mproc::Zeroable)]` with
+/// `#[bytemuck(crate = "mproc::bytemuck")]` (see [Shared memory](crate#shared-memory)).
+pub use bytemuck::{Pod, Zeroable};
 pub use capture::Captured;
 pub use error::{Error, ErrorKind, ExitStatus, RemotePanic, Result};
 pub use ipc::{Array, ArrayGuard, Connection, SharedMemory, Value, ValueGuard, pipe};
@@ -198,8 +230,8 @@ pub use ipc::{
 };
 pub use ipc::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use pool::{
-    AsCompleted, AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, ReturnWhen, as_completed,
-    wait,
+    AsCompleted, AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, ReturnWhen, StarArgs,
+    as_completed, wait,
 };
 pub use process::{
     Builder, Process, ProcessInfo, StartMethod, Stdio, active_children, current_process,

@@ -64,7 +64,10 @@ fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
     };
     match kind {
         "spawn" => serve(token, sock),
-        "server" => crate::process::forkserver::serve(token, sock),
+        "server" => {
+            let _ = crate::sys::set_process_name(&program_name());
+            crate::process::forkserver::serve(token, sock)
+        }
         _ => {
             eprintln!("mproc: unknown worker kind {kind:?}; not running main");
             EXIT_BAD_MARKER
@@ -240,10 +243,53 @@ fn read_backtrace_env(token: &ChildToken) {
     }
 }
 
+/// The program's name: the last part of its `argv[0]` (which mproc's children keep), else of
+/// the file it runs.
+fn program_name() -> String {
+    let path = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::fs::read_link(crate::sys::exe_path()).ok());
+    path.as_deref()
+        .and_then(std::path::Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mproc".to_string())
+}
+
+/// The name a child shows in ps and top (15 bytes at most): the program's, then the child's
+/// own name after a colon if it was given one (`myprog:w1`), the program's cut short to keep
+/// it. Pool workers and children with a default name (`Process-N`) show the program's alone.
+pub(crate) fn shown_name(program: &str, name: Option<&str>) -> String {
+    const MAX: usize = 15;
+    let given = name.filter(|n| {
+        let default = n
+            .strip_prefix("Process-")
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+        !n.is_empty() && *n != "PoolWorker" && !default
+    });
+    let cut = |s: &str, max: usize| {
+        let mut end = s.len().min(max);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    };
+    match given {
+        None => cut(program, MAX),
+        Some(n) if n.len() + 2 > MAX => cut(n, MAX),
+        Some(n) => format!("{}:{n}", cut(program, MAX - 1 - n.len())),
+    }
+}
+
 /// The worker loop: say hello, then run each task received until told it was the last or the
 /// parent closes the socket. Returns the exit code.
 pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
     crate::sys::ignore_sigpipe();
+    // Shown by ps and top instead of `exe` (the file re-executed is /proc/self/exe). A
+    // failure costs only the name.
+    let name = child::getenv(token, crate::process::CHILD_NAME_ENV);
+    let name = name.as_deref().and_then(|n| n.to_str());
+    let _ = crate::sys::set_process_name(&shown_name(&program_name(), name));
     ensure_panic_hook();
     IN_WORKER.store(true, Ordering::Relaxed);
     let limit = child::getenv(token, crate::pool::MEMORY_LIMIT_ENV);
@@ -375,7 +421,7 @@ pub(crate) fn panic_reply(payload: Box<dyn std::any::Any + Send>) -> Reply {
 }
 
 /// A `Panic` frame carrying `p`.
-fn encode_panic(p: &RemotePanic) -> Vec<u8> {
+pub(crate) fn encode_panic(p: &RemotePanic) -> Vec<u8> {
     let mut out = msg::begin_panic();
     match codec::encode_into(p, &mut out.buf) {
         Ok(()) => out.finish(),
@@ -441,5 +487,26 @@ fn run_typed_inner<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, arg: &[u8])
             }
         }
         Err(payload) => panic_reply(payload),
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::shown_name;
+
+    #[test]
+    fn shown_names_fit_in_fifteen_bytes_and_keep_the_given_name() {
+        assert_eq!(shown_name("myprog", None), "myprog");
+        assert_eq!(shown_name("myprog", Some("PoolWorker")), "myprog");
+        assert_eq!(shown_name("myprog", Some("Process-12")), "myprog");
+        assert_eq!(shown_name("myprog", Some("w1")), "myprog:w1");
+        assert_eq!(
+            shown_name("pool_api-0123abcdef", Some("w1")),
+            "pool_api-012:w1"
+        );
+        assert_eq!(shown_name("pool_api-0123abcdef", None), "pool_api-0123ab");
+        assert_eq!(shown_name("p", Some("a-very-long-name")), "a-very-long-nam");
+        assert_eq!(shown_name("prögrammé-long", Some("w")), "prögrammé-l:w");
+        assert!(shown_name("ééééééééé", None).len() <= 15);
     }
 }

@@ -268,6 +268,7 @@ pub(crate) fn decode_reply(rank: i32, reply: &[u8]) -> Outcome {
         _ => vec![Part {
             count: Part::REST,
             what: decode_one(rank, reply),
+            worker: None,
         }],
     }
 }
@@ -287,6 +288,7 @@ fn decode_parts(rank: i32, mut rest: &[u8]) -> Option<Outcome> {
         parts.push(Part {
             count: usize::try_from(count).unwrap_or(Part::REST),
             what: decode_one(rank, body),
+            worker: None,
         });
     }
     Some(parts)
@@ -334,7 +336,11 @@ mod tests {
     use super::*;
 
     fn round_trip(o: Result<Answer, Error>) -> Result<Answer, Error> {
-        let outcome = vec![Part { count: 1, what: o }];
+        let outcome = vec![Part {
+            count: 1,
+            what: o,
+            worker: None,
+        }];
         let mut back = round_trip_parts(outcome);
         assert_eq!(back.len(), 1);
         back.pop().expect("one part").what
@@ -356,11 +362,13 @@ mod tests {
             Part {
                 count: 3,
                 what: Ok(Answer::Payload(vec![9, 9])),
+                worker: None,
             },
             Part::one(Error::timed_out()),
             Part {
                 count: 2,
                 what: Ok(Answer::Payload(vec![7])),
+                worker: None,
             },
         ];
         let back = round_trip_parts(parts);

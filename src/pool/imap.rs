@@ -4,20 +4,23 @@
 //! is in flight, so an endless input works and memory stays flat: Python's `imap` drains the
 //! whole input first; these do not.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::job::Sink;
 use super::result::{Outcome, Part, Slot};
-use super::{Pool, decode_chunk};
+use super::{Pool, decode_chunk_at};
 use crate::error::{Error, Result};
 use crate::sys::fnptr::FnRef;
+
+/// Encodes a chunk of items of the input's item type and queues it: `Pool::submit_chunk` for
+/// the function's argument type, chosen where that type is known.
+pub(crate) type Submit<T> = fn(&Pool, Option<FnRef>, &[T], Sink) -> Result<()>;
 
 fn window(pool: &Pool) -> usize {
     pool.processes * 4
@@ -30,13 +33,16 @@ fn next_chunk<I: Iterator>(iter: &mut I, size: usize) -> Vec<I::Item> {
 /// Ordered lazy results of [`Pool::imap`]: an iterator of `Result<R>`, one per input item.
 ///
 /// Besides `next`, [`next_timeout`](Imap::next_timeout) waits a bounded time.
-pub struct Imap<'p, I, R> {
+pub struct Imap<'p, I: Iterator, R> {
     pool: &'p Pool,
     f: Option<FnRef>,
+    submit: Submit<I::Item>,
     input: std::iter::Fuse<I>,
     chunksize: usize,
-    /// Chunks in flight, in input order, with their item counts.
-    inflight: VecDeque<(Arc<Slot>, usize)>,
+    /// Items taken from the input so far: the index of the next chunk's first item.
+    taken: usize,
+    /// Chunks in flight, in input order, with their first item's index and item counts.
+    inflight: VecDeque<(Arc<Slot>, usize, usize)>,
     ready: VecDeque<Result<R>>,
     _r: PhantomData<fn() -> R>,
 }
@@ -44,15 +50,22 @@ pub struct Imap<'p, I, R> {
 impl<'p, I, R> Imap<'p, I, R>
 where
     I: Iterator,
-    I::Item: Serialize,
     R: DeserializeOwned,
 {
-    pub(crate) fn new(pool: &'p Pool, f: Option<FnRef>, input: I, chunksize: usize) -> Self {
+    pub(crate) fn new(
+        pool: &'p Pool,
+        f: Option<FnRef>,
+        submit: Submit<I::Item>,
+        input: I,
+        chunksize: usize,
+    ) -> Self {
         Imap {
             pool,
             f,
+            submit,
             input: input.fuse(),
             chunksize,
+            taken: 0,
             inflight: VecDeque::new(),
             ready: VecDeque::new(),
             _r: PhantomData,
@@ -66,13 +79,12 @@ where
                 return;
             }
             let slot = Arc::new(Slot::default());
-            if let Err(e) = self
-                .pool
-                .submit_chunk(self.f, &chunk, Sink::Slot(Arc::clone(&slot), 0))
-            {
+            let sink = Sink::Slot(Arc::clone(&slot), 0);
+            if let Err(e) = (self.submit)(self.pool, self.f, &chunk, sink) {
                 slot.complete(0, vec![Part::rest(e)]);
             }
-            self.inflight.push_back((slot, chunk.len()));
+            self.inflight.push_back((slot, self.taken, chunk.len()));
+            self.taken += chunk.len();
         }
     }
 
@@ -88,16 +100,16 @@ where
                 return Some(r);
             }
             self.refill();
-            let (slot, _) = self.inflight.front()?;
+            let (slot, ..) = self.inflight.front()?;
             if !slot.wait(deadline) {
                 return Some(Err(Error::timed_out()));
             }
-            let (slot, n) = self.inflight.pop_front().expect("checked above");
+            let (slot, first, n) = self.inflight.pop_front().expect("checked above");
             let outcome = slot
                 .take()
                 .pop()
                 .unwrap_or_else(|| vec![Part::rest(Error::protocol("a result was lost"))]);
-            self.ready.extend(decode_chunk(outcome, n));
+            self.ready.extend(decode_chunk_at(outcome, n, first));
             self.refill();
         }
     }
@@ -106,7 +118,6 @@ where
 impl<I, R> Iterator for Imap<'_, I, R>
 where
     I: Iterator,
-    I::Item: Serialize,
     R: DeserializeOwned,
 {
     type Item = Result<R>;
@@ -116,18 +127,23 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let queued: usize = self.inflight.iter().map(|(_, n)| n).sum();
+        let queued: usize = self.inflight.iter().map(|(.., n)| n).sum();
         bounds(&self.input, queued + self.ready.len())
     }
 }
 
 /// Lazy results of [`Pool::imap_unordered`], in completion order.
-pub struct ImapUnordered<'p, I, R> {
+pub struct ImapUnordered<'p, I: Iterator, R> {
     pool: &'p Pool,
     f: Option<FnRef>,
+    submit: Submit<I::Item>,
     input: std::iter::Fuse<I>,
     chunksize: usize,
-    inflight: usize,
+    /// Items taken from the input so far: the index of the next chunk's first item.
+    taken: usize,
+    /// The item counts of the chunks in flight, by their first item's index (their key on
+    /// the channel).
+    inflight: HashMap<usize, usize>,
     /// Items in the chunks in flight.
     inflight_items: usize,
     tx: mpsc::Sender<(usize, Outcome)>,
@@ -139,17 +155,24 @@ pub struct ImapUnordered<'p, I, R> {
 impl<'p, I, R> ImapUnordered<'p, I, R>
 where
     I: Iterator,
-    I::Item: Serialize,
     R: DeserializeOwned,
 {
-    pub(crate) fn new(pool: &'p Pool, f: Option<FnRef>, input: I, chunksize: usize) -> Self {
+    pub(crate) fn new(
+        pool: &'p Pool,
+        f: Option<FnRef>,
+        submit: Submit<I::Item>,
+        input: I,
+        chunksize: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
         ImapUnordered {
             pool,
             f,
+            submit,
             input: input.fuse(),
             chunksize,
-            inflight: 0,
+            taken: 0,
+            inflight: HashMap::new(),
             inflight_items: 0,
             tx,
             rx,
@@ -159,16 +182,18 @@ where
     }
 
     fn refill(&mut self) {
-        while self.inflight < window(self.pool) {
+        while self.inflight.len() < window(self.pool) {
             let chunk = next_chunk(&mut self.input, self.chunksize);
             if chunk.is_empty() {
                 return;
             }
-            let sink = Sink::Channel(self.tx.clone(), chunk.len());
-            if let Err(e) = self.pool.submit_chunk(self.f, &chunk, sink) {
-                let _ = self.tx.send((chunk.len(), vec![Part::rest(e)]));
+            let first = self.taken;
+            let sink = Sink::Channel(self.tx.clone(), first);
+            if let Err(e) = (self.submit)(self.pool, self.f, &chunk, sink) {
+                let _ = self.tx.send((first, vec![Part::rest(e)]));
             }
-            self.inflight += 1;
+            self.inflight.insert(first, chunk.len());
+            self.taken += chunk.len();
             self.inflight_items += chunk.len();
         }
     }
@@ -184,7 +209,7 @@ where
                 return Some(r);
             }
             self.refill();
-            if self.inflight == 0 {
+            if self.inflight.is_empty() {
                 return None;
             }
             let got = match deadline {
@@ -194,12 +219,14 @@ where
                     .recv_timeout(d.saturating_duration_since(Instant::now()))
                     .map_err(|_| ()),
             };
-            let Ok((n, outcome)) = got else {
+            let Ok((first, outcome)) = got else {
                 return Some(Err(Error::timed_out()));
             };
-            self.inflight -= 1;
+            let Some(n) = self.inflight.remove(&first) else {
+                continue; // not a chunk in flight: delivered twice
+            };
             self.inflight_items -= n;
-            self.ready.extend(decode_chunk(outcome, n));
+            self.ready.extend(decode_chunk_at(outcome, n, first));
         }
     }
 }
@@ -207,7 +234,6 @@ where
 impl<I, R> Iterator for ImapUnordered<'_, I, R>
 where
     I: Iterator,
-    I::Item: Serialize,
     R: DeserializeOwned,
 {
     type Item = Result<R>;

@@ -16,7 +16,8 @@ use crate::wire::msg;
 pub(crate) enum Sink {
     /// Cell `i` of a slot someone waits on.
     Slot(Arc<Slot>, usize),
-    /// A channel shared by the jobs of one `imap_unordered`, tagged with the job's item count.
+    /// A channel shared by several jobs (of one `imap_unordered`: tagged with the index of
+    /// the job's first item; of a serving MPI rank: with the task's key).
     Channel(mpsc::Sender<(usize, Outcome)>, usize),
 }
 
@@ -48,6 +49,8 @@ pub(crate) struct Job {
     max_retries: u32,
     /// Workers lost before they began this job (see `fate`).
     pub(crate) unstarted_losses: u32,
+    /// The pid of the worker it was last written to: its items' errors name it.
+    pub(crate) worker: Option<u32>,
 }
 
 impl Job {
@@ -63,6 +66,7 @@ impl Job {
             retries_left: retries,
             max_retries: retries,
             unstarted_losses: 0,
+            worker: None,
         }
     }
 
@@ -102,6 +106,7 @@ impl Job {
         self.parts.push(Part {
             count,
             what: Ok(answer),
+            worker: self.worker,
         });
         self.advance(count);
     }
@@ -111,7 +116,10 @@ impl Job {
         if self.is_settled() {
             return;
         }
-        self.parts.push(Part::one(e));
+        self.parts.push(Part {
+            worker: self.worker,
+            ..Part::one(e)
+        });
         self.advance(1);
     }
 
@@ -123,7 +131,10 @@ impl Job {
     /// Delivers the outcome; every item left fails with `e` (nothing, if all are settled).
     pub(crate) fn fail_rest(mut self, e: Error) {
         if !self.is_settled() {
-            self.parts.push(Part::rest(e));
+            self.parts.push(Part {
+                worker: self.worker,
+                ..Part::rest(e)
+            });
         }
         self.sink.deliver(self.parts);
     }

@@ -201,7 +201,8 @@ pub(crate) fn settle(
     sink: Sink,
     retries: u32,
 ) {
-    let job = Job::new(b.frame, b.fds, b.items, sink, retries);
+    let mut job = Job::new(b.frame, b.fds, b.items, sink, retries);
+    job.worker = u32::try_from(b.lease.child.pid()).ok();
     let loss = match polled {
         Ok(answer) => {
             give_back(shared, &mut b.lease);

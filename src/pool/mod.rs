@@ -1,5 +1,6 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
 
+mod args;
 mod completion;
 mod fate;
 mod imap;
@@ -8,12 +9,15 @@ mod lease;
 mod reply;
 mod result;
 mod shared;
+mod state;
 mod supervisor;
 
+pub use args::StarArgs;
 pub use completion::{AsCompleted, ReturnWhen, as_completed, wait};
 pub use imap::{Imap, ImapUnordered};
 pub use result::AsyncResult;
 
+use std::borrow::Borrow;
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -31,6 +35,7 @@ use crate::sys::identity;
 use crate::task::chunk::Items;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
+use args::{ByBorrow, Star};
 use job::{Job, Sink};
 #[cfg(feature = "mpi")]
 pub(crate) use lease::{Borrowed, Loss, Reply};
@@ -92,6 +97,8 @@ pub struct Pool {
     pub(crate) max_retries: u32,
     pub(crate) chunksize: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
+    /// How workers build their state, with `worker_state`.
+    state: Option<state::StateSpec>,
 }
 
 /// Configures a [`Pool`]; Python's `Pool(...)` keyword arguments and more.
@@ -124,7 +131,22 @@ pub struct PoolBuilder {
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_retries: u32,
     pub(crate) chunksize: Option<usize>,
+    /// `threads_per_worker`, if set (0: set nothing).
+    threads_per_worker: Option<usize>,
+    /// How workers build their state, with `worker_state`.
+    state: Option<state::StateSpec>,
 }
+
+/// The variables that size the thread pools of OpenMP, the BLAS libraries, numexpr and rayon,
+/// as joblib sets them (`inner_max_num_threads`).
+pub(crate) const THREAD_VARS: [&str; 6] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
 
 impl PoolBuilder {
     /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
@@ -212,6 +234,33 @@ impl PoolBuilder {
             .push((PROCESS_LIMIT_ENV.into(), n.to_string().into()));
         self
     }
+    /// Caps the threads each worker's libraries start: sets `OMP_NUM_THREADS`,
+    /// `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, `VECLIB_MAXIMUM_THREADS`,
+    /// `NUMEXPR_NUM_THREADS` and `RAYON_NUM_THREADS` to `n` in every worker, as joblib's
+    /// `inner_max_num_threads` does, so that N workers running a multithreaded library do not
+    /// start N times a thread per CPU. `n = 0` sets none of them.
+    ///
+    /// **The default** is the CPUs this process may use divided by the workers
+    /// (`cpu_count() / processes`, at least 1), joblib's choice: a pool already runs one
+    /// worker per CPU, and a BLAS call or a rayon `par_iter` in each of them starting one
+    /// thread per CPU again slows everything down. The default never overrides a variable set
+    /// in this process's environment (the operator's `OMP_NUM_THREADS=4 ./app`) or with
+    /// [`env`](PoolBuilder::env). An explicit `threads_per_worker(n)` overrides the inherited
+    /// environment, but not `env`.
+    ///
+    /// ```
+    /// fn omp(_: ()) -> Option<String> {
+    ///     std::env::var("OMP_NUM_THREADS").ok()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).threads_per_worker(2).build()?;
+    /// assert_eq!(pool.apply(omp, ())?.as_deref(), Some("2"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn threads_per_worker(mut self, n: usize) -> PoolBuilder {
+        self.threads_per_worker = Some(n);
+        self
+    }
     /// Sets an environment variable in every worker.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> PoolBuilder {
         self.spec.env.push((key.into(), value.into()));
@@ -262,6 +311,9 @@ impl PoolBuilder {
             None => None,
         };
         let mut spec = self.spec;
+        let threads = thread_vars(self.threads_per_worker, processes, &spec.env);
+        // First, so that a variable set with `env` comes later and wins.
+        spec.env.splice(0..0, threads);
         spec.stdio[0] = Stdio::Null;
         let parent_name = crate::current_process().name().to_string();
         spec.env
@@ -297,6 +349,7 @@ impl PoolBuilder {
             max_retries: self.max_retries,
             chunksize: self.chunksize,
             task_timeout: self.task_timeout,
+            state: self.state,
         })
     }
 }
@@ -338,62 +391,114 @@ impl Pool {
     /// Runs `f` on every item and returns the results in input order: Python's `map`.
     ///
     /// The input is collected first, then cut into chunks (Python's automatic chunk size: about
-    /// four chunks per worker; see [`map_chunked`](Pool::map_chunked) to choose).
+    /// four chunks per worker; see [`map_chunked`](Pool::map_chunked) to choose). Items may be
+    /// owned or borrowed (anything that [`Borrow`]s `A`): `pool.map(square, &v)` sends the
+    /// values of `v` without cloning them.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let v: Vec<u64> = (1..=4).collect();
+    /// assert_eq!(pool.map(square, &v)?, [1, 4, 9, 16]);      // borrowed: v stays yours
+    /// assert_eq!(pool.map(square, &v[1..])?, [4, 9, 16]);    // a slice
+    /// assert_eq!(pool.map(square, v)?, [1, 4, 9, 16]);       // owned
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// The first failure in input order: a task's panic, its worker's death, its timeout, or
-    /// why the pool refused the work.
-    pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    /// why the pool refused the work. [`Error::index`] says which item it was.
+    pub fn map<A, R, T>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
     where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
+        T: Borrow<A>,
     {
         self.map_async_impl(f, items.into_iter().collect(), None)
             .get()
     }
 
     /// [`map`](Pool::map) with an explicit chunk size (Python's `chunksize=`).
-    pub fn map_chunked<A, R>(
+    pub fn map_chunked<A, R, T>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item = T>,
         chunksize: usize,
     ) -> Result<Vec<R>>
     where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
+        T: Borrow<A>,
     {
         self.map_async_impl(f, items.into_iter().collect(), Some(chunksize.max(1)))
             .get()
     }
 
-    /// [`map`](Pool::map) without waiting: Python's `map_async`.
-    pub fn map_async<A, R>(
+    /// [`map`](Pool::map) without waiting: Python's `map_async`. The items are encoded
+    /// before it returns, so borrowed items need not outlive the call.
+    pub fn map_async<A, R, T>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item = T>,
     ) -> AsyncResult<Vec<R>>
     where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
+        T: Borrow<A>,
     {
         self.map_async_impl(f, items.into_iter().collect(), None)
     }
 
-    /// Runs `f(a, b)` on every pair, results in input order: Python's `starmap`. For more
-    /// arguments, take a tuple in a one-argument function and use [`map`](Pool::map).
-    pub fn starmap<A, B, R>(
-        &self,
-        f: fn(A, B) -> R,
-        items: impl IntoIterator<Item = (A, B)>,
-    ) -> Result<Vec<R>>
+    /// Runs `f(a, b, ...)` on every tuple, results in input order: Python's `starmap`, for
+    /// functions of 2 to 6 arguments over tuples, owned or borrowed (see [`StarArgs`]).
+    ///
+    /// `f`'s type follows from the tuples', so a closure that captures nothing passes as it
+    /// is; wrap a named function in one, `|a, b| add(a, b)` (or give its type,
+    /// `add as fn(i64, i64) -> i64`): Rust makes a function pointer of a named function only
+    /// where the pointer's type is already known.
+    ///
+    /// ```
+    /// fn add(a: i64, b: i64) -> i64 {
+    ///     a + b
+    /// }
+    /// fn clamp(x: i64, lo: i64, hi: i64) -> i64 {
+    ///     x.clamp(lo, hi)
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.starmap(|a, b| add(a, b), [(1, 2), (3, 4)])?, [3, 7]);
+    /// let args = vec![(5, 0, 3), (-1, 0, 3)];
+    /// assert_eq!(pool.starmap(|x, lo, hi| clamp(x, lo, hi), &args)?, [3, 0]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
+    pub fn starmap<T, R>(&self, f: T::Fn<R>, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned + 'static,
-        B: Serialize + DeserializeOwned + 'static,
+        T: StarArgs,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.map_async_impl(f, items.into_iter().collect(), None)
-            .get()
+        self.starmap_async(f, items).get()
+    }
+
+    /// [`starmap`](Pool::starmap) without waiting: Python's `starmap_async`. The tuples are
+    /// encoded before it returns, so borrowed ones need not outlive the call.
+    pub fn starmap_async<T, R>(
+        &self,
+        f: T::Fn<R>,
+        items: impl IntoIterator<Item = T>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        T: StarArgs,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        let fnref = FnRef::chunked(Star(f));
+        self.map_chunks::<Star<T::Fn<R>>, T>(fnref, Pool::job_of_tuples::<T>, items, None)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: Python's `apply`.
@@ -406,7 +511,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let fnref = FnRef::chunked(f);
-        let (frame, fds) = self.encode(fnref, std::slice::from_ref(&arg))?;
+        let (frame, fds) = self.encode::<A, A>(fnref, std::slice::from_ref(&arg))?;
         let retries = self.max_retries;
         let (frame, fds) = match lease::run(&self.shared, frame, fds, self.task_timeout, retries) {
             Ok(outcome) => return finish_one(vec![outcome]),
@@ -436,21 +541,22 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let mut one = self
-            .map_async_impl(CaptureOutput(f), vec![arg], Some(1))
+            .map_async_impl::<_, A>(CaptureOutput(f), vec![arg], Some(1))
             .get()?;
         one.pop().ok_or_else(|| Error::protocol("an empty reply"))
     }
 
     /// As [`map`](Pool::map), capturing each item's output as
     /// [`apply_captured`](Pool::apply_captured) does.
-    pub fn map_captured<A, R>(
+    pub fn map_captured<A, R, T>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Captured<R>>>
     where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
+        T: Borrow<A>,
     {
         self.map_async_impl(CaptureOutput(f), items.into_iter().collect(), None)
             .get()
@@ -464,7 +570,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let slot = Arc::new(Slot::default());
-        let job = match self.job(
+        let job = match self.job::<A, A>(
             FnRef::chunked(f),
             std::slice::from_ref(&arg),
             Sink::Slot(Arc::clone(&slot), 0),
@@ -481,23 +587,57 @@ impl Pool {
     /// Lazily runs `f` over `items`, yielding results in input order: Python's `imap`. Only a
     /// bounded window of chunks is in flight, pulled from `items` as workers free up, so an
     /// endless iterator works and memory stays flat. Each result is yielded in its place; a
-    /// failed item does not stop the iteration.
+    /// failed item does not stop the iteration (its error's [`Error::index`] says which it
+    /// was). Items may be owned or borrowed, as in [`map`](Pool::map).
+    ///
+    /// The chunk size is the pool's [`chunksize`](PoolBuilder::chunksize), else 1; see
+    /// [`imap_chunked`](Pool::imap_chunked) to choose it per call.
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
     where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.imap_chunked(f, items, self.chunksize.unwrap_or(1))
+    }
+
+    /// [`imap`](Pool::imap) with an explicit chunk size (Python's `imap(f, it, chunksize)`):
+    /// items travel `chunksize` at a time (at least 1), whatever the pool's default.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let squares: Vec<u64> = pool.imap_chunked(square, 1..=100, 10).collect::<Result<_, _>>()?;
+    /// assert_eq!(squares[99], 10_000);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
         Imap::new(
             self,
             FnRef::chunked(f),
+            Pool::submit_chunk::<A, I::Item>,
             items.into_iter(),
-            self.chunksize.unwrap_or(1),
+            chunksize.max(1),
         )
     }
 
     /// As [`imap`](Pool::imap), yielding results as they complete: Python's
-    /// `imap_unordered`.
+    /// `imap_unordered`. A failed item's error says which input it was ([`Error::index`]).
     pub fn imap_unordered<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -506,13 +646,32 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.imap_unordered_chunked(f, items, self.chunksize.unwrap_or(1))
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with an explicit chunk size (Python's
+    /// `imap_unordered(f, it, chunksize)`).
+    pub fn imap_unordered_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> ImapUnordered<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
         ImapUnordered::new(
             self,
             FnRef::chunked(f),
+            Pool::submit_chunk::<A, I::Item>,
             items.into_iter(),
-            self.chunksize.unwrap_or(1),
+            chunksize.max(1),
         )
     }
 
@@ -564,21 +723,33 @@ impl Pool {
         }
     }
 
-    fn map_async_impl<F: Callable>(
+    fn map_async_impl<F: Callable, T: Borrow<F::Args>>(
         &self,
         f: F,
-        items: Vec<F::Args>,
+        items: Vec<T>,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<F::Out>> {
+        let fnref = FnRef::chunked(f);
+        self.map_chunks::<F, T>(fnref, Pool::job::<F::Args, T>, items, chunksize)
+    }
+
+    /// Cuts `items` into chunks for the function `fnref`, of type `F`, each made a job by
+    /// `job`, and submits them.
+    fn map_chunks<F: Callable, T>(
+        &self,
+        fnref: Option<FnRef>,
+        job: MakeJob<T>,
+        items: Vec<T>,
         chunksize: Option<usize>,
     ) -> AsyncResult<Vec<F::Out>> {
         let chunksize = chunksize
             .or(self.chunksize)
             .unwrap_or_else(|| auto_chunksize(items.len(), self.processes));
-        let fnref = FnRef::chunked(f);
         let chunks = items.chunks(chunksize.max(1));
         let slot = Arc::new(Slot::new(chunks.len()));
         let mut jobs = Vec::with_capacity(chunks.len());
         for (i, chunk) in chunks.enumerate() {
-            match self.job(fnref, chunk, Sink::Slot(Arc::clone(&slot), i)) {
+            match job(self, fnref, chunk, Sink::Slot(Arc::clone(&slot), i)) {
                 Ok(j) => jobs.push(j),
                 Err(e) => return AsyncResult::failed(e),
             }
@@ -592,24 +763,31 @@ impl Pool {
         }
     }
 
-    /// Encodes a chunk of arguments into a `Run` frame and the fds of handles inside them.
-    fn encode<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T]) -> Result<(Vec<u8>, Fds)> {
-        let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
-        let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-        let fds = msg::encode_arg(&mut run, chunk).map_err(|e| {
-            let role = if chunk.len() == 1 {
-                codec::Role::Argument
-            } else {
-                codec::Role::Arguments
-            };
-            Error::codec(codec::failure::<T>(codec::Op::Encode, role, &e))
-        })?;
-        Ok((run.finish(), fds::shared(fds)))
+    /// Encodes a chunk of arguments (each read through its borrow) into a `Run` frame and the
+    /// fds of handles inside them.
+    fn encode<A: Serialize, T: Borrow<A>>(
+        &self,
+        f: Option<FnRef>,
+        chunk: &[T],
+    ) -> Result<(Vec<u8>, Fds)> {
+        encode_chunk::<A>(f, &ByBorrow::<A, T>::new(chunk), chunk.len())
     }
 
     /// Encodes a chunk of arguments into a job.
-    fn job<T: Serialize>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
-        let (frame, fds) = self.encode(f, chunk)?;
+    fn job<A: Serialize, T: Borrow<A>>(
+        &self,
+        f: Option<FnRef>,
+        chunk: &[T],
+        sink: Sink,
+    ) -> Result<Job> {
+        let (frame, fds) = self.encode::<A, T>(f, chunk)?;
+        Ok(Job::new(frame, fds, chunk.len(), sink, self.max_retries))
+    }
+
+    /// Encodes a chunk of `starmap` tuples, owned or borrowed (both encode as the tuple),
+    /// into a job.
+    fn job_of_tuples<T: StarArgs>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
+        let (frame, fds) = encode_chunk::<T::Tuple>(f, chunk, chunk.len())?;
         Ok(Job::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 
@@ -660,13 +838,14 @@ impl Pool {
         )
     }
 
-    pub(crate) fn submit_chunk<T: Serialize>(
+    /// Encodes a chunk of arguments (each read through its borrow) and queues it.
+    pub(crate) fn submit_chunk<A: Serialize, T: Borrow<A>>(
         &self,
         f: Option<FnRef>,
         chunk: &[T],
         sink: Sink,
     ) -> Result<()> {
-        let job = self.job(f, chunk, sink)?;
+        let job = self.job::<A, T>(f, chunk, sink)?;
         self.shared.submit([job])
     }
 }
@@ -685,6 +864,49 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The thread-count variables for the workers (see [`PoolBuilder::threads_per_worker`]):
+/// `explicit` if set (0: none), else `cpu_count / processes`; never one set in `env`, and for
+/// the default, never one set in this process's environment.
+fn thread_vars(
+    explicit: Option<usize>,
+    processes: usize,
+    env: &[(OsString, OsString)],
+) -> Vec<(OsString, OsString)> {
+    let n = explicit.unwrap_or_else(|| (crate::cpu_count() / processes.max(1)).max(1));
+    if n == 0 {
+        return Vec::new();
+    }
+    THREAD_VARS
+        .iter()
+        .filter(|var| !env.iter().any(|(k, _)| k == **var))
+        .filter(|var| explicit.is_some() || std::env::var_os(var).is_none())
+        .map(|var| (OsString::from(var), OsString::from(n.to_string())))
+        .collect()
+}
+
+/// Makes a job of a chunk of items: how the items of a request are encoded.
+type MakeJob<T> = fn(&Pool, Option<FnRef>, &[T], Sink) -> Result<Job>;
+
+/// Encodes `len` arguments of type `A` (as `chunk`, which serializes as a `Vec<A>`) into a
+/// `Run` frame and the fds of handles inside them.
+fn encode_chunk<A>(
+    f: Option<FnRef>,
+    chunk: &(impl Serialize + ?Sized),
+    len: usize,
+) -> Result<(Vec<u8>, Fds)> {
+    let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
+    let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
+    let fds = msg::encode_arg(&mut run, chunk).map_err(|e| {
+        let role = if len == 1 {
+            codec::Role::Argument
+        } else {
+            codec::Role::Arguments
+        };
+        Error::codec(codec::failure::<A>(codec::Op::Encode, role, &e))
+    })?;
+    Ok((run.finish(), fds::shared(fds)))
+}
+
 /// Python's automatic chunk size for `map`: about four chunks per worker.
 pub(crate) fn auto_chunksize(len: usize, processes: usize) -> usize {
     let per = processes.max(1) * 4;
@@ -693,15 +915,33 @@ pub(crate) fn auto_chunksize(len: usize, processes: usize) -> usize {
 
 /// Decodes one job's outcome into its `items` items' results, in order.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) -> Vec<Result<R>> {
+    decode_chunk_inner(outcome, items, None)
+}
+
+/// As [`decode_chunk`], for a job whose first item is item `first` of its input: each
+/// failure names its item ([`Error::index`]) and the worker that ran it.
+pub(crate) fn decode_chunk_at<R: DeserializeOwned>(
+    outcome: Outcome,
+    items: usize,
+    first: usize,
+) -> Vec<Result<R>> {
+    decode_chunk_inner(outcome, items, Some(first))
+}
+
+fn decode_chunk_inner<R: DeserializeOwned>(
+    outcome: Outcome,
+    items: usize,
+    first: Option<usize>,
+) -> Vec<Result<R>> {
     let mut out: Vec<Result<R>> = Vec::with_capacity(items);
     for part in outcome {
         let left = items - out.len();
         if left == 0 {
             break;
         }
+        let before = out.len();
         match part.what {
             Ok(answer) => {
-                let before = out.len();
                 let decoded = Items::parse(answer.payload()).and_then(|list| {
                     list.decode_each::<R>(|r| {
                         out.push(r);
@@ -716,12 +956,28 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, items: usize) 
             }
             Err(e) => out.extend(repeat_error(e, part.count.min(left))),
         }
+        if let Some(first) = first {
+            place_errors(&mut out[before..], first + before, part.worker);
+        }
     }
     if out.len() < items {
-        let left = items - out.len();
+        let (before, left) = (out.len(), items - out.len());
         out.extend(repeat_error(Error::protocol("a result was lost"), left));
+        if let Some(first) = first {
+            place_errors(&mut out[before..], first + before, None);
+        }
     }
     out
+}
+
+/// Names each failure in `results` (the first being item `first`) with its item and worker.
+fn place_errors<R>(results: &mut [Result<R>], first: usize, worker: Option<u32>) {
+    for (k, r) in results.iter_mut().enumerate() {
+        if let Err(e) = r {
+            let e = std::mem::replace(e, Error::protocol(""));
+            *r = Err(e.at_item(first + k, worker));
+        }
+    }
 }
 
 fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
@@ -751,27 +1007,32 @@ pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
 }
 
 /// The values of every item of every job, in order; the first failure in input order fails
-/// the map.
+/// the map, naming its item ([`Error::index`]) and worker.
 pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for outcome in outcomes {
         for part in outcome {
-            let answer = part.what?;
-            let items = Items::parse(answer.payload())?;
+            let worker = part.worker;
+            // Every item before this part succeeded: the failure is item `out.len()` or after.
+            let place = |e: Error, at: usize| e.at_item(at, worker);
+            let answer = part.what.map_err(|e| place(e, out.len()))?;
+            let items = Items::parse(answer.payload()).map_err(|e| place(e, out.len()))?;
             out.reserve(items.size_hint());
             let mut failed = None;
-            items.decode_each::<R>(|r| match r {
-                Ok(v) => {
-                    out.push(v);
-                    true
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            })?;
+            items
+                .decode_each::<R>(|r| match r {
+                    Ok(v) => {
+                        out.push(v);
+                        true
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                })
+                .map_err(|e| place(e, out.len()))?;
             if let Some(e) = failed {
-                return Err(e);
+                return Err(place(e, out.len()));
             }
         }
     }
@@ -795,7 +1056,11 @@ mod tests {
     }
 
     fn part(count: usize, what: Result<Answer>) -> Part {
-        Part { count, what }
+        Part {
+            count,
+            what,
+            worker: None,
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) struct Part {
     /// A worker's answer for them (each item's result or panic is inside), or the one error
     /// they all share.
     pub(crate) what: Result<Answer>,
+    /// The pid of the worker that settled them, if one did.
+    pub(crate) worker: Option<u32>,
 }
 
 impl Part {
@@ -35,6 +37,7 @@ impl Part {
         Part {
             count: Part::REST,
             what: Err(e),
+            worker: None,
         }
     }
 
@@ -43,6 +46,7 @@ impl Part {
         Part {
             count: 1,
             what: Err(e),
+            worker: None,
         }
     }
 }

@@ -4,6 +4,8 @@ mod current;
 pub(crate) mod forkserver;
 pub(crate) mod launch;
 
+/// The variable giving a child its name (for the worker to show it in ps and top).
+pub(crate) use current::NAME_ENV as CHILD_NAME_ENV;
 pub use current::{ProcessInfo, active_children, current_process, parent_process};
 
 use std::ffi::OsString;

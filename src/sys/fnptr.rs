@@ -145,6 +145,62 @@ fn chunk_trampoline<F: Callable>(func: usize, arg: &[u8], cx: &mut RunCx<'_>) ->
     crate::task::chunk::run(f, arg, cx)
 }
 
+/// A state constructor's trampoline: builds the worker's state with the constructor at the
+/// given address from its encoded argument, for the pool with the given key (see
+/// `task::state`); or the reply that fails the task instead.
+pub(crate) type StateInit = fn(usize, &[u8], u64) -> Result<(), Reply>;
+
+impl FnRef {
+    /// Describes `f` run over a chunk of arguments with its worker's state: the chunk's
+    /// argument starts with the state's constructor (see `task::state`).
+    pub(crate) fn with_state<F: Callable>(f: F) -> Option<FnRef> {
+        let tramp: Trampoline = state_trampoline::<F>;
+        FnRef::from_addrs(tramp as usize, f.addr())
+    }
+
+    /// Describes a state constructor, carried inside the argument of a state task.
+    pub(crate) fn state_init<I: DeserializeOwned, S: 'static>(init: fn(I) -> S) -> Option<FnRef> {
+        let tramp: StateInit = state_init_trampoline::<I, S>;
+        FnRef::from_addrs(tramp as usize, init as usize)
+    }
+}
+
+fn state_trampoline<F: Callable>(func: usize, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
+    // SAFETY: as in `chunk_trampoline`: `func` was produced by `FnRef::with_state::<F>` from a
+    // value of the fn-pointer type `F` (or a `repr(transparent)` wrapper of one) in this same
+    // executable, and this is that `F`'s trampoline.
+    let f: F = unsafe { super::fn_from_addr(func) };
+    crate::task::state::run(f, arg, cx, resolve_state_init)
+}
+
+fn state_init_trampoline<I: DeserializeOwned, S: 'static>(
+    func: usize,
+    arg: &[u8],
+    key: u64,
+) -> Result<(), Reply> {
+    // SAFETY: `func` was produced by `FnRef::state_init::<I, S>` from a `fn(I) -> S` in this
+    // same executable, and this trampoline is the `<I, S>` instance recorded next to it.
+    let init: fn(I) -> S = unsafe { super::fn_from_addr(func) };
+    crate::task::state::build(init, arg, key)
+}
+
+/// Finds a state constructor carried inside the argument of the state task being run: the
+/// identity check that admitted that task (see `call`) admits the offsets inside it too.
+fn resolve_state_init(init: FnRef) -> Option<(StateInit, usize)> {
+    let base = anchor_addr();
+    let tramp_addr = base.wrapping_add(init.tramp as usize);
+    let func_addr = base.wrapping_add(init.func as usize);
+    if !in_main_image(tramp_addr) || !in_main_image(func_addr) {
+        return None;
+    }
+    // SAFETY: the task carrying these offsets came from a parent running this very executable
+    // (checked before `call` ran its trampoline), which computed `init.tramp` from a
+    // `StateInit` in `FnRef::state_init`: the same offset from the same anchor is that
+    // trampoline here.
+    let tramp: StateInit = unsafe { super::fn_from_addr(tramp_addr) };
+    Some((tramp, func_addr))
+}
+
 fn offset(addr: usize) -> i64 {
     addr.wrapping_sub(anchor_addr()) as i64
 }

@@ -362,6 +362,27 @@ pub(crate) fn is_running(pid: i32) -> bool {
     !matches!(state, None | Some('Z' | 'X'))
 }
 
+/// Sets the name `ps`, `top` and `/proc/PID/comm` show for the calling thread — the process's,
+/// when called on its main thread (`PR_SET_NAME`): at most 15 bytes, cut at a character
+/// boundary. A name with a NUL byte is cut there.
+pub(crate) fn set_process_name(name: &str) -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &name.as_bytes()[..end];
+    let bytes = bytes.split(|&b| b == 0).next().unwrap_or_default();
+    buf[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `buf` is a live, NUL-terminated array of 16 bytes, the most `PR_SET_NAME` reads;
+    // the other arguments are ignored for this option.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,3 +96,8 @@ pub(crate) mod stack_guard {
     /// Does nothing here.
     pub(crate) fn forget_fd() {}
 }
+
+/// Does nothing here (macOS names only threads, with `pthread_setname_np`).
+pub(crate) fn set_process_name(_name: &str) -> io::Result<()> {
+    Ok(())
+}

@@ -7,8 +7,11 @@
 //! - [`chunk`]: running a chunk on the worker side (each item's result encoded into the arena
 //!   as it finishes) and decoding its items on the parent side.
 //!
+//! - [`state`]: a worker's own state, built once by the first task that needs it.
+//!
 //! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
 //! is the one place that turns a worker's death or timeout into outcomes for those items.
 
 pub(crate) mod chunk;
 pub(crate) mod progress;
+pub(crate) mod state;

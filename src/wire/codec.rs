@@ -259,6 +259,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
     Ok(out)
 }
 
+/// Decodes a `T` from the start of `bytes`; returns it and the bytes after it.
+pub(crate) fn decode_prefix<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<(T, &'de [u8]), String> {
+    postcard::take_from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))
+}
+
 /// Decodes a `T` from `bytes`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| super::fds::explain(e.to_string()))

@@ -172,6 +172,7 @@ impl Supervisor {
                 };
                 for j in &mut jobs {
                     j.prepare();
+                    j.worker = u32::try_from(w.child.pid()).ok();
                 }
                 let sent = send_jobs(sock, &jobs);
                 let unsent = jobs.split_off(sent);
