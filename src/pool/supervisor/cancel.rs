@@ -41,7 +41,11 @@ impl Supervisor {
         if matches!(w.loss, Some((Loss::Cancelled, _))) {
             return; // killed already
         }
-        event!(info, pid = w.pid, "task cancelled: killing its worker");
+        event!(
+            info,
+            pid = w.child.pid(),
+            "task cancelled: killing its worker"
+        );
         signal(w, sys::SIGKILL);
         // The socket stays open: answers written before the kill still settle their jobs.
         w.state = State::Ending;
