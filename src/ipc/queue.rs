@@ -3,8 +3,9 @@
 //! # How it works
 //! A queue is one shared memory file: a header page (a robust mutex, positions, counters,
 //! futex words) and a ring of bytes after it. `put` encodes the value *before* taking the
-//! lock, then copies the record `[len: u64][bytes]` in at `tail`; `get` copies the record at
-//! `head` out and decodes it after releasing the lock. There is no feeder thread: when `put`
+//! lock, then copies the record `[len: u64][bytes]` in at `tail`; `get` decodes the record at
+//! `head` straight from the ring, under the lock (saving a copy), and consumes it whatever
+//! the decoding does. There is no feeder thread: when `put`
 //! returns, the value is in shared memory, and it survives the exit (or SIGKILL) of the process
 //! that put it. Python's `multiprocessing.Queue` buffers in a thread that loses items when its
 //! process exits early.

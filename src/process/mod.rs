@@ -496,7 +496,7 @@ impl<R: DeserializeOwned> Process<R> {
                 Err(Error::binary_mismatch(identity::own(), id))
             }
             Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(decode_failure::<R>),
-            // A process's result always comes inline (`worker::run_typed`).
+            // A small result comes inline (`Done`, above).
             // A large result: mapped from the file sent with it and decoded in place.
             Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Payload::from_fd) {
                 Some(Ok(region)) => codec::decode(region.bytes()).map_err(decode_failure::<R>),
