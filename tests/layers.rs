@@ -136,9 +136,6 @@ fn no_import_runs_up_a_layer() {
         "sys/ctor.rs uses worker",
         "sys/fnptr.rs uses task",
         "sys/fnptr.rs uses wire",
-        "sys/fnptr.rs uses worker",
-        "task/chunk.rs uses worker",
-        "task/state.rs uses worker",
         "worker.rs uses pool",
         "worker.rs uses process",
     ];

@@ -214,7 +214,7 @@ fn trampoline<A: DeserializeOwned, R: Serialize>(
     // executable (the caller holds a `Verified` token, see `call`), and this trampoline is the
     // `<A, R>` instance recorded next to it, so `func` is the address of a `fn(A) -> R`.
     let f: fn(A) -> R = unsafe { super::fn_from_addr(func) };
-    crate::worker::run_typed(f, arg)
+    crate::task::panic::run_typed(f, arg)
 }
 
 /// Calls the function described by `f` with the encoded argument `arg`.

@@ -113,7 +113,7 @@ pub(crate) struct RunCx<'a> {
 pub(crate) fn run<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     // A panic in serde code decoding the arguments fails the chunk, not the worker.
     panic::catch_unwind(AssertUnwindSafe(|| run_inner(f, arg, cx)))
-        .unwrap_or_else(crate::worker::panic_reply)
+        .unwrap_or_else(crate::task::panic::panic_reply)
 }
 
 fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
@@ -164,7 +164,7 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
             }
             let written = match outcome {
                 Err(payload) => {
-                    let p = crate::worker::panic_report(payload);
+                    let p = crate::task::panic::panic_report(payload);
                     w.put(&ItemOut::<()>::Panic(&p))
                 }
                 Ok(Err(e)) => {

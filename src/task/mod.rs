@@ -7,11 +7,13 @@
 //! - [`chunk`]: running a chunk on the worker side (each item's result encoded into the arena
 //!   as it finishes) and decoding its items on the parent side.
 //!
+//! - [`panic`]: a task's panic as data (the worker's panic hook, the report, the typed call).
 //! - [`state`]: a worker's own state, built once by the first task that needs it.
 //!
 //! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
 //! is the one place that turns a worker's death or timeout into outcomes for those items.
 
 pub(crate) mod chunk;
+pub(crate) mod panic;
 pub(crate) mod progress;
 pub(crate) mod state;

@@ -151,9 +151,9 @@ pub(crate) fn build<I: DeserializeOwned, S: 'static>(
     // built: the two never hold their resources at once.
     SLOT.with(|slot| drop(slot.borrow_mut().take()));
     let state = panic::catch_unwind(AssertUnwindSafe(|| init(arg))).map_err(|payload| {
-        let mut p = crate::worker::panic_report(payload);
+        let mut p = crate::task::panic::panic_report(payload);
         p.message = format!("building the worker state: {}", p.message);
-        Reply::inline(crate::worker::encode_panic(&p), false)
+        Reply::inline(crate::task::panic::encode_panic(&p), false)
     })?;
     SLOT.with(|slot| *slot.borrow_mut() = Some((key, Box::new(state))));
     Ok(())
