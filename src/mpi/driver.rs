@@ -65,7 +65,7 @@ pub(crate) struct Driver {
     link: Link,
     ranks: Vec<Rank>,
     queue: VecDeque<Task>,
-    /// Job id → the task and the rank running it.
+    /// Batch id → the task and the rank running it.
     inflight: HashMap<u64, (Task, i32)>,
     next_id: u64,
     max_retries: u32,

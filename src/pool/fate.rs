@@ -21,7 +21,7 @@
 //!   fails with `Cancelled`. A job lost with a worker killed for another job's cancellation
 //!   is that kill's collateral: re-run, spending nothing.
 
-use super::job::Job;
+use super::batch::Batch;
 use super::result::Answer;
 use crate::error::{Error, ExitStatus};
 use crate::task::chunk::{self, Items};
@@ -55,7 +55,7 @@ pub(crate) enum Loss {
 const FREE_UNSTARTED: u32 = 3;
 
 /// How far a lost worker got through the job at the head of its queue.
-pub(crate) enum Progress {
+pub(crate) enum Reached {
     /// It never began the job.
     NotStarted,
     /// It began it: these items (a count, and their outcomes) finished; the next was running,
@@ -63,13 +63,13 @@ pub(crate) enum Progress {
     Began { finished: Option<(usize, Answer)> },
 }
 
-impl Progress {
+impl Reached {
     /// Reads a dead worker's control block: `answered` is how many jobs it answered, so the
     /// job at the head of its queue (`job`) is the one it began if it began more.
-    pub(crate) fn read(watch: &Watch, answered: u64, job: &Job) -> Progress {
+    pub(crate) fn read(watch: &Watch, answered: u64, job: &Batch) -> Reached {
         let snap = watch.snapshot();
         if snap.started <= answered {
-            return Progress::NotStarted;
+            return Reached::NotStarted;
         }
         let counted =
             snap.count == job.items as u64 && (snap.skip..=snap.count).contains(&snap.done);
@@ -84,11 +84,11 @@ impl Progress {
                 ?snap,
                 "a worker's control block does not match its job"
             );
-            return Progress::Began { finished: None };
+            return Reached::Began { finished: None };
         }
         let count = snap.done - snap.skip;
         if count == 0 {
-            return Progress::Began { finished: None };
+            return Reached::Began { finished: None };
         }
         let finished = match watch.recover(&snap, chunk::PREFIX) {
             Ok(items) => {
@@ -101,7 +101,7 @@ impl Progress {
                 None
             }
         };
-        Progress::Began { finished }
+        Reached::Began { finished }
     }
 }
 
@@ -118,7 +118,7 @@ pub(crate) fn is_item_panic(watch: &Watch, answered: u64, what: &Result<Answer, 
 }
 
 /// A worker answered `job` (the reply to its latest run). Delivers it.
-pub(crate) fn answered(mut job: Job, what: Result<Answer, Error>) {
+pub(crate) fn answered(mut job: Batch, what: Result<Answer, Error>) {
     let left = job.left();
     match what {
         Ok(answer) => match Items::parse(answer.payload()).map(|items| items.count()) {
@@ -138,12 +138,12 @@ pub(crate) fn answered(mut job: Job, what: Result<Answer, Error>) {
 
 /// `job` was cancelled: delivers its outcome, every item it has left failing with
 /// `Cancelled`, instead of running it (again).
-pub(crate) fn cancelled(job: Job) {
+pub(crate) fn cancelled(job: Batch) {
     job.fail_rest(Error::cancelled());
 }
 
 /// Jobs to put back in the queue, but those cancelled meanwhile, which are settled instead.
-pub(crate) fn requeued(jobs: impl Iterator<Item = Job>) -> impl Iterator<Item = Job> {
+pub(crate) fn requeued(jobs: impl Iterator<Item = Batch>) -> impl Iterator<Item = Batch> {
     jobs.filter_map(|j| {
         if j.is_cancelled() {
             cancelled(j);
@@ -156,15 +156,15 @@ pub(crate) fn requeued(jobs: impl Iterator<Item = Job>) -> impl Iterator<Item = 
 /// A worker was lost (`loss`) with `job` at the head of its queue, having got this far
 /// (`progress`). Returns the job if it must run again (re-queue it first); otherwise its
 /// outcome has been delivered.
-pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job> {
+pub(crate) fn lost(mut job: Batch, progress: Reached, loss: &Loss) -> Option<Batch> {
     if job.is_cancelled() {
         // Whatever killed the worker: what the job has left is not to run.
         cancelled(job);
         return None;
     }
     let finished = match progress {
-        Progress::Began { finished } => finished,
-        Progress::NotStarted
+        Reached::Began { finished } => finished,
+        Reached::NotStarted
             if matches!(loss, Loss::Died(..) | Loss::Collateral | Loss::Cancelled) =>
         {
             job.unstarted_losses += 1;
@@ -175,7 +175,7 @@ pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job>
         }
         // Timed out or misbehaved before it began: charged to its first item, or the job
         // would time out on every worker forever.
-        Progress::NotStarted => None,
+        Reached::NotStarted => None,
     };
     if let Some((count, answer)) = finished {
         job.settle(count, answer);
@@ -210,7 +210,7 @@ pub(crate) fn lost(mut job: Job, progress: Progress, loss: &Loss) -> Option<Job>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::job::Sink;
+    use crate::pool::batch::Sink;
     use crate::pool::result::{Outcome, Slot};
     use crate::sys::RawExit;
     use crate::sys::arena::GrowMap;
@@ -218,11 +218,11 @@ mod tests {
     use crate::wire::codec;
     use std::sync::Arc;
 
-    fn job(items: usize, retries: u32) -> (Job, Arc<Slot>) {
+    fn job(items: usize, retries: u32) -> (Batch, Arc<Slot>) {
         let slot = Arc::new(Slot::new(1));
         let frame = crate::wire::msg::begin_run(0, b"id", 0, 0).finish();
         let sink = Sink::Slot(Arc::clone(&slot), 0);
-        (Job::new(frame, None, items, sink, retries), slot)
+        (Batch::new(frame, None, items, sink, retries), slot)
     }
 
     fn outcome(slot: &Slot) -> Vec<crate::Result<u64>> {
@@ -253,7 +253,7 @@ mod tests {
         let watch = Watch::create(false).unwrap();
         let (j, slot) = job(5, 0);
         run_and_die(&watch, 0, 2);
-        let progress = Progress::read(&watch, 0, &j);
+        let progress = Reached::read(&watch, 0, &j);
         let mut j = lost(j, progress, &died()).expect("items 3 and 4 never ran");
         assert_eq!(j.next, 3, "0 and 1 kept, 2 failed");
         // The rest runs on another worker, which answers items 3..5.
@@ -263,7 +263,7 @@ mod tests {
         let watch2 = Watch::create(false).unwrap();
         run_and_die(&watch2, 3, 5);
         let j = {
-            let p = Progress::read(&watch2, 0, &j);
+            let p = Reached::read(&watch2, 0, &j);
             lost(j, p, &died())
         };
         assert!(
@@ -283,7 +283,7 @@ mod tests {
         let watch = Watch::create(false).unwrap();
         let (j, _slot) = job(5, 1);
         let j = {
-            let p = Progress::read(&watch, 0, &j);
+            let p = Reached::read(&watch, 0, &j);
             lost(j, p, &died())
         }
         .unwrap();
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(j.unstarted_losses, 1);
         run_and_die(&watch, 0, 1);
         let j = {
-            let p = Progress::read(&watch, 0, &j);
+            let p = Reached::read(&watch, 0, &j);
             lost(j, p, &died())
         }
         .unwrap();
@@ -303,7 +303,7 @@ mod tests {
         let watch2 = Watch::create(false).unwrap();
         run_and_die(&watch2, 1, 2);
         let j = {
-            let p = Progress::read(&watch2, 0, &j);
+            let p = Reached::read(&watch2, 0, &j);
             lost(j, p, &died())
         }
         .unwrap();
@@ -320,7 +320,7 @@ mod tests {
         let (j, slot) = job(5, 3);
         run_and_die(&watch, 0, 4);
         let j = {
-            let p = Progress::read(&watch, 0, &j);
+            let p = Reached::read(&watch, 0, &j);
             lost(j, p, &Loss::TimedOut)
         };
         assert!(j.is_none(), "item 4 timed out, with retries left: settled");
@@ -335,7 +335,7 @@ mod tests {
         let (j, slot) = job(5, 3);
         slot.cancel();
         run_and_die(&watch, 0, 2);
-        let p = Progress::read(&watch, 0, &j);
+        let p = Reached::read(&watch, 0, &j);
         assert!(
             lost(j, p, &died()).is_none(),
             "not re-run, even with retries left"
@@ -348,7 +348,7 @@ mod tests {
         let (j, _slot) = job(5, 1);
         let watch = Watch::create(false).unwrap();
         run_and_die(&watch, 0, 2);
-        let p = Progress::read(&watch, 0, &j);
+        let p = Reached::read(&watch, 0, &j);
         let j = lost(j, p, &Loss::Cancelled).expect("re-run");
         assert_eq!(
             (j.next, j.retries_left),
@@ -359,7 +359,7 @@ mod tests {
         let (keep, _k) = job(1, 0);
         let (drop, dropped) = job(1, 0);
         dropped.cancel();
-        let again: Vec<Job> = requeued([keep, drop].into_iter()).collect();
+        let again: Vec<Batch> = requeued([keep, drop].into_iter()).collect();
         assert_eq!(again.len(), 1);
         assert!(!again[0].is_cancelled());
     }
@@ -370,12 +370,9 @@ mod tests {
         let (j, _slot) = job(5, 0);
         run_and_die(&watch, 0, 2);
         // The head job is another one than the worker ran (answered count says so).
-        assert!(matches!(
-            Progress::read(&watch, 5, &j),
-            Progress::NotStarted
-        ));
+        assert!(matches!(Reached::read(&watch, 5, &j), Reached::NotStarted));
         let (j7, _s) = job(7, 0);
-        let Progress::Began { finished } = Progress::read(&watch, 0, &j7) else {
+        let Reached::Began { finished } = Reached::read(&watch, 0, &j7) else {
             panic!("it began")
         };
         assert!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::job::Sink;
+use super::batch::Sink;
 use super::result::{Outcome, Part, Slot};
 use super::{Pool, decode_chunk_at};
 use crate::error::{Error, Result};

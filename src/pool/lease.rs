@@ -15,11 +15,11 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::batch::{Batch, Sink};
 use super::fate;
-use super::job::{Job, Sink};
+use super::registry::{Lease, Registry, Returned, WATCH_TICK, paused_for};
 use super::reply::{Classified, sort};
 use super::result::{Answer, Outcome, Part, Slot};
-use super::shared::{Lease, Returned, Shared, WATCH_TICK, paused_for};
 use crate::error::Error;
 use crate::sys;
 use crate::wire::fds::{self, Fds, Received};
@@ -29,7 +29,7 @@ use crate::wire::frame::{self, FrameError, FrameReader};
 pub(crate) type Reply = Result<Answer, Error>;
 
 /// How a borrowed exchange went wrong.
-pub(crate) enum Loss {
+pub(crate) enum BorrowLost {
     /// Dead, broken or misbehaving: let the supervisor reap it and settle the job.
     Died,
     /// Still running at the deadline.
@@ -39,7 +39,7 @@ pub(crate) enum Loss {
 /// Runs the task in `frame` on an idle worker, if one can be borrowed, and waits for its
 /// outcome; gives the frame back otherwise (the caller then queues it).
 pub(crate) fn run(
-    shared: &Shared,
+    shared: &Registry,
     frame: Vec<u8>,
     fds: Fds,
     timeout: Option<Duration>,
@@ -59,7 +59,7 @@ pub(crate) fn run(
                 None => sys::poll_readable(&[b.sock()], asked),
             };
             if waited.is_err() {
-                break Err(Loss::Died);
+                break Err(BorrowLost::Died);
             }
             // Slept far longer than asked: the program was stopped meanwhile (Ctrl-Z,
             // SIGSTOP), and that time does not count against the task.
@@ -103,7 +103,7 @@ pub(crate) struct Borrowed {
 /// Writes the task in `frame` (with the fds of handles inside its argument) to an idle
 /// worker, if one can be borrowed; gives them back otherwise (the caller then queues them).
 pub(crate) fn borrow(
-    shared: &Shared,
+    shared: &Registry,
     frame: Vec<u8>,
     fds: Fds,
     items: usize,
@@ -141,9 +141,9 @@ impl Borrowed {
 
     /// The answer if it has arrived, `Ok(None)` while the task runs, or how it was lost.
     /// Never blocks.
-    pub(crate) fn poll(&mut self) -> Result<Option<Reply>, Loss> {
+    pub(crate) fn poll(&mut self) -> Result<Option<Reply>, BorrowLost> {
         if self.unsent {
-            return Err(Loss::Died);
+            return Err(BorrowLost::Died);
         }
         if let Some(o) = self.read()? {
             return Ok(Some(o));
@@ -152,17 +152,17 @@ impl Borrowed {
             let ended = sys::poll_readable(&[p], Some(Duration::ZERO));
             if ended.is_ok_and(|r| r[0].readable) {
                 // It ended; it may have answered between our read and this look.
-                return self.read()?.map(Some).ok_or(Loss::Died);
+                return self.read()?.map(Some).ok_or(BorrowLost::Died);
             }
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(Loss::TimedOut);
+            return Err(BorrowLost::TimedOut);
         }
         Ok(None)
     }
 
     /// Reads what is waiting; the answer once whole.
-    fn read(&mut self) -> Result<Option<Reply>, Loss> {
+    fn read(&mut self) -> Result<Option<Reply>, BorrowLost> {
         loop {
             let mut src = fds::FdRead {
                 sock: self.lease.sock.as_fd(),
@@ -179,12 +179,12 @@ impl Borrowed {
                     }
                     Ok(Some(Classified::Answer(a))) => return Ok(Some(a)),
                     Ok(Some(Classified::Hello { ours: false })) | Err(_) => {
-                        return Err(Loss::Died);
+                        return Err(BorrowLost::Died);
                     }
                 },
                 Ok(None) => continue,
                 Err(FrameError::WouldBlock) => return Ok(None),
-                Err(_) => return Err(Loss::Died),
+                Err(_) => return Err(BorrowLost::Died),
             }
         }
     }
@@ -195,13 +195,13 @@ impl Borrowed {
 /// supervisor with the task, which `fate` settles like any other job's (from how far the
 /// worker got: kept results, a re-run, the worker's exit status, `TimedOut`).
 pub(crate) fn settle(
-    shared: &Shared,
+    shared: &Registry,
     mut b: Borrowed,
-    polled: Result<Reply, Loss>,
+    polled: Result<Reply, BorrowLost>,
     sink: Sink,
     retries: u32,
 ) {
-    let mut job = Job::new(b.frame, b.fds, b.items, sink, retries);
+    let mut job = Batch::new(b.frame, b.fds, b.items, sink, retries);
     job.worker = u32::try_from(b.lease.child.pid()).ok();
     let loss = match polled {
         Ok(answer) => {
@@ -227,13 +227,13 @@ pub(crate) fn settle(
         id: b.lease.id,
         tasks: b.lease.tasks,
         job,
-        timed_out: matches!(loss, Loss::TimedOut),
+        timed_out: matches!(loss, BorrowLost::TimedOut),
         last_words: b.last_words,
     });
     shared.wake_locked(q);
 }
 
-fn give_back(shared: &Shared, lease: &mut Lease) {
+fn give_back(shared: &Registry, lease: &mut Lease) {
     lease.tasks += 1;
     if let Some(left) = lease.tasks_left.as_mut() {
         *left -= 1;

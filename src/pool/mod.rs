@@ -1,14 +1,14 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` on a supervisor that survives its workers.
 
 mod args;
+mod batch;
 mod completion;
 mod fate;
 mod imap;
-mod job;
 mod lease;
+mod registry;
 mod reply;
 mod result;
-mod shared;
 mod state;
 mod supervisor;
 
@@ -36,15 +36,15 @@ use crate::task::chunk::Items;
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
 use args::{ByBorrow, Star};
-use job::{Job, Sink};
+use batch::{Batch, Sink};
 #[cfg(feature = "mpi")]
-pub(crate) use lease::{Borrowed, Loss, Reply};
+pub(crate) use lease::{BorrowLost, Borrowed, Reply};
+use registry::Registry;
 #[cfg(feature = "mpi")]
 pub(crate) use result::Answer;
 #[cfg(any(test, feature = "mpi"))]
 pub(crate) use result::Part;
 pub(crate) use result::{Outcome, Slot};
-use shared::Shared;
 use supervisor::Config;
 
 /// How long `build` waits for a first worker at most (a loaded machine can be slow).
@@ -91,7 +91,7 @@ pub(crate) const PROCESS_LIMIT_ENV: &str = "MPROC_PROCESS_LIMIT";
 /// never end. To wait for outstanding work instead, collect its results first, or call
 /// [`close`](Pool::close) then [`join`](Pool::join).
 pub struct Pool {
-    shared: Arc<Shared>,
+    shared: Arc<Registry>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
     pub(crate) max_retries: u32,
@@ -332,7 +332,7 @@ impl PoolBuilder {
             supervisor::start(config).map_err(|e| Error::io("cannot start the pool", e))?;
         // At least one worker must start: a pool that can run nothing fails here, clearly,
         // rather than at its first task. Transient refusals (`EAGAIN`) are retried meanwhile.
-        if let shared::Start::Failed(why) = shared.wait_start(START_LIMIT) {
+        if let registry::Start::Failed(why) = shared.wait_start(START_LIMIT) {
             let mut q = shared.lock();
             q.terminate = true;
             shared.wake_locked(q);
@@ -518,7 +518,7 @@ impl Pool {
             Err(unsent) => unsent,
         };
         let slot = Arc::new(Slot::default());
-        let job = Job::new(frame, fds, 1, Sink::Slot(Arc::clone(&slot), 0), retries);
+        let job = Batch::new(frame, fds, 1, Sink::Slot(Arc::clone(&slot), 0), retries);
         match self.shared.submit([job]) {
             Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).get(),
             Err(e) => Err(e),
@@ -570,7 +570,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let slot = Arc::new(Slot::default());
-        let job = match self.job::<A, A>(
+        let job = match self.batch::<A, A>(
             FnRef::chunked(f),
             std::slice::from_ref(&arg),
             Sink::Slot(Arc::clone(&slot), 0),
@@ -730,7 +730,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> AsyncResult<Vec<F::Out>> {
         let fnref = FnRef::chunked(f);
-        self.map_chunks::<F, T>(fnref, Pool::job::<F::Args, T>, items, chunksize)
+        self.map_chunks::<F, T>(fnref, Pool::batch::<F::Args, T>, items, chunksize)
     }
 
     /// Cuts `items` into chunks for the function `fnref`, of type `F`, each made a job by
@@ -774,21 +774,26 @@ impl Pool {
     }
 
     /// Encodes a chunk of arguments into a job.
-    fn job<A: Serialize, T: Borrow<A>>(
+    fn batch<A: Serialize, T: Borrow<A>>(
         &self,
         f: Option<FnRef>,
         chunk: &[T],
         sink: Sink,
-    ) -> Result<Job> {
+    ) -> Result<Batch> {
         let (frame, fds) = self.encode::<A, T>(f, chunk)?;
-        Ok(Job::new(frame, fds, chunk.len(), sink, self.max_retries))
+        Ok(Batch::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 
     /// Encodes a chunk of `starmap` tuples, owned or borrowed (both encode as the tuple),
     /// into a job.
-    fn job_of_tuples<T: StarArgs>(&self, f: Option<FnRef>, chunk: &[T], sink: Sink) -> Result<Job> {
+    fn job_of_tuples<T: StarArgs>(
+        &self,
+        f: Option<FnRef>,
+        chunk: &[T],
+        sink: Sink,
+    ) -> Result<Batch> {
         let (frame, fds) = encode_chunk::<T::Tuple>(f, chunk, chunk.len())?;
-        Ok(Job::new(frame, fds, chunk.len(), sink, self.max_retries))
+        Ok(Batch::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 
     /// Queues a `Run` frame encoded elsewhere (by another MPI rank), without fds; its outcome
@@ -803,7 +808,7 @@ impl Pool {
     ) -> Result<()> {
         let sink = Sink::Channel(tx, key);
         self.shared
-            .submit([Job::new(frame, None, items, sink, self.max_retries)])
+            .submit([Batch::new(frame, None, items, sink, self.max_retries)])
     }
 
     /// Writes a `Run` frame encoded elsewhere (by another MPI rank) to an idle worker
@@ -825,7 +830,7 @@ impl Pool {
     pub(crate) fn settle_borrowed(
         &self,
         b: Borrowed,
-        polled: std::result::Result<Reply, Loss>,
+        polled: std::result::Result<Reply, BorrowLost>,
         tx: std::sync::mpsc::Sender<(usize, Outcome)>,
         key: usize,
     ) {
@@ -845,7 +850,7 @@ impl Pool {
         chunk: &[T],
         sink: Sink,
     ) -> Result<()> {
-        let job = self.job::<A, T>(f, chunk, sink)?;
+        let job = self.batch::<A, T>(f, chunk, sink)?;
         self.shared.submit([job])
     }
 }
@@ -885,7 +890,7 @@ fn thread_vars(
 }
 
 /// Makes a job of a chunk of items: how the items of a request are encoded.
-type MakeJob<T> = fn(&Pool, Option<FnRef>, &[T], Sink) -> Result<Job>;
+type MakeJob<T> = fn(&Pool, Option<FnRef>, &[T], Sink) -> Result<Batch>;
 
 /// Encodes `len` arguments of type `A` (as `chunk`, which serializes as a `Vec<A>`) into a
 /// `Run` frame and the fds of handles inside them.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::shared::Shared;
+use super::registry::Registry;
 use crate::error::{Error, Result};
 
 /// What the supervisor delivers for one job: its items' outcomes, in order, in parts (one
@@ -377,7 +377,7 @@ pub struct AsyncResult<R> {
     taken: bool,
     /// The pool whose supervisor withdraws the jobs of a cancelled handle; `None` for a
     /// handle that cannot be cancelled (an MPI pool's).
-    pool: Option<Weak<Shared>>,
+    pool: Option<Weak<Registry>>,
 }
 
 impl<R> AsyncResult<R> {
@@ -393,7 +393,7 @@ impl<R> AsyncResult<R> {
 
     /// The handle of jobs queued on the local pool `shared`: [`cancel`](AsyncResult::cancel)
     /// works on it.
-    pub(crate) fn cancellable(mut self, shared: &Arc<Shared>) -> AsyncResult<R> {
+    pub(crate) fn cancellable(mut self, shared: &Arc<Registry>) -> AsyncResult<R> {
         self.pool = Some(Arc::downgrade(shared));
         self
     }

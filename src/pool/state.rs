@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::args::ByBorrow;
-use super::job::{Job, Sink};
+use super::batch::{Batch, Sink};
 use super::{AsyncResult, Pool, PoolBuilder, encode_chunk};
 use crate::error::{Error, Result};
 use crate::sys::fnptr::FnRef;
@@ -187,7 +187,7 @@ impl Pool {
         f: Option<FnRef>,
         chunk: &[T],
         sink: Sink,
-    ) -> Result<Job> {
+    ) -> Result<Batch> {
         let spec = self
             .state
             .as_ref()
@@ -203,6 +203,6 @@ impl Pool {
             items: &items,
         };
         let (frame, fds) = encode_chunk::<A>(f, &value, chunk.len())?;
-        Ok(Job::new(frame, fds, chunk.len(), sink, self.max_retries))
+        Ok(Batch::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 }

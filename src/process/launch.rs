@@ -229,10 +229,10 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<sys::Ch
     })
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+type Batch = Box<dyn FnOnce() + Send>;
 
 struct Spawner {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Batch>,
 }
 
 static SPAWNER: ForkLocal<Option<Spawner>> = ForkLocal::new();
@@ -242,7 +242,7 @@ pub(crate) fn on_spawner<T: Send + 'static>(
     job: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
-    let boxed: Job = Box::new(move || {
+    let boxed: Batch = Box::new(move || {
         // A panic must not end the spawner thread: every child's parent-death signal is tied
         // to it.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
@@ -252,7 +252,7 @@ pub(crate) fn on_spawner<T: Send + 'static>(
     {
         let mut guard = SPAWNER.get().lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
-            let (jobs, queue) = mpsc::channel::<Job>();
+            let (jobs, queue) = mpsc::channel::<Batch>();
             std::thread::Builder::new()
                 .name("mproc-spawner".into())
                 .spawn(move || {

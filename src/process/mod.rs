@@ -309,7 +309,7 @@ impl Builder {
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
             last_words: None,
-            state: State::Running,
+            state: Collected::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
         };
@@ -381,14 +381,14 @@ pub struct Process<R> {
     received: fds::Received,
     /// Why it died, if it said so as it did ("stack overflow"); its exit status follows.
     last_words: Option<&'static str>,
-    state: State<R>,
+    state: Collected<R>,
     /// The exit status once reaped. Reaping and signalling happen under this lock, so a
     /// signal never reaches a recycled pid.
     exit: Mutex<Option<ExitStatus>>,
     _result: PhantomData<fn() -> R>,
 }
 
-enum State<R> {
+enum Collected<R> {
     /// No result yet.
     Running,
     /// The result (or failure) is known; `join` returns it once the child has been reaped.
@@ -435,8 +435,8 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
-        while let State::Running = self.state {
-            self.state = State::Finished(match self.next_frame(deadline)? {
+        while let Collected::Running = self.state {
+            self.state = Collected::Finished(match self.next_frame(deadline)? {
                 Some(frame) => match self.interpret(&frame) {
                     Some(outcome) => outcome,
                     None => continue, // the hello, or fds for the next message
@@ -450,7 +450,7 @@ impl<R: DeserializeOwned> Process<R> {
                 }
             });
         }
-        if let State::Taken = self.state {
+        if let Collected::Taken = self.state {
             return Err(Error::usage(
                 "this process's result was already returned by an earlier join",
             ));
@@ -460,8 +460,8 @@ impl<R: DeserializeOwned> Process<R> {
         crate::output::sync();
         self.sock = None;
         self.child.close_exit_fd();
-        match std::mem::replace(&mut self.state, State::Taken) {
-            State::Finished(outcome) => outcome,
+        match std::mem::replace(&mut self.state, Collected::Taken) {
+            Collected::Finished(outcome) => outcome,
             _ => unreachable!("checked above"),
         }
     }
@@ -786,7 +786,7 @@ mod tests {
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: fds::Received::default(),
             last_words: None,
-            state: State::Running,
+            state: Collected::Running,
             exit: Mutex::new(None),
             _result: PhantomData,
         };

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::worker::{State, retire, signal};
+use super::worker::{Phase, retire, signal};
 use super::*;
 
 impl Supervisor {
@@ -33,7 +33,7 @@ impl Supervisor {
             return;
         }
         for w in &mut self.workers {
-            let idle = matches!(w.state, State::Active)
+            let idle = matches!(w.state, Phase::Active)
                 && w.served
                 && w.inflight.is_empty()
                 && !w.published;
@@ -100,7 +100,7 @@ impl Supervisor {
                     w.answered += tasks as u64;
                     signal(w, sys::SIGKILL);
                     w.sock = None;
-                    w.state = State::Ending;
+                    w.state = Phase::Ending;
                     w.last_words = last_words;
                     if timed_out {
                         let snap = w.watch.snapshot();
@@ -120,7 +120,7 @@ impl Supervisor {
             && self
                 .workers
                 .iter()
-                .all(|w| w.inflight.is_empty() && !matches!(w.state, State::Init))
+                .all(|w| w.inflight.is_empty() && !matches!(w.state, Phase::Init))
     }
 
     /// Hands queued jobs to workers: one to each idle worker first, then, when tasks are fast,
@@ -136,7 +136,7 @@ impl Supervisor {
         }
         for round in [1, depth] {
             for w in &mut self.workers {
-                let usable = matches!(w.state, State::Active) && w.sock.is_some() && !w.published;
+                let usable = matches!(w.state, Phase::Active) && w.sock.is_some() && !w.published;
                 // Top a look-ahead up only once it is half used, so that one write carries
                 // many jobs instead of one write per finished task.
                 let low = if round == 1 { 1 } else { round / 2 + 1 };
@@ -148,7 +148,7 @@ impl Supervisor {
                     // Never send a worker more than it may still run before it retires.
                     want = want.min(max.saturating_sub(w.tasks + w.inflight.len()));
                 }
-                let mut jobs: Vec<Job> = {
+                let mut jobs: Vec<Batch> = {
                     let mut q = self.shared.lock();
                     let mut ahead: usize = w.inflight.iter().skip(1).map(|j| j.frame.len()).sum();
                     let mut n = 0;
@@ -191,7 +191,7 @@ impl Supervisor {
                         q.jobs.push_front(j);
                     }
                     drop(q);
-                    w.state = State::Ending;
+                    w.state = Phase::Ending;
                 }
                 if w.inflight.is_empty() && !jobs.is_empty() {
                     w.head_since = Instant::now();
@@ -204,7 +204,7 @@ impl Supervisor {
 
 /// Writes `jobs` to a worker, in one write when it can; returns how many were written whole
 /// (all of them unless the write failed).
-pub(super) fn send_jobs(sock: &UnixStream, jobs: &[Job]) -> usize {
+pub(super) fn send_jobs(sock: &UnixStream, jobs: &[Batch]) -> usize {
     if jobs.iter().any(|j| j.fds.is_some()) {
         // Rare: handles inside arguments. Each such job goes with its own fds.
         return jobs

@@ -2,21 +2,21 @@
 //! job then gets is `fate`'s to say (`fate::cancelled`, and `fate::lost` once the worker is
 //! reaped).
 
-use super::worker::{State, signal};
+use super::worker::{Phase, signal};
 use super::*;
 
 impl Supervisor {
     /// After a handle was cancelled: settles its queued jobs without running them, and kills
     /// each worker whose running job is one of its jobs.
     pub(super) fn withdraw_cancelled(&mut self) {
-        let withdrawn: VecDeque<Job> = {
+        let withdrawn: VecDeque<Batch> = {
             let mut q = self.shared.lock();
             if !std::mem::take(&mut q.cancelled) {
                 return;
             }
             let (withdrawn, kept) = std::mem::take(&mut q.jobs)
                 .into_iter()
-                .partition(Job::is_cancelled);
+                .partition(Batch::is_cancelled);
             q.jobs = kept;
             withdrawn
         };
@@ -35,7 +35,7 @@ impl Supervisor {
     /// settles the job when the worker is reaped, and re-queues the ones behind it.
     pub(super) fn kill_if_cancelled(&mut self, i: usize) {
         let w = &mut self.workers[i];
-        if !w.inflight.front().is_some_and(Job::is_cancelled) {
+        if !w.inflight.front().is_some_and(Batch::is_cancelled) {
             return;
         }
         if matches!(w.loss, Some((Loss::Cancelled, _))) {
@@ -48,7 +48,7 @@ impl Supervisor {
         );
         signal(w, sys::SIGKILL);
         // The socket stays open: answers written before the kill still settle their jobs.
-        w.state = State::Ending;
+        w.state = Phase::Ending;
         if w.loss.is_none() {
             let snap = w.watch.snapshot();
             w.loss = Some((Loss::Cancelled, (snap.started, snap.done)));

@@ -22,10 +22,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fate::{self, Loss, Progress};
-use super::job::Job;
+use super::batch::Batch;
+use super::fate::{self, Loss, Reached};
+use super::registry::{self, Lease, Registry, Returned, Start, WATCH_TICK};
 use super::reply::{Classified, sort};
-use super::shared::{self, Lease, Returned, Shared, Start, WATCH_TICK};
 use crate::error::{Error, ExitStatus};
 use crate::process::StartMethod;
 use crate::process::launch::{self, Spec};
@@ -77,8 +77,8 @@ const START_PATIENCE: Duration = Duration::from_secs(2);
 const LIVE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Starts the supervisor thread for a new pool.
-pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
-    let (shared, wake_rx) = Shared::new()?;
+pub(crate) fn start(config: Config) -> io::Result<(Arc<Registry>, std::thread::JoinHandle<()>)> {
+    let (shared, wake_rx) = Registry::new()?;
     let sup = Supervisor::new(Arc::clone(&shared), config, wake_rx);
     let handle = std::thread::Builder::new()
         .name("mproc-pool".into())
@@ -87,7 +87,7 @@ pub(crate) fn start(config: Config) -> io::Result<(Arc<Shared>, std::thread::Joi
 }
 
 struct Supervisor {
-    shared: Arc<Shared>,
+    shared: Arc<Registry>,
     config: Config,
     wake_rx: UnixStream,
     workers: Vec<Worker>,
@@ -115,7 +115,7 @@ struct Supervisor {
 
 impl Supervisor {
     /// A supervisor with no worker yet.
-    fn new(shared: Arc<Shared>, config: Config, wake_rx: UnixStream) -> Supervisor {
+    fn new(shared: Arc<Registry>, config: Config, wake_rx: UnixStream) -> Supervisor {
         Supervisor {
             shared,
             config,
@@ -245,7 +245,7 @@ impl Supervisor {
     /// The loop slept much longer than it asked, from `since`: the program was stopped (or
     /// starved of CPU) meanwhile. That time does not count against the running items.
     fn credit_pause(&mut self, since: Instant, asked: Option<Duration>) {
-        let Some(gap) = shared::paused_for(since, asked) else {
+        let Some(gap) = registry::paused_for(since, asked) else {
             return;
         };
         event!(
@@ -277,8 +277,8 @@ impl Supervisor {
 
     /// Puts jobs back at the front of the queue, in order (those cancelled meanwhile are
     /// settled instead).
-    pub(super) fn requeue(&mut self, jobs: impl DoubleEndedIterator<Item = Job>) {
-        let jobs: Vec<Job> = fate::requeued(jobs).collect();
+    pub(super) fn requeue(&mut self, jobs: impl DoubleEndedIterator<Item = Batch>) {
+        let jobs: Vec<Batch> = fate::requeued(jobs).collect();
         let mut q = self.shared.lock();
         for j in jobs.into_iter().rev() {
             q.jobs.push_front(j);
@@ -306,7 +306,7 @@ impl Supervisor {
     }
 
     fn fail_queued(&mut self, err: impl Fn() -> Error) {
-        let jobs: Vec<Job> = self.shared.lock().jobs.drain(..).collect();
+        let jobs: Vec<Batch> = self.shared.lock().jobs.drain(..).collect();
         for j in jobs {
             j.fail_rest(err());
         }
@@ -326,7 +326,7 @@ impl Supervisor {
                     j.fail_rest(Error::closed("the pool was terminated"));
                 }
             } else {
-                let jobs: Vec<Job> = w.inflight.drain(..).collect();
+                let jobs: Vec<Batch> = w.inflight.drain(..).collect();
                 self.requeue(jobs.into_iter());
             }
         }

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::worker::{State, retire, signal};
+use super::worker::{Phase, retire, signal};
 use super::*;
 
 impl Supervisor {
@@ -32,8 +32,8 @@ impl Supervisor {
                 // EOF or a broken socket: the death itself arrives through the pidfd.
                 Err(FrameError::Eof | FrameError::Truncated { .. } | FrameError::Io(_)) => {
                     w.sock = None;
-                    if !matches!(w.state, State::Init) {
-                        w.state = State::Ending;
+                    if !matches!(w.state, Phase::Init) {
+                        w.state = Phase::Ending;
                     }
                     return;
                 }
@@ -54,7 +54,7 @@ impl Supervisor {
                 // later death (an idle worker killed, a task killed by its timeout) is not a
                 // startup failure, or a stuck head task under kills would break the pool.
                 let w = &mut self.workers[i];
-                if !matches!(w.state, State::Init) {
+                if !matches!(w.state, Phase::Init) {
                     w.served = true;
                     self.startup_failures = 0;
                     // Jobs may be sent before the hello: a slow start (exec on a loaded
@@ -71,9 +71,9 @@ impl Supervisor {
         };
         let w = &mut self.workers[i];
         match w.state {
-            State::Init => match what {
+            Phase::Init => match what {
                 Ok(_) => {
-                    w.state = State::Active;
+                    w.state = Phase::Active;
                     w.served = true;
                     self.startup_failures = 0;
                     w.head_since = Instant::now();
@@ -85,16 +85,16 @@ impl Supervisor {
             // A panic report from the middle of a chunk: the worker's panic hook under
             // `panic = "abort"`, about to abort. The item it ran fails with it, once the
             // worker is reaped; the items before it keep their results.
-            State::Active | State::Ending
+            Phase::Active | Phase::Ending
                 if !w.inflight.is_empty() && fate::is_item_panic(&w.watch, w.answered, &what) =>
             {
                 let snap = w.watch.snapshot();
                 let e = what.expect_err("a panic");
                 signal(w, sys::SIGKILL);
-                w.state = State::Ending;
+                w.state = Phase::Ending;
                 w.loss = Some((Loss::Reported(e), (snap.started, snap.done)));
             }
-            State::Active | State::Ending if !w.inflight.is_empty() => {
+            Phase::Active | Phase::Ending if !w.inflight.is_empty() => {
                 let took = w.head_since.elapsed();
                 let job = w.inflight.pop_front().expect("checked non-empty");
                 w.head_since = Instant::now();
@@ -127,7 +127,7 @@ impl Supervisor {
         let w = &mut self.workers[i];
         signal(w, sys::SIGKILL);
         w.sock = None;
-        w.state = State::Ending;
+        w.state = Phase::Ending;
         if w.loss.is_none() {
             let snap = w.watch.snapshot();
             w.loss = Some((Loss::Misbehaved(err), (snap.started, snap.done)));
@@ -149,7 +149,7 @@ impl Supervisor {
                 );
                 signal(w, sys::SIGKILL);
                 // The socket stays open: answers written before the kill still count.
-                w.state = State::Ending;
+                w.state = Phase::Ending;
                 let snap = w.watch.snapshot();
                 w.loss = Some((Loss::TimedOut, (snap.started, snap.done)));
             }
@@ -184,7 +184,7 @@ impl Supervisor {
         let live = self
             .workers
             .iter()
-            .filter(|w| !matches!(w.state, State::Ending));
+            .filter(|w| !matches!(w.state, Phase::Ending));
         self.shared.live.store(live.count(), Ordering::Relaxed);
         event!(info, pid = w.child.pid(), id = w.id, status = %status, running = w.inflight.len(), "worker exited");
         let mut again = Vec::new();
@@ -199,12 +199,12 @@ impl Supervisor {
                 Some(_) => Loss::Collateral,
                 None => Loss::Died(status, w.last_words),
             };
-            let progress = Progress::read(&w.watch, w.answered, &job);
+            let progress = Reached::read(&w.watch, w.answered, &job);
             again.extend(fate::lost(job, progress, &loss));
         }
         again.extend(w.inflight.drain(..));
         self.requeue(again.into_iter());
-        if let State::Init = w.state {
+        if let Phase::Init = w.state {
             self.break_pool(format!("the initializer died ({status})"));
         }
         if !w.served && w.watch.started() == 0 && !cancelled {

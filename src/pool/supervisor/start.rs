@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use super::worker::{State, Worker};
+use super::worker::{Phase, Worker};
 use super::*;
-use crate::pool::shared::Launch;
+use crate::pool::registry::Launch;
 
 impl Supervisor {
     /// Starts workers until there are `processes` of them serving or starting. The launches
@@ -87,7 +87,7 @@ impl Supervisor {
     pub(super) fn live(&self) -> usize {
         self.workers
             .iter()
-            .filter(|w| !matches!(w.state, State::Ending))
+            .filter(|w| !matches!(w.state, Phase::Ending))
             .count()
     }
 
@@ -206,7 +206,7 @@ impl Supervisor {
             published: false,
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
             received: Received::default(),
-            state: State::Active,
+            state: Phase::Active,
             inflight: VecDeque::new(),
             watch,
             answered: 0,
@@ -219,7 +219,7 @@ impl Supervisor {
             served: false,
         };
         if let Some(init) = &self.config.init {
-            w.state = State::Init;
+            w.state = Phase::Init;
             if let Some(s) = &w.sock {
                 let _ = fds::write_frame(s, &init.0, init.1.as_deref().unwrap_or_default());
             }
@@ -231,7 +231,7 @@ impl Supervisor {
 /// Starts the pool's starter thread: it launches the workers it is asked for (`launch_many`
 /// through the fork server when it can, then one at a time), posts each to the backlog and
 /// wakes the supervisor. It ends when the supervisor drops its end of the channel.
-fn spawn_starter(shared: &Arc<Shared>, config: &Config) -> io::Result<Starter> {
+fn spawn_starter(shared: &Arc<Registry>, config: &Config) -> io::Result<Starter> {
     let (tx, rx) = mpsc::channel::<usize>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     // Weak: the pool's backlog (and what it holds, the fds of idle workers) goes with the pool.
@@ -270,7 +270,7 @@ pub(super) type Starter = (mpsc::Sender<usize>, mpsc::Receiver<()>);
 const STARTER_EXIT: Duration = Duration::from_millis(50);
 
 /// Hands a launch to the supervisor, or kills the worker if the supervisor has returned.
-fn post(shared: &std::sync::Weak<Shared>, l: Launch) {
+fn post(shared: &std::sync::Weak<Registry>, l: Launch) {
     let Some(shared) = shared.upgrade() else {
         if let Launch::Started(l) = l {
             discard(l);

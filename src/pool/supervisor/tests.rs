@@ -1,24 +1,24 @@
 //! The supervisor with fake workers: a socket pair and a `sleep` child.
 use super::assign::send_jobs;
-use super::worker::{State, Worker};
+use super::worker::{Phase, Worker};
 use super::*;
-use crate::pool::job::Sink;
+use crate::pool::batch::Sink;
 use crate::pool::result::Slot;
 use std::io::{Read, Write};
 
 /// A one-item job with a `body`-byte frame, answered into its own slot.
-fn job(body: usize) -> (Job, Arc<Slot>) {
+fn job(body: usize) -> (Batch, Arc<Slot>) {
     let slot = Arc::new(Slot::new(1));
     let mut f = frame::FrameBuf::with_capacity(body);
     f.buf.resize(f.buf.len() + body, 0xAB);
-    let job = Job::new(f.finish(), None, 1, Sink::Slot(Arc::clone(&slot), 0), 0);
+    let job = Batch::new(f.finish(), None, 1, Sink::Slot(Arc::clone(&slot), 0), 0);
     (job, slot)
 }
 
 /// A supervisor with one fake worker: `sock` is ours, the returned end plays the worker.
 /// Its pid is a `sleep` child, so that a wrong kill hits nothing else and can be seen.
 fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
-    let (shared, wake_rx) = Shared::new().unwrap();
+    let (shared, wake_rx) = Registry::new().unwrap();
     let (ours, theirs) = sys::socket_pair().unwrap();
     let child = std::process::Command::new("sleep")
         .arg("30")
@@ -31,7 +31,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         published: false,
         reader: FrameReader::new(frame::DEFAULT_LIMIT),
         received: Received::default(),
-        state: State::Active,
+        state: Phase::Active,
         inflight: VecDeque::new(),
         watch: Watch::create(false).unwrap(),
         answered: 0,
@@ -88,7 +88,7 @@ fn answer_from_a_worker_that_died_before_a_look_ahead_write_completes_its_job() 
     drop(theirs);
 
     sup.assign(); // the look-ahead write fails: the peer is gone
-    assert!(matches!(sup.workers[0].state, State::Ending));
+    assert!(matches!(sup.workers[0].state, Phase::Ending));
     assert_eq!(sup.shared.lock().jobs.len(), 8, "unsent jobs are re-queued");
     sup.read_worker(0);
 
@@ -112,7 +112,7 @@ fn answer_from_a_worker_that_died_before_a_look_ahead_write_completes_its_job() 
 fn send_jobs_counts_the_jobs_written_whole_before_the_peer_died() {
     let (ours, theirs) = sys::socket_pair().unwrap();
     sys::set_send_buffer(std::os::fd::AsFd::as_fd(&ours), 4096).unwrap();
-    let jobs: Vec<Job> = (0..40).map(|_| job(1000).0).collect();
+    let jobs: Vec<Batch> = (0..40).map(|_| job(1000).0).collect();
     let frame_len = jobs[0].frame.len();
     // The worker reads three whole frames, then dies; the writer is blocked by then, its
     // small send buffer long full.

@@ -7,15 +7,15 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::pool::batch::Batch;
 use crate::pool::fate::Loss;
-use crate::pool::job::Job;
 use crate::sys;
 use crate::task::progress::Watch;
 use crate::wire::fds::Received;
 use crate::wire::frame::FrameReader;
 use crate::wire::msg;
 
-pub(super) enum State {
+pub(super) enum Phase {
     /// Running the initializer.
     Init,
     /// Serving; its jobs in flight are in `Worker::inflight` (none: idle).
@@ -36,9 +36,9 @@ pub(super) struct Worker {
     pub(super) reader: FrameReader,
     /// Fds it sent, waiting for the message that owns them.
     pub(super) received: Received,
-    pub(super) state: State,
+    pub(super) state: Phase,
     /// Jobs written to the worker, in order: the first is running, the rest wait in its socket.
-    pub(super) inflight: VecDeque<Job>,
+    pub(super) inflight: VecDeque<Batch>,
     /// Its control block: how far it is through the job at the head of `inflight`.
     pub(super) watch: Watch,
     /// Jobs it answered, here or while lent: the head of `inflight` is the next one it begins.
@@ -99,7 +99,7 @@ pub(super) fn retire(w: &mut Worker) {
     if let Some(s) = w.sock.take() {
         let _ = (&*s).write_all(&msg::exit());
     }
-    w.state = State::Ending;
+    w.state = Phase::Ending;
 }
 
 pub(super) fn signal(w: &Worker, sig: i32) {

@@ -1,8 +1,10 @@
-//! A job: one chunk of items on its way through the pool, and where its outcome goes.
+//! A batch: one chunk of items on its way through the pool, and where its outcome goes. The
+//! pool's code calls a batch in flight a *job* (`jobs`, `job`), as Python's pool does; the type
+//! is named `Batch` so that it is not mistaken for an MPI job or a public type.
 //!
-//! A job collects its items' outcomes in parts as they are settled — by a worker's answer,
+//! A batch collects its items' outcomes in parts as they are settled — by a worker's answer,
 //! by the results a dead worker had committed, by the failure of the one item it was running
-//! — and is delivered once every item has one. Until then it runs from [`Job::next`], the
+//! — and is delivered once every item has one. Until then it runs from [`Batch::next`], the
 //! first unsettled item: a job re-queued after a death skips what is settled.
 
 use std::sync::{Arc, mpsc};
@@ -33,7 +35,7 @@ impl Sink {
 }
 
 /// One chunk of work: an encoded `Run` frame and where its outcome goes.
-pub(crate) struct Job {
+pub(crate) struct Batch {
     pub(crate) frame: Vec<u8>,
     /// Fds of handles inside the argument, sent with the frame (and again on a re-run).
     pub(crate) fds: Fds,
@@ -53,10 +55,10 @@ pub(crate) struct Job {
     pub(crate) worker: Option<u32>,
 }
 
-impl Job {
+impl Batch {
     /// A job of `items` items, nothing settled yet.
-    pub(crate) fn new(frame: Vec<u8>, fds: Fds, items: usize, sink: Sink, retries: u32) -> Job {
-        Job {
+    pub(crate) fn new(frame: Vec<u8>, fds: Fds, items: usize, sink: Sink, retries: u32) -> Batch {
+        Batch {
             frame,
             fds,
             sink,

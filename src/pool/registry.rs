@@ -1,4 +1,5 @@
-//! What the pool's clients and its supervisor share: the backlog of jobs, the life-cycle
+//! The registry: what the pool's clients and its supervisor share (in rayon's sense of the
+//! word): the backlog of jobs, the life-cycle
 //! flags, idle workers offered for borrowing, and the wake-up socket.
 
 use std::collections::VecDeque;
@@ -8,11 +9,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::job::Job;
+use super::batch::Batch;
 use crate::error::Error;
 
 /// What clients and the supervisor share.
-pub(crate) struct Shared {
+pub(crate) struct Registry {
     pub(crate) backlog: Mutex<Backlog>,
     wake_tx: UnixStream,
     /// Signalled when `Backlog::start` leaves `Pending`.
@@ -56,7 +57,7 @@ pub(crate) enum Start {
 /// Pending jobs and the pool's life-cycle flags.
 #[derive(Default)]
 pub(crate) struct Backlog {
-    pub(crate) jobs: VecDeque<Job>,
+    pub(crate) jobs: VecDeque<Batch>,
     pub(crate) closed: bool,
     pub(crate) terminate: bool,
     pub(crate) broken: Option<String>,
@@ -98,16 +99,16 @@ pub(crate) enum Returned {
     Lost {
         id: u64,
         tasks: usize,
-        job: Job,
+        job: Batch,
         timed_out: bool,
         /// The cause it announced as it died (`"stack overflow"`), if it did.
         last_words: Option<&'static str>,
     },
 }
 
-impl Shared {
+impl Registry {
     /// Queues jobs, or refuses them if the pool no longer accepts work.
-    pub(crate) fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<(), Error> {
+    pub(crate) fn submit(&self, jobs: impl IntoIterator<Item = Batch>) -> Result<(), Error> {
         let mut q = self.lock();
         if q.terminate {
             return Err(Error::closed("the pool was terminated"));
@@ -146,9 +147,9 @@ impl Shared {
     }
 
     /// A new backlog and the socket end the supervisor waits on for wake-ups.
-    pub(crate) fn new() -> io::Result<(Arc<Shared>, UnixStream)> {
+    pub(crate) fn new() -> io::Result<(Arc<Registry>, UnixStream)> {
         let (wake_tx, wake_rx) = crate::sys::socket_pair()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Registry {
             backlog: Mutex::new(Backlog::default()),
             wake_tx,
             started: Condvar::new(),
