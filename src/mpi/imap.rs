@@ -12,7 +12,7 @@ use super::Pool;
 use super::driver::Cmd;
 use crate::error::{Error, Result};
 use crate::pool::Slot;
-use crate::sys::fnptr::FnRef;
+use crate::task::fnref::FnRef;
 
 /// The iterator of [`Pool::imap`]: results in input order, pulled from the input as chunks
 /// complete, with at most two chunks per worker in flight.

@@ -16,7 +16,7 @@ use super::batch::Sink;
 use super::result::{Outcome, Part, Slot};
 use super::{Pool, decode_chunk_at};
 use crate::error::{Error, Result};
-use crate::sys::fnptr::FnRef;
+use crate::task::fnref::FnRef;
 
 /// Encodes a chunk of items of the input's item type and queues it: `Pool::submit_chunk` for
 /// the function's argument type, chosen where that type is known.

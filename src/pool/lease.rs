@@ -3,7 +3,7 @@
 //! A synchronous `apply` through the supervisor costs two thread hand-offs on top of the
 //! socket round trip (client → supervisor → worker → supervisor → client). When a worker is
 //! idle and nothing is queued, the calling thread borrows it (a [`Lease`] from
-//! `Queue::idle`), writes the task, waits on the worker's socket and pidfd itself, and gives
+//! `Backlog::idle`), writes the task, waits on the worker's socket and pidfd itself, and gives
 //! the worker back. Anything unusual (death, timeout, a bad message) is handed to the
 //! supervisor as [`Returned::Lost`] with the job, and settled there exactly as for any other
 //! job: retried, or failed with the worker's exit status, or `TimedOut`.

@@ -27,12 +27,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::capture::{CaptureOutput, Captured};
+use crate::child::setup::Limits;
 use crate::error::{Error, Result};
 use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
-use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
 use crate::task::chunk::Items;
+use crate::task::fnref::{Callable, FnRef};
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
 use args::{ByBorrow, Star};
@@ -49,12 +50,6 @@ use supervisor::Config;
 
 /// How long `build` waits for a first worker at most (a loaded machine can be slow).
 const START_LIMIT: Duration = Duration::from_secs(30);
-
-/// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
-pub(crate) const MEMORY_LIMIT_ENV: &str = "MPROC_MEMORY_LIMIT";
-
-/// Environment variable carrying [`PoolBuilder::max_processes`] to workers.
-pub(crate) const PROCESS_LIMIT_ENV: &str = "MPROC_PROCESS_LIMIT";
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
@@ -212,9 +207,11 @@ impl PoolBuilder {
     /// with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) (SIGABRT) and the worker
     /// is replaced.
     pub fn memory_limit(mut self, bytes: u64) -> PoolBuilder {
-        self.spec
-            .env
-            .push((MEMORY_LIMIT_ENV.into(), bytes.to_string().into()));
+        let limit = Limits {
+            memory: Some(bytes),
+            ..Limits::default()
+        };
+        self.spec.env.extend(limit.to_env());
         self
     }
     /// Caps the processes (and threads) a worker's user may have at `n` (`RLIMIT_NPROC`, set
@@ -229,9 +226,11 @@ impl PoolBuilder {
     /// count only a pool's own descendants, run the program in a `pids` cgroup (systemd's
     /// `TasksMax=`, `docker run --pids-limit`).
     pub fn max_processes(mut self, n: u64) -> PoolBuilder {
-        self.spec
-            .env
-            .push((PROCESS_LIMIT_ENV.into(), n.to_string().into()));
+        let limit = Limits {
+            processes: Some(n),
+            ..Limits::default()
+        };
+        self.spec.env.extend(limit.to_env());
         self
     }
     /// Caps the threads each worker's libraries start: sets `OMP_NUM_THREADS`,
@@ -298,7 +297,7 @@ impl PoolBuilder {
         if processes == 0 {
             return Err(Error::usage("a pool needs at least one process"));
         }
-        if crate::worker::marker_unconsumed() {
+        if crate::child::marker_unconsumed() {
             return Err(Error::usage(
                 "mproc's constructor did not run in this worker; call mproc::init() first in main",
             ));

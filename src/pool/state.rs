@@ -13,7 +13,7 @@ use super::args::ByBorrow;
 use super::batch::{Batch, Sink};
 use super::{AsyncResult, Pool, PoolBuilder, encode_chunk};
 use crate::error::{Error, Result};
-use crate::sys::fnptr::FnRef;
+use crate::task::fnref::{FnRef, InitRef};
 use crate::task::state::{StateChunk, StateType, WithState};
 use crate::wire::codec;
 
@@ -24,7 +24,7 @@ type EncodeArg = dyn Fn(&mut Vec<u8>) -> std::result::Result<(), String> + Send 
 #[derive(Clone)]
 pub(super) struct StateSpec {
     /// The constructor, or `None` if it does not live in the main executable.
-    init: Option<FnRef>,
+    init: Option<InitRef>,
     ty: StateType,
     arg: Arc<EncodeArg>,
     /// Tells this pool's states from any other's (a worker forked from a process that had
@@ -94,7 +94,7 @@ impl PoolBuilder {
                 .map_err(|e| format!("the worker state's argument cannot be encoded: {e}"))
         };
         self.state = Some(StateSpec {
-            init: FnRef::state_init(init),
+            init: InitRef::state_init(init),
             ty: StateType::of::<S>(),
             arg: Arc::new(encode),
             key: fresh_key(),

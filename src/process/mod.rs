@@ -4,8 +4,6 @@ mod current;
 pub(crate) mod forkserver;
 pub(crate) mod launch;
 
-/// The variable giving a child its name (for the worker to show it in ps and top).
-pub(crate) use current::NAME_ENV as CHILD_NAME_ENV;
 pub use current::{ProcessInfo, active_children, current_process, parent_process};
 
 use std::ffi::OsString;
@@ -21,7 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ExitStatus, RemotePanic, Result};
-use crate::sys::{self, fnptr::FnRef, identity};
+use crate::sys::{self, identity};
+use crate::task::fnref::FnRef;
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::{codec, fds, msg};
@@ -278,7 +277,7 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        if crate::worker::marker_unconsumed() {
+        if crate::child::marker_unconsumed() {
             return Err(Error::usage(
                 "this process was started as an mproc worker but mproc's constructor did not run; call mproc::init() first in main",
             ));
@@ -701,11 +700,6 @@ impl<R> fmt::Debug for Process<R> {
             .field("exit_status", &self.exit_status())
             .finish()
     }
-}
-
-/// In a freshly forked worker: let go of the parent's fork server connection.
-pub(crate) fn forget_parent_state(token: &crate::sys::child::ChildToken, parent: i32) {
-    forkserver::forget_server(token, parent);
 }
 
 #[cfg(test)]
