@@ -150,11 +150,29 @@ pub(crate) const THREAD_VARS: [&str; 6] = [
 
 impl PoolBuilder {
     /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    ///
+    /// ```
+    /// let pool = mproc::Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn processes(mut self, n: usize) -> PoolBuilder {
         self.processes = Some(n);
         self
     }
     /// How workers are created (default: [`StartMethod::default`]).
+    ///
+    /// ```
+    /// use mproc::StartMethod;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).start_method(StartMethod::Spawn).build()?;
+    /// assert_eq!(pool.map(square, [1, 2, 3])?, [1, 4, 9]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn start_method(mut self, m: StartMethod) -> PoolBuilder {
         self.method = Some(m);
         self
@@ -163,6 +181,26 @@ impl PoolBuilder {
     /// later to replace dead or retired ones. If it panics or crashes, the pool is broken:
     /// every task fails with [`ErrorKind::Broken`](crate::ErrorKind::Broken) saying why —
     /// never a hang, never an endless respawn loop.
+    ///
+    /// Python's idiom, a global set by the initializer and read by the tasks:
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    ///
+    /// static PREFIX: OnceLock<String> = OnceLock::new(); // one per worker process
+    ///
+    /// fn init(prefix: String) {
+    ///     PREFIX.set(prefix).expect("set once per worker");
+    /// }
+    ///
+    /// fn label(x: u64) -> String {
+    ///     format!("{}{x}", PREFIX.get().expect("set by the initializer"))
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).initializer(init, "item-".to_string()).build()?;
+    /// assert_eq!(pool.map(label, [1, 2])?, ["item-1", "item-2"]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn initializer<I: Serialize + DeserializeOwned>(mut self, f: fn(I), arg: I) -> PoolBuilder {
         // A problem surfaces as an error from `build`.
         self.init = Some(match FnRef::new(f) {
@@ -182,6 +220,17 @@ impl PoolBuilder {
     }
     /// Replaces each worker after it has run `n` tasks (chunks, for `map` and `imap`), like
     /// Python's `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
+    ///
+    /// ```
+    /// fn pid(_: ()) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// let (first, second) = (pool.apply(pid, ())?, pool.apply(pid, ())?);
+    /// assert_ne!(first, second, "a fresh worker for each task");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn max_tasks_per_child(mut self, n: usize) -> PoolBuilder {
         self.max_tasks_per_child = Some(n.max(1));
         self
@@ -194,6 +243,22 @@ impl PoolBuilder {
     /// results and the ones after it run on another worker. Time the whole program spent
     /// stopped (Ctrl-Z, `SIGSTOP`, a frozen container) does not count. Timed-out items are
     /// never re-run.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mproc::ErrorKind;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).task_timeout(Duration::from_secs(1)).build()?;
+    /// assert_eq!(pool.apply(nap, 0)?, 0);
+    /// let e = pool.apply(nap, 60_000).unwrap_err(); // killed after 1 s, not a minute
+    /// assert_eq!(e.kind(), ErrorKind::TimedOut);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn task_timeout(mut self, t: Duration) -> PoolBuilder {
         self.task_timeout = Some(t);
         self
@@ -203,6 +268,27 @@ impl PoolBuilder {
     /// Default 0. Retries count per item: only the item that was running when its worker died
     /// spends one; the items of its chunk that had finished keep their results, and those
     /// after it are re-queued without spending any. Timed-out items are not retried.
+    ///
+    /// ```
+    /// use mproc::Value;
+    ///
+    /// // Dies on its first run; a shared counter tells the runs apart.
+    /// fn flaky(runs: Value<u32>) -> u32 {
+    ///     let run = {
+    ///         let mut n = runs.lock().expect("the counter's lock");
+    ///         *n += 1;
+    ///         *n
+    ///     };
+    ///     if run == 1 {
+    ///         std::process::exit(42); // the worker dies without a result
+    ///     }
+    ///     run
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).max_retries(1).build()?;
+    /// assert_eq!(pool.apply(flaky, Value::new(0)?)?, 2); // the second run succeeded
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn max_retries(mut self, n: u32) -> PoolBuilder {
         self.max_retries = n;
         self
@@ -211,6 +297,25 @@ impl PoolBuilder {
     /// it fails in that worker alone — Rust aborts on allocation failure, so the task fails
     /// with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) (SIGABRT) and the worker
     /// is replaced.
+    ///
+    /// ```
+    /// use mproc::{ErrorKind, Stdio};
+    ///
+    /// fn allocate(mib: usize) -> usize {
+    ///     vec![1u8; mib << 20].len() >> 20
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .memory_limit(256 << 20)
+    ///     .stderr(Stdio::Null) // hides the allocator's "memory allocation failed"
+    ///     .build()?;
+    /// assert_eq!(pool.apply(allocate, 16)?, 16);
+    /// let e = pool.apply(allocate, 1024).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::WorkerDied);
+    /// assert_eq!(pool.apply(allocate, 16)?, 16); // a fresh worker took its place
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn memory_limit(mut self, bytes: u64) -> PoolBuilder {
         self.spec
             .env
@@ -220,6 +325,18 @@ impl PoolBuilder {
     /// Caps the processes (and threads) a worker's user may have at `n` (`RLIMIT_NPROC`, set
     /// in each worker before its first task): a fork bomb inside a task gets `EAGAIN` from
     /// `fork` once the cap is reached, instead of exhausting the machine.
+    ///
+    /// ```
+    /// fn process_limit(_: ()) -> String {
+    ///     let limits = std::fs::read_to_string("/proc/self/limits").expect("Linux");
+    ///     let line = limits.lines().find(|l| l.starts_with("Max processes"));
+    ///     line.expect("a line for RLIMIT_NPROC").split_whitespace().nth(2).unwrap().to_string()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).max_processes(10_000).build()?;
+    /// assert_eq!(pool.apply(process_limit, ())?, "10000");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Caveats
     /// `RLIMIT_NPROC` counts every process and thread of the worker's *real user*, not only
@@ -262,22 +379,74 @@ impl PoolBuilder {
         self
     }
     /// Sets an environment variable in every worker.
+    ///
+    /// ```
+    /// fn region(_: ()) -> String {
+    ///     std::env::var("REGION").unwrap_or_default()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).env("REGION", "eu-west").build()?;
+    /// assert_eq!(pool.apply(region, ())?, "eu-west");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> PoolBuilder {
         self.spec.env.push((key.into(), value.into()));
         self
     }
     /// Workers' standard output (default [`Stdio::Inherit`]).
+    ///
+    /// ```
+    /// use mproc::Stdio;
+    ///
+    /// fn stdout_target(_: ()) -> String {
+    ///     println!("goes nowhere");
+    ///     std::fs::read_link("/proc/self/fd/1").unwrap().display().to_string()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).stdout(Stdio::Null).build()?;
+    /// assert_eq!(pool.apply(stdout_target, ())?, "/dev/null");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn stdout(mut self, s: Stdio) -> PoolBuilder {
         self.spec.stdio[1] = s;
         self
     }
     /// Workers' standard error (default [`Stdio::Inherit`]).
+    ///
+    /// With [`Stdio::Prefixed`], a worker's stderr is a pipe to the parent, which prints each
+    /// line whole, after the worker's name and pid:
+    ///
+    /// ```
+    /// use mproc::Stdio;
+    ///
+    /// fn stderr_target(_: ()) -> String {
+    ///     eprintln!("printed as [PoolWorker <pid>] a warning");
+    ///     std::fs::read_link("/proc/self/fd/2").unwrap().display().to_string()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).stderr(Stdio::Prefixed).build()?;
+    /// assert!(pool.apply(stderr_target, ())?.starts_with("pipe:"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn stderr(mut self, s: Stdio) -> PoolBuilder {
         self.spec.stdio[2] = s;
         self
     }
     /// The default chunk size for `map`, `starmap` and `imap*` (default: Python's rule for
     /// `map`, 1 for `imap`).
+    ///
+    /// ```
+    /// fn pid(_: u32) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).chunksize(4).build()?;
+    /// let pids = pool.map(pid, 0..8)?;
+    /// for chunk in pids.chunks(4) {
+    ///     assert!(chunk.iter().all(|&p| p == chunk[0]), "4 items travel together");
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn chunksize(mut self, n: usize) -> PoolBuilder {
         self.chunksize = Some(n.max(1));
         self
@@ -286,6 +455,16 @@ impl PoolBuilder {
     /// Starts the pool: the supervisor thread and its workers.
     ///
     /// Returns once at least one worker has started (the rest may still be starting).
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).build()?;
+    /// assert!(pool.workers() >= 1);
+    /// let e = mproc::Pool::builder().processes(0).build().unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Usage);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for zero processes,
