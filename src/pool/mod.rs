@@ -420,7 +420,7 @@ impl PoolBuilder {
     /// use mproc::Stdio;
     ///
     /// fn stderr_target(_: ()) -> String {
-    ///     eprintln!("printed as [PoolWorker <pid>] a warning");
+    ///     eprintln!("a warning"); // the parent prints "[PoolWorker 4242] a warning"
     ///     std::fs::read_link("/proc/self/fd/2").unwrap().display().to_string()
     /// }
     ///
