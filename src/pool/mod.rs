@@ -536,6 +536,18 @@ impl PoolBuilder {
 impl Pool {
     /// A pool of `processes` workers with default settings: Python's `Pool(processes)`.
     ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.processes(), 2);
+    /// assert_eq!(pool.apply(square, 7)?, 49);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    ///
     /// # Errors
     /// As [`PoolBuilder::build`].
     pub fn new(processes: usize) -> Result<Pool> {
@@ -543,11 +555,26 @@ impl Pool {
     }
 
     /// A [`PoolBuilder`] for the pool's settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).task_timeout(Duration::from_secs(60)).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
 
     /// Number of worker processes the pool keeps (its `processes` setting).
+    ///
+    /// ```
+    /// assert_eq!(mproc::Pool::new(2)?.processes(), 2);
+    /// let default = mproc::Pool::builder().build()?;
+    /// assert_eq!(default.processes(), mproc::cpu_count());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn processes(&self) -> usize {
         self.processes
     }
@@ -601,6 +628,21 @@ impl Pool {
     }
 
     /// [`map`](Pool::map) with an explicit chunk size (Python's `chunksize=`).
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let squares = pool.map_chunked(square, 1..=100, 25)?; // 4 chunks of 25 items
+    /// assert_eq!(squares.len(), 100);
+    /// assert_eq!(squares[99], 10_000);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
     pub fn map_chunked<A, R, T>(
         &self,
         f: fn(A) -> R,
@@ -618,6 +660,18 @@ impl Pool {
 
     /// [`map`](Pool::map) without waiting: Python's `map_async`. The items are encoded
     /// before it returns, so borrowed items need not outlive the call.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let pending = pool.map_async(square, 1..=4);
+    /// // ... other work meanwhile ...
+    /// assert_eq!(pending.get()?, [1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn map_async<A, R, T>(
         &self,
         f: fn(A) -> R,
@@ -666,6 +720,17 @@ impl Pool {
 
     /// [`starmap`](Pool::starmap) without waiting: Python's `starmap_async`. The tuples are
     /// encoded before it returns, so borrowed ones need not outlive the call.
+    ///
+    /// ```
+    /// fn power(base: u64, exp: u32) -> u64 {
+    ///     base.pow(exp)
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let pending = pool.starmap_async(|b, e| power(b, e), [(2, 10), (3, 3)]);
+    /// assert_eq!(pending.get()?, [1024, 27]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn starmap_async<T, R>(
         &self,
         f: T::Fn<R>,
@@ -681,6 +746,22 @@ impl Pool {
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: Python's `apply`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn div(ab: (i64, i64)) -> i64 {
+    ///     ab.0 / ab.1
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.apply(div, (7, 2))?, 3);
+    /// let e = pool.apply(div, (1, 0)).unwrap_err(); // the worker's panic, as a value
+    /// assert_eq!(e.kind(), ErrorKind::Panicked);
+    /// assert_eq!(pool.apply(div, (9, 3))?, 3);       // and the pool goes on
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     ///
     /// # Errors
     /// As [`AsyncResult::get`].
@@ -712,6 +793,22 @@ impl Pool {
     /// including C code's output and threads the task started. If the task panics, its output
     /// goes to the worker's streams as if uncaptured, and the panic is returned as usual.
     ///
+    /// ```
+    /// fn greet(name: String) -> usize {
+    ///     println!("hello, {name}");
+    ///     eprintln!("(a warning)");
+    ///     name.len()
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let c = pool.apply_captured(greet, "world".to_string())?;
+    /// assert_eq!(c.value, 5);
+    /// assert_eq!(c.stdout_text(), "hello, world\n");
+    /// assert_eq!(c.stderr_text(), "(a warning)\n");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    ///
     /// # Errors
     /// As [`apply`](Pool::apply).
     pub fn apply_captured<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Captured<R>>
@@ -727,6 +824,22 @@ impl Pool {
 
     /// As [`map`](Pool::map), capturing each item's output as
     /// [`apply_captured`](Pool::apply_captured) does.
+    ///
+    /// ```
+    /// fn shout(x: u64) -> u64 {
+    ///     println!("{x}!");
+    ///     x * 2
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let out = pool.map_captured(shout, [1, 2])?;
+    /// assert_eq!((out[0].value, out[0].stdout_text().as_ref()), (2, "1!\n"));
+    /// assert_eq!((out[1].value, out[1].stdout_text().as_ref()), (4, "2!\n"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
     pub fn map_captured<A, R, T>(
         &self,
         f: fn(A) -> R,
@@ -743,6 +856,19 @@ impl Pool {
 
     /// Runs `f(arg)` in a worker; the result arrives through the returned handle: Python's
     /// `apply_async`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut pending = pool.apply_async(square, 12);
+    /// assert_eq!(pending.get_timeout(Duration::from_secs(60))?, 144);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -771,6 +897,20 @@ impl Pool {
     ///
     /// The chunk size is the pool's [`chunksize`](PoolBuilder::chunksize), else 1; see
     /// [`imap_chunked`](Pool::imap_chunked) to choose it per call.
+    ///
+    /// ```
+    /// fn inverse(x: i64) -> i64 {
+    ///     assert!(x != 0, "no inverse");
+    ///     100 / x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let results: Vec<_> = pool.imap(inverse, [-1, 0, 4]).collect();
+    /// assert_eq!(*results[0].as_ref().unwrap(), -100);
+    /// assert_eq!(results[1].as_ref().unwrap_err().index(), Some(1)); // it failed alone
+    /// assert_eq!(*results[2].as_ref().unwrap(), 25);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -817,6 +957,21 @@ impl Pool {
 
     /// As [`imap`](Pool::imap), yielding results as they complete: Python's
     /// `imap_unordered`. A failed item's error says which input it was ([`Error::index`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut naps = pool.imap_unordered(nap, [60_000, 0]);
+    /// assert_eq!(naps.next().transpose()?, Some(0)); // the quick one first
+    /// // (dropping the pool kills the worker still running the slow one)
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn imap_unordered<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -833,6 +988,18 @@ impl Pool {
 
     /// [`imap_unordered`](Pool::imap_unordered) with an explicit chunk size (Python's
     /// `imap_unordered(f, it, chunksize)`).
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut squares = pool.imap_unordered_chunked(square, 1..=100, 10).collect::<Result<Vec<_>, _>>()?;
+    /// squares.sort();
+    /// assert_eq!(squares[..3], [1, 4, 9]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn imap_unordered_chunked<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -855,6 +1022,22 @@ impl Pool {
     }
 
     /// Stops accepting tasks; queued and running ones still complete. Python's `close()`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let queued = pool.apply_async(square, 3);
+    /// pool.close();
+    /// assert_eq!(pool.apply(square, 4).unwrap_err().kind(), ErrorKind::Closed);
+    /// pool.join()?;
+    /// assert_eq!(queued.get()?, 9); // work queued before the close still completes
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn close(&self) {
         let mut q = self.shared.lock();
         q.closed = true;
@@ -863,6 +1046,24 @@ impl Pool {
 
     /// Waits until every task has completed and every worker has exited; call
     /// [`close`](Pool::close) first. Python's `join()`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let squares = pool.map_async(square, 1..=4);
+    /// assert_eq!(pool.join().unwrap_err().kind(), ErrorKind::Usage); // not closed yet
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(squares.ready());
+    /// assert_eq!(squares.get()?, [1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the pool was not closed (or
@@ -888,6 +1089,22 @@ impl Pool {
 
     /// Kills every worker at once (SIGKILL) and reaps it; queued and running tasks fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Python's `terminate()`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mproc::ErrorKind;
+    ///
+    /// fn nap(secs: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let running = pool.apply_async(nap, 60);
+    /// pool.terminate(); // returns at once: the worker is killed, not waited for
+    /// assert_eq!(running.get().unwrap_err().kind(), ErrorKind::Closed);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn terminate(&self) {
         let mut q = self.shared.lock();
         q.terminate = true;
