@@ -547,7 +547,6 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     ///
-    ///
     /// # Errors
     /// As [`PoolBuilder::build`].
     pub fn new(processes: usize) -> Result<Pool> {
@@ -762,7 +761,6 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     ///
-    ///
     /// # Errors
     /// As [`AsyncResult::get`].
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R>
@@ -807,7 +805,6 @@ impl Pool {
     /// assert_eq!(c.stderr_text(), "(a warning)\n");
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    ///
     ///
     /// # Errors
     /// As [`apply`](Pool::apply).
@@ -1063,7 +1060,6 @@ impl Pool {
     /// assert_eq!(squares.get()?, [1, 4, 9, 16]);
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    ///
     ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the pool was not closed (or

@@ -633,7 +633,6 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     ///
-    ///
     /// # Errors
     /// The task's panic ([`ErrorKind::Panicked`](crate::ErrorKind::Panicked)), the death of
     /// its worker ([`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied)), its timeout

@@ -124,7 +124,6 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     ///
-    ///
     /// # Errors
     /// As [`map`](Pool::map); and [`ErrorKind::Usage`](crate::ErrorKind::Usage), before
     /// anything runs, if the pool was built without `worker_state` or with a state of
@@ -202,7 +201,6 @@ impl Pool {
     /// assert_eq!(e.kind(), ErrorKind::Usage); // no worker_state: nothing ran
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    ///
     ///
     /// # Errors
     /// As [`map_with_state`](Pool::map_with_state); the error has no
