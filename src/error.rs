@@ -487,6 +487,18 @@ impl std::error::Error for Error {
 }
 
 /// A panic that happened in a child process, carried back as data.
+///
+/// ```
+/// fn boom(_: ()) -> u32 {
+///     panic!("boom")
+/// }
+///
+/// let e = mproc::Pool::new(2)?.apply(boom, ()).unwrap_err();
+/// let panic = e.remote_panic().expect("the task panicked");
+/// assert_eq!(panic.message(), "boom");
+/// assert!(panic.to_string().starts_with("boom at ")); // the message, then where
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemotePanic {
     pub(crate) message: String,

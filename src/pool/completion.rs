@@ -70,6 +70,21 @@ where
 
 /// The iterator of [`as_completed`]: `(index, result)` pairs in completion order.
 ///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let handles: Vec<_> = (1..=3).map(|x| pool.apply_async(square, x)).collect();
+/// let mut squares = vec![0; 3];
+/// for (i, r) in mproc::as_completed(handles) {
+///     squares[i] = r?; // in completion order, each with its handle's index
+/// }
+/// assert_eq!(squares, [1, 4, 9]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
 /// # Drop
 /// Dropping it drops the handles not yielded yet, which does not cancel their tasks (see
 /// [`AsyncResult`]); cancel them first through [`pending`](AsCompleted::pending) to stop them.
