@@ -135,7 +135,8 @@ impl<R> AsCompleted<R> {
     /// }
     ///
     /// let pool = mproc::Pool::new(2)?;
-    /// let mut done = mproc::as_completed([pool.apply_async(nap, 60_000), pool.apply_async(nap, 0)]);
+    /// let handles = [pool.apply_async(nap, 60_000), pool.apply_async(nap, 0)];
+    /// let mut done = mproc::as_completed(handles);
     /// let (first, _) = done.next().expect("two handles");
     /// assert_eq!(first, 1);
     /// assert_eq!(done.pending().map(|(i, _)| i).collect::<Vec<_>>(), [0]); // the slow one
@@ -159,7 +160,8 @@ impl<R> AsCompleted<R> {
     /// }
     ///
     /// let pool = mproc::Pool::new(2)?;
-    /// let mut done = mproc::as_completed([pool.apply_async(square, 2), pool.apply_async(square, 3)]);
+    /// let handles = [pool.apply_async(square, 2), pool.apply_async(square, 3)];
+    /// let mut done = mproc::as_completed(handles);
     /// assert_eq!(done.len(), 2);
     /// done.next();
     /// assert_eq!(done.len(), 1);
@@ -177,7 +179,8 @@ impl<R> AsCompleted<R> {
     /// }
     ///
     /// let pool = mproc::Pool::new(2)?;
-    /// let mut done = mproc::as_completed([pool.apply_async(square, 2), pool.apply_async(square, 3)]);
+    /// let handles = [pool.apply_async(square, 2), pool.apply_async(square, 3)];
+    /// let mut done = mproc::as_completed(handles);
     /// let mut sum = 0;
     /// while !done.is_empty() {
     ///     sum += done.next().expect("not empty").1?;

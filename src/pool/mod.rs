@@ -197,7 +197,10 @@ impl PoolBuilder {
     ///     format!("{}{x}", PREFIX.get().expect("set by the initializer"))
     /// }
     ///
-    /// let pool = mproc::Pool::builder().processes(2).initializer(init, "item-".to_string()).build()?;
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .initializer(init, "item-".to_string())
+    ///     .build()?;
     /// assert_eq!(pool.map(label, [1, 2])?, ["item-1", "item-2"]);
     /// # Ok::<(), mproc::Error>(())
     /// ```
@@ -253,7 +256,10 @@ impl PoolBuilder {
     ///     ms
     /// }
     ///
-    /// let pool = mproc::Pool::builder().processes(2).task_timeout(Duration::from_secs(1)).build()?;
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .task_timeout(Duration::from_secs(1))
+    ///     .build()?;
     /// assert_eq!(pool.apply(nap, 0)?, 0);
     /// let e = pool.apply(nap, 60_000).unwrap_err(); // killed after 1 s, not a minute
     /// assert_eq!(e.kind(), ErrorKind::TimedOut);
@@ -558,7 +564,10 @@ impl Pool {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let pool = mproc::Pool::builder().processes(2).task_timeout(Duration::from_secs(60)).build()?;
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .task_timeout(Duration::from_secs(60))
+    ///     .build()?;
     /// assert_eq!(pool.processes(), 2);
     /// # Ok::<(), mproc::Error>(())
     /// ```
@@ -992,7 +1001,8 @@ impl Pool {
     /// }
     ///
     /// let pool = mproc::Pool::new(2)?;
-    /// let mut squares = pool.imap_unordered_chunked(square, 1..=100, 10).collect::<Result<Vec<_>, _>>()?;
+    /// let squares = pool.imap_unordered_chunked(square, 1..=100, 10);
+    /// let mut squares: Vec<u64> = squares.collect::<Result<_, _>>()?;
     /// squares.sort();
     /// assert_eq!(squares[..3], [1, 4, 9]);
     /// # Ok::<(), mproc::Error>(())
