@@ -108,6 +108,22 @@ impl Pool {
     /// [`PoolBuilder::worker_state`]): `f(&mut state, item)` for every item, the results in
     /// input order.
     ///
+    /// ```
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(calls: &mut u64, _: ()) -> u64 {
+    ///     *calls += 1; // this worker's calls so far
+    ///     *calls
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// assert_eq!(pool.map_with_state(count, [(); 3])?, [1, 2, 3]); // one state, kept
+    /// assert_eq!(pool.map_with_state(count, [(); 2])?, [4, 5]);    // across calls
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`map`](Pool::map); and [`ErrorKind::Usage`](crate::ErrorKind::Usage), before
     /// anything runs, if the pool was built without `worker_state` or with a state of
@@ -127,6 +143,22 @@ impl Pool {
     }
 
     /// [`map_with_state`](Pool::map_with_state) without waiting.
+    ///
+    /// ```
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(calls: &mut u64, _: ()) -> u64 {
+    ///     *calls += 1; // this worker's calls so far
+    ///     *calls
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// let pending = pool.map_with_state_async(count, [(); 3]);
+    /// assert_eq!(pending.get()?, [1, 2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn map_with_state_async<S, A, R, T>(
         &self,
         f: fn(&mut S, A) -> R,
@@ -147,6 +179,28 @@ impl Pool {
     }
 
     /// As [`apply`](Pool::apply), with the worker's state: `f(&mut state, arg)`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(calls: &mut u64, _: ()) -> u64 {
+    ///     *calls += 1; // this worker's calls so far
+    ///     *calls
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// assert_eq!(pool.apply_with_state(count, ())?, 1);
+    /// assert_eq!(pool.apply_with_state(count, ())?, 2);
+    ///
+    /// let stateless = mproc::Pool::new(1)?;
+    /// let e = stateless.apply_with_state(count, ()).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Usage); // no worker_state: nothing ran
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`map_with_state`](Pool::map_with_state); the error has no
