@@ -391,7 +391,9 @@ pub struct AsyncResult<R> {
     slot: Option<Arc<Slot>>,
     finish: Finish<R>,
     value: Mutex<Option<Result<R>>>,
+    /// Whether the result was handed out, and if so whether it was a success.
     taken: bool,
+    taken_ok: bool,
     /// The pool whose supervisor withdraws the jobs of a cancelled handle; `None` for a
     /// handle that cannot be cancelled (an MPI pool's).
     pool: Option<Weak<Registry>>,
@@ -404,6 +406,7 @@ impl<R> AsyncResult<R> {
             finish,
             value: Mutex::new(None),
             taken: false,
+            taken_ok: false,
             pool: None,
         }
     }
@@ -548,7 +551,8 @@ impl<R> AsyncResult<R> {
             || self.slot.as_ref().is_none_or(|s| s.is_done())
     }
 
-    /// Once ready: whether the task(s) succeeded (Python's `successful()`); `None` before.
+    /// Once ready: whether the task(s) succeeded (Python's `successful()`); `None` before. A
+    /// cancelled task did not succeed; a result already handed out still answers.
     ///
     /// ```
     /// fn check(x: i64) -> i64 {
@@ -566,7 +570,10 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn successful(&self) -> Option<bool> {
-        if !self.ready() || self.taken {
+        if self.taken {
+            return Some(self.taken_ok);
+        }
+        if !self.ready() {
             return None;
         }
         let mut value = self.value.lock().unwrap_or_else(PoisonError::into_inner);
@@ -671,9 +678,7 @@ impl<R> AsyncResult<R> {
     /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
         if self.taken {
-            return Err(Error::usage(
-                "this result was already returned by an earlier get",
-            ));
+            return Err(already_returned());
         }
         if !self.wait_timeout(timeout) {
             return Err(Error::timed_out());
@@ -681,14 +686,20 @@ impl<R> AsyncResult<R> {
         self.take_value()
     }
 
+    /// Hands the result out, once: later calls (`get` after `get_timeout`, say) say so.
     fn take_value(&mut self) -> Result<R> {
-        self.taken = true;
+        if self.taken {
+            return Err(already_returned());
+        }
         let cached = self
             .value
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        cached.unwrap_or_else(|| self.compute())
+        let value = cached.unwrap_or_else(|| self.compute());
+        self.taken = true;
+        self.taken_ok = value.is_ok();
+        value
     }
 
     fn compute(&self) -> Result<R> {
@@ -700,6 +711,10 @@ impl<R> AsyncResult<R> {
     }
 }
 
+fn already_returned() -> Error {
+    Error::usage("this result was already returned by an earlier get")
+}
+
 // Nothing in an `AsyncResult` is ever pinned in place (the value lives behind a `Mutex`).
 impl<R> Unpin for AsyncResult<R> {}
 
@@ -709,7 +724,7 @@ impl<R> Future for AsyncResult<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         let this = self.get_mut();
         if this.taken {
-            return Poll::Ready(Err(Error::usage("this result was already returned")));
+            return Poll::Ready(Err(already_returned()));
         }
         let has_value = this
             .value
