@@ -7,7 +7,6 @@ mod fate;
 mod imap;
 mod lease;
 mod registry;
-mod reply;
 mod result;
 mod state;
 mod supervisor;
@@ -1398,7 +1397,7 @@ fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
 /// A worker's message sorted as the supervisor sorts it (for `__fuzz`): `true` if it is one.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn classify_for_fuzz(frame: Vec<u8>) -> bool {
-    reply::classify(frame, None).is_ok()
+    crate::task::reply::classify(frame, None).is_ok()
 }
 
 pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {

@@ -51,30 +51,7 @@ impl Part {
     }
 }
 
-/// A worker's answer to a task.
-#[derive(Debug)]
-pub(crate) enum Answer {
-    /// The body of its `Done` frame: the message tag, then the payload.
-    Frame(Vec<u8>),
-    /// A payload too large for the socket, mapped from the anonymous file the worker wrote it
-    /// to (see `msg::done_spilled`): read in place, never copied into a buffer first.
-    Mapped(crate::sys::shm::Payload),
-    /// The payload alone, as another MPI rank sent it.
-    #[cfg(feature = "mpi")]
-    Payload(Vec<u8>),
-}
-
-impl Answer {
-    /// The payload: what follows the `Done` tag.
-    pub(crate) fn payload(&self) -> &[u8] {
-        match self {
-            Answer::Frame(frame) => frame.get(1..).unwrap_or_default(),
-            Answer::Mapped(region) => region.bytes(),
-            #[cfg(feature = "mpi")]
-            Answer::Payload(payload) => payload,
-        }
-    }
-}
+pub(crate) use crate::task::reply::Answer;
 
 /// How long a waiter looks before it sleeps: a fast task's outcome then costs no wake-up.
 const SPIN: Duration = Duration::from_micros(50);

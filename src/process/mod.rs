@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ExitStatus, RemotePanic, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::sys::{self, identity};
 use crate::task::fnref::FnRef;
+use crate::task::reply::{self, Classified};
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::{codec, fds, msg};
@@ -436,7 +437,7 @@ impl<R: DeserializeOwned> Process<R> {
     fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
         while let Collected::Running = self.state {
             self.state = Collected::Finished(match self.next_frame(deadline)? {
-                Some(frame) => match self.interpret(&frame) {
+                Some(frame) => match self.interpret(frame) {
                     Some(outcome) => outcome,
                     None => continue, // the hello, or fds for the next message
                 },
@@ -465,54 +466,28 @@ impl<R: DeserializeOwned> Process<R> {
         }
     }
 
-    /// Turns a worker message into the outcome, or `None` for the hello.
-    fn interpret(&mut self, frame: &[u8]) -> Option<Result<R>> {
-        let file = match self.received.announce(frame) {
-            Ok(true) => return None,
-            Ok(false) => self.received.file(),
-            Err(bad) => Err(bad),
-        };
-        let file = match file {
-            Ok(file) => file,
-            Err(bad) => {
-                let _ = self.signal(sys::SIGKILL);
-                return Some(Err(Error::protocol(bad.0)));
+    /// Turns a worker message into the outcome, or `None` for the hello (sorted as the pool
+    /// sorts its workers' messages, `task::reply`). A child that breaks the protocol is killed.
+    fn interpret(&mut self, frame: Vec<u8>) -> Option<Result<R>> {
+        let outcome = match reply::sort(&mut self.received, frame) {
+            Ok(None | Some(Classified::Hello)) => return None,
+            Ok(Some(Classified::Dying(cause))) => {
+                self.last_words = Some(cause);
+                return None; // its death follows: `join` reports it with this cause
             }
-        };
-        if let Some(cause) = msg::parse_dying(frame) {
-            self.last_words = Some(cause);
-            return None; // its death follows: `join` reports it with this cause
-        }
-        let outcome = match msg::parse_from_worker(frame) {
-            Ok(msg::FromWorker::Hello { identity: id, .. }) => {
-                if id == identity::own() {
-                    return None;
-                }
-                let _ = self.signal(sys::SIGKILL);
-                Err(Error::binary_mismatch(identity::own(), id))
+            Ok(Some(Classified::Answer(Ok(answer)))) => {
+                codec::decode(answer.payload()).map_err(decode_failure::<R>)
             }
-            Ok(msg::FromWorker::Refused { identity: id }) => {
-                Err(Error::binary_mismatch(identity::own(), id))
-            }
-            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(decode_failure::<R>),
-            // A small result comes inline (`Done`, above).
-            // A large result: mapped from the file sent with it and decoded in place.
-            Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Payload::from_fd) {
-                Some(Ok(region)) => codec::decode(region.bytes()).map_err(decode_failure::<R>),
-                Some(Err(e)) => {
+            Ok(Some(Classified::Answer(Err(e)))) => {
+                if e.kind() == crate::ErrorKind::Protocol {
                     let _ = self.signal(sys::SIGKILL);
-                    Err(Error::protocol(format!("cannot map a large result: {e}")))
                 }
-                None => {
-                    let _ = self.signal(sys::SIGKILL);
-                    Err(Error::protocol("a large result came without its file"))
-                }
-            },
-            Ok(msg::FromWorker::Panic(bytes)) => match codec::decode::<RemotePanic>(bytes) {
-                Ok(p) => Err(Error::panicked(p)),
-                Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),
-            },
-            Ok(msg::FromWorker::Failed(text)) => Err(Error::codec(text)),
+                Err(e)
+            }
+            Ok(Some(Classified::Foreign(e))) => {
+                let _ = self.signal(sys::SIGKILL);
+                Err(e)
+            }
             Err(bad) => {
                 let _ = self.signal(sys::SIGKILL);
                 Err(Error::protocol(bad.0))

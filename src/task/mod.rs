@@ -10,6 +10,7 @@
 //! - [`fnref`]: the function reference: a task's function as it travels, and the entries a
 //!   worker runs it through (one typed call, a chunk, a chunk with state).
 //! - [`panic`]: a task's panic as data (the worker's panic hook, the report, the typed call).
+//! - [`reply`]: a worker's messages to its parent, sorted once for `Pool` and `Process`.
 //! - [`state`]: a worker's own state, built once by the first task that needs it.
 //!
 //! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
@@ -19,4 +20,5 @@ pub(crate) mod chunk;
 pub(crate) mod fnref;
 pub(crate) mod panic;
 pub(crate) mod progress;
+pub(crate) mod reply;
 pub(crate) mod state;
