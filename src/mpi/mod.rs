@@ -59,9 +59,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::pool::{AsyncResult, Slot};
-use crate::sys::identity;
+
 use crate::task::fnref::{Callable, FnRef};
-use crate::wire::{codec, fds, msg};
+use crate::wire::codec;
 use driver::{Cmd, Driver};
 pub use imap::Imap;
 
@@ -461,15 +461,16 @@ impl Pool {
 /// The `Run` frame a local pool would send for this chunk. Fds cannot cross ranks.
 fn encode<T: Serialize>(f: Option<FnRef>, chunk: &[T]) -> Result<Vec<u8>> {
     let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
-    let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-    let (encoded, fds) = fds::collecting(|| codec::encode_into(chunk, &mut run.buf));
-    encoded.map_err(Error::codec)?;
+    let role = codec::Role::Arguments;
+    let (frame, fds) =
+        crate::task::run::encode::<[T]>(0, f, chunk, role, crate::task::run::Large::Inline)
+            .map_err(Error::codec)?;
     if !fds.is_empty() {
         return Err(Error::usage(
             "arguments holding fds (queues, pipes, locks, shared memory) cannot cross MPI ranks",
         ));
     }
-    Ok(run.finish())
+    Ok(frame)
 }
 
 /// The driver thread: initializes MPI, reports the world, serves, finalizes.

@@ -30,11 +30,12 @@ use crate::child::setup::Limits;
 use crate::error::{Error, Result};
 use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
-use crate::sys::identity;
+
 use crate::task::chunk::Items;
 use crate::task::fnref::{Callable, FnRef};
+use crate::task::run::{self, Large};
+use crate::wire::codec;
 use crate::wire::fds::{self, Fds};
-use crate::wire::{codec, msg};
 use args::{ByBorrow, Star};
 use batch::{Batch, Sink};
 #[cfg(feature = "mpi")]
@@ -202,16 +203,8 @@ impl PoolBuilder {
         // A problem surfaces as an error from `build`.
         self.init = Some(match FnRef::new(f) {
             None => Err(crate::sys::fnptr::NOT_IN_MAIN_IMAGE.to_string()),
-            Some(func) => {
-                let mut run = msg::begin_run(0, identity::own(), func.tramp, func.func);
-                let (encoded, fds) = fds::collecting(|| codec::encode_into(&arg, &mut run.buf));
-                match encoded {
-                    Ok(()) => Ok((run.finish(), fds::shared(fds))),
-                    Err(e) => Err(format!(
-                        "the initializer argument cannot be serialized: {e}"
-                    )),
-                }
-            }
+            Some(func) => run::encode::<I>(0, func, &arg, codec::Role::Argument, Large::Spill)
+                .map(|(frame, fds)| (frame, fds::shared(fds))),
         });
         self
     }
@@ -1300,16 +1293,13 @@ fn encode_chunk<A>(
     len: usize,
 ) -> Result<(Vec<u8>, Fds)> {
     let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
-    let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-    let fds = msg::encode_arg(&mut run, chunk).map_err(|e| {
-        let role = if len == 1 {
-            codec::Role::Argument
-        } else {
-            codec::Role::Arguments
-        };
-        Error::codec(codec::failure::<A>(codec::Op::Encode, role, &e))
-    })?;
-    Ok((run.finish(), fds::shared(fds)))
+    let role = if len == 1 {
+        codec::Role::Argument
+    } else {
+        codec::Role::Arguments
+    };
+    let (frame, fds) = run::encode::<A>(0, f, chunk, role, Large::Spill).map_err(Error::codec)?;
+    Ok((frame, fds::shared(fds)))
 }
 
 /// Python's automatic chunk size for `map`: about four chunks per worker.
