@@ -144,7 +144,8 @@ fn many_panics_with_backtraces_and_recycled_workers() {
     for err in &errors {
         let bt = err.remote_panic().unwrap().backtrace().unwrap();
         assert!(bt.contains("containment_panics::boom"), "{bt}");
-        assert!(!bt.contains("mproc::worker"), "{bt}");
+        assert!(!bt.contains("mproc::child"), "{bt}");
+        assert!(!bt.contains("mproc::task::chunk"), "{bt}");
     }
     eprintln!(
         "200 panics with backtraces, max_tasks_per_child(10): {got:?}; reading their \
