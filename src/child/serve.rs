@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::setup::Limits;
 use super::{EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED, EXIT_TASK_FAILED, MARKER_ENV};
@@ -17,6 +18,7 @@ use crate::sys::stack_guard;
 use crate::task::chunk::{Arena, RunCx};
 use crate::task::fnref::{FnRef, Reply};
 use crate::task::panic::{IN_WORKER, TASK_SOCKET, ensure_panic_hook, read_backtrace_env};
+use crate::task::spin::Spin;
 use crate::wire::fds;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::msg;
@@ -100,13 +102,42 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     // A pool worker's control block and result arena come in its first message; a worker
     // without one (a `Process`) still builds chunk replies in an arena of its own.
     let mut arena = Arena::default();
+    // After a task a caller waits on alone (`msg::FLAG_HOT`, an `apply` loop), the next one
+    // often follows within microseconds: look for it a short while before sleeping
+    // (`task::spin`). Not after tasks the supervisor feeds: they wait in the socket already.
+    let mut spin = Spin::default();
+    let mut hot = false;
     loop {
-        let mut src = fds::FdRead {
-            sock: sock.as_fd(),
-            fifo: &mut fifo,
-            nowait: false,
+        let looked = if hot {
+            spin.look(|| {
+                let mut src = fds::FdRead {
+                    sock: sock.as_fd(),
+                    fifo: &mut fifo,
+                    nowait: true,
+                };
+                match reader.advance(&mut src) {
+                    Ok(Some(frame)) => Some(Ok(frame)),
+                    Ok(None) | Err(FrameError::WouldBlock) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+        } else {
+            None
         };
-        let frame = match reader.read_frame(&mut src) {
+        let read = looked.unwrap_or_else(|| {
+            let mut src = fds::FdRead {
+                sock: sock.as_fd(),
+                fifo: &mut fifo,
+                nowait: false,
+            };
+            let before = Instant::now();
+            let read = reader.read_frame(&mut src);
+            if hot {
+                spin.parked(before.elapsed());
+            }
+            read
+        });
+        let frame = match read {
             Ok(f) => f,
             Err(FrameError::Eof) => return 0,
             Err(_) => return EXIT_PROTOCOL,
@@ -141,6 +172,7 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         let func = FnRef::from_offsets(run.tramp, run.func);
         let mut handle_fds = std::mem::take(&mut task_fds);
         // A large argument is in the last fd: map it and decode it in place.
+        hot = run.flags & msg::FLAG_HOT != 0;
         let spilled = if run.flags & msg::FLAG_SPILLED != 0 {
             match handle_fds.pop().map(Payload::from_fd) {
                 Some(Ok(region)) => Some(region),

@@ -22,8 +22,10 @@ use super::result::{Answer, Outcome, Part, Slot};
 use crate::error::Error;
 use crate::sys;
 use crate::task::reply::{Classified, sort};
+use crate::task::spin::Spin;
 use crate::wire::fds::{self, Fds, Received};
 use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::wire::msg;
 
 /// What a borrowed worker answered: its reply to the task, or the failure of the whole run.
 pub(crate) type Reply = Result<Answer, Error>;
@@ -36,6 +38,11 @@ pub(crate) enum BorrowLost {
     TimedOut,
 }
 
+thread_local! {
+    /// How long this thread's `apply` calls look for their answer before sleeping.
+    static SPIN: std::cell::RefCell<Spin> = std::cell::RefCell::new(Spin::default());
+}
+
 /// Runs the task in `frame` on an idle worker, if one can be borrowed, and waits for its
 /// outcome; gives the frame back otherwise (the caller then queues it).
 pub(crate) fn run(
@@ -45,11 +52,25 @@ pub(crate) fn run(
     timeout: Option<Duration>,
     retries: u32,
 ) -> Result<Outcome, (Vec<u8>, Fds)> {
+    let mut frame = frame;
+    msg::set_run_flag(&mut frame, msg::FLAG_HOT);
     let mut b = borrow(shared, frame, fds, 1, timeout)?;
     let polled = loop {
-        // Wait first: the answer cannot be there yet, and after a wake `poll` costs no syscall
-        // beyond the read in the common case.
+        // A small task's answer comes within microseconds: look a short while before
+        // sleeping (`task::spin`), and after a wake `poll` costs no syscall beyond the read in
+        // the common case.
         if !b.unsent {
+            let looked = SPIN.with_borrow_mut(|spin| {
+                spin.look(|| match b.poll() {
+                    Ok(None) => None,
+                    other => Some(other),
+                })
+            });
+            match looked {
+                Some(Ok(Some(outcome))) => break Ok(outcome),
+                Some(Err(loss)) => break Err(loss),
+                Some(Ok(None)) | None => {}
+            }
             let asked = b
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()).min(WATCH_TICK));
@@ -61,6 +82,7 @@ pub(crate) fn run(
             if waited.is_err() {
                 break Err(BorrowLost::Died);
             }
+            SPIN.with_borrow_mut(|spin| spin.parked(before.elapsed()));
             // Slept far longer than asked: the program was stopped meanwhile (Ctrl-Z,
             // SIGSTOP), and that time does not count against the task.
             if let (Some(gap), Some(d)) = (paused_for(before, asked), b.deadline.as_mut()) {

@@ -12,6 +12,7 @@
 //! - [`panic`]: a task's panic as data (the worker's panic hook, the report, the typed call).
 //! - [`reply`]: a worker's messages to its parent, sorted once for `Pool` and `Process`.
 //! - [`run`]: encoding a `Run` frame, the one function every entry point builds a task with.
+//! - [`spin`]: spin, then park: how the two ends of a hand-off wait for each other.
 //! - [`state`]: a worker's own state, built once by the first task that needs it.
 //!
 //! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
@@ -23,4 +24,5 @@ pub(crate) mod panic;
 pub(crate) mod progress;
 pub(crate) mod reply;
 pub(crate) mod run;
+pub(crate) mod spin;
 pub(crate) mod state;

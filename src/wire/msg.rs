@@ -25,6 +25,19 @@ pub(crate) const FLAG_LAST: u8 = 1;
 /// before it, an anonymous file holding exactly its encoding (see [`encode_arg`]).
 pub(crate) const FLAG_SPILLED: u8 = 2;
 
+/// Bit in `Run::flags`: a caller waits on this task alone (the `apply` fast path), and the next
+/// may follow at once: the worker looks for it a short while before sleeping (`task::spin`).
+/// Tasks the supervisor feeds wait in the socket already; workers spinning for them would only
+/// take CPU from the supervisor.
+pub(crate) const FLAG_HOT: u8 = 4;
+
+/// Sets `flag` in a finished `Run` frame.
+pub(crate) fn set_run_flag(frame: &mut [u8], flag: u8) {
+    if let Some(flags) = frame.get_mut(super::frame::HEADER + 1) {
+        *flags |= flag;
+    }
+}
+
 /// Arguments whose encoding passes this many bytes travel in an anonymous file (memfd).
 pub(crate) const SPILL_LIMIT: usize = 1 << 20;
 
