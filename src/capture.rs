@@ -15,7 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
-use crate::sys::fnptr::Callable;
+use crate::task::fnref::Callable;
 
 /// A task's result with what it wrote to stdout and stderr while it ran.
 ///
@@ -59,9 +59,7 @@ impl<R> Captured<R> {
 
 /// A task function whose output is captured: the same `fn` pointer, another trampoline.
 ///
-/// `repr(transparent)` over the pointer: the worker rebuilds it from the function's address
-/// exactly as it rebuilds a bare `fn` (see `sys::fnptr`).
-#[repr(transparent)]
+/// The worker rebuilds it from the `fn` pointer that travels (`Callable::from_ptr`).
 #[derive(Clone, Copy)]
 pub(crate) struct CaptureOutput<F>(pub(crate) F);
 
@@ -93,8 +91,12 @@ impl<F: Callable> Callable for CaptureOutput<F> {
         }
     }
 
-    fn addr(self) -> usize {
-        self.0.addr()
+    type Ptr = F::Ptr;
+    fn ptr(self) -> F::Ptr {
+        self.0.ptr()
+    }
+    fn from_ptr(ptr: F::Ptr) -> Self {
+        CaptureOutput(F::from_ptr(ptr))
     }
 }
 

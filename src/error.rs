@@ -14,6 +14,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// because of it. Use [`kind`](Error::kind) to branch, or the predicates
 /// ([`is_timeout`](Error::is_timeout), [`is_worker_lost`](Error::is_worker_lost)) and accessors
 /// ([`remote_panic`](Error::remote_panic), [`exit_status`](Error::exit_status)).
+///
+/// # Examples
+/// ```
+/// use mproc::ErrorKind;
+///
+/// fn risky(x: i32) -> i32 {
+///     match x {
+///         0 => panic!("zero"),
+///         1 => std::process::exit(7),
+///         _ => x,
+///     }
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let e = pool.apply(risky, 0).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Panicked);
+/// assert_eq!(e.remote_panic().map(|p| p.message()), Some("zero"));
+/// assert!(e.to_string().starts_with("the task panicked: zero at "));
+///
+/// let e = pool.apply(risky, 1).unwrap_err();
+/// assert!(e.is_worker_lost());
+/// assert_eq!(e.exit_status().and_then(|s| s.code()), Some(7));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Error {
     repr: Box<Repr>,
     /// Which item of a `map`, `starmap` or `imap` failed, and on which worker: boxed apart
@@ -54,6 +78,27 @@ enum Repr {
 }
 
 /// The category of an [`Error`].
+///
+/// ```
+/// use mproc::ErrorKind;
+///
+/// fn boom(_: ()) -> u32 {
+///     panic!("boom")
+/// }
+///
+/// fn advice(e: &mproc::Error) -> &'static str {
+///     match e.kind() {
+///         ErrorKind::Panicked => "fix the task",
+///         ErrorKind::WorkerDied | ErrorKind::TimedOut => "run it again",
+///         ErrorKind::Cancelled => "nothing: we stopped it",
+///         _ => "see the message", // the enum is non-exhaustive
+///     }
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// assert_eq!(advice(&pool.apply(boom, ()).unwrap_err()), "fix the task");
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -233,11 +278,40 @@ impl Error {
 
     /// The pid of the worker that ran the failed item, when [`index`](Error::index) is known
     /// and the item reached a worker.
+    ///
+    /// ```
+    /// fn check(x: u64) -> u64 {
+    ///     assert!(x != 3, "three");
+    ///     x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let e = pool.map(check, 0..6).unwrap_err();
+    /// let pid = e.worker_pid().expect("item 3 reached a worker");
+    /// assert_ne!(pid, std::process::id());
+    /// assert!(e.to_string().starts_with(&format!("item 3 (worker pid {pid}): ")));
+    /// assert_eq!(pool.apply(check, 3).unwrap_err().worker_pid(), None); // no item: apply
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn worker_pid(&self) -> Option<u32> {
         self.at.as_ref().and_then(|at| at.pid)
     }
 
     /// The category of this error.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn check(x: u64) -> u64 {
+    ///     assert!(x != 3, "three");
+    ///     x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.apply(check, 3).unwrap_err().kind(), ErrorKind::Panicked);
+    /// assert_eq!(mproc::Pool::new(0).unwrap_err().kind(), ErrorKind::Usage);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         match *self.repr {
             Repr::Panicked(_) => ErrorKind::Panicked,
@@ -258,16 +332,57 @@ impl Error {
     }
 
     /// True when a `*_timeout` call ran out of time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut slow = pool.apply_async(nap, 60_000);
+    /// let e = slow.get_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// slow.cancel();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_timeout(&self) -> bool {
         self.kind() == ErrorKind::TimedOut
     }
 
     /// True when the child ended without delivering a result (crash, kill, `exit`).
+    ///
+    /// ```
+    /// fn quit(code: i32) -> i32 {
+    ///     std::process::exit(code)
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let e = pool.apply(quit, 42).unwrap_err();
+    /// assert!(e.is_worker_lost());
+    /// assert_eq!(e.to_string(), "the worker process died without a result (exit code 42)");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_worker_lost(&self) -> bool {
         self.kind() == ErrorKind::WorkerDied
     }
 
     /// The child's panic: message, location and (with `RUST_BACKTRACE` set) backtrace.
+    ///
+    /// ```
+    /// fn boom(n: u32) -> u32 {
+    ///     panic!("bad input {n}")
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let e = pool.apply(boom, 5).unwrap_err();
+    /// let panic = e.remote_panic().expect("the task panicked");
+    /// assert_eq!(panic.message(), "bad input 5");
+    /// assert!(panic.location().is_some());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn remote_panic(&self) -> Option<&RemotePanic> {
         match &*self.repr {
             Repr::Panicked(p) => Some(p),
@@ -276,6 +391,21 @@ impl Error {
     }
 
     /// How the child ended, when it died without a result.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(secs: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// }
+    ///
+    /// let mut p = mproc::Process::spawn(nap, 60)?;
+    /// p.kill()?;
+    /// let status = p.join().unwrap_err().exit_status().expect("it died");
+    /// assert_eq!(status.signal(), Some(9)); // SIGKILL
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn exit_status(&self) -> Option<ExitStatus> {
         match *self.repr {
             Repr::WorkerDied(s, _) => Some(s),
@@ -369,6 +499,18 @@ impl std::error::Error for Error {
 }
 
 /// A panic that happened in a child process, carried back as data.
+///
+/// ```
+/// fn boom(_: ()) -> u32 {
+///     panic!("boom")
+/// }
+///
+/// let e = mproc::Pool::new(2)?.apply(boom, ()).unwrap_err();
+/// let panic = e.remote_panic().expect("the task panicked");
+/// assert_eq!(panic.message(), "boom");
+/// assert!(panic.to_string().starts_with("boom at ")); // the message, then where
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemotePanic {
     pub(crate) message: String,
@@ -412,10 +554,33 @@ impl Eq for Frames {}
 
 impl RemotePanic {
     /// The panic message (the `&str` or `String` payload; a placeholder for other payloads).
+    ///
+    /// ```
+    /// fn boom(n: u32) -> u32 {
+    ///     panic!("bad input {n}")
+    /// }
+    ///
+    /// let e = mproc::Pool::new(2)?.apply(boom, 5).unwrap_err();
+    /// assert_eq!(e.remote_panic().unwrap().message(), "bad input 5");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
     /// Where it panicked, as `file:line:column`.
+    ///
+    /// ```
+    /// fn boom(_: ()) -> u32 {
+    ///     panic!("boom")
+    /// }
+    ///
+    /// let e = mproc::Pool::new(2)?.apply(boom, ()).unwrap_err();
+    /// let location = e.remote_panic().unwrap().location().expect("panic! has one");
+    /// let mut parts = location.rsplitn(3, ':'); // file:line:column
+    /// assert!(parts.next().unwrap().parse::<u32>().is_ok());
+    /// assert!(parts.next().unwrap().parse::<u32>().is_ok());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn location(&self) -> Option<&str> {
         self.location.as_deref()
     }
@@ -429,6 +594,18 @@ impl RemotePanic {
     /// program, not once per worker. A child whose memory is capped runs with
     /// `RUST_BACKTRACE` removed from its environment (its own panics still carry backtraces):
     /// std's out-of-memory handler would otherwise try to print one with no memory left.
+    ///
+    /// ```
+    /// fn deep_inside(_: ()) -> u32 {
+    ///     panic!("boom")
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).env("RUST_BACKTRACE", "1").build()?;
+    /// let e = pool.apply(deep_inside, ()).unwrap_err();
+    /// let backtrace = e.remote_panic().unwrap().backtrace().expect("RUST_BACKTRACE is set");
+    /// assert!(backtrace.contains("deep_inside"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn backtrace(&self) -> Option<&str> {
         self.backtrace.as_ref().map(Frames::text)
     }
@@ -445,6 +622,18 @@ impl fmt::Display for RemotePanic {
 }
 
 /// How a process ended: an exit code or a signal, like Python's `exitcode` (`-N` for signal N).
+///
+/// ```
+/// fn quit(code: i32) {
+///     std::process::exit(code)
+/// }
+///
+/// let mut p = mproc::Process::spawn(quit, 5)?;
+/// let status = p.join().unwrap_err().exit_status().expect("it exited");
+/// assert_eq!((status.code(), status.signal(), status.exitcode()), (Some(5), None, 5));
+/// assert_eq!(p.exit_status(), Some(status)); // the handle says so too
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExitStatus {
     raw: crate::sys::RawExit,
@@ -455,6 +644,17 @@ impl ExitStatus {
         ExitStatus { raw }
     }
     /// The exit code, if the process exited (rather than being killed by a signal).
+    ///
+    /// ```
+    /// fn quit(code: i32) {
+    ///     std::process::exit(code)
+    /// }
+    ///
+    /// let mut p = mproc::Process::spawn(quit, 42)?;
+    /// let e = p.join().unwrap_err();
+    /// assert_eq!(e.exit_status().and_then(|s| s.code()), Some(42));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn code(&self) -> Option<i32> {
         match self.raw {
             crate::sys::RawExit::Code(c) => Some(c),
@@ -462,6 +662,21 @@ impl ExitStatus {
         }
     }
     /// The signal that ended the process, if any.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(secs: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// }
+    ///
+    /// let mut p = mproc::Process::spawn(nap, 60)?;
+    /// p.terminate()?;
+    /// let status = p.join().unwrap_err().exit_status().expect("it was killed");
+    /// assert_eq!((status.signal(), status.code()), (Some(15), None)); // SIGTERM
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn signal(&self) -> Option<i32> {
         match self.raw {
             crate::sys::RawExit::Signal(s) => Some(s),
@@ -469,11 +684,37 @@ impl ExitStatus {
         }
     }
     /// True for exit code 0.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let mut p = mproc::Process::spawn(square, 7)?;
+    /// assert_eq!(p.join()?, 49);
+    /// assert!(p.exit_status().expect("joined").success());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn success(&self) -> bool {
         self.code() == Some(0)
     }
     /// Python's `Process.exitcode`: the exit code, or `-N` when killed by signal `N`
     /// (`i32::MIN` if the status was lost because another part of the program reaped it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(secs: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// }
+    ///
+    /// let mut p = mproc::Process::spawn(nap, 60)?;
+    /// p.kill()?;
+    /// let status = p.join().unwrap_err().exit_status().expect("it was killed");
+    /// assert_eq!(status.exitcode(), -9); // as Python's exitcode for SIGKILL
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn exitcode(&self) -> i32 {
         match self.raw {
             crate::sys::RawExit::Code(c) => c,

@@ -175,6 +175,7 @@
 #![deny(unsafe_code)]
 
 mod capture;
+mod child;
 mod error;
 mod ipc;
 #[cfg(feature = "mpi")]
@@ -189,7 +190,6 @@ mod sys;
 mod task;
 mod trace;
 mod wire;
-mod worker;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[cfg(feature = "fuzzing")]
@@ -264,11 +264,11 @@ pub struct ReadmeDoctests;
 /// // ... the program; children never get here
 /// ```
 pub fn init() {
-    if let Some(marker) = std::env::var_os(worker::MARKER_ENV) {
-        if !worker::marker_unconsumed() {
+    if let Some(marker) = std::env::var_os(child::MARKER_ENV) {
+        if !child::marker_unconsumed() {
             return;
         }
-        worker::mark_consumed();
-        sys::ctor::run_from_init(marker);
+        child::mark_consumed();
+        child::entry::run_from_init(marker);
     }
 }

@@ -537,3 +537,37 @@ fn workers_show_the_program_name_in_ps() {
         .unwrap();
     assert_eq!(unnamed, program);
 }
+
+/// A result is handed out once: `get` after a `get_timeout` that returned it says so (it used
+/// to answer `Ok(vec![])` for a `map_async`, a wrong result that looked right), and
+/// `successful` still answers.
+#[test]
+fn a_result_handed_out_by_get_timeout_is_not_handed_out_again() {
+    let pool = pool(2);
+    let mut one = pool.apply_async(square, 7);
+    assert_eq!(one.get_timeout(LIMIT).unwrap(), 49);
+    assert_eq!(one.successful(), Some(true));
+    assert_eq!(one.get().unwrap_err().kind(), ErrorKind::Usage);
+
+    let mut many = pool.map_async(square, vec![1, 2, 3]);
+    assert_eq!(many.get_timeout(LIMIT).unwrap(), [1, 4, 9]);
+    assert_eq!(many.get().unwrap_err().kind(), ErrorKind::Usage);
+
+    let mut bad = pool.apply_async(panics_on_3, 3);
+    assert_eq!(
+        bad.get_timeout(LIMIT).unwrap_err().kind(),
+        ErrorKind::Panicked
+    );
+    assert_eq!(bad.successful(), Some(false));
+    let again = bad.get_timeout(LIMIT).unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Usage);
+
+    let mut taken = pool.apply_async(square, 2);
+    assert_eq!(taken.get_timeout(LIMIT).unwrap(), 4);
+    let mut done = mproc::as_completed(vec![taken]);
+    let (i, r) = done
+        .next_timeout(LIMIT)
+        .expect("one handle")
+        .expect("in time");
+    assert_eq!((i, r.unwrap_err().kind()), (0, ErrorKind::Usage));
+}

@@ -70,8 +70,21 @@ const RANK_ENVS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
 /// (the benchmark's raw baseline) and do not build an MPI [`Pool`] in that run.
 pub const NO_SERVE_ENV: &str = "MPROC_MPI_NO_SERVE";
 
+crate::sys::ctor::at_load!(MPROC_MPI_RANK = at_load);
+
+/// Runs before `main` in every executable built with `mpi`: under MPI, every rank but 0
+/// serves instead of running `main`. A child of mproc's (its marker set) is not a serving
+/// rank, though it inherits the launcher's rank variables: the child entry takes it over,
+/// whichever of the two load-time entries runs first.
+fn at_load(token: &crate::sys::child::ChildToken) {
+    let child = crate::sys::child::getenv(token, crate::child::MARKER_ENV).is_some();
+    if !child && is_serving_rank() {
+        serve_at_load();
+    }
+}
+
 /// True in a process launched as an MPI rank other than 0.
-pub(crate) fn is_serving_rank() -> bool {
+fn is_serving_rank() -> bool {
     std::env::var_os(NO_SERVE_ENV).is_none()
         && RANK_ENVS
             .iter()
@@ -79,12 +92,12 @@ pub(crate) fn is_serving_rank() -> bool {
             .is_some_and(|r| r != "0")
 }
 
-/// Called by the load-time constructor in a serving rank: serves, then exits.
-pub(crate) fn serve_at_load() -> ! {
+/// Serves as a rank, then exits.
+fn serve_at_load() -> ! {
     use std::io::Write;
     // As Rust's `main` would: a write to a worker that just died must fail, not kill the rank.
     crate::sys::ignore_sigpipe();
-    let code = std::panic::catch_unwind(server::serve).unwrap_or(crate::worker::EXIT_INTERNAL);
+    let code = std::panic::catch_unwind(server::serve).unwrap_or(crate::child::EXIT_INTERNAL);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     crate::sys::exit_now(code)

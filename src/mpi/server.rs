@@ -28,7 +28,7 @@ pub(crate) const PROCESSES_ENV: &str = "MPROC_MPI_PROCESSES";
 pub(crate) fn serve() -> i32 {
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Serialized) else {
         eprintln!("mproc: MPI was already initialized in a serving rank");
-        return crate::worker::EXIT_INTERNAL;
+        return crate::child::EXIT_INTERNAL;
     };
     let mut link = Link::new(universe.world());
     let Some(config) = wait_for_config(&mut link) else {

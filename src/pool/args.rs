@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
-use crate::sys::fnptr::Callable;
+use crate::task::fnref::Callable;
 
 /// A chunk of items encoded as the `Vec<A>` the worker decodes, each item read through its
 /// borrow: `map(f, &v)` sends `v`'s values without cloning them first.
@@ -33,11 +33,12 @@ mod sealed {
     pub trait Sealed {}
 
     /// A function pointer of 2 to 6 arguments, run over a tuple of them.
-    pub trait FnPtr: Copy + Send + Sync + 'static {
+    // Sealed (users cannot name it): the crate-private bound is what lets it travel.
+    #[allow(private_bounds)]
+    pub trait FnPtr: crate::sys::fnptr::CodePtr + 'static {
         type Args: Serialize + DeserializeOwned + 'static;
         type Out: Serialize + DeserializeOwned + 'static;
         fn invoke(self, args: Self::Args) -> Self::Out;
-        fn addr(self) -> usize;
     }
 }
 
@@ -92,9 +93,6 @@ macro_rules! star_args {
             fn invoke(self, ($($a,)+): Self::Args) -> R {
                 self($($a),+)
             }
-            fn addr(self) -> usize {
-                self as usize
-            }
         }
 
         impl<$($a: Serialize + DeserializeOwned + 'static),+> sealed::Sealed for ($($a,)+) {}
@@ -122,7 +120,6 @@ star_args!(A B C D E G);
 
 /// A [`StarArgs`] function as a task: the same pointer, so its address is the function's.
 #[derive(Clone, Copy)]
-#[repr(transparent)]
 pub(crate) struct Star<F>(pub(crate) F);
 
 impl<F: sealed::FnPtr> Callable for Star<F> {
@@ -131,8 +128,12 @@ impl<F: sealed::FnPtr> Callable for Star<F> {
     fn invoke(self, args: F::Args) -> F::Out {
         self.0.invoke(args)
     }
-    fn addr(self) -> usize {
-        self.0.addr()
+    type Ptr = F;
+    fn ptr(self) -> F {
+        self.0
+    }
+    fn from_ptr(ptr: F) -> Self {
+        Star(ptr)
     }
 }
 
@@ -166,7 +167,7 @@ mod tests {
         }
         let f = Star(two as fn(u8, u8) -> u32);
         assert_eq!(f.invoke((1u8, 2u8)), 3);
-        assert_eq!(f.addr(), two as fn(u8, u8) -> u32 as usize);
+        assert_eq!(f.ptr() as usize, two as fn(u8, u8) -> u32 as usize);
         assert_eq!(
             Star(six as fn(u8, u8, u8, u8, u8, u8) -> u32).invoke((1u8, 2, 3, 4, 5, 6)),
             21

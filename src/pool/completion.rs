@@ -70,6 +70,21 @@ where
 
 /// The iterator of [`as_completed`]: `(index, result)` pairs in completion order.
 ///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let handles: Vec<_> = (1..=3).map(|x| pool.apply_async(square, x)).collect();
+/// let mut squares = vec![0; 3];
+/// for (i, r) in mproc::as_completed(handles) {
+///     squares[i] = r?; // in completion order, each with its handle's index
+/// }
+/// assert_eq!(squares, [1, 4, 9]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
 /// # Drop
 /// Dropping it drops the handles not yielded yet, which does not cancel their tasks (see
 /// [`AsyncResult`]); cancel them first through [`pending`](AsCompleted::pending) to stop them.
@@ -110,6 +125,26 @@ impl<R> AsCompleted<R> {
 
     /// The handles not yielded yet, with their indices: to [`cancel`](AsyncResult::cancel)
     /// them, or look at them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let handles = [pool.apply_async(nap, 60_000), pool.apply_async(nap, 0)];
+    /// let mut done = mproc::as_completed(handles);
+    /// let (first, _) = done.next().expect("two handles");
+    /// assert_eq!(first, 1);
+    /// assert_eq!(done.pending().map(|(i, _)| i).collect::<Vec<_>>(), [0]); // the slow one
+    /// for (_, h) in done.pending() {
+    ///     h.cancel();
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn pending(&self) -> impl Iterator<Item = (usize, &AsyncResult<R>)> {
         self.handles
             .iter()
@@ -118,11 +153,41 @@ impl<R> AsCompleted<R> {
     }
 
     /// How many handles are not yielded yet.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let handles = [pool.apply_async(square, 2), pool.apply_async(square, 3)];
+    /// let mut done = mproc::as_completed(handles);
+    /// assert_eq!(done.len(), 2);
+    /// done.next();
+    /// assert_eq!(done.len(), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.left
     }
 
     /// True once every handle was yielded.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let handles = [pool.apply_async(square, 2), pool.apply_async(square, 3)];
+    /// let mut done = mproc::as_completed(handles);
+    /// let mut sum = 0;
+    /// while !done.is_empty() {
+    ///     sum += done.next().expect("not empty").1?;
+    /// }
+    /// assert_eq!(sum, 13);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.left == 0
     }
@@ -184,6 +249,27 @@ impl<R> std::fmt::Debug for AsCompleted<R> {
 }
 
 /// When [`wait`] returns: Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`, `ALL_COMPLETED`.
+///
+/// ```
+/// use std::time::Duration;
+/// use mproc::ReturnWhen;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+/// fn fail(_: ()) -> u64 {
+///     panic!("no")
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let handles = vec![pool.apply_async(nap, 60_000), pool.apply_async(fail, ())];
+/// let timeout = Some(Duration::from_secs(60));
+/// let (done, not_done) = mproc::wait(&handles, ReturnWhen::FirstException, timeout);
+/// assert_eq!((done, not_done), (vec![1], vec![0])); // at once: a failure is in
+/// handles[0].cancel();
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReturnWhen {
     /// As soon as any handle completes (or is cancelled).

@@ -16,7 +16,7 @@ use super::batch::Sink;
 use super::result::{Outcome, Part, Slot};
 use super::{Pool, decode_chunk_at};
 use crate::error::{Error, Result};
-use crate::sys::fnptr::FnRef;
+use crate::task::fnref::FnRef;
 
 /// Encodes a chunk of items of the input's item type and queues it: `Pool::submit_chunk` for
 /// the function's argument type, chosen where that type is known.
@@ -33,6 +33,18 @@ fn next_chunk<I: Iterator>(iter: &mut I, size: usize) -> Vec<I::Item> {
 /// Ordered lazy results of [`Pool::imap`]: an iterator of `Result<R>`, one per input item.
 ///
 /// Besides `next`, [`next_timeout`](Imap::next_timeout) waits a bounded time.
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let mut squares = pool.imap(square, 1..); // an endless input: pulled as workers free up
+/// let big = squares.find(|r| r.as_ref().is_ok_and(|&s| s > 1000));
+/// assert_eq!(big.transpose()?, Some(1024));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Imap<'p, I: Iterator, R> {
     pool: &'p Pool,
     f: Option<FnRef>,
@@ -90,6 +102,22 @@ where
 
     /// The next result, waiting at most `timeout`; `Some(Err(e))` with `e.is_timeout()` if it
     /// is not ready yet (the iterator stays usable), `None` at the end of the input.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut naps = pool.imap(nap, [0, 60_000]);
+    /// assert_eq!(naps.next_timeout(Duration::from_secs(60)).transpose()?, Some(0));
+    /// let e = naps.next_timeout(Duration::from_millis(10)).expect("one more").unwrap_err();
+    /// assert!(e.is_timeout()); // the second is still running
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
         self.next_deadline(Some(Instant::now() + timeout))
     }
@@ -133,6 +161,17 @@ where
 }
 
 /// Lazy results of [`Pool::imap_unordered`], in completion order.
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let total: u64 = pool.imap_unordered(square, 1..=10).sum::<mproc::Result<u64>>()?;
+/// assert_eq!(total, 385);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct ImapUnordered<'p, I: Iterator, R> {
     pool: &'p Pool,
     f: Option<FnRef>,
@@ -199,6 +238,22 @@ where
     }
 
     /// As [`Imap::next_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut naps = pool.imap_unordered(nap, [60_000, 0]);
+    /// assert_eq!(naps.next_timeout(Duration::from_secs(60)).transpose()?, Some(0));
+    /// let e = naps.next_timeout(Duration::from_millis(10)).expect("one more").unwrap_err();
+    /// assert!(e.is_timeout()); // the slow one is still running
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
         self.next_deadline(Some(Instant::now() + timeout))
     }

@@ -3,7 +3,7 @@
 //! A synchronous `apply` through the supervisor costs two thread hand-offs on top of the
 //! socket round trip (client → supervisor → worker → supervisor → client). When a worker is
 //! idle and nothing is queued, the calling thread borrows it (a [`Lease`] from
-//! `Queue::idle`), writes the task, waits on the worker's socket and pidfd itself, and gives
+//! `Backlog::idle`), writes the task, waits on the worker's socket and pidfd itself, and gives
 //! the worker back. Anything unusual (death, timeout, a bad message) is handed to the
 //! supervisor as [`Returned::Lost`] with the job, and settled there exactly as for any other
 //! job: retried, or failed with the worker's exit status, or `TimedOut`.
@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use super::batch::{Batch, Sink};
 use super::fate;
 use super::registry::{Lease, Registry, Returned, WATCH_TICK, paused_for};
-use super::reply::{Classified, sort};
 use super::result::{Answer, Outcome, Part, Slot};
 use crate::error::Error;
 use crate::sys;
+use crate::task::reply::{Classified, sort};
 use crate::wire::fds::{self, Fds, Received};
 use crate::wire::frame::{self, FrameError, FrameReader};
 
@@ -171,14 +171,14 @@ impl Borrowed {
             };
             match self.reader.advance(&mut src) {
                 Ok(Some(f)) => match sort(&mut self.received, f) {
-                    Ok(None | Some(Classified::Hello { ours: true })) => continue,
+                    Ok(None | Some(Classified::Hello)) => continue,
                     // Its death follows; the supervisor reports it with this cause.
                     Ok(Some(Classified::Dying(cause))) => {
                         self.last_words = Some(cause);
                         continue;
                     }
                     Ok(Some(Classified::Answer(a))) => return Ok(Some(a)),
-                    Ok(Some(Classified::Hello { ours: false })) | Err(_) => {
+                    Ok(Some(Classified::Foreign(_))) | Err(_) => {
                         return Err(BorrowLost::Died);
                     }
                 },

@@ -8,7 +8,6 @@ mod imap;
 mod lease;
 mod registry;
 mod remote;
-mod reply;
 mod result;
 mod state;
 mod supervisor;
@@ -28,12 +27,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::capture::{CaptureOutput, Captured};
+use crate::child::setup::Limits;
 use crate::error::{Error, Result};
 use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
-use crate::sys::fnptr::{Callable, FnRef};
 use crate::sys::identity;
 use crate::task::chunk::Items;
+use crate::task::fnref::{Callable, FnRef};
 use crate::wire::fds::{self, Fds};
 use crate::wire::{codec, msg};
 use args::{ByBorrow, Star};
@@ -52,12 +52,6 @@ use supervisor::Config;
 
 /// How long `build` waits for a first worker at most (a loaded machine can be slow).
 const START_LIMIT: Duration = Duration::from_secs(30);
-
-/// Environment variable carrying [`PoolBuilder::memory_limit`] to workers.
-pub(crate) const MEMORY_LIMIT_ENV: &str = "MPROC_MEMORY_LIMIT";
-
-/// Environment variable carrying [`PoolBuilder::max_processes`] to workers.
-pub(crate) const PROCESS_LIMIT_ENV: &str = "MPROC_PROCESS_LIMIT";
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
@@ -170,11 +164,29 @@ pub(crate) const THREAD_VARS: [&str; 6] = [
 
 impl PoolBuilder {
     /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    ///
+    /// ```
+    /// let pool = mproc::Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn processes(mut self, n: usize) -> PoolBuilder {
         self.processes = Some(n);
         self
     }
     /// How workers are created (default: [`StartMethod::default`]).
+    ///
+    /// ```
+    /// use mproc::StartMethod;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).start_method(StartMethod::Spawn).build()?;
+    /// assert_eq!(pool.map(square, [1, 2, 3])?, [1, 4, 9]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn start_method(mut self, m: StartMethod) -> PoolBuilder {
         self.method = Some(m);
         self
@@ -183,6 +195,29 @@ impl PoolBuilder {
     /// later to replace dead or retired ones. If it panics or crashes, the pool is broken:
     /// every task fails with [`ErrorKind::Broken`](crate::ErrorKind::Broken) saying why —
     /// never a hang, never an endless respawn loop.
+    ///
+    /// Python's idiom, a global set by the initializer and read by the tasks:
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    ///
+    /// static PREFIX: OnceLock<String> = OnceLock::new(); // one per worker process
+    ///
+    /// fn init(prefix: String) {
+    ///     PREFIX.set(prefix).expect("set once per worker");
+    /// }
+    ///
+    /// fn label(x: u64) -> String {
+    ///     format!("{}{x}", PREFIX.get().expect("set by the initializer"))
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .initializer(init, "item-".to_string())
+    ///     .build()?;
+    /// assert_eq!(pool.map(label, [1, 2])?, ["item-1", "item-2"]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn initializer<I: Serialize + DeserializeOwned>(mut self, f: fn(I), arg: I) -> PoolBuilder {
         // A problem surfaces as an error from `build`.
         self.init = Some(match FnRef::new(f) {
@@ -202,6 +237,17 @@ impl PoolBuilder {
     }
     /// Replaces each worker after it has run `n` tasks (chunks, for `map` and `imap`), like
     /// Python's `maxtasksperchild`: a cure for leaky code. No task is lost in the swap.
+    ///
+    /// ```
+    /// fn pid(_: ()) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// let (first, second) = (pool.apply(pid, ())?, pool.apply(pid, ())?);
+    /// assert_ne!(first, second, "a fresh worker for each task");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn max_tasks_per_child(mut self, n: usize) -> PoolBuilder {
         self.max_tasks_per_child = Some(n.max(1));
         self
@@ -214,6 +260,25 @@ impl PoolBuilder {
     /// results and the ones after it run on another worker. Time the whole program spent
     /// stopped (Ctrl-Z, `SIGSTOP`, a frozen container) does not count. Timed-out items are
     /// never re-run.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mproc::ErrorKind;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .task_timeout(Duration::from_secs(1))
+    ///     .build()?;
+    /// assert_eq!(pool.apply(nap, 0)?, 0);
+    /// let e = pool.apply(nap, 60_000).unwrap_err(); // killed after 1 s, not a minute
+    /// assert_eq!(e.kind(), ErrorKind::TimedOut);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn task_timeout(mut self, t: Duration) -> PoolBuilder {
         self.task_timeout = Some(t);
         self
@@ -223,6 +288,27 @@ impl PoolBuilder {
     /// Default 0. Retries count per item: only the item that was running when its worker died
     /// spends one; the items of its chunk that had finished keep their results, and those
     /// after it are re-queued without spending any. Timed-out items are not retried.
+    ///
+    /// ```
+    /// use mproc::Value;
+    ///
+    /// // Dies on its first run; a shared counter tells the runs apart.
+    /// fn flaky(runs: Value<u32>) -> u32 {
+    ///     let run = {
+    ///         let mut n = runs.lock().expect("the counter's lock");
+    ///         *n += 1;
+    ///         *n
+    ///     };
+    ///     if run == 1 {
+    ///         std::process::exit(42); // the worker dies without a result
+    ///     }
+    ///     run
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).max_retries(1).build()?;
+    /// assert_eq!(pool.apply(flaky, Value::new(0)?)?, 2); // the second run succeeded
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn max_retries(mut self, n: u32) -> PoolBuilder {
         self.max_retries = n;
         self
@@ -231,15 +317,48 @@ impl PoolBuilder {
     /// it fails in that worker alone — Rust aborts on allocation failure, so the task fails
     /// with [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) (SIGABRT) and the worker
     /// is replaced.
+    ///
+    /// ```
+    /// use mproc::{ErrorKind, Stdio};
+    ///
+    /// fn allocate(mib: usize) -> usize {
+    ///     vec![1u8; mib << 20].len() >> 20
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .memory_limit(256 << 20)
+    ///     .stderr(Stdio::Null) // hides the allocator's "memory allocation failed"
+    ///     .build()?;
+    /// assert_eq!(pool.apply(allocate, 16)?, 16);
+    /// let e = pool.apply(allocate, 1024).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::WorkerDied);
+    /// assert_eq!(pool.apply(allocate, 16)?, 16); // a fresh worker took its place
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn memory_limit(mut self, bytes: u64) -> PoolBuilder {
-        self.spec
-            .env
-            .push((MEMORY_LIMIT_ENV.into(), bytes.to_string().into()));
+        let limit = Limits {
+            memory: Some(bytes),
+            ..Limits::default()
+        };
+        self.spec.env.extend(limit.to_env());
         self
     }
     /// Caps the processes (and threads) a worker's user may have at `n` (`RLIMIT_NPROC`, set
     /// in each worker before its first task): a fork bomb inside a task gets `EAGAIN` from
     /// `fork` once the cap is reached, instead of exhausting the machine.
+    ///
+    /// ```
+    /// fn process_limit(_: ()) -> String {
+    ///     let limits = std::fs::read_to_string("/proc/self/limits").expect("Linux");
+    ///     let line = limits.lines().find(|l| l.starts_with("Max processes"));
+    ///     line.expect("a line for RLIMIT_NPROC").split_whitespace().nth(2).unwrap().to_string()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).max_processes(10_000).build()?;
+    /// assert_eq!(pool.apply(process_limit, ())?, "10000");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Caveats
     /// `RLIMIT_NPROC` counts every process and thread of the worker's *real user*, not only
@@ -249,9 +368,11 @@ impl PoolBuilder {
     /// count only a pool's own descendants, run the program in a `pids` cgroup (systemd's
     /// `TasksMax=`, `docker run --pids-limit`).
     pub fn max_processes(mut self, n: u64) -> PoolBuilder {
-        self.spec
-            .env
-            .push((PROCESS_LIMIT_ENV.into(), n.to_string().into()));
+        let limit = Limits {
+            processes: Some(n),
+            ..Limits::default()
+        };
+        self.spec.env.extend(limit.to_env());
         self
     }
     /// Caps the threads each worker's libraries start: sets `OMP_NUM_THREADS`,
@@ -282,22 +403,74 @@ impl PoolBuilder {
         self
     }
     /// Sets an environment variable in every worker.
+    ///
+    /// ```
+    /// fn region(_: ()) -> String {
+    ///     std::env::var("REGION").unwrap_or_default()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).env("REGION", "eu-west").build()?;
+    /// assert_eq!(pool.apply(region, ())?, "eu-west");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> PoolBuilder {
         self.spec.env.push((key.into(), value.into()));
         self
     }
     /// Workers' standard output (default [`Stdio::Inherit`]).
+    ///
+    /// ```
+    /// use mproc::Stdio;
+    ///
+    /// fn stdout_target(_: ()) -> String {
+    ///     println!("goes nowhere");
+    ///     std::fs::read_link("/proc/self/fd/1").unwrap().display().to_string()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).stdout(Stdio::Null).build()?;
+    /// assert_eq!(pool.apply(stdout_target, ())?, "/dev/null");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn stdout(mut self, s: Stdio) -> PoolBuilder {
         self.spec.stdio[1] = s;
         self
     }
     /// Workers' standard error (default [`Stdio::Inherit`]).
+    ///
+    /// With [`Stdio::Prefixed`], a worker's stderr is a pipe to the parent, which prints each
+    /// line whole, after the worker's name and pid:
+    ///
+    /// ```
+    /// use mproc::Stdio;
+    ///
+    /// fn stderr_target(_: ()) -> String {
+    ///     eprintln!("a warning"); // the parent prints "[PoolWorker 4242] a warning"
+    ///     std::fs::read_link("/proc/self/fd/2").unwrap().display().to_string()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).stderr(Stdio::Prefixed).build()?;
+    /// assert!(pool.apply(stderr_target, ())?.starts_with("pipe:"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn stderr(mut self, s: Stdio) -> PoolBuilder {
         self.spec.stdio[2] = s;
         self
     }
     /// The default chunk size for `map`, `starmap` and `imap*` (default: Python's rule for
     /// `map`, 1 for `imap`).
+    ///
+    /// ```
+    /// fn pid(_: u32) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).chunksize(4).build()?;
+    /// let pids = pool.map(pid, 0..8)?;
+    /// for chunk in pids.chunks(4) {
+    ///     assert!(chunk.iter().all(|&p| p == chunk[0]), "4 items travel together");
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn chunksize(mut self, n: usize) -> PoolBuilder {
         self.chunksize = Some(n.max(1));
         self
@@ -306,6 +479,16 @@ impl PoolBuilder {
     /// Starts the pool: the supervisor thread and its workers.
     ///
     /// Returns once at least one worker has started (the rest may still be starting).
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// let pool = mproc::Pool::builder().processes(2).build()?;
+    /// assert!(pool.workers() >= 1);
+    /// let e = mproc::Pool::builder().processes(0).build().unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Usage);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) for zero processes,
@@ -326,7 +509,7 @@ impl PoolBuilder {
         if processes == 0 {
             return Err(Error::usage("a pool needs at least one process"));
         }
-        if crate::worker::marker_unconsumed() {
+        if crate::child::marker_unconsumed() {
             return Err(Error::usage(
                 "mproc's constructor did not run in this worker; call mproc::init() first in main",
             ));
@@ -387,11 +570,23 @@ impl PoolBuilder {
     /// the name of its method.
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn local_only(&self) -> Option<&'static str> {
-        let env = self.spec.env.iter().map(|(k, _)| match k.to_str() {
-            Some(MEMORY_LIMIT_ENV) => "memory_limit",
-            Some(PROCESS_LIMIT_ENV) => "max_processes",
-            _ => "env",
-        });
+        // The variables `memory_limit` and `max_processes` set, by the name of the setting.
+        let memory = Limits {
+            memory: Some(0),
+            ..Limits::default()
+        };
+        let processes = Limits {
+            processes: Some(0),
+            ..Limits::default()
+        };
+        let limits = [(memory, "memory_limit"), (processes, "max_processes")];
+        let named = |key: &OsString| {
+            limits
+                .iter()
+                .find(|(l, _)| l.to_env().iter().any(|(k, _)| k == key))
+                .map_or("env", |(_, name)| *name)
+        };
+        let env = self.spec.env.iter().map(|(k, _)| named(k));
         let set = [
             (self.method.is_some(), "start_method"),
             (self.init.is_some(), "initializer"),
@@ -421,6 +616,17 @@ impl PoolBuilder {
 impl Pool {
     /// A pool of `processes` workers with default settings: Python's `Pool(processes)`.
     ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.processes(), 2);
+    /// assert_eq!(pool.apply(square, 7)?, 49);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`PoolBuilder::build`].
     pub fn new(processes: usize) -> Result<Pool> {
@@ -428,11 +634,29 @@ impl Pool {
     }
 
     /// A [`PoolBuilder`] for the pool's settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(2)
+    ///     .task_timeout(Duration::from_secs(60))
+    ///     .build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
 
     /// Number of worker processes the pool keeps (its `processes` setting).
+    ///
+    /// ```
+    /// assert_eq!(mproc::Pool::new(2)?.processes(), 2);
+    /// let default = mproc::Pool::builder().build()?;
+    /// assert_eq!(default.processes(), mproc::cpu_count());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn processes(&self) -> usize {
         self.processes
     }
@@ -489,6 +713,21 @@ impl Pool {
     }
 
     /// [`map`](Pool::map) with an explicit chunk size (Python's `chunksize=`).
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let squares = pool.map_chunked(square, 1..=100, 25)?; // 4 chunks of 25 items
+    /// assert_eq!(squares.len(), 100);
+    /// assert_eq!(squares[99], 10_000);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
     pub fn map_chunked<A, R, T>(
         &self,
         f: fn(A) -> R,
@@ -506,6 +745,18 @@ impl Pool {
 
     /// [`map`](Pool::map) without waiting: Python's `map_async`. The items are encoded
     /// before it returns, so borrowed items need not outlive the call.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let pending = pool.map_async(square, 1..=4);
+    /// // ... other work meanwhile ...
+    /// assert_eq!(pending.get()?, [1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn map_async<A, R, T>(
         &self,
         f: fn(A) -> R,
@@ -554,6 +805,17 @@ impl Pool {
 
     /// [`starmap`](Pool::starmap) without waiting: Python's `starmap_async`. The tuples are
     /// encoded before it returns, so borrowed ones need not outlive the call.
+    ///
+    /// ```
+    /// fn power(base: u64, exp: u32) -> u64 {
+    ///     base.pow(exp)
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let pending = pool.starmap_async(|b, e| power(b, e), [(2, 10), (3, 3)]);
+    /// assert_eq!(pending.get()?, [1024, 27]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn starmap_async<T, R>(
         &self,
         f: T::Fn<R>,
@@ -569,6 +831,21 @@ impl Pool {
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: Python's `apply`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn div(ab: (i64, i64)) -> i64 {
+    ///     ab.0 / ab.1
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.apply(div, (7, 2))?, 3);
+    /// let e = pool.apply(div, (1, 0)).unwrap_err(); // the worker's panic, as a value
+    /// assert_eq!(e.kind(), ErrorKind::Panicked);
+    /// assert_eq!(pool.apply(div, (9, 3))?, 3);       // and the pool goes on
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`AsyncResult::get`].
@@ -603,6 +880,21 @@ impl Pool {
     /// including C code's output and threads the task started. If the task panics, its output
     /// goes to the worker's streams as if uncaptured, and the panic is returned as usual.
     ///
+    /// ```
+    /// fn greet(name: String) -> usize {
+    ///     println!("hello, {name}");
+    ///     eprintln!("(a warning)");
+    ///     name.len()
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let c = pool.apply_captured(greet, "world".to_string())?;
+    /// assert_eq!(c.value, 5);
+    /// assert_eq!(c.stdout_text(), "hello, world\n");
+    /// assert_eq!(c.stderr_text(), "(a warning)\n");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`apply`](Pool::apply).
     pub fn apply_captured<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Captured<R>>
@@ -618,6 +910,22 @@ impl Pool {
 
     /// As [`map`](Pool::map), capturing each item's output as
     /// [`apply_captured`](Pool::apply_captured) does.
+    ///
+    /// ```
+    /// fn shout(x: u64) -> u64 {
+    ///     println!("{x}!");
+    ///     x * 2
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let out = pool.map_captured(shout, [1, 2])?;
+    /// assert_eq!((out[0].value, out[0].stdout_text().as_ref()), (2, "1!\n"));
+    /// assert_eq!((out[1].value, out[1].stdout_text().as_ref()), (4, "2!\n"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
     pub fn map_captured<A, R, T>(
         &self,
         f: fn(A) -> R,
@@ -634,6 +942,19 @@ impl Pool {
 
     /// Runs `f(arg)` in a worker; the result arrives through the returned handle: Python's
     /// `apply_async`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut pending = pool.apply_async(square, 12);
+    /// assert_eq!(pending.get_timeout(Duration::from_secs(60))?, 144);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -662,6 +983,20 @@ impl Pool {
     ///
     /// The chunk size is the pool's [`chunksize`](PoolBuilder::chunksize), else 1; see
     /// [`imap_chunked`](Pool::imap_chunked) to choose it per call.
+    ///
+    /// ```
+    /// fn inverse(x: i64) -> i64 {
+    ///     assert!(x != 0, "no inverse");
+    ///     100 / x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let results: Vec<_> = pool.imap(inverse, [-1, 0, 4]).collect();
+    /// assert_eq!(*results[0].as_ref().unwrap(), -100);
+    /// assert_eq!(results[1].as_ref().unwrap_err().index(), Some(1)); // it failed alone
+    /// assert_eq!(*results[2].as_ref().unwrap(), 25);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -708,6 +1043,21 @@ impl Pool {
 
     /// As [`imap`](Pool::imap), yielding results as they complete: Python's
     /// `imap_unordered`. A failed item's error says which input it was ([`Error::index`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut naps = pool.imap_unordered(nap, [60_000, 0]);
+    /// assert_eq!(naps.next().transpose()?, Some(0)); // the quick one first
+    /// // (dropping the pool kills the worker still running the slow one)
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn imap_unordered<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -724,6 +1074,19 @@ impl Pool {
 
     /// [`imap_unordered`](Pool::imap_unordered) with an explicit chunk size (Python's
     /// `imap_unordered(f, it, chunksize)`).
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let squares = pool.imap_unordered_chunked(square, 1..=100, 10);
+    /// let mut squares: Vec<u64> = squares.collect::<Result<_, _>>()?;
+    /// squares.sort();
+    /// assert_eq!(squares[..3], [1, 4, 9]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn imap_unordered_chunked<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -746,6 +1109,22 @@ impl Pool {
     }
 
     /// Stops accepting tasks; queued and running ones still complete. Python's `close()`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let queued = pool.apply_async(square, 3);
+    /// pool.close();
+    /// assert_eq!(pool.apply(square, 4).unwrap_err().kind(), ErrorKind::Closed);
+    /// pool.join()?;
+    /// assert_eq!(queued.get()?, 9); // work queued before the close still completes
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn close(&self) {
         match &self.flavor {
             Flavor::Local { shared, .. } => {
@@ -759,6 +1138,23 @@ impl Pool {
 
     /// Waits until every task has completed and every worker has exited; call
     /// [`close`](Pool::close) first. Python's `join()`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let squares = pool.map_async(square, 1..=4);
+    /// assert_eq!(pool.join().unwrap_err().kind(), ErrorKind::Usage); // not closed yet
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(squares.ready());
+    /// assert_eq!(squares.get()?, [1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the pool was not closed (or
@@ -787,6 +1183,22 @@ impl Pool {
 
     /// Kills every worker at once (SIGKILL) and reaps it; queued and running tasks fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Python's `terminate()`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mproc::ErrorKind;
+    ///
+    /// fn nap(secs: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let running = pool.apply_async(nap, 60);
+    /// pool.terminate(); // returns at once: the worker is killed, not waited for
+    /// assert_eq!(running.get().unwrap_err().kind(), ErrorKind::Closed);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn terminate(&self) {
         let (shared, supervisor) = match &self.flavor {
             Flavor::Local { shared, supervisor } => (shared, supervisor),
@@ -1131,7 +1543,7 @@ fn repeat_error<R>(e: Error, items: usize) -> Vec<Result<R>> {
 /// A worker's message sorted as the supervisor sorts it (for `__fuzz`): `true` if it is one.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn classify_for_fuzz(frame: Vec<u8>) -> bool {
-    reply::classify(frame, None).is_ok()
+    crate::task::reply::classify(frame, None).is_ok()
 }
 
 pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<R> {

@@ -163,6 +163,10 @@ mod tests {
         assert_eq!(b.build().unwrap_err().kind(), crate::ErrorKind::Usage);
         let b = PoolBuilder::default().env("A", "1");
         assert_eq!(b.local_only(), Some("env"));
+        let b = PoolBuilder::default().max_processes(100);
+        assert_eq!(b.local_only(), Some("max_processes"));
+        let b = PoolBuilder::default().memory_limit(1 << 30);
+        assert_eq!(b.local_only(), Some("memory_limit"));
         assert_eq!(PoolBuilder::default().local_only(), None);
     }
 }

@@ -51,30 +51,7 @@ impl Part {
     }
 }
 
-/// A worker's answer to a task.
-#[derive(Debug)]
-pub(crate) enum Answer {
-    /// The body of its `Done` frame: the message tag, then the payload.
-    Frame(Vec<u8>),
-    /// A payload too large for the socket, mapped from the anonymous file the worker wrote it
-    /// to (see `msg::done_spilled`): read in place, never copied into a buffer first.
-    Mapped(crate::sys::shm::Payload),
-    /// The payload alone, as another MPI rank sent it.
-    #[cfg(feature = "mpi")]
-    Payload(Vec<u8>),
-}
-
-impl Answer {
-    /// The payload: what follows the `Done` tag.
-    pub(crate) fn payload(&self) -> &[u8] {
-        match self {
-            Answer::Frame(frame) => frame.get(1..).unwrap_or_default(),
-            Answer::Mapped(region) => region.bytes(),
-            #[cfg(feature = "mpi")]
-            Answer::Payload(payload) => payload,
-        }
-    }
-}
+pub(crate) use crate::task::reply::Answer;
 
 /// How long a waiter looks before it sleeps: a fast task's outcome then costs no wake-up.
 const SPIN: Duration = Duration::from_micros(50);
@@ -366,6 +343,23 @@ pub(crate) type Finish<R> = fn(Vec<Outcome>) -> Result<R>;
 /// # Ok::<(), mproc::Error>(())
 /// ```
 ///
+/// In async code, `.await` it (here in tokio):
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::new(2)?;
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let sum = runtime.block_on(async {
+///     let (a, b) = (pool.apply_async(square, 3), pool.apply_async(square, 4));
+///     Ok::<_, mproc::Error>(a.await? + b.await?)
+/// })?;
+/// assert_eq!(sum, 25);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
 /// # Drop
 /// Dropping it does not cancel the task: the pool still runs it and discards the result.
 /// To stop it, [`cancel`](AsyncResult::cancel) it.
@@ -374,7 +368,9 @@ pub struct AsyncResult<R> {
     slot: Option<Arc<Slot>>,
     finish: Finish<R>,
     value: Mutex<Option<Result<R>>>,
+    /// Whether the result was handed out, and if so whether it was a success.
     taken: bool,
+    taken_ok: bool,
     /// The pool whose supervisor withdraws the jobs of a cancelled handle; `None` for a
     /// handle that cannot be cancelled (an MPI pool's).
     pool: Option<Weak<Registry>>,
@@ -387,6 +383,7 @@ impl<R> AsyncResult<R> {
             finish,
             value: Mutex::new(None),
             taken: false,
+            taken_ok: false,
             pool: None,
         }
     }
@@ -475,6 +472,22 @@ impl<R> AsyncResult<R> {
 
     /// True if [`cancel`](AsyncResult::cancel) stopped the task (Python's
     /// `Future.cancelled()`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let slow = pool.apply_async(nap, 60_000);
+    /// assert!(!slow.cancelled());
+    /// slow.cancel();
+    /// assert!(slow.cancelled() && slow.ready());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn cancelled(&self) -> bool {
         self.slot.as_ref().is_some_and(|s| s.is_cancelled())
     }
@@ -487,6 +500,24 @@ impl<R> AsyncResult<R> {
     }
 
     /// True once the result is available, or the task was cancelled (Python's `ready()`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let slow = pool.apply_async(nap, 60_000);
+    /// let quick = pool.apply_async(nap, 0);
+    /// assert!(quick.wait_timeout(Duration::from_secs(60)));
+    /// assert!(quick.ready());
+    /// assert!(!slow.ready()); // still sleeping
+    /// slow.cancel();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn ready(&self) -> bool {
         self.taken
             || self
@@ -497,9 +528,29 @@ impl<R> AsyncResult<R> {
             || self.slot.as_ref().is_none_or(|s| s.is_done())
     }
 
-    /// Once ready: whether the task(s) succeeded (Python's `successful()`); `None` before.
+    /// Once ready: whether the task(s) succeeded (Python's `successful()`); `None` before. A
+    /// cancelled task did not succeed; a result already handed out still answers.
+    ///
+    /// ```
+    /// fn check(x: i64) -> i64 {
+    ///     assert!(x >= 0, "negative");
+    ///     x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let (good, bad) = (pool.apply_async(check, 1), pool.apply_async(check, -1));
+    /// good.wait();
+    /// bad.wait();
+    /// assert_eq!(good.successful(), Some(true));
+    /// assert_eq!(bad.successful(), Some(false));
+    /// assert_eq!(bad.get().unwrap_err().remote_panic().unwrap().message(), "negative");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn successful(&self) -> Option<bool> {
-        if !self.ready() || self.taken {
+        if self.taken {
+            return Some(self.taken_ok);
+        }
+        if !self.ready() {
             return None;
         }
         let mut value = self.value.lock().unwrap_or_else(PoisonError::into_inner);
@@ -508,6 +559,19 @@ impl<R> AsyncResult<R> {
     }
 
     /// Blocks until the result is available (Python's `wait()`).
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let r = pool.apply_async(square, 4);
+    /// r.wait();
+    /// assert!(r.ready());
+    /// assert_eq!(r.get()?, 16); // does not block: the result is in
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn wait(&self) {
         if let Some(s) = &self.slot {
             s.wait(None);
@@ -515,12 +579,43 @@ impl<R> AsyncResult<R> {
     }
 
     /// Blocks until the result is available or `timeout` passes; true if it is available.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let slow = pool.apply_async(nap, 60_000);
+    /// assert!(!slow.wait_timeout(Duration::from_millis(10)), "still sleeping");
+    /// slow.cancel();
+    /// assert!(slow.wait_timeout(Duration::ZERO), "a cancelled handle is ready");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         self.slot.as_ref().is_none_or(|s| s.wait(Some(deadline)))
     }
 
     /// Waits for and returns the result (Python's `get()`).
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn parse(s: String) -> u32 {
+    ///     s.parse().expect("a number")
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.apply_async(parse, "42".to_string()).get()?, 42);
+    /// let e = pool.apply_async(parse, "forty-two".to_string()).get().unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Panicked);
+    /// assert!(e.remote_panic().unwrap().message().starts_with("a number: "));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// The task's panic ([`ErrorKind::Panicked`](crate::ErrorKind::Panicked)), the death of
@@ -537,11 +632,30 @@ impl<R> AsyncResult<R> {
     /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) and leaving the handle usable.
     /// Once it has returned the result, later calls return
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mproc::ErrorKind;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut slow = pool.apply_async(nap, 60_000);
+    /// assert!(slow.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// slow.cancel(); // the handle was still usable
+    ///
+    /// let mut quick = pool.apply_async(nap, 0);
+    /// assert_eq!(quick.get_timeout(Duration::from_secs(60))?, 0);
+    /// let again = quick.get_timeout(Duration::from_secs(60)).unwrap_err();
+    /// assert_eq!(again.kind(), ErrorKind::Usage); // the result was handed out already
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
         if self.taken {
-            return Err(Error::usage(
-                "this result was already returned by an earlier get",
-            ));
+            return Err(already_returned());
         }
         if !self.wait_timeout(timeout) {
             return Err(Error::timed_out());
@@ -549,14 +663,20 @@ impl<R> AsyncResult<R> {
         self.take_value()
     }
 
+    /// Hands the result out, once: later calls (`get` after `get_timeout`, say) say so.
     fn take_value(&mut self) -> Result<R> {
-        self.taken = true;
+        if self.taken {
+            return Err(already_returned());
+        }
         let cached = self
             .value
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        cached.unwrap_or_else(|| self.compute())
+        let value = cached.unwrap_or_else(|| self.compute());
+        self.taken = true;
+        self.taken_ok = value.is_ok();
+        value
     }
 
     fn compute(&self) -> Result<R> {
@@ -568,6 +688,10 @@ impl<R> AsyncResult<R> {
     }
 }
 
+fn already_returned() -> Error {
+    Error::usage("this result was already returned by an earlier get")
+}
+
 // Nothing in an `AsyncResult` is ever pinned in place (the value lives behind a `Mutex`).
 impl<R> Unpin for AsyncResult<R> {}
 
@@ -577,7 +701,7 @@ impl<R> Future for AsyncResult<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         let this = self.get_mut();
         if this.taken {
-            return Poll::Ready(Err(Error::usage("this result was already returned")));
+            return Poll::Ready(Err(already_returned()));
         }
         let has_value = this
             .value

@@ -13,7 +13,7 @@ use super::args::ByBorrow;
 use super::batch::{Batch, Sink};
 use super::{AsyncResult, Pool, PoolBuilder, encode_chunk};
 use crate::error::{Error, Result};
-use crate::sys::fnptr::FnRef;
+use crate::task::fnref::{FnRef, InitRef};
 use crate::task::state::{StateChunk, StateType, WithState};
 use crate::wire::codec;
 
@@ -24,7 +24,7 @@ type EncodeArg = dyn Fn(&mut Vec<u8>) -> std::result::Result<(), String> + Send 
 #[derive(Clone)]
 pub(super) struct StateSpec {
     /// The constructor, or `None` if it does not live in the main executable.
-    init: Option<FnRef>,
+    init: Option<InitRef>,
     ty: StateType,
     arg: Arc<EncodeArg>,
     /// Tells this pool's states from any other's (a worker forked from a process that had
@@ -94,7 +94,7 @@ impl PoolBuilder {
                 .map_err(|e| format!("the worker state's argument cannot be encoded: {e}"))
         };
         self.state = Some(StateSpec {
-            init: FnRef::state_init(init),
+            init: InitRef::state_init(init),
             ty: StateType::of::<S>(),
             arg: Arc::new(encode),
             key: fresh_key(),
@@ -107,6 +107,22 @@ impl Pool {
     /// As [`map`](Pool::map), with each worker's state (see
     /// [`PoolBuilder::worker_state`]): `f(&mut state, item)` for every item, the results in
     /// input order.
+    ///
+    /// ```
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(calls: &mut u64, _: ()) -> u64 {
+    ///     *calls += 1; // this worker's calls so far
+    ///     *calls
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// assert_eq!(pool.map_with_state(count, [(); 3])?, [1, 2, 3]); // one state, kept
+    /// assert_eq!(pool.map_with_state(count, [(); 2])?, [4, 5]);    // across calls
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`map`](Pool::map); and [`ErrorKind::Usage`](crate::ErrorKind::Usage), before
@@ -127,6 +143,22 @@ impl Pool {
     }
 
     /// [`map_with_state`](Pool::map_with_state) without waiting.
+    ///
+    /// ```
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(calls: &mut u64, _: ()) -> u64 {
+    ///     *calls += 1; // this worker's calls so far
+    ///     *calls
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// let pending = pool.map_with_state_async(count, [(); 3]);
+    /// assert_eq!(pending.get()?, [1, 2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn map_with_state_async<S, A, R, T>(
         &self,
         f: fn(&mut S, A) -> R,
@@ -147,6 +179,28 @@ impl Pool {
     }
 
     /// As [`apply`](Pool::apply), with the worker's state: `f(&mut state, arg)`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(calls: &mut u64, _: ()) -> u64 {
+    ///     *calls += 1; // this worker's calls so far
+    ///     *calls
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// assert_eq!(pool.apply_with_state(count, ())?, 1);
+    /// assert_eq!(pool.apply_with_state(count, ())?, 2);
+    ///
+    /// let stateless = mproc::Pool::new(1)?;
+    /// let e = stateless.apply_with_state(count, ()).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Usage); // no worker_state: nothing ran
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`map_with_state`](Pool::map_with_state); the error has no

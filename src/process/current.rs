@@ -6,7 +6,7 @@ use crate::sys;
 use crate::sys::fork_local::ForkLocal;
 
 /// Environment variable giving a child its name (set by the parent at launch).
-pub(crate) const NAME_ENV: &str = "MPROC_PROCESS_NAME";
+pub(crate) use crate::child::setup::NAME_ENV;
 /// Environment variable giving a child its parent's name.
 pub(crate) const PARENT_NAME_ENV: &str = "MPROC_PARENT_NAME";
 
@@ -123,7 +123,7 @@ pub(crate) fn unregister(pid: u32) {
 /// A variable set for this process by mproc, not one inherited by a program that is not an
 /// mproc child (a worker may run other programs, which inherit its environment).
 fn own_env(key: &str) -> Option<String> {
-    if !crate::worker::in_worker() {
+    if !crate::child::in_worker() {
         return None;
     }
     std::env::var(key).ok()

@@ -13,23 +13,16 @@
 //! their own process groups (the worker makes its own before it runs anything), so a terminal's
 //! Ctrl-C reaches neither.
 
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
 use std::sync::PoisonError;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::sys::fork_local::ForkLocal;
 
 use super::launch::{self, Spec};
-use crate::sys::{self, child::ChildToken};
-use crate::worker::{self, ChildSetup};
-
-/// Largest request the server accepts (the environment list is the only variable part).
-const MAX_REQUEST: usize = 64 << 10;
-const REQUEST_TAG: u8 = 0xF5;
+use crate::child::forkserver;
+use crate::sys;
 
 struct Server {
     /// Signals reach the server through its pidfd where there is one, never through a pid
@@ -48,15 +41,11 @@ impl Server {
     fn discard(self) {
         // Its group holds no worker: each leaves it for its own as it starts.
         self.child.kill_and_reap();
-        SERVER_FD.store(-1, Ordering::Release);
+        forkserver::forget_stamp();
     }
 }
 
 static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
-
-/// The control socket's fd number and the pid that owns it, readable without the lock: a
-/// forked child closes its inherited copy through these (see `forget_server`).
-static SERVER_FD: AtomicI64 = AtomicI64::new(-1);
 
 /// Asks the fork server (started on first use) for a worker; returns its handle and the
 /// parent's end of its socket.
@@ -191,7 +180,7 @@ fn start() -> io::Result<Server> {
         let child = cmd.spawn()?;
         // Recorded on the spawner thread, before any later `Fork` there can copy the fd.
         let stamp = (i64::from(sys::getpid()) << 32) | i64::from(ctrl_fd);
-        SERVER_FD.store(stamp, Ordering::Release);
+        forkserver::remember_stamp(stamp);
         Ok(sys::ChildHandle::open(child.id() as i32))
     })?;
     Ok(Server { child, ctrl })
@@ -233,147 +222,16 @@ fn answer(server: &Server) -> Result<sys::ChildHandle, Asked> {
     Ok(child)
 }
 
-/// The request: a tag, a stdio mask (bit i: the i-th passed fd after the socket replaces stdio
-/// i; otherwise `/dev/null`), then the environment as length-prefixed pairs. Returns it with the
-/// stdio fds to pass.
+/// The request for a worker of `spec`, with the stdio fds to pass (see
+/// `child::forkserver::encode_request`).
 fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut out = vec![REQUEST_TAG, 0];
+    let mut mask = 0;
     let mut fds = Vec::new();
     for i in 0..spec.stdio.len() {
         if let Some(fd) = spec.stdio_fd(i)? {
             fds.push(fd);
-            out[1] |= 1 << i;
+            mask |= 1 << i;
         }
     }
-    out.extend_from_slice(&(spec.env.len() as u32).to_le_bytes());
-    for (k, v) in &spec.env {
-        for part in [k.as_bytes(), v.as_bytes()] {
-            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    if out.len() > MAX_REQUEST {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "environment too large for the fork server",
-        ));
-    }
-    Ok((out, fds))
-}
-
-struct Request {
-    stdio_mask: u8,
-    env: Vec<(OsString, OsString)>,
-}
-
-fn decode_request(bytes: &[u8]) -> Option<Request> {
-    let (&tag, rest) = bytes.split_first()?;
-    if tag != REQUEST_TAG {
-        return None;
-    }
-    let (&stdio_mask, mut rest) = rest.split_first()?;
-    let u32_at = |r: &mut &[u8]| -> Option<usize> {
-        let (n, tail) = r.split_first_chunk::<4>()?;
-        *r = tail;
-        Some(u32::from_le_bytes(*n) as usize)
-    };
-    let count = u32_at(&mut rest)?;
-    let mut env = Vec::new();
-    for _ in 0..count.min(MAX_REQUEST) {
-        let mut pair = [OsString::new(), OsString::new()];
-        for part in &mut pair {
-            let n = u32_at(&mut rest)?;
-            if n > rest.len() {
-                return None;
-            }
-            let (bytes, tail) = rest.split_at(n);
-            *part = OsString::from_vec(bytes.to_vec());
-            rest = tail;
-        }
-        let [k, v] = pair;
-        env.push((k, v));
-    }
-    Some(Request { stdio_mask, env })
-}
-
-/// The server's loop, run from the constructor of the exec'd server process. Returns its exit
-/// code when the parent closes the control socket.
-pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
-    sys::ignore_sigpipe();
-    let parent = sys::getppid();
-    if sys::set_parent_death_signal(parent).is_err() {
-        return 0;
-    }
-    let mut buf = vec![0u8; MAX_REQUEST];
-    loop {
-        let (n, mut fds) = match sys::recv_with_fds(ctrl.as_fd(), &mut buf) {
-            Ok((0, _)) | Err(_) => return 0,
-            Ok(got) => got,
-        };
-        let reply = match serve_one(&ctrl, parent, &buf[..n], &mut fds) {
-            Ok((pid, Some(pidfd))) => {
-                sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[pidfd.as_fd()])
-            }
-            Ok((pid, None)) => sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[]),
-            Err(e) => {
-                let errno = -e.raw_os_error().unwrap_or(libc_einval());
-                sys::send_with_fds(ctrl.as_fd(), &errno.to_le_bytes(), &[])
-            }
-        };
-        drop(fds);
-        if reply.is_err() {
-            return 0;
-        }
-    }
-}
-
-fn libc_einval() -> i32 {
-    io::Error::from(io::ErrorKind::InvalidInput)
-        .raw_os_error()
-        .unwrap_or(22)
-}
-
-fn serve_one(
-    ctrl: &OwnedFd,
-    parent: i32,
-    request: &[u8],
-    fds: &mut [OwnedFd],
-) -> io::Result<(i32, Option<OwnedFd>)> {
-    let req = decode_request(request).ok_or_else(|| io::Error::from_raw_os_error(22))?;
-    let expected = 1 + req.stdio_mask.count_ones() as usize;
-    if fds.len() != expected || req.stdio_mask > 0b111 {
-        return Err(io::Error::from_raw_os_error(22));
-    }
-    sys::child::clone_sibling_child(|token| {
-        sys::child::close_inherited(token, ctrl.as_fd());
-        let mut passed = fds
-            .iter()
-            .map(|f| sys::child::take_inherited(token, f.as_fd()));
-        let Some(sock) = passed.next() else {
-            return worker::EXIT_INTERNAL;
-        };
-        let mut setup = ChildSetup {
-            env: req.env,
-            parent,
-            ..Default::default()
-        };
-        for (i, slot) in setup.stdio.iter_mut().enumerate() {
-            *slot = if req.stdio_mask & (1 << i) != 0 {
-                passed.next()
-            } else {
-                sys::open_devnull().ok()
-            };
-        }
-        worker::enter_forked(token, sock, setup)
-    })
-}
-
-/// In a freshly forked worker: close the inherited copy of the parent's server socket, so
-/// that the server sees EOF when the parent goes (the lock protecting it is not touched).
-pub(crate) fn forget_server(token: &ChildToken, parent: i32) {
-    let stamp = SERVER_FD.swap(-1, Ordering::AcqRel);
-    if stamp >= 0 && (stamp >> 32) as i32 == parent {
-        let fd = (stamp & 0xffff_ffff) as i32;
-        sys::child::close_inherited_raw(token, fd);
-    }
+    Ok((forkserver::encode_request(mask, &spec.env)?, fds))
 }

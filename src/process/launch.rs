@@ -1,6 +1,6 @@
 //! Creating worker processes with each start method.
 //!
-//! Every method ends the same way: a child serving [`crate::worker::serve`] on one end of a
+//! Every method ends the same way: a child serving `child::serve::serve` on one end of a
 //! Unix socket pair, whose other end the parent keeps, and whose parent is *this* process (so
 //! we reap it and read its real exit status).
 //!
@@ -20,8 +20,8 @@ use std::sync::{Arc, PoisonError};
 use crate::sys::fork_local::ForkLocal;
 
 use super::{StartMethod, Stdio};
+use crate::child::{self, ChildSetup, MARKER_ENV};
 use crate::sys;
-use crate::worker::{self, ChildSetup, MARKER_ENV};
 
 /// A started worker, seen from the parent.
 pub(crate) struct Launched {
@@ -187,7 +187,7 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<sys::Ch
         // The child must not inherit a held panic-hook lock, nor stdout/stderr locks held by
         // other threads: install the hook here, and hold both stream locks across `fork` (the
         // child releases its copies at once; they are reentrant, owned by this thread).
-        worker::ensure_panic_hook();
+        child::ensure_panic_hook();
         let stdio_locks =
             std::cell::RefCell::new(Some((std::io::stdout().lock(), std::io::stderr().lock())));
         let devnull = if spec.stdio.contains(&Stdio::Null) {
@@ -220,7 +220,7 @@ fn fork(spec: Spec, child_end: OwnedFd, parent_end: RawFd) -> io::Result<sys::Ch
                 sys::child::close_inherited(token, d.as_fd());
             }
             let sock = sys::child::take_inherited(token, child_end.as_fd());
-            worker::enter_forked(token, sock, setup)
+            child::enter_forked(token, sock, setup)
         });
         drop(stdio_locks.borrow_mut().take());
         let pid = pid?;

@@ -4,8 +4,6 @@ mod current;
 pub(crate) mod forkserver;
 pub(crate) mod launch;
 
-/// The variable giving a child its name (for the worker to show it in ps and top).
-pub(crate) use current::NAME_ENV as CHILD_NAME_ENV;
 pub use current::{ProcessInfo, active_children, current_process, parent_process};
 
 use std::ffi::OsString;
@@ -20,8 +18,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ExitStatus, RemotePanic, Result};
-use crate::sys::{self, fnptr::FnRef, identity};
+use crate::error::{Error, ExitStatus, Result};
+use crate::sys::{self, identity};
+use crate::task::fnref::FnRef;
+use crate::task::reply::{self, Classified};
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::{codec, fds, msg};
@@ -278,7 +278,7 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        if crate::worker::marker_unconsumed() {
+        if crate::child::marker_unconsumed() {
             return Err(Error::usage(
                 "this process was started as an mproc worker but mproc's constructor did not run; call mproc::init() first in main",
             ));
@@ -420,7 +420,7 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// # Errors
     /// [`ErrorKind::Panicked`](crate::ErrorKind::Panicked) with the child's
-    /// [`RemotePanic`]; [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its
+    /// [`RemotePanic`](crate::RemotePanic); [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its
     /// [`ExitStatus`] if it ended without a result; [`ErrorKind::Usage`](crate::ErrorKind::Usage)
     /// if the result was already returned by an earlier `join`.
     pub fn join(&mut self) -> Result<R> {
@@ -437,7 +437,7 @@ impl<R: DeserializeOwned> Process<R> {
     fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
         while let Collected::Running = self.state {
             self.state = Collected::Finished(match self.next_frame(deadline)? {
-                Some(frame) => match self.interpret(&frame) {
+                Some(frame) => match self.interpret(frame) {
                     Some(outcome) => outcome,
                     None => continue, // the hello, or fds for the next message
                 },
@@ -466,54 +466,28 @@ impl<R: DeserializeOwned> Process<R> {
         }
     }
 
-    /// Turns a worker message into the outcome, or `None` for the hello.
-    fn interpret(&mut self, frame: &[u8]) -> Option<Result<R>> {
-        let file = match self.received.announce(frame) {
-            Ok(true) => return None,
-            Ok(false) => self.received.file(),
-            Err(bad) => Err(bad),
-        };
-        let file = match file {
-            Ok(file) => file,
-            Err(bad) => {
-                let _ = self.signal(sys::SIGKILL);
-                return Some(Err(Error::protocol(bad.0)));
+    /// Turns a worker message into the outcome, or `None` for the hello (sorted as the pool
+    /// sorts its workers' messages, `task::reply`). A child that breaks the protocol is killed.
+    fn interpret(&mut self, frame: Vec<u8>) -> Option<Result<R>> {
+        let outcome = match reply::sort(&mut self.received, frame) {
+            Ok(None | Some(Classified::Hello)) => return None,
+            Ok(Some(Classified::Dying(cause))) => {
+                self.last_words = Some(cause);
+                return None; // its death follows: `join` reports it with this cause
             }
-        };
-        if let Some(cause) = msg::parse_dying(frame) {
-            self.last_words = Some(cause);
-            return None; // its death follows: `join` reports it with this cause
-        }
-        let outcome = match msg::parse_from_worker(frame) {
-            Ok(msg::FromWorker::Hello { identity: id, .. }) => {
-                if id == identity::own() {
-                    return None;
-                }
-                let _ = self.signal(sys::SIGKILL);
-                Err(Error::binary_mismatch(identity::own(), id))
+            Ok(Some(Classified::Answer(Ok(answer)))) => {
+                codec::decode(answer.payload()).map_err(decode_failure::<R>)
             }
-            Ok(msg::FromWorker::Refused { identity: id }) => {
-                Err(Error::binary_mismatch(identity::own(), id))
-            }
-            Ok(msg::FromWorker::Done(bytes)) => codec::decode(bytes).map_err(decode_failure::<R>),
-            // A small result comes inline (`Done`, above).
-            // A large result: mapped from the file sent with it and decoded in place.
-            Ok(msg::FromWorker::Spilled) => match file.map(sys::shm::Payload::from_fd) {
-                Some(Ok(region)) => codec::decode(region.bytes()).map_err(decode_failure::<R>),
-                Some(Err(e)) => {
+            Ok(Some(Classified::Answer(Err(e)))) => {
+                if e.kind() == crate::ErrorKind::Protocol {
                     let _ = self.signal(sys::SIGKILL);
-                    Err(Error::protocol(format!("cannot map a large result: {e}")))
                 }
-                None => {
-                    let _ = self.signal(sys::SIGKILL);
-                    Err(Error::protocol("a large result came without its file"))
-                }
-            },
-            Ok(msg::FromWorker::Panic(bytes)) => match codec::decode::<RemotePanic>(bytes) {
-                Ok(p) => Err(Error::panicked(p)),
-                Err(e) => Err(Error::protocol(format!("undecodable panic report: {e}"))),
-            },
-            Ok(msg::FromWorker::Failed(text)) => Err(Error::codec(text)),
+                Err(e)
+            }
+            Ok(Some(Classified::Foreign(e))) => {
+                let _ = self.signal(sys::SIGKILL);
+                Err(e)
+            }
             Err(bad) => {
                 let _ = self.signal(sys::SIGKILL);
                 Err(Error::protocol(bad.0))
@@ -701,11 +675,6 @@ impl<R> fmt::Debug for Process<R> {
             .field("exit_status", &self.exit_status())
             .finish()
     }
-}
-
-/// In a freshly forked worker: let go of the parent's fork server connection.
-pub(crate) fn forget_parent_state(token: &crate::sys::child::ChildToken, parent: i32) {
-    forkserver::forget_server(token, parent);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use std::os::unix::ffi::OsStrExt;
 
-use super::unix::{Forked, fork, remove_env_single_threaded};
+use super::unix::{Forked, fork};
 
 /// Proof that the current process has a single thread (a fresh child, or the constructor).
 pub(crate) struct ChildToken(());
@@ -105,12 +105,11 @@ pub(crate) fn thread_count() -> Option<usize> {
     line["Threads:".len()..].trim().parse().ok()
 }
 
-/// Called by the constructor: takes (reads and removes) the worker marker, so that nothing this
-/// process starts later inherits it.
-pub(super) fn take_env_at_load(key: &str) -> Option<OsString> {
-    let value = std::env::var_os(key)?;
-    // SAFETY: load-time constructors run before `main`, while the process has one thread.
-    unsafe { remove_env_single_threaded(key) };
+/// Takes (reads and removes) an environment variable, so that nothing this process starts
+/// later inherits it.
+pub(crate) fn take_env(token: &ChildToken, key: &str) -> Option<OsString> {
+    let value = getenv(token, key)?;
+    remove_env(token, key);
     Some(value)
 }
 
@@ -181,9 +180,20 @@ pub(crate) fn adopt_inherited_fd(_token: &ChildToken, fd: RawFd) -> io::Result<O
     Ok(owned)
 }
 
-/// A token for code that runs in the load-time constructor (only `ctor.rs` calls this).
-pub(super) fn token_at_load() -> ChildToken {
+/// A token for code that runs in a load-time constructor (`sys::ctor::at_load!`).
+///
+/// # Safety
+/// Only while the process has one thread: before `main`, in a load-time constructor.
+pub(crate) unsafe fn token_at_load() -> ChildToken {
     ChildToken(())
+}
+
+/// A token for [`crate::init`], called first thing in `main` where constructors do not run:
+/// `None` if the process already has another thread (where `/proc` can tell).
+pub(crate) fn token_if_single_threaded() -> Option<ChildToken> {
+    thread_count()
+        .is_none_or(|n| n == 1)
+        .then_some(ChildToken(()))
 }
 
 /// Closes, in a fresh child, an fd the parent side still owns (the child never drops the

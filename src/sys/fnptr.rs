@@ -1,20 +1,20 @@
-//! Function identity: how a `fn(A) -> R` crosses into another process.
+//! Code addresses: how a function pointer crosses into another process.
 //!
 //! Both processes run the same executable image (checked by [`identity`](super::identity)), but
 //! at different load addresses (ASLR). So a function travels as its offset from a fixed anchor
-//! function, together with the offset of a monomorphized *trampoline* that knows `A` and `R`:
-//! the worker adds its own anchor address to both and calls the trampoline, which decodes `A`,
-//! calls the function and encodes `R`.
+//! function, together with the offset of a monomorphized *shim* that knows the function's type:
+//! the receiver adds its own anchor address to both and calls the shim, which turns the
+//! address back into a typed function pointer and hands it to the [`Entry`] it was made for.
+//! What the entries do (decode a chunk of arguments, call, encode) is the task layer's
+//! (`task::fnref`); this layer only owns the cast from an address to a function pointer.
 //!
-//! No zero-sized closure value is ever conjured: only real `fn` pointers are sent, so a closure
-//! that captures anything (even a zero-sized value) cannot get here — it does not coerce to a
-//! `fn` pointer.
+//! No zero-sized closure value is ever conjured: only real `fn` pointers travel (the sealed,
+//! `unsafe` [`CodePtr`] is implemented here for `fn` pointer types only), so a closure that
+//! captures anything cannot get here.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
 
 use super::identity::Verified;
-use crate::task::chunk::RunCx;
 
 /// The fixed point offsets are measured from. `#[inline(never)]` gives it an address; if the
 /// linker folds it with an identical function that is still one fixed address in the image.
@@ -27,54 +27,158 @@ pub(super) fn anchor_addr() -> usize {
     anchor as fn() -> usize as usize
 }
 
-/// What a trampoline returns.
-pub(crate) struct Reply {
-    /// A complete reply frame.
-    pub(crate) frame: Vec<u8>,
-    /// Whether the function returned normally.
-    pub(crate) ok: bool,
-    /// With a `done_spilled` frame: the anonymous file holding the result, sent with it.
-    pub(crate) file: Option<std::os::fd::OwnedFd>,
-}
-
-impl Reply {
-    /// A reply whose frame says it all.
-    pub(crate) fn inline(frame: Vec<u8>, ok: bool) -> Reply {
-        Reply {
-            frame,
-            ok,
-            file: None,
-        }
-    }
-}
-
-type Trampoline = fn(usize, &[u8], &mut RunCx<'_>) -> Reply;
-
-/// A function as it travels: two offsets from the anchor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FnRef {
-    /// The trampoline for the function's types.
-    pub(crate) tramp: i64,
-    /// The function itself.
-    pub(crate) func: i64,
-}
-
 /// Why a function cannot travel.
 pub(crate) const NOT_IN_MAIN_IMAGE: &str = "the function does not live in the main executable (a dynamic library?), so another process cannot find it";
 
-impl FnRef {
-    /// Describes `f` for another process running this same executable, or `None` if `f` does
-    /// not live in the executable's own image.
-    pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Option<FnRef> {
-        let tramp: Trampoline = trampoline::<A, R>;
-        FnRef::from_addrs(tramp as usize, f as usize)
+/// A function pointer type, which can travel as an address.
+///
+/// # Safety
+/// Implemented only for `fn` pointer types (here, for the shapes mproc sends): the shim turns
+/// an address back into a `Self` by a plain bit copy.
+pub(crate) unsafe trait CodePtr: Copy + Send + Sync {
+    /// The function's address.
+    fn addr(self) -> usize;
+}
+
+macro_rules! code_ptr {
+    ($(($($a:ident),*)),*) => {$(
+        #[allow(coherence_leak_check)] // see the state task's impl below
+        // SAFETY: a `fn` pointer type.
+        unsafe impl<$($a,)* R> CodePtr for fn($($a),*) -> R {
+            fn addr(self) -> usize {
+                self as usize
+            }
+        }
+    )*};
+}
+code_ptr!(
+    (A),
+    (A, B),
+    (A, B, C),
+    (A, B, C, D),
+    (A, B, C, D, E),
+    (A, B, C, D, E, F)
+);
+
+// SAFETY: a `fn` pointer type (a task function taking its worker's state). It is higher-ranked
+// over the borrow's lifetime, so not an instance of `fn(A, B) -> R` (the lint warns that
+// coherence may one day treat the two as overlapping; they are distinct types today).
+#[allow(coherence_leak_check)]
+unsafe impl<S, A, R> CodePtr for fn(&mut S, A) -> R {
+    fn addr(self) -> usize {
+        self as usize
+    }
+}
+
+/// The shape of a family of shims: what they are called with besides the argument bytes
+/// (`Cx`), and what they return. A [`CodeRef`] of one family is only ever called as one.
+pub(crate) trait Family: 'static {
+    /// The context a call gets.
+    type Cx<'a>;
+    /// What a call returns.
+    type Out;
+}
+
+/// What a shim does with the function it rebuilt, for functions of type `P`.
+pub(crate) trait Entry<P: CodePtr> {
+    /// The family of its shims.
+    type Fam: Family;
+    /// Runs `f` on the encoded argument.
+    fn run(f: P, arg: &[u8], cx: &mut <Self::Fam as Family>::Cx<'_>) -> <Self::Fam as Family>::Out;
+}
+
+type Shim<Fam> = fn(usize, &[u8], &mut <Fam as Family>::Cx<'_>) -> <Fam as Family>::Out;
+
+fn shim<E: Entry<P>, P: CodePtr>(
+    func: usize,
+    arg: &[u8],
+    cx: &mut <E::Fam as Family>::Cx<'_>,
+) -> <E::Fam as Family>::Out {
+    // SAFETY: `func` and this shim's offset travelled together in one `CodeRef`, made by
+    // `CodeRef::make::<E, P>` from a value of the `fn` pointer type `P` in this same executable
+    // (the receiver checked the binary identity before calling, see `CodeRef::call`), so
+    // `func` is the address of a function of type `P`, and `P: CodePtr` is a `fn` pointer type.
+    let f: P = unsafe { super::fn_from_addr(func) };
+    E::run(f, arg, cx)
+}
+
+/// A function as it travels: two offsets from the anchor, the shim of its family and the
+/// function itself.
+pub(crate) struct CodeRef<Fam> {
+    /// The shim for the function's type.
+    pub(crate) tramp: i64,
+    /// The function itself.
+    pub(crate) func: i64,
+    fam: PhantomData<fn() -> Fam>,
+}
+
+impl<Fam> Clone for CodeRef<Fam> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Fam> Copy for CodeRef<Fam> {}
+
+impl<Fam> PartialEq for CodeRef<Fam> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.tramp, self.func) == (other.tramp, other.func)
+    }
+}
+
+impl<Fam> Eq for CodeRef<Fam> {}
+
+impl<Fam> std::fmt::Debug for CodeRef<Fam> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeRef")
+            .field("tramp", &self.tramp)
+            .field("func", &self.func)
+            .finish()
+    }
+}
+
+impl<Fam: Family> CodeRef<Fam> {
+    /// Describes `f`, run by the entry `E`, for another process running this same executable;
+    /// `None` if `f` does not live in the executable's own image.
+    pub(crate) fn make<E: Entry<P, Fam = Fam>, P: CodePtr>(f: P) -> Option<Self> {
+        let tramp: Shim<Fam> = shim::<E, P>;
+        let (tramp, func) = (tramp as usize, f.addr());
+        (in_main_image(tramp) && in_main_image(func))
+            .then(|| CodeRef::from_offsets(offset(tramp), offset(func)))
     }
 
-    fn from_addrs(tramp: usize, func: usize) -> Option<FnRef> {
-        (in_main_image(tramp) && in_main_image(func)).then(|| FnRef {
-            tramp: offset(tramp),
-            func: offset(func),
-        })
+    /// The offsets as they arrived, for a call of this family: the message they came in says
+    /// which family it carries (the sender made them with [`CodeRef::make`] of the same one).
+    pub(crate) fn from_offsets(tramp: i64, func: i64) -> Self {
+        CodeRef {
+            tramp,
+            func,
+            fam: PhantomData,
+        }
+    }
+
+    /// Calls the function with the encoded argument `arg`; `None` if an offset falls outside
+    /// the executable (nothing was called).
+    ///
+    /// The `Verified` token proves the sender's binary identity equals ours, which is what
+    /// makes the offsets meaningful here.
+    pub(crate) fn call(
+        self,
+        _proof: &Verified,
+        arg: &[u8],
+        cx: &mut Fam::Cx<'_>,
+    ) -> Option<Fam::Out> {
+        let base = anchor_addr();
+        let tramp_addr = base.wrapping_add(self.tramp as usize);
+        let func_addr = base.wrapping_add(self.func as usize);
+        if !in_main_image(tramp_addr) || !in_main_image(func_addr) {
+            return None;
+        }
+        // SAFETY: the identity check behind `Verified` established that the sender runs this
+        // very executable, in which `self.tramp` was computed from a `Shim<Fam>` by
+        // `CodeRef::make`; the same offset from the same anchor is therefore that shim here.
+        let tramp: Shim<Fam> = unsafe { super::fn_from_addr(tramp_addr) };
+        Some(tramp(func_addr, arg, cx))
     }
 }
 
@@ -82,165 +186,25 @@ fn in_main_image(addr: usize) -> bool {
     super::main_image_range().is_none_or(|(lo, hi)| (lo..hi).contains(&addr))
 }
 
-/// A task function of one or more arguments, as a `fn` pointer type. Pools run it over chunks
-/// of argument values (see [`FnRef::chunked`]).
-pub(crate) trait Callable: Copy + Send + Sync + 'static {
-    /// The argument(s), as one value (a tuple for several).
-    type Args: Serialize + DeserializeOwned;
-    /// The result.
-    type Out: Serialize + DeserializeOwned;
-    /// Calls the function.
-    fn invoke(self, args: Self::Args) -> Self::Out;
-    /// The function's address.
-    fn addr(self) -> usize;
-}
-
-impl<A, R> Callable for fn(A) -> R
-where
-    A: Serialize + DeserializeOwned + 'static,
-    R: Serialize + DeserializeOwned + 'static,
-{
-    type Args = A;
-    type Out = R;
-    fn invoke(self, a: A) -> R {
-        self(a)
-    }
-    fn addr(self) -> usize {
-        self as usize
-    }
-}
-
-impl<A, B, R> Callable for fn(A, B) -> R
-where
-    A: Serialize + DeserializeOwned + 'static,
-    B: Serialize + DeserializeOwned + 'static,
-    R: Serialize + DeserializeOwned + 'static,
-{
-    type Args = (A, B);
-    type Out = R;
-    fn invoke(self, (a, b): (A, B)) -> R {
-        self(a, b)
-    }
-    fn addr(self) -> usize {
-        self as usize
-    }
-}
-
-impl FnRef {
-    /// Describes `f` run over a chunk of arguments: the worker decodes a `Vec<F::Args>`, calls
-    /// `f` on each (catching each panic separately) and answers with a `Vec<F::Out>` or, if
-    /// any item panicked, the rest tagged (see `task::chunk`).
-    pub(crate) fn chunked<F: Callable>(f: F) -> Option<FnRef> {
-        let tramp: Trampoline = chunk_trampoline::<F>;
-        FnRef::from_addrs(tramp as usize, f.addr())
-    }
-}
-
-fn chunk_trampoline<F: Callable>(func: usize, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
-    // SAFETY: as in `trampoline`: `func` was produced by `FnRef::chunked::<F>` from a value of
-    // the fn-pointer type `F` in this same executable, and this is that `F`'s trampoline. (An
-    // `F` that wraps a fn pointer, like `capture::CaptureOutput`, is `repr(transparent)` over
-    // it, so the address is a valid `F` all the same.)
-    let f: F = unsafe { super::fn_from_addr(func) };
-    crate::task::chunk::run(f, arg, cx)
-}
-
-/// A state constructor's trampoline: builds the worker's state with the constructor at the
-/// given address from its encoded argument, for the pool with the given key (see
-/// `task::state`); or the reply that fails the task instead.
-pub(crate) type StateInit = fn(usize, &[u8], u64) -> Result<(), Reply>;
-
-impl FnRef {
-    /// Describes `f` run over a chunk of arguments with its worker's state: the chunk's
-    /// argument starts with the state's constructor (see `task::state`).
-    pub(crate) fn with_state<F: Callable>(f: F) -> Option<FnRef> {
-        let tramp: Trampoline = state_trampoline::<F>;
-        FnRef::from_addrs(tramp as usize, f.addr())
-    }
-
-    /// Describes a state constructor, carried inside the argument of a state task.
-    pub(crate) fn state_init<I: DeserializeOwned, S: 'static>(init: fn(I) -> S) -> Option<FnRef> {
-        let tramp: StateInit = state_init_trampoline::<I, S>;
-        FnRef::from_addrs(tramp as usize, init as usize)
-    }
-}
-
-fn state_trampoline<F: Callable>(func: usize, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
-    // SAFETY: as in `chunk_trampoline`: `func` was produced by `FnRef::with_state::<F>` from a
-    // value of the fn-pointer type `F` (or a `repr(transparent)` wrapper of one) in this same
-    // executable, and this is that `F`'s trampoline.
-    let f: F = unsafe { super::fn_from_addr(func) };
-    crate::task::state::run(f, arg, cx, resolve_state_init)
-}
-
-fn state_init_trampoline<I: DeserializeOwned, S: 'static>(
-    func: usize,
-    arg: &[u8],
-    key: u64,
-) -> Result<(), Reply> {
-    // SAFETY: `func` was produced by `FnRef::state_init::<I, S>` from a `fn(I) -> S` in this
-    // same executable, and this trampoline is the `<I, S>` instance recorded next to it.
-    let init: fn(I) -> S = unsafe { super::fn_from_addr(func) };
-    crate::task::state::build(init, arg, key)
-}
-
-/// Finds a state constructor carried inside the argument of the state task being run: the
-/// identity check that admitted that task (see `call`) admits the offsets inside it too.
-fn resolve_state_init(init: FnRef) -> Option<(StateInit, usize)> {
-    let base = anchor_addr();
-    let tramp_addr = base.wrapping_add(init.tramp as usize);
-    let func_addr = base.wrapping_add(init.func as usize);
-    if !in_main_image(tramp_addr) || !in_main_image(func_addr) {
-        return None;
-    }
-    // SAFETY: the task carrying these offsets came from a parent running this very executable
-    // (checked before `call` ran its trampoline), which computed `init.tramp` from a
-    // `StateInit` in `FnRef::state_init`: the same offset from the same anchor is that
-    // trampoline here.
-    let tramp: StateInit = unsafe { super::fn_from_addr(tramp_addr) };
-    Some((tramp, func_addr))
-}
-
 fn offset(addr: usize) -> i64 {
     addr.wrapping_sub(anchor_addr()) as i64
-}
-
-fn trampoline<A: DeserializeOwned, R: Serialize>(
-    func: usize,
-    arg: &[u8],
-    _cx: &mut RunCx<'_>,
-) -> Reply {
-    // SAFETY: `func` was produced by `FnRef::new::<A, R>` in a process running this same
-    // executable (the caller holds a `Verified` token, see `call`), and this trampoline is the
-    // `<A, R>` instance recorded next to it, so `func` is the address of a `fn(A) -> R`.
-    let f: fn(A) -> R = unsafe { super::fn_from_addr(func) };
-    crate::task::panic::run_typed(f, arg)
-}
-
-/// Calls the function described by `f` with the encoded argument `arg`.
-///
-/// The `Verified` token proves the sender's binary identity equals ours, which is what makes
-/// the offsets meaningful here.
-pub(crate) fn call(_proof: &Verified, f: FnRef, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
-    let base = anchor_addr();
-    let tramp_addr = base.wrapping_add(f.tramp as usize);
-    let func_addr = base.wrapping_add(f.func as usize);
-    if !in_main_image(tramp_addr) || !in_main_image(func_addr) {
-        return Reply::inline(
-            crate::wire::msg::failed("a function address outside the executable was refused"),
-            false,
-        );
-    }
-    // SAFETY: the identity check behind `Verified` established that the sender runs this very
-    // executable, in which `f.tramp` was computed from a `Trampoline` by `FnRef::new`; the same
-    // offset from the same anchor is therefore that trampoline here.
-    let tramp: Trampoline = unsafe { super::fn_from_addr(tramp_addr) };
-    tramp(func_addr, arg, cx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Sum;
+    impl Family for Sum {
+        type Cx<'a> = u32;
+        type Out = u32;
+    }
+    impl Entry<fn(u32) -> u32> for Sum {
+        type Fam = Sum;
+        fn run(f: fn(u32) -> u32, arg: &[u8], cx: &mut u32) -> u32 {
+            f(u32::from(arg[0])) + *cx
+        }
+    }
 
     fn double(x: u32) -> u32 {
         x * 2
@@ -248,28 +212,17 @@ mod tests {
 
     #[test]
     fn offsets_round_trip_in_process() {
-        let f = FnRef::new(double).unwrap();
-        let mut arg = Vec::new();
-        crate::wire::codec::encode_into(&21u32, &mut arg).unwrap();
+        let f = CodeRef::<Sum>::make::<Sum, fn(u32) -> u32>(double).unwrap();
+        let back = CodeRef::<Sum>::from_offsets(f.tramp, f.func);
         let proof = super::super::identity::verify(
             super::super::identity::own(),
             super::super::identity::own(),
         )
         .expect("own identity verifies");
-        let mut arena = crate::task::chunk::Arena::default();
-        let mut cx = RunCx {
-            arena: &mut arena,
-            skip: 0,
-            in_arena: 0,
-        };
-        let reply = call(&proof, f, &arg, &mut cx);
-        assert!(reply.ok);
-        let body = &reply.frame[crate::wire::frame::HEADER..];
-        match crate::wire::msg::parse_from_worker(body).unwrap() {
-            crate::wire::msg::FromWorker::Done(bytes) => {
-                assert_eq!(crate::wire::codec::decode::<u32>(bytes).unwrap(), 42)
-            }
-            other => panic!("unexpected {other:?}"),
+        assert_eq!(back.call(&proof, &[21], &mut 100), Some(142));
+        let stray = CodeRef::<Sum>::from_offsets(i64::MAX / 2, f.func);
+        if super::super::main_image_range().is_some() {
+            assert_eq!(stray.call(&proof, &[21], &mut 0), None);
         }
     }
 }

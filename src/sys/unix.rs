@@ -190,16 +190,6 @@ pub(crate) fn getppid() -> i32 {
     Pid::as_raw(rustix::process::getppid())
 }
 
-/// Removes a variable from this process's environment.
-///
-/// # Safety
-/// No other thread may read or write the environment concurrently. Workers call this from the
-/// load-time constructor or right after `fork`, where the process has a single thread.
-pub(super) unsafe fn remove_env_single_threaded(key: &str) {
-    // SAFETY: forwarded to the caller: the process is single-threaded here.
-    unsafe { std::env::remove_var(key) }
-}
-
 /// The result of [`fork`], seen from each side.
 pub(super) enum Forked {
     /// In the parent, with the child's pid.

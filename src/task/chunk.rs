@@ -26,10 +26,11 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::fnref::{Callable, Reply};
 use super::progress::Publisher;
 use crate::error::{Error, RemotePanic};
 use crate::sys::arena::GrowMap;
-use crate::sys::fnptr::{Callable, Reply};
+use crate::sys::identity::Verified;
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::HEADER;
 use crate::wire::{codec, msg};
@@ -106,6 +107,9 @@ pub(crate) struct RunCx<'a> {
     /// Set by the run when its reply is the first `in_arena` bytes of the arena rather than
     /// `Reply::frame`.
     pub(crate) in_arena: usize,
+    /// The identity check that admitted the run: it admits the offsets inside its argument
+    /// too (a state's constructor).
+    pub(crate) proof: &'a Verified,
 }
 
 /// Decodes a chunk of arguments and runs `f` on each from `cx.skip` on; a panic fails only

@@ -7,13 +7,18 @@
 //! - [`chunk`]: running a chunk on the worker side (each item's result encoded into the arena
 //!   as it finishes) and decoding its items on the parent side.
 //!
+//! - [`fnref`]: the function reference: a task's function as it travels, and the entries a
+//!   worker runs it through (one typed call, a chunk, a chunk with state).
 //! - [`panic`]: a task's panic as data (the worker's panic hook, the report, the typed call).
+//! - [`reply`]: a worker's messages to its parent, sorted once for `Pool` and `Process`.
 //! - [`state`]: a worker's own state, built once by the first task that needs it.
 //!
 //! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
 //! is the one place that turns a worker's death or timeout into outcomes for those items.
 
 pub(crate) mod chunk;
+pub(crate) mod fnref;
 pub(crate) mod panic;
 pub(crate) mod progress;
+pub(crate) mod reply;
 pub(crate) mod state;

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::fnref::Reply;
 use crate::error::{Frames, RemotePanic};
 use crate::sys::child::{self, ChildToken};
-use crate::sys::fnptr::Reply;
 use crate::sys::frames;
 use crate::wire::codec::{self, Op, Role};
 use crate::wire::msg;

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
 use super::chunk::RunCx;
-use crate::sys::fnptr::{Callable, FnRef, Reply, StateInit};
+use super::fnref::{Callable, InitRef, Reply};
 use crate::wire::{codec, msg};
 
 thread_local! {
@@ -38,7 +38,6 @@ thread_local! {
 }
 
 /// A task function that takes the worker's state: `fn(&mut S, A) -> R`.
-#[repr(transparent)]
 pub(crate) struct WithState<S, A, R>(pub(crate) fn(&mut S, A) -> R);
 
 impl<S, A, R> Clone for WithState<S, A, R> {
@@ -67,8 +66,12 @@ where
             (self.0)(state, a)
         })
     }
-    fn addr(self) -> usize {
-        self.0 as usize
+    type Ptr = fn(&mut S, A) -> R;
+    fn ptr(self) -> Self::Ptr {
+        self.0
+    }
+    fn from_ptr(ptr: Self::Ptr) -> Self {
+        WithState(ptr)
     }
 }
 
@@ -76,7 +79,7 @@ where
 /// and its argument (encoded by `arg` where the argument's type is known), then the items.
 pub(crate) struct StateChunk<'a, T: ?Sized> {
     pub(crate) key: u64,
-    pub(crate) init: FnRef,
+    pub(crate) init: InitRef,
     pub(crate) arg: &'a (dyn Fn(&mut Vec<u8>) -> Result<(), String> + Send + Sync),
     pub(crate) items: &'a T,
 }
@@ -106,14 +109,9 @@ impl Serialize for Bytes<'_> {
 }
 
 /// Runs a state task in the worker: builds the state if this worker has none for the task's
-/// pool (`resolve` finds its constructor in this executable), then runs the chunk's items
+/// pool (its constructor's offsets are admitted by the run's identity check), then runs the chunk's items
 /// with it. Called by the state trampoline.
-pub(crate) fn run<F: Callable>(
-    f: F,
-    arg: &[u8],
-    cx: &mut RunCx<'_>,
-    resolve: fn(FnRef) -> Option<(StateInit, usize)>,
-) -> Reply {
+pub(crate) fn run<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     let head = codec::decode_prefix::<(u64, i64, i64, &[u8])>(arg);
     let ((key, tramp, func, init_arg), items) = match head {
         Ok(h) => h,
@@ -121,10 +119,11 @@ pub(crate) fn run<F: Callable>(
     };
     let built = SLOT.with(|slot| slot.borrow().as_ref().is_some_and(|(k, _)| *k == key));
     if !built {
-        let Some((init, func)) = resolve(FnRef { tramp, func }) else {
+        let init = InitRef::from_offsets(tramp, func);
+        let Some(built) = init.call(cx.proof, init_arg, &mut { key }) else {
             return failed("a state constructor outside the executable was refused");
         };
-        if let Err(reply) = init(func, init_arg, key) {
+        if let Err(reply) = built {
             return reply;
         }
     }

@@ -49,7 +49,7 @@ impl Supervisor {
                 self.workers[i].last_words = Some(cause);
                 return; // its death follows, and is reported with this cause
             }
-            Ok(Some(Classified::Hello { ours: true })) => {
+            Ok(Some(Classified::Hello)) => {
                 // Alive and ours: with no initializer to wait for, the worker has started. A
                 // later death (an idle worker killed, a task killed by its timeout) is not a
                 // startup failure, or a stuck head task under kills would break the pool.
@@ -63,8 +63,7 @@ impl Supervisor {
                 }
                 return;
             }
-            Ok(Some(Classified::Hello { ours: false })) => {
-                let e = Error::binary_mismatch(identity::own(), b"(another build)");
+            Ok(Some(Classified::Foreign(e))) => {
                 return self.break_pool(e.to_string());
             }
             Err(bad) => return self.fail_worker(i, Error::protocol(bad.0)),

@@ -1,18 +1,46 @@
-//! A worker's messages to the pool, sorted: its hello, or the answer to its latest task.
+//! A worker's messages to its parent, sorted: its hello, the answer to its latest task, or
+//! its last words. One classification for the pool's supervisor, the borrowed workers of
+//! `apply` and a `Process` alike.
 
 use std::os::fd::OwnedFd;
 
-use super::result::Answer;
 use crate::error::{Error, RemotePanic};
 use crate::sys::{self, identity};
 use crate::wire::codec;
 use crate::wire::fds::Received;
 use crate::wire::msg::{self, FromWorker};
 
+/// A worker's answer to a task.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The body of its `Done` frame: the message tag, then the payload.
+    Frame(Vec<u8>),
+    /// A payload too large for the socket, mapped from the anonymous file the worker wrote it
+    /// to (see `msg::done_spilled`): read in place, never copied into a buffer first.
+    Mapped(crate::sys::shm::Payload),
+    /// The payload alone, as another MPI rank sent it.
+    #[cfg(feature = "mpi")]
+    Payload(Vec<u8>),
+}
+
+impl Answer {
+    /// The payload: what follows the `Done` tag.
+    pub(crate) fn payload(&self) -> &[u8] {
+        match self {
+            Answer::Frame(frame) => frame.get(1..).unwrap_or_default(),
+            Answer::Mapped(region) => region.bytes(),
+            #[cfg(feature = "mpi")]
+            Answer::Payload(payload) => payload,
+        }
+    }
+}
+
 /// A worker's message, sorted.
 pub(crate) enum Classified {
-    /// Its first message; `ours`: it runs this same executable.
-    Hello { ours: bool },
+    /// Its first message: it runs this same executable.
+    Hello,
+    /// Its first message, from a worker running another build: the error that says so.
+    Foreign(Error),
     /// The answer to a task: the frame (for `Done`) or the failure of the whole run.
     Answer(Result<Answer, Error>),
     /// Its last words (`"stack overflow"`): it is dying, and its exit status follows.
@@ -40,10 +68,14 @@ pub(crate) fn classify(
         return Ok(Classified::Dying(cause));
     }
     let outcome = match msg::parse_from_worker(&frame)? {
+        FromWorker::Hello { identity: id, .. } if id == identity::own() => {
+            return Ok(Classified::Hello);
+        }
         FromWorker::Hello { identity: id, .. } => {
-            return Ok(Classified::Hello {
-                ours: id == identity::own(),
-            });
+            return Ok(Classified::Foreign(Error::binary_mismatch(
+                identity::own(),
+                id,
+            )));
         }
         FromWorker::Done(_) => Ok(Answer::Frame(frame)),
         FromWorker::Spilled => {
