@@ -31,11 +31,12 @@ use crate::child::setup::Limits;
 use crate::error::{Error, Result};
 use crate::process::launch::Spec;
 use crate::process::{StartMethod, Stdio};
-use crate::sys::identity;
+
 use crate::task::chunk::Items;
 use crate::task::fnref::{Callable, FnRef};
+use crate::task::run::{self, Large};
+use crate::wire::codec;
 use crate::wire::fds::{self, Fds};
-use crate::wire::{codec, msg};
 use args::{ByBorrow, Star};
 use batch::Batch;
 pub(crate) use batch::Sink;
@@ -222,16 +223,8 @@ impl PoolBuilder {
         // A problem surfaces as an error from `build`.
         self.init = Some(match FnRef::new(f) {
             None => Err(crate::sys::fnptr::NOT_IN_MAIN_IMAGE.to_string()),
-            Some(func) => {
-                let mut run = msg::begin_run(0, identity::own(), func.tramp, func.func);
-                let (encoded, fds) = fds::collecting(|| codec::encode_into(&arg, &mut run.buf));
-                match encoded {
-                    Ok(()) => Ok((run.finish(), fds::shared(fds))),
-                    Err(e) => Err(format!(
-                        "the initializer argument cannot be serialized: {e}"
-                    )),
-                }
-            }
+            Some(func) => run::encode::<I>(0, func, &arg, codec::Role::Argument, Large::Spill)
+                .map(|(frame, fds)| (frame, fds::shared(fds))),
         });
         self
     }
@@ -1263,12 +1256,7 @@ impl Pool {
         f: Option<FnRef>,
         chunk: &[T],
     ) -> Result<(Vec<u8>, Fds)> {
-        encode_chunk::<A>(
-            self.spill_limit(),
-            f,
-            &ByBorrow::<A, T>::new(chunk),
-            chunk.len(),
-        )
+        encode_chunk::<A>(self.large(), f, &ByBorrow::<A, T>::new(chunk), chunk.len())
     }
 
     /// Encodes a chunk of arguments into a job.
@@ -1290,7 +1278,7 @@ impl Pool {
         chunk: &[T],
         sink: Sink,
     ) -> Result<Batch> {
-        let (frame, fds) = encode_chunk::<T::Tuple>(self.spill_limit(), f, chunk, chunk.len())?;
+        let (frame, fds) = encode_chunk::<T::Tuple>(self.large(), f, chunk, chunk.len())?;
         Ok(Batch::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 
@@ -1381,12 +1369,12 @@ impl Pool {
         }
     }
 
-    /// Past how many bytes a job's arguments travel in a memfd: never for a remote flavor,
-    /// whose frames leave the machine.
-    fn spill_limit(&self) -> usize {
+    /// Where a job's large arguments go: a memfd for local workers; inline for a remote
+    /// flavor, whose frames leave the machine.
+    fn large(&self) -> Large {
         match &self.flavor {
-            Flavor::Local { .. } => msg::SPILL_LIMIT,
-            Flavor::Remote(_) => usize::MAX,
+            Flavor::Local { .. } => Large::Spill,
+            Flavor::Remote(_) => Large::Inline,
         }
     }
 
@@ -1438,24 +1426,21 @@ fn thread_vars(
 type MakeJob<T> = fn(&Pool, Option<FnRef>, &[T], Sink) -> Result<Batch>;
 
 /// Encodes `len` arguments of type `A` (as `chunk`, which serializes as a `Vec<A>`) into a
-/// `Run` frame and the fds of handles inside them, spilling to a memfd past `spill` bytes.
+/// `Run` frame and the fds of handles inside them; a large argument goes as `large` says.
 fn encode_chunk<A>(
-    spill: usize,
+    large: Large,
     f: Option<FnRef>,
     chunk: &(impl Serialize + ?Sized),
     len: usize,
 ) -> Result<(Vec<u8>, Fds)> {
     let f = f.ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
-    let mut run = msg::begin_run(0, identity::own(), f.tramp, f.func);
-    let fds = msg::encode_arg_spilling(&mut run, chunk, spill).map_err(|e| {
-        let role = if len == 1 {
-            codec::Role::Argument
-        } else {
-            codec::Role::Arguments
-        };
-        Error::codec(codec::failure::<A>(codec::Op::Encode, role, &e))
-    })?;
-    Ok((run.finish(), fds::shared(fds)))
+    let role = if len == 1 {
+        codec::Role::Argument
+    } else {
+        codec::Role::Arguments
+    };
+    let (frame, fds) = run::encode::<A>(0, f, chunk, role, large).map_err(Error::codec)?;
+    Ok((frame, fds::shared(fds)))
 }
 
 /// Python's automatic chunk size for `map`: about four chunks per worker.

@@ -19,9 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ExitStatus, Result};
-use crate::sys::{self, identity};
+use crate::sys;
 use crate::task::fnref::FnRef;
 use crate::task::reply::{self, Classified};
+use crate::task::run::{self, Large};
 use crate::wire::codec::{Op, Role};
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::{codec, fds, msg};
@@ -289,10 +290,8 @@ impl Builder {
         let method = StartMethod::resolve(self.start_method)?;
         let func =
             FnRef::new(f).ok_or_else(|| Error::usage(crate::sys::fnptr::NOT_IN_MAIN_IMAGE))?;
-        let mut run = msg::begin_run(msg::FLAG_LAST, identity::own(), func.tramp, func.func);
-        let fds = msg::encode_arg(&mut run, &arg)
-            .map_err(|e| Error::codec(codec::failure::<A>(Op::Encode, Role::Argument, &e)))?;
-        let run = run.finish();
+        let (run, fds) = run::encode::<A>(msg::FLAG_LAST, func, &arg, Role::Argument, Large::Spill)
+            .map_err(Error::codec)?;
         let mut spec = self.spec;
         spec.env
             .push((current::NAME_ENV.into(), name.clone().into()));
@@ -420,9 +419,10 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// # Errors
     /// [`ErrorKind::Panicked`](crate::ErrorKind::Panicked) with the child's
-    /// [`RemotePanic`](crate::RemotePanic); [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its
-    /// [`ExitStatus`] if it ended without a result; [`ErrorKind::Usage`](crate::ErrorKind::Usage)
-    /// if the result was already returned by an earlier `join`.
+    /// [`RemotePanic`](crate::RemotePanic);
+    /// [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its [`ExitStatus`] if it
+    /// ended without a result; [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the result
+    /// was already returned by an earlier `join`.
     pub fn join(&mut self) -> Result<R> {
         self.join_deadline(None)
     }
@@ -769,7 +769,7 @@ mod tests {
     }
 
     fn good_hello() -> Vec<u8> {
-        msg::hello(1, identity::own())
+        msg::hello(1, crate::sys::identity::own())
     }
 
     #[test]
@@ -793,7 +793,7 @@ mod tests {
     #[test]
     fn a_message_meant_for_workers_is_refused() {
         let (mut p, mut peer) = fake_worker();
-        let mut run = msg::begin_run(0, identity::own(), 0, 0);
+        let mut run = msg::begin_run(0, crate::sys::identity::own(), 0, 0);
         run.buf.push(0);
         peer.write_all(&run.finish()).unwrap();
         assert_eq!(

@@ -11,6 +11,7 @@
 //!   worker runs it through (one typed call, a chunk, a chunk with state).
 //! - [`panic`]: a task's panic as data (the worker's panic hook, the report, the typed call).
 //! - [`reply`]: a worker's messages to its parent, sorted once for `Pool` and `Process`.
+//! - [`run`]: encoding a `Run` frame, the one function every entry point builds a task with.
 //! - [`state`]: a worker's own state, built once by the first task that needs it.
 //!
 //! A chunk is a transport detail: every item has its own outcome. The pool's `fate` module
@@ -21,4 +22,5 @@ pub(crate) mod fnref;
 pub(crate) mod panic;
 pub(crate) mod progress;
 pub(crate) mod reply;
+pub(crate) mod run;
 pub(crate) mod state;

@@ -35,18 +35,8 @@ pub(crate) fn encode_arg<T: serde::Serialize + ?Sized>(
     run: &mut FrameBuf,
     arg: &T,
 ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
-    encode_arg_spilling(run, arg, SPILL_LIMIT)
-}
-
-/// As [`encode_arg`], spilling past `limit` bytes (`usize::MAX`: never, for a frame that
-/// leaves the machine).
-pub(crate) fn encode_arg_spilling<T: serde::Serialize + ?Sized>(
-    run: &mut FrameBuf,
-    arg: &T,
-    limit: usize,
-) -> Result<Vec<std::os::fd::OwnedFd>, String> {
     let (encoded, mut fds) =
-        super::fds::collecting(|| super::codec::encode_spilling(arg, &mut run.buf, limit));
+        super::fds::collecting(|| super::codec::encode_spilling(arg, &mut run.buf, SPILL_LIMIT));
     if let Some(file) = encoded? {
         if fds.len() >= super::fds::MAX_FDS {
             return Err(format!(
