@@ -1,9 +1,9 @@
-//! Benchmark: task round trip and throughput of `mproc::mpi::Pool` beside raw rsmpi send/recv
-//! between the same ranks of the same machine. Run by `.ci/mpi-bench`:
+//! Benchmark: task round trip and throughput of the MPI `Pool` beside raw rsmpi send/recv
+//! between the same ranks of the same machine. Run by `.ci/mpi`:
 //!
 //! ```text
 //! MPROC_MPI_NO_SERVE=1 mpirun -n 3 target/release/examples/mpi_bench   # raw rsmpi
-//! mpirun -n 3 target/release/examples/mpi_bench                        # mproc::mpi::Pool
+//! mpirun -n 3 target/release/examples/mpi_bench                        # Pool::builder().mpi()
 //! ```
 //! Both print one line per figure; the raw one uses messages of the size of a task's frame
 //! and the pool's window of two messages in flight per local worker.
@@ -15,8 +15,8 @@ use mpi::traits::*;
 const ROUND_TRIPS: usize = 5_000;
 const TASKS: usize = 50_000;
 const MAP_ITEMS: u64 = 1_000_000;
-/// Bytes of an `apply(echo, u64)` task's Run frame with its job id (measured: 69).
-const MSG: usize = 69;
+/// Bytes of an `apply(echo, u64)` task's entry: Run frame, job id and item count (measured: 73).
+const MSG: usize = 73;
 const TAG: i32 = 7;
 const STOP: i32 = 8;
 
@@ -41,7 +41,8 @@ fn pool() -> mproc::Result<()> {
     let prefetch = std::env::var("MPI_BENCH_PREFETCH")
         .ok()
         .and_then(|s| s.parse().ok());
-    let pool = mproc::mpi::Pool::builder()
+    let pool = mproc::Pool::builder()
+        .mpi()
         .prefetch(prefetch.unwrap_or(2))
         .build()?;
     // An idle phase, so a script can check that waiting ranks do not burn CPU.

@@ -27,9 +27,10 @@ fn slow_square(x: u64) -> u64 {
 }
 
 fn main() -> mproc::Result<()> {
-    let pool = mproc::mpi::Pool::builder()
-        .processes_per_rank(2)
+    let pool = mproc::Pool::builder()
+        .processes(2) // per serving rank
         .max_retries(2)
+        .mpi()
         .rank_timeout(Duration::from_secs(3))
         .build()?;
     println!("mpi pool: {} serving ranks", pool.ranks());

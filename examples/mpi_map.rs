@@ -57,9 +57,33 @@ fn fail(msg: String) -> u64 {
     panic!("{msg}")
 }
 
+fn clamp(x: i64, lo: i64, hi: i64) -> i64 {
+    x.clamp(lo, hi)
+}
+
+/// A worker state built once per local worker process of a serving rank.
+fn offset(base: u64) -> u64 {
+    base
+}
+
+fn add_offset(state: &mut u64, x: u64) -> u64 {
+    *state + x
+}
+
+fn greet(_: ()) {}
+
 fn main() -> mproc::Result<()> {
+    // What the MPI flavor does not carry to its ranks is refused, before MPI starts.
+    let refused = mproc::Pool::builder().initializer(greet, ()).mpi().build();
+    let kind = refused.map(|_| ()).unwrap_err().kind();
+    assert_eq!(kind, mproc::ErrorKind::Unsupported);
+
     // The local pool's builder, switched to MPI: two worker processes on every serving rank.
-    let pool = mproc::Pool::builder().processes(2).mpi().build()?;
+    let pool: mproc::Pool = mproc::Pool::builder()
+        .processes(2)
+        .worker_state(offset, 1000)
+        .mpi()
+        .build()?;
     println!(
         "mpi pool: {} serving ranks, {} worker processes",
         pool.ranks(),
@@ -131,12 +155,46 @@ fn main() -> mproc::Result<()> {
         .collect::<mproc::Result<_>>()?;
     println!("imap over an endless input: {firsts:?}");
 
+    // The same iterators and calls as a local pool's.
+    let mut it = pool.imap(square, 0..10u64);
+    assert_eq!(it.size_hint(), (10, Some(10)));
+    let first = it.next_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(first.map(|r| r.ok()), Some(Some(0)));
+    assert_eq!(it.by_ref().count(), 9);
+    assert!(it.next().is_none(), "fused");
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..50u64)
+        .collect::<mproc::Result<_>>()?;
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..50u64).map(square).collect::<Vec<_>>());
+    // A named function goes to `starmap` in a closure (see `StarArgs`; clippy's suggestion
+    // does not compile).
+    #[allow(clippy::redundant_closure)]
+    let clamped = pool.starmap(|x, lo, hi| clamp(x, lo, hi), [(5, 0, 3), (-1, 0, 3)])?;
+    assert_eq!(clamped, [3, 0]);
+    let handles: Vec<_> = (0..4u64).map(|x| pool.apply_async(square, x)).collect();
+    let done = mproc::as_completed(handles).count();
+    assert_eq!(pool.map_with_state(add_offset, [1u64, 2])?, [1001, 1002]);
+    let queue: mproc::Queue<u64> = mproc::Queue::new()?;
+    let refused = pool.apply(|q: mproc::Queue<u64>| q.put(1).is_ok(), queue);
+    let kind = refused.map(|_| ()).unwrap_err().kind();
+    assert_eq!(kind, mproc::ErrorKind::Unsupported);
+    println!(
+        "the pool's API over MPI: imap, imap_unordered, starmap of 3, as_completed ({done}), worker state, fds refused ({kind:?})"
+    );
+
     let again = pool.map(square, 0..1000u64)?;
     assert_eq!(again.len(), 1000);
     println!(
         "map after the failures: {} results, job still running",
         again.len()
     );
+    let late = pool.map_async(square, 0..100u64);
+    pool.close();
+    assert!(pool.apply(square, 1).is_err(), "closed");
+    pool.join()?;
+    assert_eq!(late.get()?.len(), 100);
+    println!("close and join: queued work finished first");
     println!("mpi_map: ok");
     Ok(())
 }

@@ -74,6 +74,7 @@ enum Repr {
     Empty,
     BrokenBarrier,
     Cancelled,
+    Unsupported(std::borrow::Cow<'static, str>),
 }
 
 /// The category of an [`Error`].
@@ -134,6 +135,10 @@ pub enum ErrorKind {
     /// The task was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel)) before
     /// it finished: it never ran, or its worker was killed.
     Cancelled,
+    /// The pool's flavor cannot do this, though a local pool can: the MPI pool
+    /// ([`PoolBuilder::mpi`](crate::PoolBuilder::mpi), feature `mpi`) refuses arguments holding
+    /// fds and the builder settings it does not carry to its ranks. Nothing was run.
+    Unsupported,
 }
 
 impl Error {
@@ -175,6 +180,10 @@ impl Error {
     }
     pub(crate) fn usage(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
         Error::new(Repr::Usage(msg.into()))
+    }
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn unsupported(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+        Error::new(Repr::Unsupported(msg.into()))
     }
     pub(crate) fn closed(msg: &'static str) -> Error {
         Error::new(Repr::Closed(msg))
@@ -220,6 +229,7 @@ impl Error {
             Repr::Empty => Repr::Empty,
             Repr::BrokenBarrier => Repr::BrokenBarrier,
             Repr::Cancelled => Repr::Cancelled,
+            Repr::Unsupported(m) => Repr::Unsupported(m.clone()),
         })
         .placed(self.at.as_deref().copied())
     }
@@ -317,6 +327,7 @@ impl Error {
             Repr::Empty => ErrorKind::Empty,
             Repr::Broken(_) | Repr::BrokenBarrier => ErrorKind::Broken,
             Repr::Cancelled => ErrorKind::Cancelled,
+            Repr::Unsupported(_) => ErrorKind::Unsupported,
         }
     }
 
@@ -467,6 +478,7 @@ impl fmt::Display for Error {
             Repr::Empty => f.write_str("the queue is empty"),
             Repr::BrokenBarrier => f.write_str("the barrier is broken"),
             Repr::Cancelled => f.write_str("task cancelled"),
+            Repr::Unsupported(m) => f.write_str(m),
         }
     }
 }

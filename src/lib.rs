@@ -152,9 +152,9 @@
 //!   failures) over `imap` / `imap_unordered` results, on stderr when it is a terminal.
 //! - `tracing` (off by default): `tracing` events (target `mproc`) for worker start and exit
 //!   with its cause, respawns, task timeouts and retries.
-//! - `mpi` (off by default): `mproc::mpi::Pool`, the same pool over the ranks of an MPI
-//!   job, each rank running its tasks in local worker processes. Needs an MPI library
-//!   (Open MPI) and libclang at build time.
+//! - `mpi` (off by default): `Pool::builder().mpi()`, the same [`Pool`] over the ranks of an
+//!   MPI job, each rank running its tasks in local worker processes (see `mproc::mpi`). Needs
+//!   an MPI library (Open MPI) and libclang at build time.
 //!
 //! # Platform support
 //! Linux (tested). The code is split so that other Unixes can follow: everything

@@ -1,9 +1,11 @@
 //! Rank 0's driver thread: the only thread of rank 0 that calls MPI.
 //!
-//! Users' threads queue `Run` frames on a channel; the driver hands them to serving ranks
-//! (at most `prefetch` per local worker of a rank in flight, so every rank's workers stay busy
-//! while the rest waits here, where any rank that frees up can take it), every task a rank can
-//! take now in one message, and delivers each reply into the slot its caller waits on.
+//! Users' threads queue `Run` frames, each with the [`Sink`] its outcome goes to, on a
+//! channel; the driver hands them to serving ranks (at most `prefetch` per local worker of a
+//! rank in flight, so every rank's workers stay busy while the rest waits here, where any rank
+//! that frees up can take it), every task a rank can take now in one message, and delivers
+//! each reply into its sink, as a local pool's supervisor
+//! would: the pool's results and iterators decode it.
 //!
 //! Lost ranks: every serving rank sends a heartbeat each second. Under Open MPI's default a
 //! dead rank aborts the whole job anyway; under `mpirun --enable-recovery` the job goes on,
@@ -12,7 +14,6 @@
 //! `WorkerDied`, and it gets no more tasks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -21,21 +22,24 @@ use super::wire::{
     self, Batch, RankConfig, TAG_CONFIG, TAG_HELLO, TAG_MALFORMED, TAG_REPLIES, TAG_STOP, TAG_TASKS,
 };
 use crate::error::{Error, ExitStatus, Result};
-use crate::pool::Slot;
+use crate::pool::{Part, Sink};
 use crate::sys::RawExit;
 use crate::wire::codec;
 
 /// A request from a user's thread.
 pub(crate) enum Cmd {
-    /// Run this frame; deliver into cell `i` of the slot.
-    Run(Vec<u8>, Arc<Slot>, usize),
+    /// Run this frame of this many items; deliver its outcome into the sink.
+    Run(Vec<u8>, usize, Sink),
+    /// Once the channel closes, finish what is queued and out first (`Pool::join`), rather
+    /// than failing it (`Pool::terminate`, drop).
+    Drain,
 }
 
 /// A task waiting for a rank, or out on one.
 struct Task {
     frame: Vec<u8>,
-    slot: Arc<Slot>,
-    cell: usize,
+    items: usize,
+    sink: Sink,
     /// Re-runs left should its rank be lost.
     retries_left: u32,
 }
@@ -71,6 +75,8 @@ pub(crate) struct Driver {
     max_retries: u32,
     rank_timeout: Duration,
     last_check: Instant,
+    /// Asked to finish the tasks it has before it stops (see [`Cmd::Drain`]).
+    draining: bool,
 }
 
 impl Driver {
@@ -139,46 +145,34 @@ impl Driver {
             max_retries,
             rank_timeout,
             last_check: Instant::now(),
+            draining: false,
         };
         Ok((driver, world))
     }
 
-    /// Serves until every sender is gone (the pool was dropped), then stops every rank.
-    /// Returns true if a rank went silent: then MPI must not be finalized (see
-    /// [`wire::STOP_SKIP_FINALIZE`]).
+    /// Serves until every sender is gone (the pool was terminated or dropped; after a
+    /// [`Cmd::Drain`], once its tasks are done too), then stops every rank. Returns true if a
+    /// rank went silent: then MPI must not be finalized (see [`wire::STOP_SKIP_FINALIZE`]).
     pub(crate) fn run(mut self, rx: mpsc::Receiver<Cmd>) -> bool {
         let mut idle = Idle::new();
+        let mut open = true;
         loop {
-            let mut busy = false;
-            while let Some(m) = self.link.try_receive() {
-                busy = true;
-                self.heard(m.source);
-                match m.tag {
-                    TAG_REPLIES => self.deliver(m.source, &m.bytes),
-                    TAG_MALFORMED => {
-                        eprintln!("mproc: mpi rank {} could not read its tasks", m.source);
-                        self.lose(m.source, false);
-                    }
-                    _ => {}
-                }
-            }
+            let mut busy = self.receive();
             self.check_lost();
-            let mut stopping = false;
-            loop {
+            while open {
                 match rx.try_recv() {
                     Ok(cmd) => {
                         busy = true;
                         self.enqueue(cmd);
                     }
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        stopping = true;
-                        break;
-                    }
+                    Err(TryRecvError::Disconnected) => open = false,
                 }
             }
             busy |= self.dispatch();
-            if stopping {
+            // Closed: stop, unless asked to finish what it has first.
+            let finishing = self.draining && !(self.queue.is_empty() && self.inflight.is_empty());
+            if !open && !finishing {
                 return self.stop();
             }
             if busy {
@@ -187,25 +181,47 @@ impl Driver {
             }
             match idle.pause(!self.inflight.is_empty()) {
                 None => std::thread::yield_now(),
+                Some(d) if !open => std::thread::sleep(d),
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(cmd) => {
                         self.enqueue(cmd);
                         idle.active();
                     }
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return self.stop(),
+                    Err(RecvTimeoutError::Disconnected) => open = false,
                 },
             }
         }
     }
 
-    fn enqueue(&mut self, Cmd::Run(frame, slot, cell): Cmd) {
-        self.queue.push_back(Task {
-            frame,
-            slot,
-            cell,
-            retries_left: self.max_retries,
-        });
+    /// Takes in what the ranks sent; true if anything came.
+    fn receive(&mut self) -> bool {
+        let mut busy = false;
+        while let Some(m) = self.link.try_receive() {
+            busy = true;
+            self.heard(m.source);
+            match m.tag {
+                TAG_REPLIES => self.deliver(m.source, &m.bytes),
+                TAG_MALFORMED => {
+                    eprintln!("mproc: mpi rank {} could not read its tasks", m.source);
+                    self.lose(m.source, false);
+                }
+                _ => {}
+            }
+        }
+        busy
+    }
+
+    fn enqueue(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Run(frame, items, sink) => self.queue.push_back(Task {
+                frame,
+                items,
+                sink,
+                retries_left: self.max_retries,
+            }),
+            Cmd::Drain => self.draining = true,
+        }
     }
 
     /// Sends queued tasks to ranks with credit left, all of a rank's in one message (up to
@@ -214,7 +230,7 @@ impl Driver {
         if !self.queue.is_empty() && self.ranks.iter().all(|r| r.lost) {
             for t in self.queue.drain(..) {
                 let e = Error::broken("every serving MPI rank was lost");
-                t.slot.complete(t.cell, vec![crate::pool::Part::rest(e)]);
+                t.sink.deliver(vec![Part::rest(e)]);
             }
             return true;
         }
@@ -232,14 +248,16 @@ impl Driver {
             let Some(task) = self.queue.pop_front() else {
                 break;
             };
-            if !r.batch.fits(task.frame.len()) {
+            if !r.batch.fits(wire::TASK_HEAD + task.frame.len()) {
                 flush(&mut self.link, r);
             }
             let id = self.next_id;
-            if !r.batch.push(id, &task.frame) {
-                let e = Error::usage("a task above 2 GiB cannot cross MPI ranks");
-                task.slot
-                    .complete(task.cell, vec![crate::pool::Part::rest(e)]);
+            if !r
+                .batch
+                .push_with(id, |b| wire::encode_task(b, task.items, &task.frame))
+            {
+                let e = Error::unsupported("a task above 2 GiB cannot cross MPI ranks");
+                task.sink.deliver(vec![Part::rest(e)]);
                 continue;
             }
             self.next_id += 1;
@@ -280,7 +298,7 @@ impl Driver {
             if self.inflight.get(&id).is_some_and(|(_, on)| *on == source) {
                 if let Some((t, _)) = self.inflight.remove(&id) {
                     r.credit += 1;
-                    t.slot.complete(t.cell, wire::decode_reply(source, reply));
+                    t.sink.deliver(wire::decode_reply(source, reply));
                 }
             }
         }
@@ -328,10 +346,7 @@ impl Driver {
                 self.queue.push_front(t);
             } else {
                 let status = ExitStatus::from_raw(RawExit::Unknown);
-                t.slot.complete(
-                    t.cell,
-                    vec![crate::pool::Part::rest(Error::worker_died(status))],
-                );
+                t.sink.deliver(vec![Part::rest(Error::worker_died(status))]);
             }
         }
     }
@@ -339,21 +354,13 @@ impl Driver {
     /// Fails what is left, tells every serving rank still there to stop; true if a rank went
     /// silent.
     fn stop(mut self) -> bool {
-        for t in self.queue.drain(..) {
-            t.slot.complete(
-                t.cell,
-                vec![crate::pool::Part::rest(Error::closed(
-                    "the MPI pool was dropped",
-                ))],
-            );
-        }
-        for (_, (t, _)) in self.inflight.drain() {
-            t.slot.complete(
-                t.cell,
-                vec![crate::pool::Part::rest(Error::closed(
-                    "the MPI pool was dropped",
-                ))],
-            );
+        let left = self
+            .queue
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, (t, _))| t));
+        for t in left {
+            let e = Error::closed("the MPI pool was terminated");
+            t.sink.deliver(vec![Part::rest(e)]);
         }
         let lost = self.ranks.iter().any(|r| r.silent);
         let stop: &[u8] = if lost {

@@ -191,8 +191,8 @@ impl Server {
     fn start_all(&mut self, link: &mut Link, msg_bytes: &[u8]) {
         match wire::entries(msg_bytes) {
             Ok(tasks) => {
-                for (id, run_frame) in tasks {
-                    self.start(link, id, run_frame);
+                for (id, task) in tasks {
+                    self.start(link, id, task);
                 }
             }
             Err(e) => {
@@ -202,16 +202,15 @@ impl Server {
         }
     }
 
-    /// Hands a task to the local pool, or refuses it at once if it comes from another binary.
-    fn start(&mut self, link: &mut Link, id: u64, run_frame: &[u8]) {
+    /// Hands a task to the local pool, or refuses it at once if it comes from another binary
+    /// (or is not a task at all).
+    fn start(&mut self, link: &mut Link, id: u64, task: &[u8]) {
+        let (items, run_frame) = wire::decode_task(task).unwrap_or((1, &[]));
         let body = run_frame.get(frame::HEADER..).unwrap_or_default();
         let me = identity::own();
-        let (foreign, items) = match msg::parse_run(body) {
-            Ok(run) => (
-                identity::verify(run.identity, me).is_none(),
-                crate::task::chunk::arg_count(run.arg).unwrap_or(1),
-            ),
-            Err(_) => (true, 1),
+        let foreign = match msg::parse_run(body) {
+            Ok(run) => identity::verify(run.identity, me).is_none(),
+            Err(_) => true,
         };
         if foreign {
             self.add_reply(link, id, |b| wire::refused(b, me));

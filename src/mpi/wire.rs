@@ -39,7 +39,7 @@ pub(crate) const TAG_STOP: i32 = 0x6d70_0004;
 /// forever.
 pub(crate) const STOP_SKIP_FINALIZE: u8 = 1;
 
-/// How a serving rank sets up its local pool; from [`Builder`](super::Builder).
+/// How a serving rank sets up its local pool; from the [`PoolBuilder`](crate::PoolBuilder).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RankConfig {
     /// Local worker processes (default: the rank's CPU count).
@@ -122,9 +122,28 @@ impl Batch {
         true
     }
     /// Appends an entry with this body, or returns `false` as [`push_with`](Batch::push_with).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, id: u64, body: &[u8]) -> bool {
         body.len() <= MAX_ENTRY && self.push_with(id, |b| b.extend_from_slice(body))
     }
+}
+
+/// Bytes before the `Run` frame in the body of a task entry: `[u32 items]`.
+pub(crate) const TASK_HEAD: usize = 4;
+
+/// Writes the body of a `TASKS` entry: the task's item count (a serving rank cannot read it
+/// from every frame: a worker-state chunk starts with its state's constructor), then its frame.
+pub(crate) fn encode_task(out: &mut Vec<u8>, items: usize, frame: &[u8]) {
+    let items = u32::try_from(items).unwrap_or(u32::MAX);
+    out.extend_from_slice(&items.to_le_bytes());
+    out.extend_from_slice(frame);
+}
+
+/// The item count and `Run` frame of a `TASKS` entry's body (see [`encode_task`]); `None` if
+/// it is too short to hold a count.
+pub(crate) fn decode_task(body: &[u8]) -> Option<(usize, &[u8])> {
+    let (items, frame) = body.split_first_chunk::<TASK_HEAD>()?;
+    Some((u32::from_le_bytes(*items) as usize, frame))
 }
 
 /// Why a batch message could not be read.

@@ -24,7 +24,8 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
-    fn deliver(self, outcome: Outcome) {
+    /// Hands `outcome` to whoever waits for it.
+    pub(crate) fn deliver(self, outcome: Outcome) {
         match self {
             Sink::Slot(s, i) => s.complete(i, outcome),
             Sink::Channel(tx, n) => {
@@ -70,6 +71,12 @@ impl Batch {
             unstarted_losses: 0,
             worker: None,
         }
+    }
+
+    /// The frame, item count and sink of a job for a remote flavor, which settles it whole
+    /// (it holds no fds: the pool checked).
+    pub(crate) fn into_remote(self) -> (Vec<u8>, usize, Sink) {
+        (self.frame, self.items, self.sink)
     }
 
     /// True if the request it belongs to was cancelled: it is not to run any more.

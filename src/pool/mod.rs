@@ -7,6 +7,7 @@ mod fate;
 mod imap;
 mod lease;
 mod registry;
+mod remote;
 mod result;
 mod state;
 mod supervisor;
@@ -37,10 +38,12 @@ use crate::task::run::{self, Large};
 use crate::wire::codec;
 use crate::wire::fds::{self, Fds};
 use args::{ByBorrow, Star};
-use batch::{Batch, Sink};
+use batch::Batch;
+pub(crate) use batch::Sink;
 #[cfg(feature = "mpi")]
 pub(crate) use lease::{BorrowLost, Borrowed, Reply};
 use registry::Registry;
+pub(crate) use remote::{Remote, RemoteOptions, Start};
 #[cfg(feature = "mpi")]
 pub(crate) use result::Answer;
 #[cfg(any(test, feature = "mpi"))]
@@ -86,14 +89,27 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 /// never end. To wait for outstanding work instead, collect its results first, or call
 /// [`close`](Pool::close) then [`join`](Pool::join).
 pub struct Pool {
-    shared: Arc<Registry>,
-    supervisor: Mutex<Option<JoinHandle<()>>>,
+    flavor: Flavor,
     processes: usize,
     pub(crate) max_retries: u32,
     pub(crate) chunksize: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
     /// How workers build their state, with `worker_state`.
     state: Option<state::StateSpec>,
+}
+
+/// What runs a pool's tasks (crossbeam-channel's flavors): every method of [`Pool`] is one
+/// generic body that ends in a short match on this.
+enum Flavor {
+    /// Worker processes of this machine, driven by the supervisor thread.
+    Local {
+        shared: Arc<Registry>,
+        supervisor: Mutex<Option<JoinHandle<()>>>,
+    },
+    /// Another engine, taking the same encoded batches (the ranks of an MPI job:
+    /// `PoolBuilder::mpi`).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    Remote(Box<dyn Remote>),
 }
 
 /// Configures a [`Pool`]; Python's `Pool(...)` keyword arguments and more.
@@ -130,6 +146,10 @@ pub struct PoolBuilder {
     threads_per_worker: Option<usize>,
     /// How workers build their state, with `worker_state`.
     state: Option<state::StateSpec>,
+    /// How `build` starts a pool of another flavor (`mpi`), if one was chosen.
+    pub(crate) flavor: Option<Start>,
+    /// Settings of the other flavor (see [`RemoteOptions`]).
+    pub(crate) remote: RemoteOptions,
 }
 
 /// The variables that size the thread pools of OpenMP, the BLAS libraries, numexpr and rayon,
@@ -469,7 +489,15 @@ impl PoolBuilder {
     /// encoded, [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refuses a thread or socket,
     /// or refuses every worker for about 2 s (`fork` failing with `EAGAIN` under `ulimit -u`):
     /// the message says why.
-    pub fn build(self) -> Result<Pool> {
+    pub fn build(mut self) -> Result<Pool> {
+        if let Some(start) = self.flavor.take() {
+            return start(self);
+        }
+        if self.remote != RemoteOptions::default() {
+            return Err(Error::usage(
+                "prefetch, rank_timeout and start_timeout are settings of the MPI pool: call .mpi() first",
+            ));
+        }
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
             return Err(Error::usage("a pool needs at least one process"));
@@ -519,14 +547,62 @@ impl PoolBuilder {
             ));
         }
         Ok(Pool {
-            shared,
-            supervisor: Mutex::new(Some(handle)),
+            flavor: Flavor::Local {
+                shared,
+                supervisor: Mutex::new(Some(handle)),
+            },
             processes,
             max_retries: self.max_retries,
             chunksize: self.chunksize,
             task_timeout: self.task_timeout,
             state: self.state,
         })
+    }
+
+    /// The first setting that only a local pool carries out (another flavor refuses it), by
+    /// the name of its method.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn local_only(&self) -> Option<&'static str> {
+        // The variables `memory_limit` and `max_processes` set, by the name of the setting.
+        let memory = Limits {
+            memory: Some(0),
+            ..Limits::default()
+        };
+        let processes = Limits {
+            processes: Some(0),
+            ..Limits::default()
+        };
+        let limits = [(memory, "memory_limit"), (processes, "max_processes")];
+        let named = |key: &OsString| {
+            limits
+                .iter()
+                .find(|(l, _)| l.to_env().iter().any(|(k, _)| k == key))
+                .map_or("env", |(_, name)| *name)
+        };
+        let env = self.spec.env.iter().map(|(k, _)| named(k));
+        let set = [
+            (self.method.is_some(), "start_method"),
+            (self.init.is_some(), "initializer"),
+            (self.threads_per_worker.is_some(), "threads_per_worker"),
+            (self.spec.stdio[1] != Stdio::Inherit, "stdout"),
+            (self.spec.stdio[2] != Stdio::Inherit, "stderr"),
+        ];
+        env.chain(set.into_iter().filter(|(on, _)| *on).map(|(_, name)| name))
+            .next()
+    }
+
+    /// The pool of another flavor, `remote`, started from this builder's settings, with
+    /// `processes` workers in all.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn into_remote(self, remote: Box<dyn Remote>, processes: usize) -> Pool {
+        Pool {
+            flavor: Flavor::Remote(remote),
+            processes,
+            max_retries: self.max_retries,
+            chunksize: self.chunksize,
+            task_timeout: self.task_timeout,
+            state: self.state,
+        }
     }
 }
 
@@ -590,7 +666,10 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn workers(&self) -> usize {
-        self.shared.live.load(std::sync::atomic::Ordering::Relaxed)
+        match &self.flavor {
+            Flavor::Local { shared, .. } => shared.live.load(std::sync::atomic::Ordering::Relaxed),
+            Flavor::Remote(_) => self.processes,
+        }
     }
 
     /// Runs `f` on every item and returns the results in input order: Python's `map`.
@@ -771,16 +850,19 @@ impl Pool {
         let fnref = FnRef::chunked(f);
         let (frame, fds) = self.encode::<A, A>(fnref, std::slice::from_ref(&arg))?;
         let retries = self.max_retries;
-        let (frame, fds) = match lease::run(&self.shared, frame, fds, self.task_timeout, retries) {
-            Ok(outcome) => return finish_one(vec![outcome]),
-            Err(unsent) => unsent,
+        let (frame, fds) = match &self.flavor {
+            Flavor::Local { shared, .. } => {
+                match lease::run(shared, frame, fds, self.task_timeout, retries) {
+                    Ok(outcome) => return finish_one(vec![outcome]),
+                    Err(unsent) => unsent,
+                }
+            }
+            Flavor::Remote(_) => (frame, fds),
         };
         let slot = Arc::new(Slot::default());
         let job = Batch::new(frame, fds, 1, Sink::Slot(Arc::clone(&slot), 0), retries);
-        match self.shared.submit([job]) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).get(),
-            Err(e) => Err(e),
-        }
+        self.submit(vec![job])?;
+        AsyncResult::new(Some(slot), finish_one::<R>).get()
     }
 
     /// As [`apply`](Pool::apply), returning what the task wrote to its stdout and stderr
@@ -880,8 +962,8 @@ impl Pool {
             Ok(j) => j,
             Err(e) => return AsyncResult::failed(e),
         };
-        match self.shared.submit([job]) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_one::<R>).cancellable(&self.shared),
+        match self.submit(vec![job]) {
+            Ok(()) => self.handle(slot, finish_one::<R>),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -1037,9 +1119,14 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn close(&self) {
-        let mut q = self.shared.lock();
-        q.closed = true;
-        self.shared.wake_locked(q);
+        match &self.flavor {
+            Flavor::Local { shared, .. } => {
+                let mut q = shared.lock();
+                q.closed = true;
+                shared.wake_locked(q);
+            }
+            Flavor::Remote(r) => r.close(),
+        }
     }
 
     /// Waits until every task has completed and every worker has exited; call
@@ -1066,14 +1153,17 @@ impl Pool {
     /// [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the pool was not closed (or
     /// terminated) first, as in Python.
     pub fn join(&self) -> Result<()> {
+        let (shared, supervisor) = match &self.flavor {
+            Flavor::Local { shared, supervisor } => (shared, supervisor),
+            Flavor::Remote(r) => return r.join(),
+        };
         {
-            let q = self.shared.lock();
+            let q = shared.lock();
             if !q.closed && !q.terminate {
                 return Err(Error::usage("join() needs close() or terminate() first"));
             }
         }
-        let handle = self
-            .supervisor
+        let handle = supervisor
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -1103,11 +1193,14 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn terminate(&self) {
-        let mut q = self.shared.lock();
+        let (shared, supervisor) = match &self.flavor {
+            Flavor::Local { shared, supervisor } => (shared, supervisor),
+            Flavor::Remote(r) => return r.terminate(),
+        };
+        let mut q = shared.lock();
         q.terminate = true;
-        self.shared.wake_locked(q);
-        let handle = self
-            .supervisor
+        shared.wake_locked(q);
+        let handle = supervisor
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -1150,8 +1243,8 @@ impl Pool {
         if jobs.is_empty() {
             return AsyncResult::new(None, finish_map::<F::Out>);
         }
-        match self.shared.submit(jobs) {
-            Ok(()) => AsyncResult::new(Some(slot), finish_map::<F::Out>).cancellable(&self.shared),
+        match self.submit(jobs) {
+            Ok(()) => self.handle(slot, finish_map::<F::Out>),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -1163,7 +1256,7 @@ impl Pool {
         f: Option<FnRef>,
         chunk: &[T],
     ) -> Result<(Vec<u8>, Fds)> {
-        encode_chunk::<A>(f, &ByBorrow::<A, T>::new(chunk), chunk.len())
+        encode_chunk::<A>(self.large(), f, &ByBorrow::<A, T>::new(chunk), chunk.len())
     }
 
     /// Encodes a chunk of arguments into a job.
@@ -1185,7 +1278,7 @@ impl Pool {
         chunk: &[T],
         sink: Sink,
     ) -> Result<Batch> {
-        let (frame, fds) = encode_chunk::<T::Tuple>(f, chunk, chunk.len())?;
+        let (frame, fds) = encode_chunk::<T::Tuple>(self.large(), f, chunk, chunk.len())?;
         Ok(Batch::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 
@@ -1200,8 +1293,7 @@ impl Pool {
         key: usize,
     ) -> Result<()> {
         let sink = Sink::Channel(tx, key);
-        self.shared
-            .submit([Batch::new(frame, None, items, sink, self.max_retries)])
+        self.submit(vec![Batch::new(frame, None, items, sink, self.max_retries)])
     }
 
     /// Writes a `Run` frame encoded elsewhere (by another MPI rank) to an idle worker
@@ -1213,8 +1305,10 @@ impl Pool {
         frame: Vec<u8>,
         items: usize,
     ) -> std::result::Result<Borrowed, Vec<u8>> {
-        lease::borrow(&self.shared, frame, None, items, self.task_timeout)
-            .map_err(|(frame, _)| frame)
+        let Flavor::Local { shared, .. } = &self.flavor else {
+            return Err(frame);
+        };
+        lease::borrow(shared, frame, None, items, self.task_timeout).map_err(|(frame, _)| frame)
     }
 
     /// Settles a borrowed frame once polled; its outcome arrives on `tx` tagged with `key`
@@ -1227,13 +1321,12 @@ impl Pool {
         tx: std::sync::mpsc::Sender<(usize, Outcome)>,
         key: usize,
     ) {
-        lease::settle(
-            &self.shared,
-            b,
-            polled,
-            Sink::Channel(tx, key),
-            self.max_retries,
-        )
+        let sink = Sink::Channel(tx, key);
+        let Flavor::Local { shared, .. } = &self.flavor else {
+            // Only a local pool lends workers (see `borrow_for_frame`).
+            return sink.deliver(vec![Part::rest(Error::protocol("no worker was lent"))]);
+        };
+        lease::settle(shared, b, polled, sink, self.max_retries)
     }
 
     /// Encodes a chunk of arguments (each read through its borrow) and queues it.
@@ -1244,7 +1337,54 @@ impl Pool {
         sink: Sink,
     ) -> Result<()> {
         let job = self.batch::<A, T>(f, chunk, sink)?;
-        self.shared.submit([job])
+        self.submit(vec![job])
+    }
+
+    /// Queues jobs on the pool's flavor: its supervisor's backlog, or the remote engine. No
+    /// fd crosses to a remote one: if a job holds any, none is queued.
+    fn submit(&self, jobs: Vec<Batch>) -> Result<()> {
+        let remote = match &self.flavor {
+            Flavor::Local { shared, .. } => return shared.submit(jobs),
+            Flavor::Remote(r) => r,
+        };
+        if jobs.iter().any(|j| j.fds.is_some()) {
+            return Err(Error::unsupported(
+                "arguments holding fds (queues, pipes, locks, shared memory) cannot cross MPI ranks",
+            ));
+        }
+        for job in jobs {
+            let (frame, items, sink) = job.into_remote();
+            remote.submit(frame, items, sink)?;
+        }
+        Ok(())
+    }
+
+    /// The handle of jobs submitted with `slot`: cancellable on a local pool (a remote
+    /// flavor cannot withdraw what it sent: `cancel` returns false there).
+    fn handle<R>(&self, slot: Arc<Slot>, finish: result::Finish<R>) -> AsyncResult<R> {
+        let handle = AsyncResult::new(Some(slot), finish);
+        match &self.flavor {
+            Flavor::Local { shared, .. } => handle.cancellable(shared),
+            Flavor::Remote(_) => handle,
+        }
+    }
+
+    /// Where a job's large arguments go: a memfd for local workers; inline for a remote
+    /// flavor, whose frames leave the machine.
+    fn large(&self) -> Large {
+        match &self.flavor {
+            Flavor::Local { .. } => Large::Spill,
+            Flavor::Remote(_) => Large::Inline,
+        }
+    }
+
+    /// The engine of a pool of another flavor; `None` for a local pool.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn remote(&self) -> Option<&dyn Remote> {
+        match &self.flavor {
+            Flavor::Local { .. } => None,
+            Flavor::Remote(r) => Some(&**r),
+        }
     }
 }
 
@@ -1286,8 +1426,9 @@ fn thread_vars(
 type MakeJob<T> = fn(&Pool, Option<FnRef>, &[T], Sink) -> Result<Batch>;
 
 /// Encodes `len` arguments of type `A` (as `chunk`, which serializes as a `Vec<A>`) into a
-/// `Run` frame and the fds of handles inside them.
+/// `Run` frame and the fds of handles inside them; a large argument goes as `large` says.
 fn encode_chunk<A>(
+    large: Large,
     f: Option<FnRef>,
     chunk: &(impl Serialize + ?Sized),
     len: usize,
@@ -1298,7 +1439,7 @@ fn encode_chunk<A>(
     } else {
         codec::Role::Arguments
     };
-    let (frame, fds) = run::encode::<A>(0, f, chunk, role, Large::Spill).map_err(Error::codec)?;
+    let (frame, fds) = run::encode::<A>(0, f, chunk, role, large).map_err(Error::codec)?;
     Ok((frame, fds::shared(fds)))
 }
 

@@ -256,7 +256,7 @@ impl Pool {
             arg: &*spec.arg,
             items: &items,
         };
-        let (frame, fds) = encode_chunk::<A>(f, &value, chunk.len())?;
+        let (frame, fds) = encode_chunk::<A>(self.large(), f, &value, chunk.len())?;
         Ok(Batch::new(frame, fds, chunk.len(), sink, self.max_retries))
     }
 }

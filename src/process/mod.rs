@@ -419,9 +419,10 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// # Errors
     /// [`ErrorKind::Panicked`](crate::ErrorKind::Panicked) with the child's
-    /// [`RemotePanic`]; [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its
-    /// [`ExitStatus`] if it ended without a result; [`ErrorKind::Usage`](crate::ErrorKind::Usage)
-    /// if the result was already returned by an earlier `join`.
+    /// [`RemotePanic`](crate::RemotePanic);
+    /// [`ErrorKind::WorkerDied`](crate::ErrorKind::WorkerDied) with its [`ExitStatus`] if it
+    /// ended without a result; [`ErrorKind::Usage`](crate::ErrorKind::Usage) if the result
+    /// was already returned by an earlier `join`.
     pub fn join(&mut self) -> Result<R> {
         self.join_deadline(None)
     }

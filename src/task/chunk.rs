@@ -208,20 +208,6 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     Reply::inline(Vec::new(), true)
 }
 
-/// The item count of a chunk's encoded arguments (a sequence: its length comes first, as a
-/// varint), or `None` if they do not start with one.
-#[cfg(any(test, feature = "mpi"))]
-pub(crate) fn arg_count(arg: &[u8]) -> Option<usize> {
-    let mut n: u64 = 0;
-    for (i, &b) in arg.iter().take(10).enumerate() {
-        n |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return usize::try_from(n).ok();
-        }
-    }
-    None
-}
-
 /// Rebuilds the payload of a dead worker's finished items: `count` of them, the first
 /// `tagged` bare, from the committed arena bytes `items`. Returned as a `Done` body.
 pub(crate) fn rebuild(count: u64, tagged: u64, items: &[u8]) -> Vec<u8> {
@@ -304,17 +290,6 @@ impl<'a> Items<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_item_count_is_read_from_encoded_arguments() {
-        for n in [0usize, 1, 127, 128, 300, 70_000] {
-            let args: Vec<u8> = vec![7; n];
-            let bytes = codec::encode(&args).unwrap();
-            assert_eq!(arg_count(&bytes), Some(n));
-        }
-        assert_eq!(arg_count(&[0xff; 11]), None);
-        assert_eq!(arg_count(&[]), None);
-    }
 
     #[test]
     fn items_that_encode_to_nothing_decode_by_their_count() {
