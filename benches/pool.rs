@@ -1,11 +1,17 @@
 //! What a `Pool` costs, each figure beside a floor or peer measured in the same run.
 //!
 //! Sections (all in one run, a Pool of 2 workers unless noted):
-//! 1. round trip: `pool.apply(noop_u64, x)`, one task in flight, per-call latency; floor: a
-//!    1-byte ping-pong over a `UnixStream::pair` with a forked child that echoes until EOF.
+//! 1. round trip: `pool.apply(noop_u64, x)`, one task in flight, per-call latency; floors: a
+//!    1-byte ping-pong over a `UnixStream::pair` with a forked child that echoes until EOF
+//!    (blocking), and two processes spinning on one shared cache line (`pool_rows/spin.rs`;
+//!    each sample is the mean of 100 exchanges, since one is shorter than a few clock reads).
 //! 2. throughput: `pool.map_chunked(square, 0..20_000, 1)` in tasks/s, and `pool.map(square,
 //!    0..N)` with the automatic chunk size in items/s, for N = 1,000,000 and for N = 20,000
-//!    (the size Python's `--quick` run uses); peer: Python's `Pool(2).map` (section 5).
+//!    (the size Python's `--quick` run uses); peer: Python's `Pool(2).map` (section 6).
+//!    Then `map_chunked(noop, 0..200_000, 1)` against as many empty `rayon::scope` spawns on
+//!    one rayon thread per core, and the CPU the same pool uses while idle for 1 s right after
+//!    a map (its supervisor and helper threads and every child process, from `/proc`:
+//!    `pool_rows/idle.rs`).
 //! 3. create + teardown: `Pool::new(2)` then `close(); join()`, and `Pool::new(2)` dropped
 //!    (which terminates it), each also with one `apply` before the teardown (so that workers
 //!    surely ran: a pool dropped at once may be terminated before its supervisor has started
@@ -36,12 +42,20 @@
 //! `ratio` is always the mproc figure over the floor's or peer's (so below 1 is better for
 //! times, above 1 for rates), except on the CPU row: rayon wall / mproc wall.
 //!
-//! Targets: round trip <= 1.5x the socketpair floor; chunksize-1 throughput >= 300k tasks/s
-//! and >= 10x Python; automatic-chunk map >= 5x Python; Pool(2) create+teardown <= 3 ms for the
-//! first pool, <= 1 ms after; CPU-bound efficiency >= 0.97x rayon.
+//! Targets of the main table (the first performance issue): round trip <= 1.5x the socketpair
+//! floor; chunksize-1 throughput >= 300k tasks/s and >= 10x Python; automatic-chunk map >= 5x
+//! Python; Pool(2) create+teardown <= 3 ms for the first pool, <= 1 ms after; CPU-bound
+//! efficiency >= 0.97x rayon.
 //!
-//! This is the one command that prints every row of the performance issue's table.
-//! Run with `cargo bench --bench pool` (about 2 minutes once built, Python included).
+//! A second table, last, has one row per target of issue #16 (hand-off speed), each from this
+//! run's figures and floors, marked MET / NOT MET (`pool_rows/targets.rs`): apply's round trip
+//! <= 30x the spin floor, <= 0.25x the socketpair floor, p90/median <= 2; chunksize-1 tasks >=
+//! 0.35x rayon's `scope.spawn`; Process spawn+join <= 1.5x fork+waitpid (from `pool_rows`);
+//! automatic-chunk `map(x*x)` >= 10x Python at 1M and 20k items; an idle pool <= 1% of a core.
+//! Oversubscription and the MPI round trip are listed as not measured here.
+//!
+//! This is the one command that prints every row of the performance issues' tables.
+//! Run with `cargo bench --bench pool` (about 1 minute once built, Python included).
 
 mod common;
 mod pool_rows;
@@ -61,6 +75,13 @@ use rayon::prelude::*;
 /// Section 1: rounds, and calls per series per round.
 const RT_ROUNDS: usize = 10;
 const RT_ITERS: usize = 500;
+/// Section 1, the spin floor: round trips per sample (one sample is their mean, since a
+/// clock read costs a fifth of one), and the most wall time one round of it may take (a
+/// peer that is not scheduled makes every exchange a time slice).
+const SPIN_BATCH: u64 = 100;
+const SPIN_ROUND_BUDGET: Duration = Duration::from_millis(30);
+/// Idle cost: how long an idle pool is watched, right after its last task.
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
 /// Section 2: items for chunksize 1, items for the big automatic-chunk map, runs of each.
 const CS1_N: u64 = 20_000;
 const AUTO_N: u64 = 1_000_000;
@@ -501,7 +522,7 @@ fn main() -> BoxResult<()> {
         }
     }
     let mut extra_rows = Vec::new();
-    pool_rows::process_start(&mut extra_rows)?;
+    let (ps_med, ps_floor) = pool_rows::process_start(&mut extra_rows)?;
 
     // Calibrate the spin loop in this process: the fastest of a few runs, so that noise does
     // not inflate the per-task work.
@@ -515,26 +536,33 @@ fn main() -> BoxResult<()> {
         .fold(f64::INFINITY, f64::min);
     let spin_iters = (PROBE as f64 * secs(CPU_TASK) / probe) as u64;
 
-    // 1. Round trip: apply vs socketpair ping-pong, interleaved.
+    // 1. Round trip: apply vs socketpair ping-pong vs shared-memory spin, interleaved.
     let mut echo = Echo::start()?;
     let pool = Pool::new(2)?;
     for i in 0..200 {
         black_box(pool.apply(noop_u64, i)?);
         echo.ping()?;
     }
-    let (mut rt_apply, mut rt_floor) = (Vec::new(), Vec::new());
+    let (mut rt_apply, mut rt_floor, mut rt_spin) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..RT_ROUNDS {
-        for k in 0..2 {
-            for i in 0..RT_ITERS as u64 {
-                let t = Instant::now();
-                if (round + k) % 2 == 0 {
-                    let r = pool.apply(noop_u64, black_box(i))?;
-                    rt_apply.push(secs(t.elapsed()));
-                    assert_eq!(r, i);
-                } else {
-                    echo.ping()?;
-                    rt_floor.push(secs(t.elapsed()));
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => {
+                    for i in 0..RT_ITERS as u64 {
+                        let t = Instant::now();
+                        let r = pool.apply(noop_u64, black_box(i))?;
+                        rt_apply.push(secs(t.elapsed()));
+                        assert_eq!(r, i);
+                    }
                 }
+                1 => {
+                    for _ in 0..RT_ITERS {
+                        let t = Instant::now();
+                        echo.ping()?;
+                        rt_floor.push(secs(t.elapsed()));
+                    }
+                }
+                _ => spin_round(&mut rt_spin)?,
             }
         }
     }
@@ -571,6 +599,13 @@ fn main() -> BoxResult<()> {
             assert!(out.len() == items.len() && out.iter().zip(items).all(|(&o, &x)| o == x * x));
         }
     }
+
+    // 2b. Trivial chunksize-1 tasks against rayon's `scope.spawn` on the machine's cores.
+    let [(cs1r_rate, cs1r_spread), (rayon_rate, rayon_spread)] = pool_rows::cs1_vs_rayon(&pool)?;
+
+    // 2c. The same pool, idle right after a map, watched for IDLE_WINDOW.
+    black_box(pool.map(square, small_items.iter().copied())?);
+    let idle = pool_rows::idle::measure(IDLE_WINDOW);
 
     // 4. CPU-bound: mproc and rayon on the same work, alternating which goes first.
     let tasks = vec![spin_iters; CPU_TASKS];
@@ -786,7 +821,164 @@ fn main() -> BoxResult<()> {
         }
     }
     print_rows(&rows);
-    match &python {
+    print_python_line(&python);
+    let spin = median_p90(&rt_spin);
+    let targets = issue16_targets(&Issue16 {
+        apply: (apply_med, apply_p90),
+        socketpair: floor_med,
+        spin,
+        cs1: (cs1r_rate, cs1r_spread),
+        rayon: (rayon_rate, rayon_spread),
+        process: (ps_med, ps_floor),
+        auto: [(AUTO_N, auto_rate), (AUTO_SMALL_N, small_rate)],
+        python: py.and_then(|p| p.map_default.zip(p.map_default_n)),
+        idle: &idle,
+    });
+    pool_rows::targets::print(&targets);
+    Ok(())
+}
+
+/// One round of the spin floor: a fresh peer, a warm-up, then samples of `SPIN_BATCH` round
+/// trips each (seconds per round trip), up to `RT_ITERS` of them or `SPIN_ROUND_BUDGET`.
+fn spin_round(samples: &mut Vec<f64>) -> BoxResult<()> {
+    let mut peer = pool_rows::spin::SpinPeer::start()?;
+    peer.round_trips(1000)?;
+    let started = Instant::now();
+    for _ in 0..RT_ITERS {
+        let took = peer.round_trips(SPIN_BATCH)?;
+        samples.push(secs(took) / SPIN_BATCH as f64);
+        if started.elapsed() > SPIN_ROUND_BUDGET {
+            break;
+        }
+    }
+    peer.stop()
+}
+
+/// The figures issue #16's targets are judged on, all from this run.
+struct Issue16<'a> {
+    /// apply round trip: median and p90, seconds.
+    apply: (f64, f64),
+    /// Blocking socketpair ping-pong, median seconds.
+    socketpair: f64,
+    /// Shared-memory spin ping-pong: median and p90, seconds.
+    spin: (f64, f64),
+    /// map_chunked(noop, 0..CS1_RAYON_N, 1) and rayon scope.spawn: tasks/s and spread.
+    cs1: (f64, f64),
+    rayon: (f64, f64),
+    /// Process start+join and fork+waitpid, median seconds.
+    process: (f64, f64),
+    /// Automatic-chunk map: (items, items/s).
+    auto: [(u64, f64); 2],
+    /// Python's default-chunksize `Pool(2).map`: items/s and its item count.
+    python: Option<(f64, f64)>,
+    idle: &'a pool_rows::idle::IdleCost,
+}
+
+fn issue16_targets(f: &Issue16) -> Vec<pool_rows::targets::Target> {
+    use pool_rows::targets::Target;
+    let (apply, apply_p90) = f.apply;
+    let (spin, spin_p90) = f.spin;
+    let apply_fig = format!("median {}", fmt_time(apply));
+    let mut rows = vec![
+        Target::new(
+            "apply round trip (1 in flight) / spin floor",
+            apply_fig.clone(),
+            format!(
+                "shm spin ping-pong {:.3} µs (p90 {:.3})",
+                spin * 1e6,
+                spin_p90 * 1e6
+            ),
+            apply / spin,
+            "<= 30x",
+            apply / spin <= 30.0,
+        ),
+        Target::new(
+            "apply round trip (1 in flight) / socketpair",
+            apply_fig,
+            format!("blocking socketpair ping-pong {}", fmt_time(f.socketpair)),
+            apply / f.socketpair,
+            "<= 0.25x",
+            apply / f.socketpair <= 0.25,
+        ),
+        Target::new(
+            "apply round trip: p90/median",
+            format!("p90 {}", fmt_time(apply_p90)),
+            format!("its own median {}", fmt_time(apply)),
+            apply_p90 / apply,
+            "<= 2",
+            apply_p90 / apply <= 2.0,
+        ),
+    ];
+    let (cs1, cs1_spread) = f.cs1;
+    let (rayon, rayon_spread) = f.rayon;
+    rows.push(Target::new(
+        format!("map_chunked(id, 0..{}, 1) / rayon", pool_rows::CS1_RAYON_N),
+        format!("{} (spread {cs1_spread:.2})", fmt_rate(cs1)),
+        format!(
+            "rayon scope.spawn, {} thr: {} ({rayon_spread:.2})",
+            mproc::cpu_count(),
+            fmt_rate(rayon)
+        ),
+        cs1 / rayon,
+        ">= 0.35x",
+        cs1 / rayon >= 0.35,
+    ));
+    let (ps, fork) = f.process;
+    rows.push(Target::new(
+        "Process spawn+join / fork+waitpid",
+        fmt_time(ps),
+        format!("fork+waitpid {} (pool_rows)", fmt_time(fork)),
+        ps / fork,
+        "<= 1.5x",
+        ps / fork <= 1.5,
+    ));
+    for (n, rate) in f.auto {
+        let name = format!("map x*x 0..{n}, auto chunks / Python");
+        rows.push(match f.python {
+            Some((py, py_n)) => Target::new(
+                name,
+                fmt_rate(rate),
+                format!("Python Pool(2).map, n={py_n}: {}", fmt_rate(py)),
+                rate / py,
+                ">= 10x",
+                rate / py >= 10.0,
+            ),
+            None => Target::unmeasured(name, ">= 10x", "python skipped (see above)"),
+        });
+    }
+    let idle = f.idle;
+    let share = idle.share();
+    rows.push(Target::new(
+        format!(
+            "idle Pool(2), {:.1} s after a map: CPU",
+            idle.wall.as_secs_f64()
+        ),
+        format!("{:.3}% of a core", share * 100.0),
+        format!(
+            "budget 1% (threads {}, {} children {})",
+            fmt_time(secs(idle.own)),
+            idle.child_count,
+            fmt_time(secs(idle.children))
+        ),
+        share / 0.01,
+        "<= 1% core",
+        share <= 0.01,
+    ));
+    rows.push(Target::unmeasured(
+        "oversubscription: Pool(4) on 2 cores",
+        "no worse",
+        "not measured by this bench",
+    ));
+    rows.push(Target::unmeasured(
+        "MPI pool round trip / raw MPI",
+        "<= 2x",
+        "examples/mpi_bench.rs (feature mpi)",
+    ));
+    rows
+}
+
+fn print_python_line(python: &Result<Python, String>) {
+    match python {
         Ok(p) => {
             let shares: Vec<String> = p.foreign.iter().map(|(s, f)| format!("{s} {f}")).collect();
             println!(
@@ -797,5 +989,4 @@ fn main() -> BoxResult<()> {
         }
         Err(reason) => println!("python: skipped ({reason})"),
     }
-    Ok(())
 }

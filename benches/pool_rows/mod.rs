@@ -3,7 +3,14 @@
 //! - Process start+join (default start method) vs raw `fork` + `waitpid`;
 //! - 100 MB argument there and back (`apply(echo, payload)`) vs an in-process copy of it;
 //! - linearity: 10x more tasks (chunksize 1) and 10x more items (`imap`) against 10x the time;
-//! - `imap` over 10M items: the parent's peak RSS growth against that over 1M items.
+//! - `imap` over 10M items: the parent's peak RSS growth against that over 1M items;
+//! - for issue #16: chunksize-1 tasks against rayon's `scope.spawn` on the machine's cores, the
+//!   shared-memory spin floor (`spin`), an idle pool's CPU cost (`idle`) and the target table
+//!   (`targets`).
+
+pub mod idle;
+pub mod spin;
+pub mod targets;
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -25,6 +32,9 @@ const LIN_TASKS: u64 = 10_000;
 const IMAP_ITEMS: u64 = 1_000_000;
 const IMAP_CHUNK: usize = 10_000;
 const LIN_RUNS: usize = 5;
+/// Chunksize-1 tasks against rayon: items, and runs of each.
+pub const CS1_RAYON_N: u64 = 200_000;
+const CS1_RAYON_RUNS: usize = 5;
 
 fn noop(x: u64) -> u64 {
     x
@@ -57,7 +67,8 @@ fn flip_shared(a: Array<u8>) -> usize {
 
 /// Process start+join with the default start method, interleaved with fork+waitpid. Run it
 /// while the bench process is still small: fork's cost grows with the parent's memory.
-pub fn process_start(rows: &mut Vec<Row>) -> BoxResult<()> {
+/// Returns the medians (start+join, fork+waitpid), in seconds.
+pub fn process_start(rows: &mut Vec<Row>) -> BoxResult<(f64, f64)> {
     let start_join = || -> BoxResult<()> {
         black_box(Process::spawn(noop, black_box(1u64))?.join()?);
         Ok(())
@@ -87,7 +98,53 @@ pub fn process_start(rows: &mut Vec<Row>) -> BoxResult<()> {
             .peer("fork+waitpid", fmt_time(fmed), med / fmed)
             .target("<=2x floor", med / fmed <= 2.0),
     );
-    Ok(())
+    Ok((med, fmed))
+}
+
+/// Throughput of trivial tasks: `pool.map_chunked(noop, 0..CS1_RAYON_N, 1)` against as many
+/// empty `rayon::scope` spawns on a rayon pool with one thread per core, runs interleaved
+/// (alternating which goes first). Returns the median rates (mproc, rayon) in tasks/s and
+/// their spreads (slowest/fastest run).
+pub fn cs1_vs_rayon(pool: &Pool) -> BoxResult<[(f64, f64); 2]> {
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(mproc::cpu_count())
+        .build()?;
+    let mproc_run = || -> BoxResult<f64> {
+        let t = Instant::now();
+        let out = pool.map_chunked(noop, 0..CS1_RAYON_N, 1)?;
+        let wall = secs(t.elapsed());
+        assert_eq!(out.len() as u64, CS1_RAYON_N);
+        Ok(wall)
+    };
+    let rayon_run = || -> f64 {
+        let t = Instant::now();
+        rayon_pool.install(|| {
+            rayon::scope(|s| {
+                for i in 0..CS1_RAYON_N {
+                    s.spawn(move |_| {
+                        black_box(i);
+                    });
+                }
+            });
+        });
+        secs(t.elapsed())
+    };
+    mproc_run()?;
+    rayon_run();
+    let mut w: [Vec<f64>; 2] = Default::default();
+    for run in 0..CS1_RAYON_RUNS {
+        for k in 0..2 {
+            if (run + k) % 2 == 0 {
+                w[0].push(mproc_run()?);
+            } else {
+                w[1].push(rayon_run());
+            }
+        }
+    }
+    Ok(w.map(|walls| {
+        let (wall, spread) = median_spread(&walls);
+        (CS1_RAYON_N as f64 / wall, spread)
+    }))
 }
 
 fn gbps(bytes: usize, s: f64) -> String {
