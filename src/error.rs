@@ -136,7 +136,7 @@ pub enum ErrorKind {
     /// it finished: it never ran, or its worker was killed.
     Cancelled,
     /// The pool's flavor cannot do this, though a local pool can: the MPI pool
-    /// ([`PoolBuilder::mpi`](crate::PoolBuilder::mpi), feature `mpi`) refuses arguments holding
+    /// (`PoolBuilder::mpi`, feature `mpi`) refuses arguments holding
     /// fds and the builder settings it does not carry to its ranks. Nothing was run.
     Unsupported,
 }
