@@ -686,3 +686,54 @@ fn a_crash_on_a_borrowed_worker_is_not_mistaken_for_a_timeout() {
         "{err}"
     );
 }
+
+fn echo_len(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+fn exit_on_7(x: u64) -> u64 {
+    if x == 7 {
+        std::process::exit(7);
+    }
+    x
+}
+
+/// `apply` hands a small task and its answer over in the worker's mailbox (`task::mailbox`)
+/// and anything larger by the socket: values on both sides of the mailbox's size, in every
+/// order, from several threads at once, come back whole; a panic or an exit in a task that
+/// came by the mailbox fails that call alone, and the next one runs.
+#[test]
+fn apply_carries_small_and_large_values_by_mailbox_and_socket_alike() {
+    let _leaks = common::leak_checked();
+    let p = std::sync::Arc::new(
+        Pool::builder()
+            .processes(2)
+            .task_timeout(LIMIT) // no call here can hang
+            .build()
+            .unwrap(),
+    );
+    let sizes = [
+        0usize, 1, 7, 8, 100, 1900, 1960, 1990, 2100, 5000, 70_000, 3, 2000, 1,
+    ];
+    std::thread::scope(|s| {
+        for t in 0..3u8 {
+            let p = &p;
+            s.spawn(move || {
+                for round in 0..20 {
+                    for &n in &sizes {
+                        let v: Vec<u8> = (0..n).map(|i| (i as u8) ^ t ^ round).collect();
+                        assert_eq!(p.apply(echo_len, v.clone()).unwrap(), v, "{n} bytes");
+                    }
+                }
+            });
+        }
+    });
+    for i in 0..50u64 {
+        assert_eq!(p.apply(square, i).unwrap(), i * i);
+        let e = p.apply(panics_on_3, 3).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Panicked);
+        let e = p.apply(exit_on_7, 7).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+        assert_eq!(p.apply(exit_on_7, i % 7).unwrap(), i % 7);
+    }
+}

@@ -17,6 +17,7 @@ use crate::sys::shm::Payload;
 use crate::sys::stack_guard;
 use crate::task::chunk::{Arena, RunCx};
 use crate::task::fnref::{FnRef, Reply};
+use crate::task::mailbox;
 use crate::task::panic::{IN_WORKER, TASK_SOCKET, ensure_panic_hook, read_backtrace_env};
 use crate::task::spin::Spin;
 use crate::wire::fds;
@@ -107,41 +108,27 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     // (`task::spin`). Not after tasks the supervisor feeds: they wait in the socket already.
     let mut spin = Spin::default();
     let mut hot = false;
+    // The mailbox's last task taken (`task::mailbox`): the `apply` fast path posts small tasks
+    // in the control block's first page, and rings the socket only if this worker sleeps.
+    let mut last_in = 0;
     loop {
-        let looked = if hot {
-            spin.look(|| {
-                let mut src = fds::FdRead {
-                    sock: sock.as_fd(),
-                    fifo: &mut fifo,
-                    nowait: true,
-                };
-                match reader.advance(&mut src) {
-                    Ok(Some(frame)) => Some(Ok(frame)),
-                    Ok(None) | Err(FrameError::WouldBlock) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
-        } else {
-            None
-        };
-        let read = looked.unwrap_or_else(|| {
-            let mut src = fds::FdRead {
-                sock: sock.as_fd(),
-                fifo: &mut fifo,
-                nowait: false,
-            };
-            let before = Instant::now();
-            let read = reader.read_frame(&mut src);
-            if hot {
-                spin.parked(before.elapsed());
-            }
-            read
+        let got = next_task(&mut Fetch {
+            sock: sock.as_fd(),
+            fifo: &mut fifo,
+            reader: &mut reader,
+            page: arena.control(),
+            last_in: &mut last_in,
+            spin: hot.then_some(&mut spin),
         });
-        let frame = match read {
-            Ok(f) => f,
-            Err(FrameError::Eof) => return 0,
-            Err(_) => return EXIT_PROTOCOL,
+        let (boxed, frame) = match got {
+            Got::Boxed(seq, body) => (Some(seq), body),
+            Got::Sock(Ok(body)) => (None, body),
+            Got::Sock(Err(FrameError::Eof)) => return 0,
+            Got::Sock(Err(_)) => return EXIT_PROTOCOL,
         };
+        if msg::is_doorbell(&frame, true) {
+            continue; // the task it rang for is in the mailbox, or was taken already
+        }
         if let Some(n) = msg::parse_fds(&frame) {
             match fds::take(&mut fifo, n) {
                 Some(taken) => task_fds = taken,
@@ -172,7 +159,7 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         let func = FnRef::from_offsets(run.tramp, run.func);
         let mut handle_fds = std::mem::take(&mut task_fds);
         // A large argument is in the last fd: map it and decode it in place.
-        hot = run.flags & msg::FLAG_HOT != 0;
+        hot = boxed.is_some() || run.flags & msg::FLAG_HOT != 0;
         let spilled = if run.flags & msg::FLAG_SPILLED != 0 {
             match handle_fds.pop().map(Payload::from_fd) {
                 Some(Ok(region)) => Some(region),
@@ -207,11 +194,34 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         // printed before the caller sees the result), and is not lost on `_exit`.
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        // A large result's file goes with its frame; our copy of the fd closes after.
-        let sent = match (&reply.file, arena.bytes(in_arena)) {
-            (Some(file), _) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
-            (None, Some(built)) if in_arena > 0 => sock.write_all(built),
-            (None, _) => sock.write_all(&reply.frame),
+        // A large result's file goes with its frame; our copy of the fd closes after. A task
+        // from the mailbox is answered there if the answer fits, else by the socket.
+        let whole = match (&reply.file, arena.bytes(in_arena)) {
+            (None, Some(built)) if in_arena > 0 => built,
+            _ => &reply.frame[..],
+        };
+        let by_socket = || match &reply.file {
+            Some(file) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
+            None => (&*sock).write_all(whole),
+        };
+        let sent = match (boxed, arena.control()) {
+            (Some(seq), Some(page)) => {
+                let answered = reply
+                    .file
+                    .is_none()
+                    .then(|| mailbox::worker::answer(page, seq, &whole[frame::HEADER..]))
+                    .flatten();
+                match answered {
+                    Some(true) => (&*sock).write_all(&msg::doorbell(false)),
+                    Some(false) => Ok(()),
+                    None => {
+                        let sent = by_socket();
+                        mailbox::worker::by_socket(page, seq);
+                        sent
+                    }
+                }
+            }
+            _ => by_socket(),
         };
         if sent.is_err() {
             return EXIT_PROTOCOL;
@@ -220,4 +230,90 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             return if reply.ok { 0 } else { EXIT_TASK_FAILED };
         }
     }
+}
+
+/// What the serve loop waits on: the socket, and the mailbox once the parent sent one.
+struct Fetch<'a> {
+    sock: std::os::fd::BorrowedFd<'a>,
+    fifo: &'a mut VecDeque<OwnedFd>,
+    reader: &'a mut FrameReader,
+    page: Option<&'a GrowMap>,
+    last_in: &'a mut u64,
+    /// Look a while before sleeping (after a task a caller waits on alone).
+    spin: Option<&'a mut Spin>,
+}
+
+/// A task (or other message) as it came.
+enum Got {
+    /// From the mailbox: its number there, and the frame's body.
+    Boxed(u64, Vec<u8>),
+    /// From the socket.
+    Sock(Result<Vec<u8>, FrameError>),
+}
+
+/// Looks looks in the mailbox, then (spinning after a hot task) in both, then parks: says so
+/// in the mailbox, looks once more, and sleeps on the socket (where a doorbell wakes it).
+fn next_task(f: &mut Fetch<'_>) -> Got {
+    let take = |page: Option<&GrowMap>, last: &mut u64| {
+        page.and_then(|p| mailbox::worker::take(p, last))
+            .map(|(seq, body)| Got::Boxed(seq, body))
+    };
+    if let Some(got) = take(f.page, f.last_in) {
+        return got;
+    }
+    if let Some(spin) = f.spin.as_deref_mut() {
+        let mut looks = 0u32;
+        let (sock, fifo, reader, page, last_in) = (
+            f.sock,
+            &mut *f.fifo,
+            &mut *f.reader,
+            f.page,
+            &mut *f.last_in,
+        );
+        let looked = spin.look(|| {
+            if let Some(got) = take(page, last_in) {
+                return Some(got);
+            }
+            // The socket costs a syscall: look there now and then (a task the supervisor
+            // sends, or the parent closing it).
+            looks += 1;
+            if page.is_some() && looks % 16 != 0 {
+                return None;
+            }
+            let mut src = fds::FdRead {
+                sock,
+                fifo: &mut *fifo,
+                nowait: true,
+            };
+            match reader.advance(&mut src) {
+                Ok(Some(frame)) => Some(Got::Sock(Ok(frame))),
+                Ok(None) | Err(FrameError::WouldBlock) => None,
+                Err(e) => Some(Got::Sock(Err(e))),
+            }
+        });
+        if let Some(got) = looked {
+            return got;
+        }
+    }
+    if let Some(page) = f.page {
+        mailbox::worker::park(page, true);
+        if let Some(got) = take(f.page, f.last_in) {
+            mailbox::worker::park(page, false);
+            return got;
+        }
+    }
+    let mut src = fds::FdRead {
+        sock: f.sock,
+        fifo: &mut *f.fifo,
+        nowait: false,
+    };
+    let before = Instant::now();
+    let read = f.reader.read_frame(&mut src);
+    if let Some(page) = f.page {
+        mailbox::worker::park(page, false);
+    }
+    if let Some(spin) = f.spin.as_deref_mut() {
+        spin.parked(before.elapsed());
+    }
+    Got::Sock(read)
 }

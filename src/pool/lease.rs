@@ -11,6 +11,7 @@
 //! [`borrow`] / [`Borrowed::poll`] / [`settle`] are the steps; [`run`] blocks on them for
 //! `apply`, and a serving MPI rank polls them between its MPI duties.
 
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use super::registry::{Lease, Registry, Returned, WATCH_TICK, paused_for};
 use super::result::{Answer, Outcome, Part, Slot};
 use crate::error::Error;
 use crate::sys;
+use crate::task::mailbox;
 use crate::task::reply::{Classified, sort};
 use crate::task::spin::Spin;
 use crate::wire::fds::{self, Fds, Received};
@@ -54,14 +56,14 @@ pub(crate) fn run(
 ) -> Result<Outcome, (Vec<u8>, Fds)> {
     let mut frame = frame;
     msg::set_run_flag(&mut frame, msg::FLAG_HOT);
-    let mut b = borrow(shared, frame, fds, 1, timeout)?;
+    let mut b = borrow(shared, frame, fds, 1, timeout, Via::Mailbox)?;
     let polled = loop {
         // A small task's answer comes within microseconds: look a short while before
         // sleeping (`task::spin`), and after a wake `poll` costs no syscall beyond the read in
         // the common case.
         if !b.unsent {
             let looked = SPIN.with_borrow_mut(|spin| {
-                spin.look(|| match b.poll() {
+                spin.look(|| match b.peek() {
                     Ok(None) => None,
                     other => Some(other),
                 })
@@ -74,11 +76,25 @@ pub(crate) fn run(
             let asked = b
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()).min(WATCH_TICK));
+            // Parked: the worker rings the socket for an answer it leaves in the mailbox.
+            b.park(true);
+            if let Some(answer) = match b.peek() {
+                Ok(None) => None,
+                other => Some(other),
+            } {
+                b.park(false);
+                match answer {
+                    Ok(Some(outcome)) => break Ok(outcome),
+                    Err(loss) => break Err(loss),
+                    Ok(None) => {}
+                }
+            }
             let before = Instant::now();
             let waited = match b.lease.child.exit_fd() {
                 Some(p) => sys::poll_readable(&[b.sock(), p], asked),
                 None => sys::poll_readable(&[b.sock()], asked),
             };
+            b.park(false);
             if waited.is_err() {
                 break Err(BorrowLost::Died);
             }
@@ -118,8 +134,24 @@ pub(crate) struct Borrowed {
     items: usize,
     /// The write failed: the worker is dead or dying.
     unsent: bool,
+    /// The task's number in the mailbox, if it went that way.
+    boxed: Option<u64>,
     /// The cause it announced as it died (`"stack overflow"`), if it did.
     last_words: Option<&'static str>,
+}
+
+/// How a borrowed task travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The socket.
+    #[cfg_attr(
+        not(feature = "mpi"),
+        allow(dead_code, reason = "the MPI rank's borrows")
+    )]
+    Socket,
+    /// The control block's mailbox when it fits (`task::mailbox`): for a caller that waits in
+    /// [`run`], which parks as the mailbox requires.
+    Mailbox,
 }
 
 /// Writes the task in `frame` (with the fds of handles inside its argument) to an idle
@@ -130,6 +162,7 @@ pub(crate) fn borrow(
     fds: Fds,
     items: usize,
     timeout: Option<Duration>,
+    via: Via,
 ) -> Result<Borrowed, (Vec<u8>, Fds)> {
     let lease = {
         let mut q = shared.lock();
@@ -141,7 +174,14 @@ pub(crate) fn borrow(
             None => return Err((frame, fds)),
         }
     };
-    let unsent = fds::write_frame(&lease.sock, &frame, fds.as_deref().unwrap_or_default()).is_err();
+    let posted = (via == Via::Mailbox && fds.is_none())
+        .then(|| mailbox::caller::post(lease.watch.page(), &frame[frame::HEADER..]))
+        .flatten();
+    let unsent = match posted {
+        Some((_, true)) => (&*lease.sock).write_all(&msg::doorbell(true)).is_err(),
+        Some((_, false)) => false,
+        None => fds::write_frame(&lease.sock, &frame, fds.as_deref().unwrap_or_default()).is_err(),
+    };
     Ok(Borrowed {
         lease,
         reader: FrameReader::new(frame::DEFAULT_LIMIT),
@@ -151,6 +191,7 @@ pub(crate) fn borrow(
         fds,
         items,
         unsent,
+        boxed: posted.map(|(seq, _)| seq),
         last_words: None,
     })
 }
@@ -161,11 +202,42 @@ impl Borrowed {
         self.lease.sock.as_fd()
     }
 
+    /// As [`poll`](Borrowed::poll), without a syscall while the answer is due in the mailbox
+    /// (for looking in a loop).
+    pub(crate) fn peek(&mut self) -> Result<Option<Reply>, BorrowLost> {
+        match self.boxed {
+            Some(seq) if !self.unsent => {
+                match mailbox::caller::answer(self.lease.watch.page(), seq) {
+                    mailbox::caller::Answer::Pending => Ok(None),
+                    mailbox::caller::Answer::Here(body) => self.sorted(body).unwrap_or(Ok(None)),
+                    mailbox::caller::Answer::BySocket => self.poll(),
+                }
+            }
+            _ => self.poll(),
+        }
+    }
+
+    /// Says in the mailbox whether this caller sleeps (so the worker rings for its answer).
+    fn park(&self, parked: bool) {
+        if self.boxed.is_some() {
+            mailbox::caller::park(self.lease.watch.page(), parked);
+        }
+    }
+
     /// The answer if it has arrived, `Ok(None)` while the task runs, or how it was lost.
     /// Never blocks.
     pub(crate) fn poll(&mut self) -> Result<Option<Reply>, BorrowLost> {
         if self.unsent {
             return Err(BorrowLost::Died);
+        }
+        if let Some(seq) = self.boxed {
+            if let mailbox::caller::Answer::Here(body) =
+                mailbox::caller::answer(self.lease.watch.page(), seq)
+            {
+                if let Some(sorted) = self.sorted(body) {
+                    return sorted;
+                }
+            }
         }
         if let Some(o) = self.read()? {
             return Ok(Some(o));
@@ -192,22 +264,31 @@ impl Borrowed {
                 nowait: true,
             };
             match self.reader.advance(&mut src) {
-                Ok(Some(f)) => match sort(&mut self.received, f) {
-                    Ok(None | Some(Classified::Hello)) => continue,
-                    // Its death follows; the supervisor reports it with this cause.
-                    Ok(Some(Classified::Dying(cause))) => {
-                        self.last_words = Some(cause);
-                        continue;
-                    }
-                    Ok(Some(Classified::Answer(a))) => return Ok(Some(a)),
-                    Ok(Some(Classified::Foreign(_))) | Err(_) => {
-                        return Err(BorrowLost::Died);
-                    }
+                Ok(Some(f)) => match self.sorted(f) {
+                    Some(answer) => return answer,
+                    None => continue,
                 },
                 Ok(None) => continue,
                 Err(FrameError::WouldBlock) => return Ok(None),
                 Err(_) => return Err(BorrowLost::Died),
             }
+        }
+    }
+}
+
+impl Borrowed {
+    /// A message from the worker (by the socket or the mailbox), sorted: `None` for one that
+    /// is not the answer (its hello, fds for the next, a doorbell, its last words).
+    fn sorted(&mut self, body: Vec<u8>) -> Option<Result<Option<Reply>, BorrowLost>> {
+        match sort(&mut self.received, body) {
+            Ok(None | Some(Classified::Hello)) => None,
+            // Its death follows; the supervisor reports it with this cause.
+            Ok(Some(Classified::Dying(cause))) => {
+                self.last_words = Some(cause);
+                None
+            }
+            Ok(Some(Classified::Answer(a))) => Some(Ok(Some(a))),
+            Ok(Some(Classified::Foreign(_))) | Err(_) => Some(Err(BorrowLost::Died)),
         }
     }
 }
@@ -272,6 +353,7 @@ fn give_back(shared: &Registry, lease: &mut Lease) {
         id: lease.id,
         sock: Arc::clone(&lease.sock),
         child: Arc::clone(&lease.child),
+        watch: Arc::clone(&lease.watch),
         tasks: lease.tasks,
         tasks_left: lease.tasks_left,
     });

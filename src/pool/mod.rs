@@ -1308,7 +1308,15 @@ impl Pool {
         let Flavor::Local { shared, .. } = &self.flavor else {
             return Err(frame);
         };
-        lease::borrow(shared, frame, None, items, self.task_timeout).map_err(|(frame, _)| frame)
+        lease::borrow(
+            shared,
+            frame,
+            None,
+            items,
+            self.task_timeout,
+            lease::Via::Socket,
+        )
+        .map_err(|(frame, _)| frame)
     }
 
     /// Settles a borrowed frame once polled; its outcome arrives on `tx` tagged with `key`

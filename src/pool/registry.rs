@@ -84,6 +84,8 @@ pub(crate) struct Lease {
     pub(crate) sock: Arc<UnixStream>,
     /// Its process (pid, process group, pidfd), still unreaped while lent.
     pub(crate) child: Arc<crate::sys::ChildHandle>,
+    /// Its control block, whose first page holds the mailbox (`task::mailbox`).
+    pub(crate) watch: Arc<crate::task::progress::Watch>,
     /// Tasks run (answered) while lent since the supervisor last looked.
     pub(crate) tasks: usize,
     /// Tasks it may still run before it must retire (`max_tasks_per_child`).

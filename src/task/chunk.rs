@@ -49,6 +49,8 @@ const SHRINK_AFTER: u32 = 4;
 #[derive(Default)]
 pub(crate) struct Arena {
     map: Option<GrowMap>,
+    /// The map came from the parent (a pool worker's control block), not made here.
+    shared: bool,
     /// Chunks in a row that used under an eighth of a large arena.
     small_runs: u32,
 }
@@ -57,6 +59,13 @@ impl Arena {
     /// Takes the arena (and control block) the parent sent.
     pub(crate) fn set(&mut self, map: GrowMap) {
         self.map = Some(map);
+        self.shared = true;
+    }
+
+    /// The control block the parent sent, whose first page holds the mailbox
+    /// (`task::mailbox`); `None` in a child without one (a `Process`).
+    pub(crate) fn control(&self) -> Option<&GrowMap> {
+        self.map.as_ref().filter(|_| self.shared)
     }
 
     /// The first `len` bytes of the arena: a reply built there.
@@ -121,7 +130,9 @@ pub(crate) fn run<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
 }
 
 fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
-    let Arena { map, small_runs } = &mut *cx.arena;
+    let Arena {
+        map, small_runs, ..
+    } = &mut *cx.arena;
     let map = match map {
         Some(map) => map,
         None => match GrowMap::anonymous() {

@@ -9,6 +9,8 @@
 //!
 //! - [`fnref`]: the function reference: a task's function as it travels, and the entries a
 //!   worker runs it through (one typed call, a chunk, a chunk with state).
+//! - [`mailbox`]: a small task and its answer handed over in the control block's first page
+//!   (the `apply` fast path), with a doorbell on the socket only for a side that sleeps.
 //! - [`panic`]: a task's panic as data (the worker's panic hook, the report, the typed call).
 //! - [`reply`]: a worker's messages to its parent, sorted once for `Pool` and `Process`.
 //! - [`run`]: encoding a `Run` frame, the one function every entry point builds a task with.
@@ -20,6 +22,7 @@
 
 pub(crate) mod chunk;
 pub(crate) mod fnref;
+pub(crate) mod mailbox;
 pub(crate) mod panic;
 pub(crate) mod progress;
 pub(crate) mod reply;

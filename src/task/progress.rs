@@ -122,6 +122,11 @@ impl Watch {
         Ok(Watch { region })
     }
 
+    /// The first page, mapped: the mailbox lives there too (`task::mailbox`).
+    pub(crate) fn page(&self) -> &Region {
+        &self.region
+    }
+
     /// The file, to send to the worker.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.region.fd()

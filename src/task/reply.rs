@@ -47,11 +47,15 @@ pub(crate) enum Classified {
     Dying(&'static str),
 }
 
-/// Sorts a worker's message: `Ok(None)` for an `Fds` frame, whose fds wait for the next.
+/// Sorts a worker's message: `Ok(None)` for an `Fds` frame, whose fds wait for the next, and
+/// for a mailbox's doorbell (the answer is in the mailbox, `task::mailbox`).
 pub(crate) fn sort(
     received: &mut Received,
     frame: Vec<u8>,
 ) -> Result<Option<Classified>, msg::BadMessage> {
+    if msg::is_doorbell(&frame, false) {
+        return Ok(None);
+    }
     if received.announce(&frame)? {
         return Ok(None);
     }

@@ -8,6 +8,8 @@ const RUN: u8 = 0x01;
 const EXIT: u8 = 0x02;
 const FDS: u8 = 0x03;
 const CONTROL: u8 = 0x04;
+/// Parent → worker: a task waits in the mailbox (`task::mailbox`).
+const RING: u8 = 0x05;
 const HELLO: u8 = 0x10;
 const DONE: u8 = 0x11;
 /// The tag of a `Done` message, for replies built elsewhere (a chunk's, in its arena).
@@ -17,6 +19,8 @@ const FAILED: u8 = 0x13;
 const REFUSED: u8 = 0x14;
 const DONE_SPILLED: u8 = 0x15;
 const DYING: u8 = 0x16;
+/// Worker → parent: an answer waits in the mailbox (`task::mailbox`).
+const RUNG: u8 = 0x17;
 
 /// Bit in `Run::flags`: the worker exits after answering.
 pub(crate) const FLAG_LAST: u8 = 1;
@@ -209,6 +213,19 @@ pub(crate) fn parse_fds(body: &[u8]) -> Option<u16> {
 /// True for an `Exit` message.
 pub(crate) fn is_exit(body: &[u8]) -> bool {
     body == [EXIT]
+}
+
+/// The doorbell of a mailbox: `to_worker`, a task waits in it; else an answer does. It says
+/// only "look": one that arrives after its message was taken is ignored.
+pub(crate) fn doorbell(to_worker: bool) -> Vec<u8> {
+    let mut f = FrameBuf::new();
+    f.buf.push(if to_worker { RING } else { RUNG });
+    f.finish()
+}
+
+/// Whether `body` is a doorbell (`to_worker`: the parent's, else a worker's).
+pub(crate) fn is_doorbell(body: &[u8], to_worker: bool) -> bool {
+    body == [if to_worker { RING } else { RUNG }]
 }
 
 /// Decodes a parent → worker message.

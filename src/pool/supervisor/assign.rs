@@ -51,6 +51,7 @@ impl Supervisor {
                 id: w.id,
                 sock: Arc::clone(sock),
                 child: Arc::clone(&w.child),
+                watch: Arc::clone(&w.watch),
                 tasks: 0,
                 tasks_left,
             });

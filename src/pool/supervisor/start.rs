@@ -192,7 +192,7 @@ impl Supervisor {
         l: (Arc<sys::ChildHandle>, std::os::unix::net::UnixStream),
     ) -> io::Result<Worker> {
         let (child, sock) = l;
-        let watch = Watch::create(self.config.task_timeout.is_some())?;
+        let watch = Arc::new(Watch::create(self.config.task_timeout.is_some())?);
         let control = [watch.fd().try_clone_to_owned()?];
         // A failed write means it died: its pidfd says so on the next turn.
         let _ = fds::write_frame(&sock, &msg::control(), &control);

@@ -33,7 +33,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         received: Received::default(),
         state: Phase::Active,
         inflight: VecDeque::new(),
-        watch: Watch::create(false).unwrap(),
+        watch: Arc::new(Watch::create(false).unwrap()),
         answered: 0,
         head_since: Instant::now(),
         credit: Duration::ZERO,

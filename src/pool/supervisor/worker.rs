@@ -40,7 +40,7 @@ pub(super) struct Worker {
     /// Jobs written to the worker, in order: the first is running, the rest wait in its socket.
     pub(super) inflight: VecDeque<Batch>,
     /// Its control block: how far it is through the job at the head of `inflight`.
-    pub(super) watch: Watch,
+    pub(super) watch: Arc<Watch>,
     /// Jobs it answered, here or while lent: the head of `inflight` is the next one it begins.
     pub(super) answered: u64,
     /// Since when the head job can have run: when it was handed over, or the one before it
