@@ -208,7 +208,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     #[inline]
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         let left = self.len()?;
-        self.nested(|de| v.visit_seq(Counted::new(de, left)))
+        if left > self.input.len() {
+            self.nested(|de| v.visit_seq(Counted::<true> { de, left }))
+        } else {
+            self.nested(|de| v.visit_seq(Counted::<false> { de, left }))
+        }
     }
 
     #[inline]
@@ -229,7 +233,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     #[inline]
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         let left = self.len()?;
-        self.nested(|de| v.visit_map(Counted::new(de, left)))
+        if left > self.input.len() {
+            self.nested(|de| v.visit_map(Counted::<true> { de, left }))
+        } else {
+            self.nested(|de| v.visit_map(Counted::<false> { de, left }))
+        }
     }
 
     #[inline]
@@ -293,22 +301,16 @@ impl<'de> de::SeqAccess<'de> for Fixed<'_, 'de> {
 /// ([`Deserializer::charge`]). Otherwise no check is needed: even if none took a byte, there
 /// are no more of them than bytes of input (the fast path: a check per element cost a
 /// `Vec<u64>` 30% of its decoding).
-struct Counted<'a, 'de> {
+/// `CHECK` is that choice, made once per sequence.
+struct Counted<'a, 'de, const CHECK: bool> {
     de: &'a mut Deserializer<'de>,
     left: usize,
-    check: bool,
 }
 
-impl<'a, 'de> Counted<'a, 'de> {
-    #[inline(always)]
-    fn new(de: &'a mut Deserializer<'de>, left: usize) -> Counted<'a, 'de> {
-        let check = left > de.input.len();
-        Counted { de, left, check }
-    }
-
+impl<'de, const CHECK: bool> Counted<'_, 'de, CHECK> {
     #[inline(always)]
     fn element<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
-        if !self.check {
+        if !CHECK {
             return seed.deserialize(&mut *self.de);
         }
         let before = self.de.input.len();
@@ -327,7 +329,7 @@ impl<'a, 'de> Counted<'a, 'de> {
     }
 }
 
-impl<'de> de::SeqAccess<'de> for Counted<'_, 'de> {
+impl<'de, const CHECK: bool> de::SeqAccess<'de> for Counted<'_, 'de, CHECK> {
     type Error = Error;
 
     #[inline(always)]
@@ -347,7 +349,7 @@ impl<'de> de::SeqAccess<'de> for Counted<'_, 'de> {
     }
 }
 
-impl<'de> de::MapAccess<'de> for Counted<'_, 'de> {
+impl<'de, const CHECK: bool> de::MapAccess<'de> for Counted<'_, 'de, CHECK> {
     type Error = Error;
 
     #[inline(always)]

@@ -331,21 +331,28 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
 pub(crate) fn decode_prefix<'de, T: serde::Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Result<(T, &'de [u8]), String> {
-    let mut de = de::Deserializer::new(bytes);
-    let value = T::deserialize(&mut de).map_err(|e| super::fds::explain(e.to_string()))?;
-    Ok((value, de.input))
+    take_prefix(bytes).map_err(|e| super::fds::explain(e.to_string()))
 }
 
 /// Decodes a `T` that fills `bytes` (bytes left over are an error).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (value, rest) = decode_prefix(bytes)?;
-    if !rest.is_empty() {
-        return Err(format!(
+    match take_prefix(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!(
             "{} bytes are left over after the value",
             rest.len()
-        ));
+        )),
+        Err(e) => Err(super::fds::explain(e.to_string())),
     }
-    Ok(value)
+}
+
+/// [`decode_prefix`] with the codec's own (one-pointer) error: the fast path returns in
+/// registers.
+#[inline(always)]
+fn take_prefix<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, &'de [u8]), Error> {
+    let mut de = de::Deserializer::new(bytes);
+    let value = T::deserialize(&mut de)?;
+    Ok((value, de.input))
 }
 
 /// Encodes `value` after `out[..base]`. If the encoding outgrows `limit` bytes it moves, whole,
