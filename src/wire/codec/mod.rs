@@ -161,7 +161,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), String> {
     value
         .serialize(&mut ser::Serializer::new(Append(out)))
-        .map_err(|e| super::fds::explain(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 /// Output appended to a `Vec`: a fixed-width value is one capacity check and a store.
@@ -222,9 +222,7 @@ impl<'a> ArenaWriter<'a> {
     pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         // A failed value may have left its nesting open.
         self.ser.depth = 0;
-        value
-            .serialize(&mut self.ser)
-            .map_err(|e| super::fds::explain(e.to_string()))
+        value.serialize(&mut self.ser).map_err(|e| e.to_string())
     }
 
     /// The position after the last value.
@@ -304,7 +302,7 @@ impl<'de> Reader<'de> {
     #[inline]
     pub(crate) fn take<T: DeserializeOwned>(&mut self) -> Result<T, String> {
         self.de.restart();
-        T::deserialize(&mut self.de).map_err(|e| super::fds::explain(e.to_string()))
+        T::deserialize(&mut self.de).map_err(|e| e.to_string())
     }
 }
 
@@ -331,7 +329,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
 pub(crate) fn decode_prefix<'de, T: serde::Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Result<(T, &'de [u8]), String> {
-    take_prefix(bytes).map_err(|e| super::fds::explain(e.to_string()))
+    take_prefix(bytes).map_err(|e| e.to_string())
 }
 
 /// Decodes a `T` that fills `bytes` (bytes left over are an error).
@@ -342,7 +340,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
             "{} bytes are left over after the value",
             rest.len()
         )),
-        Err(e) => Err(super::fds::explain(e.to_string())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -388,7 +386,7 @@ pub(crate) fn encode_spilling_from<T: Serialize + ?Sized>(
         inline_only: false,
     });
     let encoded = value.serialize(&mut ser).and_then(|()| ser.out.finish());
-    encoded.map_err(|e| super::fds::explain(e.to_string()))
+    encoded.map_err(|e| e.to_string())
 }
 
 /// Bytes staged in `out` before they are written to the file.
