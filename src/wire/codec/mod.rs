@@ -62,6 +62,10 @@ pub(crate) const MAX_DEPTH: u32 = 128;
 /// included). One pointer wide, so that every `Result` of the hot path fits in registers
 /// (a `Box<str>` cost decoding a `u64` 60%).
 #[derive(Debug)]
+#[allow(
+    clippy::box_collection,
+    reason = "one pointer, not three: the Box is the point (the allocation happens on errors only)"
+)]
 pub(crate) struct Error(Box<String>);
 
 impl Error {
