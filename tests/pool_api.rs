@@ -543,6 +543,7 @@ fn workers_show_the_program_name_in_ps() {
 /// `successful` still answers.
 #[test]
 fn a_result_handed_out_by_get_timeout_is_not_handed_out_again() {
+    let _leaks = common::leak_checked();
     let pool = pool(2);
     let mut one = pool.apply_async(square, 7);
     assert_eq!(one.get_timeout(LIMIT).unwrap(), 49);
