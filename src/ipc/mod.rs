@@ -162,8 +162,10 @@ impl Shared {
         kind: Kind,
     ) -> Result<Shared, D::Error> {
         let fd = fds::deserialize_fd(d)?;
-        let region = Region::from_fd(fd).map_err(D::Error::custom)?;
-        Shared::check(region, kind).map_err(D::Error::custom)
+        // `raise` keeps the explanation: the codec reports only "custom error" itself.
+        let region =
+            Region::from_fd(fd).map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
+        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
     }
 
     /// As [`deserialize`](Shared::deserialize), mapping only the first `len` bytes of the
@@ -174,8 +176,9 @@ impl Shared {
         len: usize,
     ) -> Result<Shared, D::Error> {
         let fd = fds::deserialize_fd(d)?;
-        let region = Region::from_fd_prefix(fd, len.max(HEADER)).map_err(D::Error::custom)?;
-        Shared::check(region, kind).map_err(D::Error::custom)
+        let region = Region::from_fd_prefix(fd, len.max(HEADER))
+            .map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
+        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
     }
 
     fn check(region: Region, kind: Kind) -> Result<Shared, String> {
