@@ -510,7 +510,7 @@ impl<'a> Locked<'a> {
         if head == tail {
             self.rewind();
         } else {
-            self.discard_consumed(head);
+            self.discard_consumed(head, tail);
         }
     }
 
@@ -531,7 +531,7 @@ impl<'a> Locked<'a> {
     }
 
     /// Gives back the pages of chunks entirely consumed, except the warm ones.
-    fn discard_consumed(&self, head: u64) {
+    fn discard_consumed(&self, head: u64, tail: u64) {
         let cap = self.cap;
         if cap <= WARM + 2 * DISCARD_CHUNK {
             return;
@@ -541,8 +541,9 @@ impl<'a> Locked<'a> {
         if done <= from {
             return;
         }
-        // Never more than one ring's worth: older positions map to the same pages.
-        from = from.max(done.saturating_sub(cap));
+        // Consumed position `p` shares its offset with `p + cap`: below `tail - cap` that is
+        // a queued record's (a full ring, or one a growth rebased), so those stay.
+        from = from.max(tail.saturating_sub(cap));
         while from < done {
             let at = from % cap;
             let len = (done - from).min(cap - at);
@@ -1271,6 +1272,38 @@ mod tests {
             q.get().unwrap();
         }
         assert!(q.region().allocated() <= WARM + (1 << 20));
+    }
+
+    #[test]
+    fn consumed_chunks_are_not_given_back_under_records_that_wrapped_onto_them() {
+        // A ring at its 32 MiB capacity, filled to the brim, drained past its warm 8 MiB and
+        // topped up again: the newest records wrap onto the offsets of the first consumed
+        // ones. Giving back those consumed chunks must not punch the live records now there.
+        type Bytes = serde_bytes::ByteBuf;
+        let q = Queue::<Bytes>::with_capacity(0, 32 << 20).unwrap();
+        let value = |i: u8| Bytes::from(vec![i; (1 << 20) - 4096]);
+        let mut put = 0u8;
+        while q.try_put(value(put)).is_ok() {
+            put += 1;
+        }
+        assert!(put >= 30, "a 32 MiB ring holds {put} values of ~1 MiB");
+        let mut got = 0u8;
+        for _ in 0..2 {
+            for _ in 0..12 {
+                assert_eq!(q.try_get().unwrap(), value(got));
+                got += 1;
+            }
+            while q.try_put(value(put)).is_ok() {
+                put += 1;
+            }
+        }
+        while got < put {
+            let v = q.try_get().unwrap();
+            assert!(v.iter().all(|&b| b == got), "value {got} came back torn");
+            assert_eq!(v.len(), value(got).len());
+            got += 1;
+        }
+        assert!(q.is_empty());
     }
 
     fn ring_len<T>(q: &Queue<T>) -> usize {
