@@ -1,12 +1,15 @@
 //! The value codec and its candidates: encode and decode time and encoded size on the kinds of
-//! values mproc sends between processes, each beside postcard (mproc's codec today) measured in
-//! the same rounds.
+//! values mproc sends between processes: mproc's own codec (`src/wire/codec/`) and postcard
+//! (its codec before), measured in the same rounds.
 //!
 //! Codecs, all through serde (mproc's arguments and results are serde values), each called the
 //! way a wire would call it: encode appends to a reused `Vec<u8>` where the API allows it,
 //! decode builds an owned value from a byte slice.
-//! - postcard 1 through the output flavor `src/wire/codec.rs` uses (`Append`, copied here: it
-//!   is crate-private): `postcard::serialize_with_flavor`, `postcard::from_bytes`. Varints.
+//! - mproc: the crate's own codec (bincode 1's shape: fixed-width little-endian integers, u64
+//!   lengths), through the hidden `mproc::__codec` (the functions the wire calls):
+//!   `encode_into`, `decode`, `decode_prefix`.
+//! - postcard 1, mproc's codec before, through the output flavor mproc used (`Append`, copied
+//!   here): `postcard::serialize_with_flavor`, `postcard::from_bytes`. Varints.
 //! - bincode 1.3, default options (fixed-width little-endian integers, u64 lengths):
 //!   `bincode::serialize_into`, `bincode::deserialize`.
 //! - bincode 2 with `config::standard().with_fixed_int_encoding()`:
@@ -29,7 +32,8 @@
 //! one batch last about `BATCH_TARGET` (at least one call). Then `ROUNDS` rounds each run one
 //! encode batch and one decode batch of *every* codec, in a rotated order, so that noise on a
 //! shared machine hits them alike; the report is the median ns per call over the rounds, and
-//! the ratios codec / postcard (above 1: slower, or larger, than postcard).
+//! the ratios codec / postcard (above 1: slower, or larger, than postcard), postcard being the
+//! reference the candidates were first measured against (mproc's row: its gain over postcard).
 //!
 //! Before the timings, a table of what mproc's wire needs from a codec, checked at run time:
 //! `prefix` (decode one value from the front of a buffer and get the rest, as
@@ -55,14 +59,16 @@ const BATCH_TARGET: Duration = Duration::from_millis(8);
 #[derive(Clone, Copy, PartialEq)]
 enum Codec {
     Postcard,
+    Mproc,
     Bincode1,
     Bincode2,
     Bitcode,
     Wincode,
 }
 
-const CODECS: [Codec; 5] = [
+const CODECS: [Codec; 6] = [
     Codec::Postcard,
+    Codec::Mproc,
     Codec::Bincode1,
     Codec::Bincode2,
     Codec::Bitcode,
@@ -72,6 +78,7 @@ const CODECS: [Codec; 5] = [
 impl Codec {
     fn name(self) -> &'static str {
         match self {
+            Codec::Mproc => "mproc",
             Codec::Postcard => "postcard",
             Codec::Bincode1 => "bincode 1",
             Codec::Bincode2 => "bincode 2 fix",
@@ -96,7 +103,7 @@ struct Small {
     values: Vec<f64>,
 }
 
-/// A copy of `src/wire/codec.rs`'s `Append`: postcard output appended to a `Vec`, short slices
+/// A copy of the `Append` flavor mproc's postcard codec had: postcard output appended to a `Vec`, short slices
 /// (varints) stored without a `memcpy` call.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -128,6 +135,7 @@ impl Flavor for Append<'_> {
 fn encode<T: Serialize + ?Sized>(c: Codec, v: &T, buf: &mut Vec<u8>) {
     buf.clear();
     match c {
+        Codec::Mproc => mproc::__codec::encode_into(v, buf).expect("mproc encode"),
         Codec::Postcard => {
             postcard::serialize_with_flavor(v, Append(buf)).expect("postcard encode");
         }
@@ -146,6 +154,7 @@ fn encode<T: Serialize + ?Sized>(c: Codec, v: &T, buf: &mut Vec<u8>) {
 /// Decodes an owned `T` that fills `bytes`.
 fn decode<T: DeserializeOwned>(c: Codec, bytes: &[u8]) -> T {
     match c {
+        Codec::Mproc => mproc::__codec::decode(bytes).expect("mproc decode"),
         Codec::Postcard => postcard::from_bytes(bytes).expect("postcard decode"),
         Codec::Bincode1 => bincode::deserialize(bytes).expect("bincode 1 decode"),
         Codec::Bincode2 => {
@@ -171,6 +180,7 @@ fn decode_prefix<'de, T: Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Option<Option<(T, &'de [u8])>> {
     match c {
+        Codec::Mproc => mproc::__codec::decode_prefix(bytes).ok().map(Some),
         Codec::Postcard => postcard::take_from_bytes(bytes).ok().map(Some),
         Codec::Bincode1 => Some(None),
         Codec::Bincode2 => {
@@ -194,6 +204,9 @@ fn decode_prefix<'de, T: Deserialize<'de>>(
 /// Decodes a `T` that fills `bytes`, borrowing from them.
 fn decode_borrowed<'de, T: Deserialize<'de>>(c: Codec, bytes: &'de [u8]) -> Option<T> {
     match c {
+        Codec::Mproc => mproc::__codec::decode_prefix(bytes)
+            .ok()
+            .and_then(|(v, rest)| rest.is_empty().then_some(v)),
         Codec::Postcard => postcard::from_bytes(bytes).ok(),
         Codec::Bincode1 => bincode::deserialize(bytes).ok(),
         Codec::Bincode2 => bincode2::serde::borrow_decode_from_slice(bytes, bincode2_config())
@@ -368,7 +381,7 @@ fn main() {
     }
     println!();
     println!(
-        "codec: median of {ROUNDS} interleaved rounds; r = codec/postcard (postcard = mproc's codec), >1: worse"
+        "codec: median of {ROUNDS} interleaved rounds; r = codec/postcard (mproc = mproc's codec), >1: worse"
     );
     println!(
         "{:<13} {:<14}|{:>9} {:>9} {:>9} |{:>6} {:>6} {:>6}",

@@ -214,6 +214,32 @@ pub mod __fuzz {
     }
 }
 
+/// mproc's value codec as `benches/codec.rs` measures it (the crate-private functions the
+/// wire calls); not part of the API.
+#[doc(hidden)]
+pub mod __codec {
+    /// Appends the encoding of `value` to `out` (`wire::codec::encode_into`).
+    pub fn encode_into<T: serde::Serialize + ?Sized>(
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        crate::wire::codec::encode_into(value, out)
+    }
+
+    /// Decodes a `T` that fills `bytes` (`wire::codec::decode`).
+    pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        crate::wire::codec::decode(bytes)
+    }
+
+    /// Decodes a `T` from the front of `bytes`, borrowing from them; returns the rest
+    /// (`wire::codec::decode_prefix`).
+    pub fn decode_prefix<'de, T: serde::Deserialize<'de>>(
+        bytes: &'de [u8],
+    ) -> Result<(T, &'de [u8]), String> {
+        crate::wire::codec::decode_prefix(bytes)
+    }
+}
+
 /// The [bytemuck](https://docs.rs/bytemuck) crate mproc uses, for the derives' `crate`
 /// attribute (`#[bytemuck(crate = "mproc::bytemuck")]`) and its casts.
 pub use bytemuck;

@@ -203,8 +203,7 @@ fn take_unserializable(_: Unserializable) -> u64 {
 }
 
 /// Case 12: a serialization error says which value (argument or result) and its type, and
-/// keeps the message of a custom `Serialize`. (A custom `Deserialize`'s message is still lost:
-/// postcard keeps none, and decoding twice would need a second decoder.)
+/// keeps the message of a custom `Serialize` or `Deserialize`.
 #[test]
 fn serialization_errors_name_the_side_and_the_type() {
     let _leaks = common::leak_checked();
@@ -237,8 +236,9 @@ fn serialization_errors_name_the_side_and_the_type() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Codec, "{err}");
     assert!(
-        err.to_string()
-            .contains(&format!("cannot decode the result of type `{un}`")),
+        err.to_string().contains(&format!(
+            "cannot decode the result of type `{un}`: not today"
+        )),
         "{err}"
     );
     let err = Process::spawn(take_undecodable, Undecodable)
@@ -247,8 +247,9 @@ fn serialization_errors_name_the_side_and_the_type() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Codec, "{err}");
     assert!(
-        err.to_string()
-            .contains(&format!("cannot decode the argument of type `{un}`")),
+        err.to_string().contains(&format!(
+            "cannot decode the argument of type `{un}`: not today"
+        )),
         "{err}"
     );
 

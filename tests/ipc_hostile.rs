@@ -86,8 +86,9 @@ proptest! {
         prop_assert!(is_clear(&e), "{e}");
         // The same after a well-formed message, so that the hostile header arrives already
         // buffered (the case cargo-fuzz found: an overflow checking for a buffered frame).
-        let mut after = header(4);
-        after.extend_from_slice(&[0, 0, 1, 7]); // no handles, then postcard's vec![7u32]
+        // No handles, then vec![7u32] in mproc's codec (a u64 length, a u32).
+        let mut after = header(14);
+        after.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0]);
         after.extend_from_slice(&bytes);
         let e = hostile_pipe(&after, 4096);
         prop_assert!(is_clear(&e), "{e}");

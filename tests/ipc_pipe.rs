@@ -274,11 +274,12 @@ fn a_large_message_crosses_processes_both_ways() {
     assert_eq!(child.join_timeout(LIMIT).unwrap(), big.len());
 }
 
-/// A pipe-message body as mproc writes it: no handles, then `payload`.
+/// A pipe-message body as mproc writes it: no handles, then `payload` as a `ByteBuf` (or a
+/// `String`: the same bytes).
 fn mproc_frame_body(payload: &[u8]) -> Vec<u8> {
-    // ByteBuf in postcard: a varint length, then the bytes (lengths below 128 fit one byte).
-    assert!(payload.len() < 128);
-    let mut b = vec![0, 0, payload.len() as u8];
+    // A ByteBuf in mproc's codec: its length as a little-endian u64, then the bytes.
+    let mut b = vec![0, 0];
+    b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     b.extend_from_slice(payload);
     b
 }
@@ -298,7 +299,8 @@ fn garbage_from_the_peer_is_a_clear_error() {
     let mut raw = &raw;
 
     // Not a String (invalid UTF-8): a codec error; the stream stays usable.
-    raw.write_all(&frame_of(&[0, 0, 2, 0xff, 0xfe])).unwrap();
+    raw.write_all(&frame_of(&mproc_frame_body(&[0xff, 0xfe])))
+        .unwrap();
     let err = conn.recv_timeout(LIMIT).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Codec, "{err}");
     // A body shorter than its header.
@@ -311,7 +313,7 @@ fn garbage_from_the_peer_is_a_clear_error() {
     assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
     assert!(err.to_string().contains("handles"), "{err}");
     // A good message still works after all that.
-    raw.write_all(&frame_of(&[0, 0, 2, b'o', b'k'])).unwrap();
+    raw.write_all(&frame_of(&mproc_frame_body(b"ok"))).unwrap();
     assert_eq!(conn.recv_timeout(LIMIT).unwrap(), "ok");
     // A length of 2^63: refused from the length alone.
     raw.write_all(&(1u64 << 63).to_le_bytes()).unwrap();

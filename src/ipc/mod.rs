@@ -162,10 +162,8 @@ impl Shared {
         kind: Kind,
     ) -> Result<Shared, D::Error> {
         let fd = fds::deserialize_fd(d)?;
-        // `raise` keeps the explanation: the codec reports only "custom error" itself.
-        let region =
-            Region::from_fd(fd).map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
-        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
+        let region = Region::from_fd(fd).map_err(D::Error::custom)?;
+        Shared::check(region, kind).map_err(D::Error::custom)
     }
 
     /// As [`deserialize`](Shared::deserialize), mapping only the first `len` bytes of the
@@ -176,9 +174,8 @@ impl Shared {
         len: usize,
     ) -> Result<Shared, D::Error> {
         let fd = fds::deserialize_fd(d)?;
-        let region = Region::from_fd_prefix(fd, len.max(HEADER))
-            .map_err(|e| D::Error::custom(fds::raise(e.to_string())))?;
-        Shared::check(region, kind).map_err(|e| D::Error::custom(fds::raise(e)))
+        let region = Region::from_fd_prefix(fd, len.max(HEADER)).map_err(D::Error::custom)?;
+        Shared::check(region, kind).map_err(D::Error::custom)
     }
 
     fn check(region: Region, kind: Kind) -> Result<Shared, String> {

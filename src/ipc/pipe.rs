@@ -526,9 +526,9 @@ impl<T> Serialize for Connection<T> {
     /// would be lost to the copy).
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         if !lock(&self.rx).idle() {
-            return Err(S::Error::custom(fds::raise(
-                "a Connection holding received but unread data cannot be sent".to_string(),
-            )));
+            return Err(S::Error::custom(
+                "a Connection holding received but unread data cannot be sent",
+            ));
         }
         fds::serialize_fd(self.sock.as_fd(), s)
     }

@@ -1548,7 +1548,8 @@ mod tests {
     #[test]
     fn a_record_length_from_shared_memory_cannot_overflow() {
         let q = Queue::<u32>::new().unwrap();
-        for bad in [u64::MAX, u64::MAX - 7, u64::MAX - 8, 1 << 40, 11] {
+        // 17: one byte past the two records queued (each 8 bytes of length and a 4-byte u32).
+        for bad in [u64::MAX, u64::MAX - 7, u64::MAX - 8, 1 << 40, 17] {
             q.put(7).unwrap();
             q.put(8).unwrap();
             let head = header(&q, HEAD) as usize;

@@ -679,8 +679,7 @@ fn decode_cells<'de, D: Deserializer<'de>, T: Pod>(
     kind: Kind,
 ) -> std::result::Result<Cells<T>, D::Error> {
     let shared = Shared::deserialize(d, kind)?;
-    Cells::check(shared, kind == Kind::Value)
-        .map_err(|m| D::Error::custom(crate::wire::fds::raise(m)))
+    Cells::check(shared, kind == Kind::Value).map_err(D::Error::custom)
 }
 
 impl<T> Serialize for Value<T> {

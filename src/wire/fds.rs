@@ -26,8 +26,6 @@ pub(crate) const MAX_FDS: usize = crate::sys::MAX_FDS_PER_MSG;
 const NO_COLLECTOR: &str = "mproc handles (Queue, Lock, Value, Connection, ...) can travel only inside the argument of a Process or pool task, or through a Pipe";
 
 thread_local! {
-    /// The codec drops custom error messages; the last one a handle raised waits here.
-    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
     static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
@@ -146,21 +144,6 @@ pub(crate) fn supplying<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Keeps `msg` as the explanation of the codec error a handle is about to raise (see
-/// [`explain`]) and returns it.
-pub(crate) fn raise(msg: String) -> String {
-    LAST_ERROR.with(|e| *e.borrow_mut() = Some(msg.clone()));
-    msg
-}
-
-/// The message of a codec error: a handle's own explanation if it raised one, since the codec
-/// (postcard) keeps only "custom error" for those.
-pub(crate) fn explain(codec_error: String) -> String {
-    LAST_ERROR
-        .with(|e| e.borrow_mut().take())
-        .unwrap_or(codec_error)
-}
-
 /// Serializes `fd` as an index into the message's fds (for handles' `Serialize`).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
     let index = OUT.with(|o| -> Result<u32, String> {
@@ -177,7 +160,7 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
         fds.push(dup);
         Ok((fds.len() - 1) as u32)
     });
-    index.map_err(|m| S::Error::custom(raise(m)))?.serialize(s)
+    index.map_err(S::Error::custom)?.serialize(s)
 }
 
 /// Takes the fd a handle serialized with [`serialize_fd`] (for handles' `Deserialize`).
@@ -185,14 +168,10 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
     let index = u32::deserialize(d)? as usize;
     IN.with(|i| {
         let mut i = i.borrow_mut();
-        let fds = i
-            .as_mut()
-            .ok_or_else(|| D::Error::custom(raise(NO_COLLECTOR.to_string())))?;
-        fds.get_mut(index).and_then(Option::take).ok_or_else(|| {
-            D::Error::custom(raise(
-                "a handle's fd is missing from the message".to_string(),
-            ))
-        })
+        let fds = i.as_mut().ok_or_else(|| D::Error::custom(NO_COLLECTOR))?;
+        fds.get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| D::Error::custom("a handle's fd is missing from the message"))
     })
 }
 
