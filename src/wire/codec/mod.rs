@@ -58,10 +58,11 @@ use serde::de::DeserializeOwned;
 use crate::sys::arena::GrowMap;
 
 /// The deepest nesting of compound values (sequences, maps, tuples, structs, `Some`, enum
-/// variants with data, newtypes) the codec writes or reads, as serde_json allows: far past
-/// any non-recursive type, and far within a thread's default stack (2 MiB). A recursive value
-/// deeper than this (a long linked list) is an error on both sides.
-pub(crate) const MAX_DEPTH: u32 = 128;
+/// variants with data, newtypes) the codec writes or reads: far past any non-recursive type,
+/// and within a thread's default stack (2 MiB) even in a debug build. A recursive value
+/// deeper than this (a linked list of some 127 `Option<Box<_>>` nodes) is a clear error on
+/// both sides, never a stack overflow: a hostile or corrupt message cannot crash the reader.
+pub(crate) const MAX_DEPTH: u32 = 256;
 
 /// A codec error: its message, kept whole (a custom `Serialize` or `Deserialize` error's text
 /// included). One pointer wide, so that every `Result` of the hot path fits in registers
