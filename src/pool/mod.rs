@@ -701,8 +701,10 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         T: Borrow<A>,
     {
-        self.map_async_impl(f, items.into_iter().collect(), None)
-            .get()
+        let items: Vec<T> = items.into_iter().collect();
+        let n = items.len();
+        self.map_async_impl(f, items, None)
+            .get_streaming(n, decode_into::<R>)
     }
 
     /// [`map`](Pool::map) with an explicit chunk size (Python's `chunksize=`).
@@ -732,8 +734,10 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         T: Borrow<A>,
     {
-        self.map_async_impl(f, items.into_iter().collect(), Some(chunksize.max(1)))
-            .get()
+        let items: Vec<T> = items.into_iter().collect();
+        let n = items.len();
+        self.map_async_impl(f, items, Some(chunksize.max(1)))
+            .get_streaming(n, decode_into::<R>)
     }
 
     /// [`map`](Pool::map) without waiting: Python's `map_async`. The items are encoded
@@ -1232,21 +1236,33 @@ impl Pool {
             .or(self.chunksize)
             .unwrap_or_else(|| auto_chunksize(items.len(), self.processes));
         let chunks = items.chunks(chunksize.max(1));
-        let slot = Arc::new(Slot::new(chunks.len()));
-        let mut jobs = Vec::with_capacity(chunks.len());
-        for (i, chunk) in chunks.enumerate() {
-            match job(self, fnref, chunk, Sink::Slot(Arc::clone(&slot), i)) {
-                Ok(j) => jobs.push(j),
-                Err(e) => return AsyncResult::failed(e),
-            }
-        }
-        if jobs.is_empty() {
+        if chunks.len() == 0 {
             return AsyncResult::new(None, finish_map::<F::Out>);
         }
-        match self.submit(jobs) {
-            Ok(()) => self.handle(slot, finish_map::<F::Out>),
-            Err(e) => AsyncResult::failed(e),
+        let slot = Arc::new(Slot::new(chunks.len()));
+        // Jobs are submitted as they are encoded, in batches that double (1, 2, 4...): the
+        // workers start on the first chunks while the caller encodes the rest.
+        let (mut jobs, mut batch) = (Vec::new(), 1);
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.enumerate() {
+            let submitted = job(self, fnref, chunk, Sink::Slot(Arc::clone(&slot), i))
+                .map(|j| jobs.push(j))
+                .and_then(|()| {
+                    if jobs.len() < batch && i < last {
+                        return Ok(());
+                    }
+                    batch *= 2;
+                    self.submit(std::mem::take(&mut jobs))
+                });
+            if let Err(e) = submitted {
+                // The jobs already queued are withdrawn; those running finish unseen.
+                let handle = self.handle(slot, finish_map::<F::Out>);
+                handle.cancel();
+                drop(handle);
+                return AsyncResult::failed(e);
+            }
         }
+        self.handle(slot, finish_map::<F::Out>)
     }
 
     /// Encodes a chunk of arguments (each read through its borrow) into a `Run` frame and the
@@ -1555,32 +1571,39 @@ pub(crate) fn finish_one<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<
 pub(crate) fn finish_map<R: DeserializeOwned>(outcomes: Vec<Outcome>) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for outcome in outcomes {
-        for part in outcome {
-            let worker = part.worker;
-            // Every item before this part succeeded: the failure is item `out.len()` or after.
-            let place = |e: Error, at: usize| e.at_item(at, worker);
-            let answer = part.what.map_err(|e| place(e, out.len()))?;
-            let items = Items::parse(answer.payload()).map_err(|e| place(e, out.len()))?;
-            out.reserve(items.size_hint());
-            let mut failed = None;
-            items
-                .decode_each::<R>(|r| match r {
-                    Ok(v) => {
-                        out.push(v);
-                        true
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                })
-                .map_err(|e| place(e, out.len()))?;
-            if let Some(e) = failed {
-                return Err(place(e, out.len()));
-            }
-        }
+        decode_into(&mut out, outcome)?;
     }
     Ok(out)
+}
+
+/// Appends the values of one job's outcome to `out`, the values of the jobs before it; or
+/// the job's first failure, placed at its item (`out.len()` is the index of the job's first).
+pub(crate) fn decode_into<R: DeserializeOwned>(out: &mut Vec<R>, outcome: Outcome) -> Result<()> {
+    for part in outcome {
+        let worker = part.worker;
+        // Every item before this part succeeded: the failure is item `out.len()` or after.
+        let place = |e: Error, at: usize| e.at_item(at, worker);
+        let answer = part.what.map_err(|e| place(e, out.len()))?;
+        let items = Items::parse(answer.payload()).map_err(|e| place(e, out.len()))?;
+        out.reserve(items.size_hint());
+        let mut failed = None;
+        items
+            .decode_each::<R>(|r| match r {
+                Ok(v) => {
+                    out.push(v);
+                    true
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })
+            .map_err(|e| place(e, out.len()))?;
+        if let Some(e) = failed {
+            return Err(place(e, out.len()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

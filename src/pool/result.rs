@@ -73,6 +73,11 @@ pub(crate) struct Slot {
 struct SlotState {
     outcomes: Vec<Option<Outcome>>,
     remaining: usize,
+    /// Outcomes before this one were taken one by one ([`Slot::take_next`]); later
+    /// deliveries to them are dropped.
+    streamed: usize,
+    /// The outcome a streaming waiter sleeps for: its delivery wakes it (others do not).
+    wanted: Option<usize>,
     taken: bool,
     cancelled: bool,
     waker: Option<Waker>,
@@ -177,6 +182,8 @@ impl Slot {
             state: Mutex::new(SlotState {
                 outcomes: (0..n).map(|_| None).collect(),
                 remaining: n,
+                streamed: 0,
+                wanted: None,
                 taken: false,
                 cancelled: false,
                 waker: None,
@@ -192,7 +199,7 @@ impl Slot {
     pub(crate) fn complete(&self, i: usize, outcome: Outcome) {
         let wake = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if s.taken || s.cancelled {
+            if s.taken || s.cancelled || i < s.streamed {
                 return;
             }
             match s.outcomes.get_mut(i) {
@@ -201,11 +208,55 @@ impl Slot {
             }
             s.remaining -= 1;
             if s.remaining > 0 {
+                if s.wanted == Some(i) {
+                    s.wanted = None;
+                    drop(s);
+                    self.ready.notify_all();
+                }
                 return;
             }
             s.wake_all()
         };
         tell(&self.ready, wake);
+    }
+
+    /// Outcomes the slot holds.
+    pub(crate) fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .outcomes
+            .len()
+    }
+
+    /// Blocks until outcome `i` — the next not yet taken: outcomes are taken one by one, in
+    /// order, by a single caller — is delivered, then takes it; `None` once the slot is
+    /// cancelled. Lets a caller decode each outcome while later ones are still running.
+    pub(crate) fn take_next(&self, i: usize) -> Option<Outcome> {
+        let spin_until = Instant::now() + SPIN;
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        debug_assert_eq!(s.streamed, i, "outcomes are taken in order");
+        loop {
+            if s.cancelled || s.taken {
+                return None;
+            }
+            if let Some(o) = s.outcomes.get_mut(i).and_then(Option::take) {
+                s.streamed = i + 1;
+                return Some(o);
+            }
+            if i >= s.outcomes.len() {
+                return None;
+            }
+            if Instant::now() < spin_until {
+                // A short look first (as `wait`), yielding the CPU between looks.
+                drop(s);
+                std::thread::yield_now();
+                s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            s.wanted = Some(i);
+            s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     /// Cancels the request unless every outcome has arrived; wakes every waiter if it does.
@@ -688,6 +739,52 @@ impl<R> AsyncResult<R> {
     }
 }
 
+/// A `map` of at most this many jobs decodes each job's outcome as it arrives
+/// ([`AsyncResult::get_streaming`]); one of more (small chunks) waits for them all, so that
+/// its caller wakes once, not once per chunk.
+const STREAM_JOBS: usize = 256;
+
+impl<R> AsyncResult<Vec<R>> {
+    /// As [`get`](AsyncResult::get) for a `map`'s handle of `items` items: decodes each job's
+    /// outcome (`decode` appends its items' values) as soon as it and those before it have
+    /// arrived, while later jobs still run, instead of all of them at the end. The result is
+    /// the same: every value in order, or the first failure in input order (returned once
+    /// every job has settled, as `get` does).
+    pub(crate) fn get_streaming(
+        self,
+        items: usize,
+        decode: fn(&mut Vec<R>, Outcome) -> Result<()>,
+    ) -> Result<Vec<R>> {
+        let slot = match &self.slot {
+            Some(slot) if slot.len() <= STREAM_JOBS && !self.taken => Arc::clone(slot),
+            _ => return self.get(),
+        };
+        let mut out = Vec::with_capacity(items);
+        let mut failure = None;
+        for i in 0..slot.len() {
+            let Some(outcome) = slot.take_next(i) else {
+                failure = Some(if slot.is_cancelled() {
+                    Error::cancelled()
+                } else {
+                    Error::protocol("a result was lost")
+                });
+                break;
+            };
+            if let Err(e) = decode(&mut out, outcome) {
+                failure = Some(e);
+                break;
+            }
+        }
+        slot.wait(None);
+        // Lines the tasks printed through `Stdio::Prefixed` come out before their results.
+        crate::output::sync();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
 fn already_returned() -> Error {
     Error::usage("this result was already returned by an earlier get")
 }
@@ -730,6 +827,58 @@ mod tests {
 
     fn done() -> Outcome {
         vec![Part::rest(Error::timed_out())]
+    }
+
+    fn one(e: Error) -> Outcome {
+        vec![Part::one(e)]
+    }
+
+    #[test]
+    fn a_slot_hands_outcomes_out_in_order_as_they_arrive() {
+        let slot = Arc::new(Slot::new(3));
+        // Delivered out of order, from another thread, while the taker waits in order.
+        let deliver = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                slot.complete(2, one(Error::closed("third")));
+                slot.complete(0, one(Error::closed("first")));
+                slot.complete(0, one(Error::closed("again"))); // repeated: dropped
+                slot.complete(1, one(Error::closed("second")));
+            })
+        };
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            let o = slot.take_next(i).expect("delivered");
+            seen.push(o[0].what.as_ref().unwrap_err().to_string());
+        }
+        deliver.join().unwrap();
+        assert!(seen[0].contains("first") && seen[1].contains("second"));
+        assert!(seen[2].contains("third"));
+        assert!(
+            slot.wait(Some(Instant::now())),
+            "every outcome was delivered"
+        );
+        // Taken outcomes are not delivered again.
+        slot.complete(1, one(Error::closed("late")));
+        let left = slot.take();
+        assert!(
+            left.iter()
+                .all(|o| !o[0].what.as_ref().unwrap_err().to_string().contains("late")),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_slot_ends_a_streaming_taker() {
+        let slot = Arc::new(Slot::new(2));
+        slot.complete(0, done());
+        assert!(slot.take_next(0).is_some());
+        let cancel = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || slot.cancel())
+        };
+        assert!(slot.take_next(1).is_none(), "cancelled before it arrived");
+        assert!(matches!(cancel.join().unwrap(), Cancel::Now));
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl GrowMap {
 
     /// The `AtomicU64` at byte `offset` of the control block (8-aligned, below [`PAGE`]: a bug
     /// otherwise, so it panics).
+    #[inline]
     pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         assert!(
             offset % 8 == 0 && offset + 8 <= PAGE,

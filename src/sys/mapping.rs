@@ -115,6 +115,7 @@ impl Mapping {
     }
 
     /// The `AtomicU32` at byte `offset` (4-aligned, in bounds).
+    #[inline]
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         self.check(offset, 4, 4);
         // SAFETY: in bounds and aligned (checked); the mapping lives as long as `self`; an
@@ -124,6 +125,7 @@ impl Mapping {
     }
 
     /// The `AtomicU64` at byte `offset` (8-aligned, in bounds).
+    #[inline]
     pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         self.check(offset, 8, 8);
         // SAFETY: as in `atomic_u32`.
@@ -165,6 +167,7 @@ impl Mapping {
 
     /// Panics unless `[offset, offset + size)` lies in the mapping and `offset` is
     /// `align`-aligned (the mapping's base is page-aligned).
+    #[inline]
     pub(crate) fn check(&self, offset: usize, size: usize, align: usize) {
         assert!(
             offset.checked_add(size).is_some_and(|end| end <= self.len),

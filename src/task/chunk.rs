@@ -162,36 +162,46 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     publisher.counted(map, n);
     let mut w = codec::ArenaWriter::new(map, PREFIX);
     let mut tagged: Option<usize> = None;
-    for (k, a) in items.into_iter().enumerate().skip(skip) {
-        let start = w.pos();
+    let mut items = items.into_iter().enumerate().skip(skip);
+    // One `catch_unwind` (and one backtrace marker) for the run of items up to a failure,
+    // not one per item: the loop starts again after each item that panicked or whose result
+    // could not be encoded, which is then recorded in its place.
+    loop {
+        // The item running, and where its outcome starts.
+        let mut at = (0, 0);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            let v = crate::sys::frames::short_backtrace_base(|| f.invoke(a));
-            match tagged {
-                None => w.put(&v),
-                Some(_) => w.put(&ItemOut::Ok(&v)),
-            }
+            crate::sys::frames::short_backtrace_base(|| {
+                for (k, a) in items.by_ref() {
+                    at = (k, w.pos());
+                    let v = f.invoke(a);
+                    match tagged {
+                        None => w.put(&v),
+                        Some(_) => w.put(&ItemOut::Ok(&v)),
+                    }?;
+                    publisher.commit(w.map(), k + 1, w.pos() - PREFIX);
+                }
+                Ok::<(), String>(())
+            })
         }));
-        if !matches!(outcome, Ok(Ok(()))) {
-            w.rewind(start);
-            if tagged.is_none() {
-                tagged = Some(k);
-                publisher.tagged_from(w.map(), k);
+        let (k, start) = at;
+        let written = match outcome {
+            Ok(Ok(())) => break,
+            Err(payload) => {
+                w.rewind(start);
+                let p = crate::task::panic::panic_report(payload);
+                tag_from(&mut tagged, &publisher, &w, k);
+                w.put(&ItemOut::<()>::Panic(&p))
             }
-            let written = match outcome {
-                Err(payload) => {
-                    let p = crate::task::panic::panic_report(payload);
-                    w.put(&ItemOut::<()>::Panic(&p))
-                }
-                Ok(Err(e)) => {
-                    let why = codec::failure::<F::Out>(Op::Encode, Role::Result, &e);
-                    w.put(&ItemOut::<()>::Failed(&why))
-                }
-                Ok(Ok(())) => unreachable!("matched above"),
-            };
-            if let Err(e) = written {
-                let why = format!("cannot record an item's failure: {e}");
-                return Reply::inline(msg::failed(&why), false);
+            Ok(Err(e)) => {
+                w.rewind(start);
+                let why = codec::failure::<F::Out>(Op::Encode, Role::Result, &e);
+                tag_from(&mut tagged, &publisher, &w, k);
+                w.put(&ItemOut::<()>::Failed(&why))
             }
+        };
+        if let Err(e) = written {
+            let why = format!("cannot record an item's failure: {e}");
+            return Reply::inline(msg::failed(&why), false);
         }
         publisher.commit(w.map(), k + 1, w.pos() - PREFIX);
     }
@@ -217,6 +227,14 @@ fn run_inner<F: Callable>(f: F, arg: &[u8], cx: &mut RunCx<'_>) -> Reply {
     }
     cx.in_arena = pos;
     Reply::inline(Vec::new(), true)
+}
+
+/// Items from `k` on are encoded with their variant, unless an earlier one switched already.
+fn tag_from(tagged: &mut Option<usize>, publisher: &Publisher, w: &codec::ArenaWriter, k: usize) {
+    if tagged.is_none() {
+        *tagged = Some(k);
+        publisher.tagged_from(w.map(), k);
+    }
 }
 
 /// Rebuilds the payload of a dead worker's finished items: `count` of them, the first
