@@ -1585,21 +1585,7 @@ pub(crate) fn decode_into<R: DeserializeOwned>(out: &mut Vec<R>, outcome: Outcom
         let place = |e: Error, at: usize| e.at_item(at, worker);
         let answer = part.what.map_err(|e| place(e, out.len()))?;
         let items = Items::parse(answer.payload()).map_err(|e| place(e, out.len()))?;
-        out.reserve(items.size_hint());
-        let mut failed = None;
-        items
-            .decode_each::<R>(|r| match r {
-                Ok(v) => {
-                    out.push(v);
-                    true
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            })
-            .map_err(|e| place(e, out.len()))?;
-        if let Some(e) = failed {
+        if let Some(e) = items.decode_values(out).map_err(|e| place(e, out.len()))? {
             return Err(place(e, out.len()));
         }
     }
