@@ -51,8 +51,11 @@
 //! run's figures and floors, marked MET / NOT MET (`pool_rows/targets.rs`): apply's round trip
 //! <= 30x the spin floor, <= 0.25x the socketpair floor, p90/median <= 2; chunksize-1 tasks >=
 //! 0.35x rayon's `scope.spawn`; Process spawn+join <= 1.5x fork+waitpid (from `pool_rows`);
-//! automatic-chunk `map(x*x)` >= 10x Python at 1M and 20k items; an idle pool <= 1% of a core.
-//! Oversubscription and the MPI round trip are listed as not measured here.
+//! automatic-chunk `map(x*x)` >= 10x Python at 1M and 20k items; an idle pool <= 1% of a core;
+//! oversubscription (`Pool(4)` with 4 threads of `apply` loops, `Pool(4)` chunksize-1 `map`,
+//! two busy `Pool(2)`s) with spinning on >= 0.9x the same with `MPROC_SPIN=0`, each measured in
+//! fresh copies of this bench, interleaved (`pool_rows/oversub.rs`). The MPI round trip is
+//! listed as not measured here.
 //!
 //! This is the one command that prints every row of the performance issues' tables.
 //! Run with `cargo bench --bench pool` (about 1 minute once built, Python included).
@@ -477,6 +480,9 @@ fn main() -> BoxResult<()> {
         println!("{}", secs(t.elapsed()));
         return Ok(());
     }
+    if std::env::var_os(pool_rows::oversub::CHILD_ENV).is_some() {
+        return pool_rows::oversub::child();
+    }
     let bench_start = Instant::now();
     std::thread::spawn(|| {
         std::thread::sleep(WATCHDOG);
@@ -641,6 +647,9 @@ fn main() -> BoxResult<()> {
     pool.join()?;
     drop(pool);
     pool_rows::linearity(&mut extra_rows)?;
+
+    // 2d. Oversubscription, spinning on and off, in fresh copies of this bench.
+    let oversub = pool_rows::oversub::measure()?;
 
     let measured = secs(bench_start.elapsed());
 
@@ -833,8 +842,10 @@ fn main() -> BoxResult<()> {
         auto: [(AUTO_N, auto_rate), (AUTO_SMALL_N, small_rate)],
         python: py.and_then(|p| p.map_default.zip(p.map_default_n)),
         idle: &idle,
+        oversub: &oversub,
     });
     pool_rows::targets::print(&targets);
+    println!("{}", pool_rows::oversub::legend());
     Ok(())
 }
 
@@ -872,6 +883,8 @@ struct Issue16<'a> {
     /// Python's default-chunksize `Pool(2).map`: items/s and its item count.
     python: Option<(f64, f64)>,
     idle: &'a pool_rows::idle::IdleCost,
+    /// Oversubscription, spinning on and off.
+    oversub: &'a pool_rows::oversub::Oversub,
 }
 
 fn issue16_targets(f: &Issue16) -> Vec<pool_rows::targets::Target> {
@@ -964,11 +977,7 @@ fn issue16_targets(f: &Issue16) -> Vec<pool_rows::targets::Target> {
         "<= 1% core",
         share <= 0.01,
     ));
-    rows.push(Target::unmeasured(
-        "oversubscription: Pool(4) on 2 cores",
-        "no worse",
-        "not measured by this bench",
-    ));
+    rows.extend(f.oversub.targets());
     rows.push(Target::unmeasured(
         "MPI pool round trip / raw MPI",
         "<= 2x",

@@ -5,10 +5,11 @@
 //! - linearity: 10x more tasks (chunksize 1) and 10x more items (`imap`) against 10x the time;
 //! - `imap` over 10M items: the parent's peak RSS growth against that over 1M items;
 //! - for issue #16: chunksize-1 tasks against rayon's `scope.spawn` on the machine's cores, the
-//!   shared-memory spin floor (`spin`), an idle pool's CPU cost (`idle`) and the target table
-//!   (`targets`).
+//!   shared-memory spin floor (`spin`), an idle pool's CPU cost (`idle`), oversubscription
+//!   with spinning on and off (`oversub`) and the target table (`targets`).
 
 pub mod idle;
+pub mod oversub;
 pub mod spin;
 pub mod targets;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::registry::Registry;
 use crate::error::{Error, Result};
+use crate::task::spin;
 
 /// What the supervisor delivers for one job: its items' outcomes, in order, in parts (one
 /// part when a worker answered the whole chunk; several when a worker died in the middle and
@@ -311,8 +312,14 @@ impl Slot {
 
     /// Blocks until all are delivered or `deadline` passes; true if all were delivered.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        // A short look first, yielding the CPU between looks; never past the deadline.
-        let spin_until = deadline.map_or(Instant::now() + SPIN, |d| d.min(Instant::now() + SPIN));
+        // A short look first, yielding the CPU between looks; never past the deadline, and
+        // none where spinning does not pay or is turned off (`task::spin`).
+        let look = if spin::worth_spinning() {
+            SPIN
+        } else {
+            Duration::ZERO
+        };
+        let spin_until = deadline.map_or(Instant::now() + look, |d| d.min(Instant::now() + look));
         loop {
             if self
                 .state

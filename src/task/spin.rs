@@ -14,6 +14,11 @@
 //!   (the answer came within [`MAX`] of parking) restores it. A waiter whose answers come
 //!   slowly (long tasks, a pool fed now and then) soon stops spinning at all.
 //! - **Never idle**: spinning only follows activity. An idle pool sleeps.
+//!
+//! `MPROC_SPIN=0` in the environment turns every such look off (each wait parks at once), in
+//! the parent and in workers alike: it exists for measuring what spinning buys or costs
+//! (`benches/pool.rs`, the oversubscription rows). It is read once per process, on the
+//! first wait; under the fork server a worker sees the environment the server started with.
 
 use std::time::{Duration, Instant};
 
@@ -66,11 +71,25 @@ impl Spin {
     }
 }
 
-/// Spinning pays only with another CPU to run the other side.
-fn worth_spinning() -> bool {
+/// The environment variable that turns spinning off (`0`), for measuring.
+const SPIN_ENV: &str = "MPROC_SPIN";
+
+/// Spinning pays only with another CPU to run the other side, and not when `MPROC_SPIN=0`
+/// asks for none. Asked once per process (the answer is cached).
+pub(crate) fn worth_spinning() -> bool {
     use std::sync::OnceLock;
-    static CPUS: OnceLock<usize> = OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())) > 1
+    static WORTH: OnceLock<bool> = OnceLock::new();
+    *WORTH.get_or_init(|| {
+        allowed(std::env::var_os(SPIN_ENV).as_deref(), || {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        })
+    })
+}
+
+/// The rule of [`worth_spinning`], given the variable's value and the CPU count (asked only
+/// if the variable leaves spinning on: it reads cgroup files).
+fn allowed(var: Option<&std::ffi::OsStr>, cpus: impl FnOnce() -> usize) -> bool {
+    var.is_none_or(|v| v != "0") && cpus() > 1
 }
 
 #[cfg(test)]
@@ -78,9 +97,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mproc_spin_0_turns_spinning_off_and_one_cpu_never_spins() {
+        use std::ffi::OsStr;
+        assert!(allowed(None, || 2));
+        assert!(allowed(Some(OsStr::new("1")), || 2));
+        assert!(!allowed(Some(OsStr::new("0")), || 2));
+        let unasked = || -> usize { unreachable!("MPROC_SPIN=0: the CPUs are not asked") };
+        assert!(!allowed(Some(OsStr::new("0")), unasked));
+        assert!(!allowed(None, || 1));
+    }
+
+    #[test]
     fn a_look_that_finds_returns_at_once_and_one_that_fails_halves_the_budget() {
         if !worth_spinning() {
-            return; // one CPU: no look ever spins (the rule under test below needs two)
+            return; // one CPU or `MPROC_SPIN=0`: no look ever spins
         }
         let mut spin = Spin { budget: MAX };
         assert_eq!(spin.look(|| Some(7)), Some(7));
