@@ -234,7 +234,12 @@ impl Slot {
     /// order, by a single caller — is delivered, then takes it; `None` once the slot is
     /// cancelled. Lets a caller decode each outcome while later ones are still running.
     pub(crate) fn take_next(&self, i: usize) -> Option<Outcome> {
-        let spin_until = Instant::now() + SPIN;
+        let look = if spin::worth_spinning() {
+            SPIN
+        } else {
+            Duration::ZERO
+        };
+        let spin_until = Instant::now() + look;
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         debug_assert_eq!(s.streamed, i, "outcomes are taken in order");
         loop {
