@@ -261,6 +261,9 @@ fn next_task(f: &mut Fetch<'_>) -> Got {
     if let Some(got) = take(f.page, f.last_in) {
         return got;
     }
+    if let Some(page) = f.page {
+        mailbox::worker::waiting_on(page, crate::sys::current_cpu());
+    }
     if let Some(spin) = f.spin.as_deref_mut() {
         let mut looks = 0u32;
         let (sock, fifo, reader, page, last_in) = (

@@ -169,7 +169,18 @@ pub(crate) fn borrow(
         if q.terminate || q.closed || q.broken.is_some() || !q.jobs.is_empty() {
             return Err((frame, fds));
         }
-        match q.idle.pop() {
+        // A worker waiting on another CPU than ours, if one is idle: on a shared one, both
+        // sides' spinning would only take turns (`task::spin`).
+        let me = crate::sys::current_cpu();
+        let elsewhere = q
+            .idle
+            .iter()
+            .rposition(|l| me.is_some() && mailbox::caller::worker_cpu(l.watch.page()) != me);
+        let picked = match elsewhere {
+            Some(i) => Some(q.idle.remove(i)),
+            None => q.idle.pop(),
+        };
+        match picked {
             Some(lease) => lease,
             None => return Err((frame, fds)),
         }

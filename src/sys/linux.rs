@@ -383,6 +383,11 @@ pub(crate) fn set_process_name(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The CPU the calling thread runs on now (it may move at any moment: a hint).
+pub(crate) fn current_cpu() -> Option<usize> {
+    Some(rustix::thread::sched_getcpu())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,3 +101,8 @@ pub(crate) mod stack_guard {
 pub(crate) fn set_process_name(_name: &str) -> io::Result<()> {
     Ok(())
 }
+
+/// The CPU the calling thread runs on: not known here.
+pub(crate) fn current_cpu() -> Option<usize> {
+    None
+}

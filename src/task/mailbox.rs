@@ -35,6 +35,8 @@ const OUT_SEQ: usize = 80;
 const OUT_LEN: usize = 88;
 const WORKER_PARKED: usize = 96;
 const CALLER_PARKED: usize = 104;
+/// The CPU the worker last waited on, plus one (0: not said).
+const WORKER_CPU: usize = 112;
 const IN: usize = 128;
 /// Bytes of one message at most (a whole frame, header included).
 pub(crate) const CAPACITY: usize = 1984;
@@ -125,6 +127,11 @@ pub(crate) mod caller {
     pub(crate) fn park(page: &impl Page, parked: bool) {
         page.word(CALLER_PARKED).store(u64::from(parked), SeqCst);
     }
+
+    /// The CPU the worker last waited on, if it said.
+    pub(crate) fn worker_cpu(page: &impl Page) -> Option<usize> {
+        (page.word(WORKER_CPU).load(Relaxed) as usize).checked_sub(1)
+    }
 }
 
 /// The worker's side.
@@ -162,6 +169,13 @@ pub(crate) mod worker {
     /// About to sleep (`true`) or awake again; look once more after parking.
     pub(crate) fn park(page: &impl Page, parked: bool) {
         page.word(WORKER_PARKED).store(u64::from(parked), SeqCst);
+    }
+
+    /// Says which CPU the worker waits on: a caller borrows a worker on another CPU when it
+    /// can, so that neither side's spinning takes the CPU from the other.
+    pub(crate) fn waiting_on(page: &impl Page, cpu: Option<usize>) {
+        let word = cpu.map_or(0, |c| c as u64 + 1);
+        page.word(WORKER_CPU).store(word, Relaxed);
     }
 }
 
@@ -209,6 +223,12 @@ mod tests {
             caller::answer(&p, seq),
             caller::Answer::Here(b"its answer".to_vec())
         );
+
+        assert_eq!(caller::worker_cpu(&p), None);
+        worker::waiting_on(&p, Some(0));
+        assert_eq!(caller::worker_cpu(&p), Some(0));
+        worker::waiting_on(&p, Some(3));
+        assert_eq!(caller::worker_cpu(&p), Some(3));
 
         worker::park(&p, true);
         let (next, ring) = caller::post(&p, &[7; 9]).unwrap();
