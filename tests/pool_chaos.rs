@@ -259,10 +259,20 @@ fn runs(path: &std::path::Path) -> Vec<u32> {
 /// (an item re-runs only if its worker died while running it: at most one per kill); without
 /// retries every item still gets its own result, and no more fail than workers were killed.
 fn chunked_chaos(retries: u32, chunked_imap: bool) -> (usize, usize, usize, Vec<u32>) {
+    chaos_of(retries, chunked_imap, None)
+}
+
+/// As `chunked_chaos`, with the pool's chunk size set (`Some(1)`: a `map` of one-item
+/// chunks, which the pool merges into runs on their way to a worker).
+fn chaos_of(
+    retries: u32,
+    chunked_imap: bool,
+    chunksize: Option<usize>,
+) -> (usize, usize, usize, Vec<u32>) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let before = Counts::now();
     let log = std::env::temp_dir().join(format!(
-        "mproc-chaos-runs-{}-{retries}-{chunked_imap}",
+        "mproc-chaos-runs-{}-{retries}-{chunked_imap}-{chunksize:?}",
         std::process::id()
     ));
     let _ = std::fs::remove_file(&log);
@@ -273,6 +283,9 @@ fn chunked_chaos(retries: u32, chunked_imap: bool) -> (usize, usize, usize, Vec<
         .env(RUNS_ENV, &log);
     if chunked_imap {
         builder = builder.chunksize(500);
+    }
+    if let Some(n) = chunksize {
+        builder = builder.chunksize(n);
     }
     let pool = builder.build().unwrap();
     let stop = AtomicBool::new(false);
@@ -323,6 +336,20 @@ fn chaos_every_20ms_an_auto_chunked_map_with_retries_redoes_no_work() {
     eprintln!(
         "chunked chaos with retries: {TASKS} items, {kills} workers killed, {extra} items re-run"
     );
+    assert_eq!(ok, TASKS as usize);
+    assert!(runs.iter().all(|&r| r >= 1), "every item ran");
+    assert!(
+        extra as usize <= kills,
+        "an item runs again only when its worker died running it: {extra} re-runs, {kills} kills"
+    );
+    assert!(kills > 0, "the killer must have struck");
+}
+
+#[test]
+fn chaos_every_20ms_a_chunksize_1_map_with_retries_redoes_no_work() {
+    let (ok, _, kills, runs) = chaos_of(1000, false, Some(1));
+    let extra: u32 = runs.iter().map(|&r| r.saturating_sub(1)).sum();
+    eprintln!("chunksize-1 chaos: {TASKS} items, {kills} workers killed, {extra} items re-run");
     assert_eq!(ok, TASKS as usize);
     assert!(runs.iter().all(|&r| r >= 1), "every item ran");
     assert!(

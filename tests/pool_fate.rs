@@ -452,3 +452,78 @@ fn items_whose_results_encode_to_no_bytes_still_count() {
     }
     assert_eq!(n, 20);
 }
+
+fn abort_at_300(x: u64) -> u64 {
+    log(x);
+    if x == 300 {
+        std::process::abort();
+    }
+    x * 10
+}
+
+/// Dies (SIGKILL) the first time it runs item 300, then behaves.
+fn die_once_at_300(x: u64) -> u64 {
+    log(x);
+    if x == 300
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(Log::marker(300))
+            .is_ok()
+    {
+        // SAFETY: SIGKILL to this very process (a worker).
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x * 10
+}
+
+fn sleep_if_300(x: u64) -> u64 {
+    if x == 300 {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    x
+}
+
+/// `map_chunked(.., 1)` of fast tasks: the pool merges one-item chunks into runs on their way
+/// to a worker (a transport detail). Deep in such a map, where the runs are long, a crash, a
+/// retry and a timeout still touch only their own item.
+#[test]
+fn one_item_chunks_keep_one_fate_per_item_when_merged_in_transport() {
+    let _leaks = common::leak_checked();
+    let n = 1000;
+    // A crash fails its item (the first failure, so the map's error names it); every other
+    // item ran once.
+    let log = Log::new("merged-crash");
+    let crashing = Arc::new(pool(&log, 2).build().unwrap());
+    let p = Arc::clone(&crashing);
+    let e = bounded(move || p.map_chunked(abort_at_300, 0..n, 1)).expect_err("item 300 aborts");
+    assert_aborted(&e);
+    assert_eq!(e.index(), Some(300), "{e}");
+    drop(crashing);
+    log.assert_runs(n, &[]);
+
+    // With a retry, only the item that was running runs again.
+    let log = Log::new("merged-retry");
+    let retrying = Arc::new(pool(&log, 2).max_retries(1).build().unwrap());
+    let p = Arc::clone(&retrying);
+    let got = bounded(move || p.map_chunked(die_once_at_300, 0..n, 1)).unwrap();
+    assert_eq!(got, (0..n).map(|x| x * 10).collect::<Vec<_>>());
+    drop(retrying);
+    log.assert_runs(n, &[(300, 2)]);
+
+    // A timeout fails its item alone; the pool's chunk size 1 reaches `map_async` too.
+    let pool = Pool::builder()
+        .processes(2)
+        .chunksize(1)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let e = pool
+        .map_async(sleep_if_300, 0..n)
+        .get_timeout(LIMIT)
+        .expect_err("item 300 overruns");
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(e.index(), Some(300), "{e}");
+    let again = pool.map_chunked(sleep_if_300, (0..n).filter(|&x| x != 300), 1);
+    assert_eq!(again.unwrap().len(), n as usize - 1, "the pool goes on");
+}

@@ -25,9 +25,16 @@ pub(crate) enum Sink {
 
 impl Sink {
     /// Hands `outcome` to whoever waits for it.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn deliver(self, outcome: Outcome) {
+        self.deliver_cells(outcome, 1);
+    }
+
+    /// As `deliver`; for a slot, the outcome fills `cells` cells from `i` (the jobs a merged
+    /// batch stands for; see [`Batch::absorb`]).
+    fn deliver_cells(self, outcome: Outcome, cells: usize) {
         match self {
-            Sink::Slot(s, i) => s.complete(i, outcome),
+            Sink::Slot(s, i) => s.complete_span(i, cells, outcome),
             Sink::Channel(tx, n) => {
                 let _ = tx.send((n, outcome));
             }
@@ -54,6 +61,9 @@ pub(crate) struct Batch {
     pub(crate) unstarted_losses: u32,
     /// The pid of the worker it was last written to: its items' errors name it.
     pub(crate) worker: Option<u32>,
+    /// Jobs it stands for: 1, or more once consecutive jobs of one `map` were merged into it
+    /// on their way to a worker ([`Batch::absorb`]).
+    pub(crate) cells: usize,
 }
 
 impl Batch {
@@ -70,7 +80,36 @@ impl Batch {
             max_retries: retries,
             unstarted_losses: 0,
             worker: None,
+            cells: 1,
         }
+    }
+
+    /// Merges `next` into this job, to travel and run as one chunk: both fresh (never sent,
+    /// nothing settled), without fds, of the same function and retry budget, for the cells of
+    /// one slot side by side. Every item keeps its own outcome, retries and timeout (a chunk's
+    /// items have them each), so the merge is invisible but for the syscalls it saves: one
+    /// frame and one answer instead of one per job. False, changing nothing, when they cannot
+    /// merge; when they did, `next` is spent: drop it.
+    pub(crate) fn absorb(&mut self, next: &Batch) -> bool {
+        let fresh = |b: &Batch| {
+            b.next == 0
+                && b.parts.is_empty()
+                && b.unstarted_losses == 0
+                && b.fds.is_none()
+                && b.retries_left == b.max_retries
+        };
+        let side_by_side = match (&self.sink, &next.sink) {
+            (Sink::Slot(a, i), Sink::Slot(b, j)) => Arc::ptr_eq(a, b) && *j == i + self.cells,
+            _ => false,
+        };
+        let mergeable =
+            fresh(self) && fresh(next) && side_by_side && self.max_retries == next.max_retries;
+        if !mergeable || !msg::append_items(&mut self.frame, &next.frame) {
+            return false;
+        }
+        self.items += next.items;
+        self.cells += next.cells;
+        true
     }
 
     /// The frame, item count and sink of a job for a remote flavor, which settles it whole
@@ -145,7 +184,7 @@ impl Batch {
                 ..Part::rest(e)
             });
         }
-        self.sink.deliver(self.parts);
+        self.sink.deliver_cells(self.parts, self.cells);
     }
 
     /// Delivers the outcome of a settled job.

@@ -198,18 +198,29 @@ impl Slot {
     /// Delivers outcome `i`; the last one wakes every waiter. Repeated deliveries, and those
     /// to a cancelled slot, are dropped.
     pub(crate) fn complete(&self, i: usize, outcome: Outcome) {
+        self.complete_span(i, 1, outcome);
+    }
+
+    /// Delivers the outcome of a job that stood for the `cells` jobs from `i` (merged on the
+    /// way: `Batch::absorb`): cell `i` gets all its items, the others none, so that reading
+    /// the cells in order reads every item in order.
+    pub(crate) fn complete_span(&self, i: usize, cells: usize, outcome: Outcome) {
         let wake = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if s.taken || s.cancelled || i < s.streamed {
+            let end = i.saturating_add(cells.max(1));
+            if s.taken || s.cancelled || i < s.streamed || end > s.outcomes.len() {
                 return;
             }
-            match s.outcomes.get_mut(i) {
-                Some(cell @ None) => *cell = Some(outcome),
-                _ => return,
+            if s.outcomes[i..end].iter().any(Option::is_some) {
+                return;
             }
-            s.remaining -= 1;
+            s.outcomes[i] = Some(outcome);
+            for cell in &mut s.outcomes[i + 1..end] {
+                *cell = Some(Vec::new());
+            }
+            s.remaining -= end - i;
             if s.remaining > 0 {
-                if s.wanted == Some(i) {
+                if s.wanted.is_some_and(|w| (i..end).contains(&w)) {
                     s.wanted = None;
                     drop(s);
                     self.ready.notify_all();

@@ -163,6 +163,35 @@ pub(crate) fn set_skip(frame: &mut [u8], skip: u32) {
     frame[super::frame::HEADER + 2..super::frame::HEADER + 6].copy_from_slice(&skip.to_le_bytes());
 }
 
+/// Appends the items of chunk `Run` frame `next` to chunk `Run` frame `into` (both whole
+/// frames from [`begin_run`] with a sequence argument: a `u64` count, then the items), making
+/// one chunk of both: a transport detail, since every item keeps its own outcome. Only for
+/// frames alike up to their argument (flags, skip, identity, function), neither spilled;
+/// returns `false`, changing nothing, otherwise.
+pub(crate) fn append_items(into: &mut Vec<u8>, next: &[u8]) -> bool {
+    use super::frame::HEADER;
+    let arg_at = |frame: &[u8]| -> Option<(usize, u64)> {
+        let run = parse_run(frame.get(HEADER..)?).ok()?;
+        let count = u64::from_le_bytes(run.arg.get(..8)?.try_into().ok()?);
+        let ok = run.flags & FLAG_SPILLED == 0 && run.skip == 0;
+        ok.then_some((frame.len() - run.arg.len(), count))
+    };
+    let (Some((at, a)), Some((next_at, b))) = (arg_at(into), arg_at(next)) else {
+        return false;
+    };
+    if at != next_at || into[HEADER..at] != next[HEADER..at] {
+        return false;
+    }
+    let Some(count) = a.checked_add(b) else {
+        return false;
+    };
+    into[at..at + 8].copy_from_slice(&count.to_le_bytes());
+    into.extend_from_slice(&next[at + 8..]);
+    let len = (into.len() - HEADER) as u64;
+    into[..HEADER].copy_from_slice(&len.to_le_bytes());
+    true
+}
+
 /// A `Control` frame, sent with one fd (after an [`fds`] frame): the worker's control block
 /// and result arena (see `task::progress`). The first message of every pool worker.
 pub(crate) fn control() -> Vec<u8> {
@@ -366,6 +395,38 @@ mod tests {
                 arg: b"arg"
             }
         );
+    }
+
+    fn chunk(func: i64, items: &[u64]) -> Vec<u8> {
+        let mut f = begin_run(0, b"id", 7, func);
+        crate::wire::codec::encode_into(items, &mut f.buf).unwrap();
+        f.finish()
+    }
+
+    #[test]
+    fn chunks_of_one_function_append_into_one() {
+        let mut a = chunk(9, &[1, 2]);
+        assert!(append_items(&mut a, &chunk(9, &[3])));
+        assert!(append_items(&mut a, &chunk(9, &[])));
+        assert!(append_items(&mut a, &chunk(9, &[4, 5])));
+        let run = parse_run(&a[HEADER..]).unwrap();
+        let items: Vec<u64> = crate::wire::codec::decode(run.arg).unwrap();
+        assert_eq!(items, [1, 2, 3, 4, 5]);
+        assert_eq!(
+            a.len() - HEADER,
+            u64::from_le_bytes(a[..8].try_into().unwrap()) as usize
+        );
+
+        let before = a.clone();
+        assert!(!append_items(&mut a, &chunk(8, &[6])), "another function");
+        let mut skipped = chunk(9, &[6]);
+        set_skip(&mut skipped, 1);
+        assert!(!append_items(&mut a, &skipped), "a re-run");
+        let mut spilled = chunk(9, &[6]);
+        spilled[HEADER + 1] |= FLAG_SPILLED;
+        assert!(!append_items(&mut a, &spilled), "a spilled argument");
+        assert!(!append_items(&mut a, b"garbage"));
+        assert_eq!(a, before, "a refusal changes nothing");
     }
 
     #[test]

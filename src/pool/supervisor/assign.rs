@@ -168,6 +168,10 @@ impl Supervisor {
                 if jobs.is_empty() {
                     continue;
                 }
+                if self.config.max_tasks_per_child.is_none() {
+                    // (A merged job counts once where a worker's tasks are counted.)
+                    jobs = merge(jobs);
+                }
                 let Some(sock) = w.sock.as_deref() else {
                     continue;
                 };
@@ -201,6 +205,19 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Merges runs of consecutive jobs of one `map` (`Batch::absorb`): a `map` with small chunks
+/// then costs a worker one frame and one answer per run, not per chunk. Only look-ahead jobs
+/// of fast tasks come here in numbers, so a merged run is short in time.
+fn merge(jobs: Vec<Batch>) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        if !out.last_mut().is_some_and(|last| last.absorb(&j)) {
+            out.push(j);
+        }
+    }
+    out
 }
 
 /// Writes `jobs` to a worker, in one write when it can; returns how many were written whole

@@ -131,3 +131,62 @@ fn send_jobs_counts_the_jobs_written_whole_before_the_peer_died() {
     );
     assert_eq!(send_jobs(&ours, &jobs), 0, "nothing goes to a dead worker");
 }
+
+/// A chunk job of `items` for cell `cell` of `slot`, as `map_chunks` makes them.
+fn chunk_job(items: &[u64], slot: &Arc<Slot>, cell: usize) -> Batch {
+    let mut f = msg::begin_run(0, b"id", 1, 2);
+    crate::wire::codec::encode_into(items, &mut f.buf).unwrap();
+    let sink = Sink::Slot(Arc::clone(slot), cell);
+    Batch::new(f.finish(), None, items.len(), sink, 0)
+}
+
+/// One-item jobs of one `map`, queued side by side, travel to a worker as one chunk per run
+/// (a job of another request in between ends a run); one answer fills all their cells.
+#[test]
+fn consecutive_jobs_of_one_map_travel_and_settle_as_one_chunk() {
+    let (mut sup, theirs, mut child) = fake_pool();
+    let (a, b) = (Arc::new(Slot::new(6)), Arc::new(Slot::new(1)));
+    {
+        let mut q = sup.shared.lock();
+        for cell in 0..3 {
+            q.jobs.push_back(chunk_job(&[cell as u64 * 10], &a, cell));
+        }
+        q.jobs.push_back(chunk_job(&[99], &b, 0));
+        for cell in 3..6 {
+            q.jobs.push_back(chunk_job(&[cell as u64 * 10], &a, cell));
+        }
+    }
+    sup.assign();
+    // The first job alone (the worker was idle), then the look-ahead, merged by runs.
+    let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        let body = reader.read_frame(&mut &theirs).unwrap();
+        let run = msg::parse_run(&body).unwrap();
+        sent.push(crate::wire::codec::decode::<Vec<u64>>(run.arg).unwrap());
+    }
+    assert_eq!(sent, [vec![0], vec![10, 20], vec![99], vec![30, 40, 50]]);
+    assert_eq!(sup.workers[0].inflight.len(), 4);
+    // The worker answers each chunk with its items doubled.
+    for items in &sent {
+        let mut bytes = Vec::new();
+        for x in items {
+            crate::wire::codec::encode_into(&(x * 2), &mut bytes).unwrap();
+        }
+        let n = items.len() as u64;
+        let mut answer = frame::FrameBuf::new();
+        answer
+            .buf
+            .extend_from_slice(&crate::task::chunk::rebuild(n, n, &bytes));
+        (&theirs).write_all(&answer.finish()).unwrap();
+    }
+    while !sup.workers[0].inflight.is_empty() {
+        sup.read_worker(0);
+    }
+    assert!(a.is_done() && b.is_done());
+    let values = crate::pool::finish_map::<u64>(a.take()).unwrap();
+    assert_eq!(values, [0, 20, 40, 60, 80, 100]);
+    assert_eq!(crate::pool::finish_map::<u64>(b.take()).unwrap(), [198]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
