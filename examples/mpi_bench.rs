@@ -37,6 +37,18 @@ fn per_op(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n as f64
 }
 
+/// The median, p90 and p99 of `times`, in microseconds.
+fn spread(times: &mut [Duration]) -> String {
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    format!(
+        "median {:.1} us, p90 {:.1} us, p99 {:.1} us",
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    )
+}
+
 fn pool() -> mproc::Result<()> {
     let prefetch = std::env::var("MPI_BENCH_PREFETCH")
         .ok()
@@ -56,12 +68,16 @@ fn pool() -> mproc::Result<()> {
         pool.apply(echo, x)?;
     }
     let t = Instant::now();
+    let mut each = Vec::with_capacity(ROUND_TRIPS);
     for x in 0..ROUND_TRIPS as u64 {
+        let one = Instant::now();
         assert_eq!(pool.apply(echo, x)?, x);
+        each.push(one.elapsed());
     }
     println!(
-        "pool round trip: {:.1} us",
-        per_op(t.elapsed(), ROUND_TRIPS)
+        "pool round trip: {:.1} us ({})",
+        per_op(t.elapsed(), ROUND_TRIPS),
+        spread(&mut each)
     );
 
     // The floor a serving rank adds: the same task through a local pool on this machine.
@@ -131,11 +147,18 @@ fn raw() {
         peer.receive_vec_with_tag::<u8>(TAG);
     }
     let t = Instant::now();
+    let mut each = Vec::with_capacity(ROUND_TRIPS);
     for _ in 0..ROUND_TRIPS {
+        let one = Instant::now();
         peer.send_with_tag(&msg[..], TAG);
         peer.receive_vec_with_tag::<u8>(TAG);
+        each.push(one.elapsed());
     }
-    println!("raw round trip: {:.1} us", per_op(t.elapsed(), ROUND_TRIPS));
+    println!(
+        "raw round trip: {:.1} us ({})",
+        per_op(t.elapsed(), ROUND_TRIPS),
+        spread(&mut each)
+    );
 
     // The pool's default window: two in flight per local worker of each serving rank.
     let window = 2 * mproc::cpu_count();

@@ -123,7 +123,12 @@ struct Server {
     next_key: usize,
     /// Replies gathered for the next message to rank 0.
     replies: Batch,
+    /// Turns of `poll_borrowed` since the last that read the sockets.
+    looks: u32,
 }
+
+/// One turn in this many of `poll_borrowed` reads the borrowed workers' sockets and pidfds.
+const FULL_LOOK: u32 = 16;
 
 impl Server {
     fn new(pool: crate::Pool) -> Server {
@@ -136,6 +141,7 @@ impl Server {
             borrowed: Vec::new(),
             next_key: 0,
             replies: Batch::default(),
+            looks: 0,
         }
     }
 
@@ -171,9 +177,17 @@ impl Server {
             match idle.pause(!self.jobs.is_empty()) {
                 None => std::thread::yield_now(),
                 Some(d) if !self.borrowed.is_empty() => {
-                    // Wake for a borrowed worker's answer; the supervisor's come next turn.
-                    let socks: Vec<_> = self.borrowed.iter().map(|(_, b)| b.sock()).collect();
-                    let _ = crate::sys::poll_readable(&socks, Some(d));
+                    // Wake for a borrowed worker's answer (it rings the socket for one it
+                    // leaves in the mailbox, once we say we sleep); the supervisor's come next
+                    // turn.
+                    if self.park_borrowed() {
+                        let socks: Vec<_> = self.borrowed.iter().map(|(_, b)| b.sock()).collect();
+                        let _ = crate::sys::poll_readable(&socks, Some(d));
+                    }
+                    for (_, b) in &self.borrowed {
+                        b.park(false);
+                    }
+                    self.looks = 0; // a full look next
                 }
                 Some(d) => match self.rx.recv_timeout(d) {
                     Ok((key, outcome)) => {
@@ -238,12 +252,30 @@ impl Server {
         }
     }
 
-    /// Collects the answers of borrowed workers; true if any task finished or was lost.
+    /// Says to every borrowed worker that we are about to sleep, then looks in their
+    /// mailboxes once more: false if an answer is there already (do not sleep).
+    fn park_borrowed(&mut self) -> bool {
+        for (_, b) in &self.borrowed {
+            b.park(true);
+        }
+        !self
+            .borrowed
+            .iter_mut()
+            .any(|(_, b)| !matches!(b.peek(), Ok(None)))
+    }
+
+    /// Collects the answers of borrowed workers; true if any task finished or was lost. Most
+    /// turns look only in the mailboxes (no syscall); every [`FULL_LOOK`]th also reads the
+    /// sockets and pidfds, for a worker that died or answered there.
     fn poll_borrowed(&mut self) -> bool {
+        let full = self.looks % FULL_LOOK == 0;
+        self.looks = self.looks.wrapping_add(1);
         let mut any = false;
         let mut i = 0;
         while i < self.borrowed.len() {
-            let polled = match self.borrowed[i].1.poll() {
+            let b = &mut self.borrowed[i].1;
+            let looked = if full { b.poll() } else { b.peek() };
+            let polled = match looked {
                 Ok(None) => {
                     i += 1;
                     continue;

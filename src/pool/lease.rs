@@ -56,7 +56,7 @@ pub(crate) fn run(
 ) -> Result<Outcome, (Vec<u8>, Fds)> {
     let mut frame = frame;
     msg::set_run_flag(&mut frame, msg::FLAG_HOT);
-    let mut b = borrow(shared, frame, fds, 1, timeout, Via::Mailbox)?;
+    let mut b = borrow(shared, frame, fds, 1, timeout)?;
     let polled = loop {
         // A small task's answer comes within microseconds: look a short while before
         // sleeping (`task::spin`), and after a wake `poll` costs no syscall beyond the read in
@@ -140,29 +140,18 @@ pub(crate) struct Borrowed {
     last_words: Option<&'static str>,
 }
 
-/// How a borrowed task travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Via {
-    /// The socket.
-    #[cfg_attr(
-        not(feature = "mpi"),
-        allow(dead_code, reason = "the MPI rank's borrows")
-    )]
-    Socket,
-    /// The control block's mailbox when it fits (`task::mailbox`): for a caller that waits in
-    /// [`run`], which parks as the mailbox requires.
-    Mailbox,
-}
-
 /// Writes the task in `frame` (with the fds of handles inside its argument) to an idle
 /// worker, if one can be borrowed; gives them back otherwise (the caller then queues them).
+///
+/// A task that fits goes by the worker's mailbox (`task::mailbox`), whose answer comes back
+/// there: a borrower that sleeps must first [`park`](Borrowed::park) and
+/// [`peek`](Borrowed::peek) once more, so that the worker rings the socket for it.
 pub(crate) fn borrow(
     shared: &Registry,
     frame: Vec<u8>,
     fds: Fds,
     items: usize,
     timeout: Option<Duration>,
-    via: Via,
 ) -> Result<Borrowed, (Vec<u8>, Fds)> {
     let lease = {
         let mut q = shared.lock();
@@ -185,7 +174,8 @@ pub(crate) fn borrow(
             None => return Err((frame, fds)),
         }
     };
-    let posted = (via == Via::Mailbox && fds.is_none())
+    let posted = fds
+        .is_none()
         .then(|| mailbox::caller::post(lease.watch.page(), &frame[frame::HEADER..]))
         .flatten();
     let unsent = match posted {
@@ -228,8 +218,9 @@ impl Borrowed {
         }
     }
 
-    /// Says in the mailbox whether this caller sleeps (so the worker rings for its answer).
-    fn park(&self, parked: bool) {
+    /// Says in the mailbox whether this caller sleeps (so the worker rings for its answer):
+    /// before sleeping, say so, then [`peek`](Borrowed::peek) once more.
+    pub(crate) fn park(&self, parked: bool) {
         if self.boxed.is_some() {
             mailbox::caller::park(self.lease.watch.page(), parked);
         }

@@ -1315,24 +1315,19 @@ impl Pool {
     /// Writes a `Run` frame encoded elsewhere (by another MPI rank) to an idle worker
     /// borrowed from this pool, skipping the supervisor's two hand-offs; gives the frame back
     /// if none is idle. Poll the result, then [`settle_borrowed`](Pool::settle_borrowed).
+    /// A small task goes by the worker's mailbox, and is hot: the worker looks a while for
+    /// the next one before it sleeps, as after an `apply`.
     #[cfg(feature = "mpi")]
     pub(crate) fn borrow_for_frame(
         &self,
-        frame: Vec<u8>,
+        mut frame: Vec<u8>,
         items: usize,
     ) -> std::result::Result<Borrowed, Vec<u8>> {
         let Flavor::Local { shared, .. } = &self.flavor else {
             return Err(frame);
         };
-        lease::borrow(
-            shared,
-            frame,
-            None,
-            items,
-            self.task_timeout,
-            lease::Via::Socket,
-        )
-        .map_err(|(frame, _)| frame)
+        crate::wire::msg::set_run_flag(&mut frame, crate::wire::msg::FLAG_HOT);
+        lease::borrow(shared, frame, None, items, self.task_timeout).map_err(|(frame, _)| frame)
     }
 
     /// Settles a borrowed frame once polled; its outcome arrives on `tx` tagged with `key`
