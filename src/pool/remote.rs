@@ -138,6 +138,34 @@ mod tests {
         assert_eq!(pool.apply(square, 3).unwrap(), 7);
     }
 
+    fn len_of(v: Vec<u8>) -> u64 {
+        v.len() as u64
+    }
+
+    #[test]
+    fn automatic_chunks_hold_at_most_64_kib_of_items() {
+        let remote = Arc::new(Sevens::default());
+        let pool = PoolBuilder::default().into_remote(Box::new(Arc::clone(&remote)), 2);
+        let batches = |remote: &Sevens| std::mem::take(&mut *remote.batches.lock().unwrap());
+        // Small inputs keep Python's size: about four chunks per worker.
+        pool.map(square, 0..80u64).unwrap();
+        assert_eq!(batches(&remote), [10; 8]);
+        // 100 000 integers: 8192 a chunk (64 KiB), not 12 500.
+        pool.map(square, 0..100_000u64).unwrap();
+        let got = batches(&remote);
+        assert_eq!(got.iter().sum::<usize>(), 100_000);
+        assert!(got.iter().all(|&n| n <= 8192), "{got:?}");
+        assert_eq!(got[0], 8192);
+        // Large items: as many as fit 64 KiB, at least one.
+        pool.map(len_of, vec![vec![1u8; 20_000]; 40]).unwrap();
+        assert_eq!(
+            batches(&remote),
+            [3; 13].into_iter().chain([1]).collect::<Vec<_>>()
+        );
+        pool.map(len_of, vec![vec![1u8; 100_000]; 4]).unwrap();
+        assert_eq!(batches(&remote), [1; 4]);
+    }
+
     #[test]
     fn fds_do_not_cross_and_close_refuses() {
         let (pool, remote) = pool();
