@@ -42,6 +42,10 @@ impl Sink {
     }
 }
 
+/// The largest frame merged jobs make: the size of a large `map`'s automatic chunks, which
+/// are not merged further (one frame stays a few cache-warm pages).
+const MERGED_BYTES: usize = 64 << 10;
+
 /// One chunk of work: an encoded `Run` frame and where its outcome goes.
 pub(crate) struct Batch {
     pub(crate) frame: Vec<u8>,
@@ -102,8 +106,12 @@ impl Batch {
             (Sink::Slot(a, i), Sink::Slot(b, j)) => Arc::ptr_eq(a, b) && *j == i + self.cells,
             _ => false,
         };
-        let mergeable =
-            fresh(self) && fresh(next) && side_by_side && self.max_retries == next.max_retries;
+        let small = self.frame.len() + next.frame.len() <= MERGED_BYTES;
+        let mergeable = small
+            && fresh(self)
+            && fresh(next)
+            && side_by_side
+            && self.max_retries == next.max_retries;
         if !mergeable || !msg::append_items(&mut self.frame, &next.frame) {
             return false;
         }

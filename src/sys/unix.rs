@@ -698,6 +698,14 @@ pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()
     )?)
 }
 
+/// Asks for a send buffer of `bytes` on `fd` (the kernel may cap it: `wmem_max`) and returns
+/// the size it has now, whatever the kernel granted.
+pub(crate) fn grow_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> usize {
+    use rustix::net::sockopt::{set_socket_send_buffer_size, socket_send_buffer_size};
+    let _ = set_socket_send_buffer_size(fd, bytes);
+    socket_send_buffer_size(fd).unwrap_or(0)
+}
+
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries kept), close-on-exec.
 #[cfg(target_os = "linux")]
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -157,7 +157,7 @@ impl Supervisor {
                         // The first job to an idle worker may be any size: it is reading.
                         if !(w.inflight.is_empty() && k == 0) {
                             ahead += j.frame.len();
-                            if ahead > LOOKAHEAD_BYTES {
+                            if ahead > w.ahead_bytes {
                                 break;
                             }
                         }

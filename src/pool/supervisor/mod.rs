@@ -67,6 +67,9 @@ const FAST_TASK: Duration = Duration::from_micros(200);
 /// so writing them never blocks: a blocked write here while the worker blocks writing a large
 /// result to us would deadlock both.
 const LOOKAHEAD_BYTES: usize = 48 << 10;
+/// The most bytes of look-ahead, where a worker's socket has room for it: a few automatic
+/// chunks (64 KiB each), so that a worker of a large `map` never waits for its next one.
+const MAX_LOOKAHEAD_BYTES: usize = 256 << 10;
 /// The first wait before starting workers again after the OS refused one (`EAGAIN` under
 /// `ulimit -u`, `ENOMEM`...), and the longest, as it doubles.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);

@@ -199,9 +199,11 @@ impl Supervisor {
         drop(control);
         self.next_id += 1;
         let now = Instant::now();
+        let ahead_bytes = lookahead_bytes(&sock);
         let mut w = Worker {
             id: self.next_id,
             child,
+            ahead_bytes,
             sock: Some(Arc::new(sock)),
             published: false,
             reader: FrameReader::new(frame::DEFAULT_LIMIT),
@@ -296,4 +298,12 @@ fn discard(l: launch::Launched) {
     let _ = child.signal_group(sys::SIGKILL);
     drop(sock);
     let _ = child.reap();
+}
+
+/// The look-ahead a worker's socket allows: its send buffer grown (the kernel's cap, if
+/// lower, stands), and a quarter of what it has, between [`LOOKAHEAD_BYTES`] and
+/// [`MAX_LOOKAHEAD_BYTES`]. A quarter leaves room for the kernel's own overhead per message.
+fn lookahead_bytes(sock: &UnixStream) -> usize {
+    let granted = sys::grow_send_buffer(sock.as_fd(), 4 * MAX_LOOKAHEAD_BYTES);
+    (granted / 4).clamp(LOOKAHEAD_BYTES, MAX_LOOKAHEAD_BYTES)
 }

@@ -42,6 +42,7 @@ fn fake_pool() -> (Supervisor, UnixStream, std::process::Child) {
         last_words: None,
         tasks: 0,
         served: true,
+        ahead_bytes: LOOKAHEAD_BYTES,
     };
     let config = Config {
         processes: 1,

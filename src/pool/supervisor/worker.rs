@@ -58,6 +58,10 @@ pub(super) struct Worker {
     pub(super) tasks: usize,
     /// Reached the point of serving (hello checked and initializer done).
     pub(super) served: bool,
+    /// Bytes of jobs that may wait in its socket beside the running one (see
+    /// `LOOKAHEAD_BYTES`): a share of its socket's send buffer, so that writing them never
+    /// blocks.
+    pub(super) ahead_bytes: usize,
 }
 
 impl Worker {
