@@ -2,11 +2,11 @@
 //!
 //! Every read checks the bytes left first, so hostile input is an error, never a panic; a
 //! length is trusted only as far as the input can back it (see [`Deserializer::free`]);
-//! nesting is bounded by [`MAX_DEPTH`], so a recursive type cannot overflow the stack.
+//! nesting is bounded by [`MAX_DEPTH`](super::MAX_DEPTH), so a recursive type cannot overflow the stack.
 
 use serde::de::{self, DeserializeSeed, Error as _, IntoDeserializer, Visitor};
 
-use super::{Error, MAX_DEPTH};
+use super::{Depth, Error};
 
 /// Elements of sequences and maps that may decode from no bytes at all, per value: each costs
 /// its in-memory size (at least 1). Without a budget, a claimed length of 2^60 elements of a
@@ -17,7 +17,7 @@ const FREE_BUDGET: usize = 64 << 20;
 /// A serde deserializer over the codec's bytes.
 pub(super) struct Deserializer<'de> {
     pub(super) input: &'de [u8],
-    depth: u32,
+    depth: Depth,
     /// What is left of [`FREE_BUDGET`].
     free: usize,
 }
@@ -26,14 +26,14 @@ impl<'de> Deserializer<'de> {
     pub(super) fn new(input: &'de [u8]) -> Deserializer<'de> {
         Deserializer {
             input,
-            depth: 0,
+            depth: Depth::default(),
             free: FREE_BUDGET,
         }
     }
 
     /// Starts a fresh value at the current position (depth and budget reset).
     pub(super) fn restart(&mut self) {
-        self.depth = 0;
+        self.depth = Depth::default();
         self.free = FREE_BUDGET;
     }
 
@@ -74,11 +74,7 @@ impl<'de> Deserializer<'de> {
 
     #[inline(always)]
     fn enter(&mut self) -> Result<(), Error> {
-        if self.depth >= MAX_DEPTH {
-            return Err(Error::too_deep());
-        }
-        self.depth += 1;
-        Ok(())
+        self.depth.enter()
     }
 
     /// Runs `f` one level deeper.
@@ -86,7 +82,7 @@ impl<'de> Deserializer<'de> {
     fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, Error>) -> Result<T, Error> {
         self.enter()?;
         let r = f(self);
-        self.depth -= 1;
+        self.depth.leave();
         r
     }
 

@@ -64,6 +64,29 @@ use crate::sys::arena::GrowMap;
 /// both sides, never a stack overflow: a hostile or corrupt message cannot crash the reader.
 pub(crate) const MAX_DEPTH: u32 = 256;
 
+/// How many compound values are open around the one being written or read: both sides refuse
+/// to go past [`MAX_DEPTH`], before the stack runs out.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Depth(u32);
+
+impl Depth {
+    /// Opens one more level; refused past [`MAX_DEPTH`].
+    #[inline(always)]
+    pub(crate) fn enter(&mut self) -> Result<(), Error> {
+        if self.0 >= MAX_DEPTH {
+            return Err(Error::too_deep());
+        }
+        self.0 += 1;
+        Ok(())
+    }
+
+    /// Closes the level last opened.
+    #[inline(always)]
+    pub(crate) fn leave(&mut self) {
+        self.0 -= 1;
+    }
+}
+
 /// A codec error: its message, kept whole (a custom `Serialize` or `Deserialize` error's text
 /// included). One pointer wide, so that every `Result` of the hot path fits in registers
 /// (a `Box<str>` cost decoding a `u64` 60%).
@@ -231,7 +254,7 @@ impl<'a> ArenaWriter<'a> {
     #[inline]
     pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         // A failed value may have left its nesting open.
-        self.ser.depth = 0;
+        self.ser.depth = Depth::default();
         value.serialize(&mut self.ser).map_err(|e| e.to_string())
     }
 

@@ -3,18 +3,21 @@
 use serde::Serialize;
 use serde::ser::{self, Error as _};
 
-use super::{Error, MAX_DEPTH, Output};
+use super::{Depth, Error, Output};
 
 /// A serde serializer writing the codec's format to `out`.
 pub(super) struct Serializer<O> {
     pub(super) out: O,
-    /// Compound values open around the one being written (bounded by [`MAX_DEPTH`]).
-    pub(super) depth: u32,
+    /// Compound values open around the one being written (bounded by [`MAX_DEPTH`](super::MAX_DEPTH)).
+    pub(super) depth: Depth,
 }
 
 impl<O: Output> Serializer<O> {
     pub(super) fn new(out: O) -> Serializer<O> {
-        Serializer { out, depth: 0 }
+        Serializer {
+            out,
+            depth: Depth::default(),
+        }
     }
 
     #[inline(always)]
@@ -22,14 +25,10 @@ impl<O: Output> Serializer<O> {
         self.out.put_array((n as u64).to_le_bytes())
     }
 
-    /// Opens a compound value; refused past [`MAX_DEPTH`], before the stack runs out.
+    /// Opens a compound value; refused past [`MAX_DEPTH`](super::MAX_DEPTH).
     #[inline(always)]
     fn enter(&mut self) -> Result<(), Error> {
-        if self.depth >= MAX_DEPTH {
-            return Err(Error::too_deep());
-        }
-        self.depth += 1;
-        Ok(())
+        self.depth.enter()
     }
 
     /// Writes `v` one level deeper.
@@ -37,7 +36,7 @@ impl<O: Output> Serializer<O> {
     fn nested<V: Serialize + ?Sized>(&mut self, v: &V) -> Result<(), Error> {
         self.enter()?;
         let r = v.serialize(&mut *self);
-        self.depth -= 1;
+        self.depth.leave();
         r
     }
 
@@ -224,7 +223,7 @@ macro_rules! compound {
             }
             #[inline(always)]
             fn end(self) -> Result<(), Error> {
-                self.ser.depth -= 1;
+                self.ser.depth.leave();
                 Ok(())
             }
         }
@@ -253,7 +252,7 @@ impl<O: Output> ser::SerializeMap for Compound<'_, O> {
     }
     #[inline(always)]
     fn end(self) -> Result<(), Error> {
-        self.ser.depth -= 1;
+        self.ser.depth.leave();
         Ok(())
     }
 }
