@@ -231,6 +231,21 @@ fn helper_captured_output() {
             assert_eq!(c.stdout_text(), format!("out {i}\nthread {i}\nraw {i}\n"));
             assert_eq!(c.stderr_text(), format!("err {i}\n"));
         }
+        // One-item chunks, merged into runs on their way to a worker: each its own output.
+        let one_by_one = Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .chunksize(1)
+            .build()
+            .unwrap();
+        let all = one_by_one.map_captured(noisy, 0..300).unwrap();
+        assert_eq!(all.len(), 300);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.value, i as u32 + 100);
+            assert_eq!(c.stdout_text(), format!("out {i}\nthread {i}\nraw {i}\n"));
+            assert_eq!(c.stderr_text(), format!("err {i}\n"));
+        }
+        drop(one_by_one);
 
         // A panic is returned as one; the other items keep their own output.
         let err = pool.map_captured(noisy_then_panic, 0..5).unwrap_err();

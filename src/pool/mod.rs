@@ -934,8 +934,10 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         T: Borrow<A>,
     {
-        self.map_async_impl(CaptureOutput(f), items.into_iter().collect(), None)
-            .get()
+        let items: Vec<T> = items.into_iter().collect();
+        let n = items.len();
+        self.map_async_impl(CaptureOutput(f), items, None)
+            .get_streaming(n, decode_into::<Captured<R>>)
     }
 
     /// Runs `f(arg)` in a worker; the result arrives through the returned handle: Python's
