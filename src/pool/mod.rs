@@ -798,7 +798,8 @@ impl Pool {
         T: StarArgs,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.starmap_async(f, items).get()
+        self.starmap_async(f, items)
+            .get_streaming(0, decode_into::<R>)
     }
 
     /// [`starmap`](Pool::starmap) without waiting: Python's `starmap_async`. The tuples are

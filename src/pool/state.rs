@@ -139,7 +139,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         T: Borrow<A>,
     {
-        self.map_with_state_async(f, items).get()
+        self.map_with_state_async(f, items)
+            .get_streaming(0, super::decode_into::<R>)
     }
 
     /// [`map_with_state`](Pool::map_with_state) without waiting.
