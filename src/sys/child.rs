@@ -117,47 +117,78 @@ pub(crate) fn take_env(token: &ChildToken, key: &str) -> Option<OsString> {
 /// may have held at `fork` time.
 pub(crate) fn getenv(_token: &ChildToken, key: &str) -> Option<OsString> {
     use std::os::unix::ffi::OsStringExt;
-    let k = std::ffi::CString::new(key).ok()?;
-    // SAFETY: the token proves the process is single-threaded, so nothing modifies the
-    // environment during the call; a non-null result is a valid NUL-terminated string that we
-    // copy out before returning.
-    unsafe {
-        let v = libc::getenv(k.as_ptr());
-        if v.is_null() {
-            return None;
+    with_c_key(key, |k| {
+        // SAFETY: the token proves the process is single-threaded, so nothing modifies the
+        // environment during the call; a non-null result is a valid NUL-terminated string that
+        // we copy out before returning.
+        unsafe {
+            let v = libc::getenv(k.as_ptr());
+            if v.is_null() {
+                return None;
+            }
+            Some(OsString::from_vec(
+                std::ffi::CStr::from_ptr(v).to_bytes().to_vec(),
+            ))
         }
-        Some(OsString::from_vec(
-            std::ffi::CStr::from_ptr(v).to_bytes().to_vec(),
-        ))
+    })
+}
+
+/// True when the variable is set (what [`getenv`] would find, without copying it out).
+fn env_is_set(_token: &ChildToken, key: &str) -> bool {
+    with_c_key(key, |k| {
+        // SAFETY: as in `getenv`; the result is only compared with null.
+        Some(unsafe { !libc::getenv(k.as_ptr()).is_null() })
+    })
+    .unwrap_or(false)
+}
+
+/// Calls `f` with `key` as a C string, built on the stack when it is short (every key mproc
+/// reads is): a worker starting up reads a dozen variables, and each allocation there writes
+/// to a heap page it shares with the fork server (a page fault of a few microseconds).
+/// `None` when `key` holds a NUL byte (no variable has such a name).
+fn with_c_key<T>(key: &str, f: impl FnOnce(&std::ffi::CStr) -> Option<T>) -> Option<T> {
+    with_c_str(key.as_bytes(), f)
+}
+
+/// As [`with_c_key`], for any bytes (on the stack up to 127 of them).
+fn with_c_str<T>(bytes: &[u8], f: impl FnOnce(&std::ffi::CStr) -> Option<T>) -> Option<T> {
+    let mut buf = [0u8; 128];
+    if bytes.len() < buf.len() {
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let c = std::ffi::CStr::from_bytes_until_nul(&buf).ok()?;
+        // A NUL inside would make it a shorter string: refuse it, as `CString` does.
+        return (c.to_bytes().len() == bytes.len()).then(|| f(c)).flatten();
     }
+    let c = std::ffi::CString::new(bytes).ok()?;
+    f(&c)
 }
 
 /// Applies environment changes in a fresh child. Calls the C library directly: std's own
 /// environment lock may have been held by another thread of the parent at `fork` time.
 pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
     for (k, v) in vars {
-        let (Ok(k), Ok(v)) = (
-            std::ffi::CString::new(k.as_bytes()),
-            std::ffi::CString::new(v.as_bytes()),
-        ) else {
-            continue; // a NUL byte cannot be in the environment
-        };
-        // SAFETY: the token proves the process is single-threaded; both strings are valid
-        // NUL-terminated C strings for the duration of the call.
-        unsafe { libc::setenv(k.as_ptr(), v.as_ptr(), 1) };
+        // A NUL byte cannot be in the environment: such a pair is skipped.
+        with_c_str(k.as_bytes(), |k| {
+            with_c_str(v.as_bytes(), |v| {
+                // SAFETY: the token proves the process is single-threaded; both strings are
+                // valid NUL-terminated C strings for the duration of the call.
+                unsafe { libc::setenv(k.as_ptr(), v.as_ptr(), 1) };
+                Some(())
+            })
+        });
     }
 }
 
 /// Removes a variable in a fresh child.
 pub(crate) fn remove_env(token: &ChildToken, key: &str) {
-    if getenv(token, key).is_none() {
+    if !env_is_set(token, key) {
         return; // nothing to do: skip glibc's environment lock entirely
     }
-    let Ok(k) = std::ffi::CString::new(key) else {
-        return;
-    };
-    // SAFETY: as in `set_envs`.
-    unsafe { libc::unsetenv(k.as_ptr()) };
+    with_c_key(key, |k| {
+        // SAFETY: as in `set_envs`.
+        unsafe { libc::unsetenv(k.as_ptr()) };
+        Some(())
+    });
 }
 
 /// Makes `fd` the child's descriptor `target` (0, 1 or 2 for stdio), inherited across exec.
@@ -224,4 +255,22 @@ pub(crate) fn take_inherited(_token: &ChildToken, fd: BorrowedFd<'_>) -> OwnedFd
     // SAFETY: as in `close_inherited`: the original owner is never dropped in the child, so
     // this becomes the only owner there.
     unsafe { super::adopt_fd(fd.as_raw_fd()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_c_key;
+
+    #[test]
+    fn keys_become_c_strings_short_or_long_and_a_nul_is_refused() {
+        let c = |key: &str| with_c_key(key, |k| Some(k.to_bytes().to_vec()));
+        assert_eq!(c("PATH").as_deref(), Some(&b"PATH"[..]));
+        assert_eq!(c(""), Some(Vec::new()));
+        let long = "K".repeat(200);
+        assert_eq!(c(&long), Some(long.clone().into_bytes()));
+        let edge = "E".repeat(127);
+        assert_eq!(c(&edge), Some(edge.clone().into_bytes()));
+        assert_eq!(c("A\0B"), None);
+        assert_eq!(c(&format!("{long}\0")), None);
+    }
 }
