@@ -58,7 +58,10 @@ fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
         }
     };
     match kind {
-        "spawn" => super::serve::serve(token, sock),
+        "spawn" => {
+            crate::sys::ignore_sigpipe();
+            super::serve::serve(token, sock)
+        }
         "server" => {
             let _ = crate::sys::set_process_name(&super::setup::program_name());
             super::forkserver::serve(token, sock)

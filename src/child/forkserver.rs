@@ -88,7 +88,10 @@ fn decode_request(bytes: &[u8]) -> Option<Request> {
 /// The server's loop, run from the load-time entry of the exec'd server process. Returns its exit
 /// code when the parent closes the control socket.
 pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
+    // Inherited by every worker, which then does not set them itself (`clone_sibling_child`,
+    // `enter_forked`).
     sys::ignore_sigpipe();
+    sys::ignore_terminal_stops();
     let parent = sys::getppid();
     if sys::set_parent_death_signal(parent).is_err() {
         return 0;
@@ -149,6 +152,8 @@ fn serve_one(
         for (i, slot) in setup.stdio.iter_mut().enumerate() {
             *slot = if req.stdio_mask & (1 << i) != 0 {
                 passed.next()
+            } else if i == 0 {
+                None // the server's own stdin is `/dev/null` already (`process::forkserver`)
             } else {
                 sys::open_devnull().ok()
             };

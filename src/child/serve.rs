@@ -46,6 +46,8 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
     }
     if setup.reset_signals {
         crate::sys::reset_signals();
+        // As Rust's `main` does. A child of the fork server inherits it ignored.
+        crate::sys::ignore_sigpipe();
     }
     child::remove_env(token, MARKER_ENV);
     child::set_envs(token, &setup.env);
@@ -65,8 +67,10 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
 
 /// The worker loop: say hello, then run each task received until told it was the last or the
 /// parent closes the socket. Returns the exit code.
+///
+/// SIGPIPE must be ignored already (as Rust's `main` would): a write to a parent that went away
+/// fails instead of killing the worker.
 pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
-    crate::sys::ignore_sigpipe();
     // Shown by ps and top instead of `exe` (the file re-executed is /proc/self/exe). A
     // failure costs only the name.
     let name = child::getenv(token, super::setup::NAME_ENV);

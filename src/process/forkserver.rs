@@ -175,6 +175,7 @@ fn start() -> io::Result<Server> {
     let child = launch::on_spawner(move || {
         let fd = theirs.as_raw_fd();
         let mut cmd = launch::worker_command(&format!("server:{fd}"))?;
+        // Workers whose stdin is `/dev/null` (the default) keep this one.
         cmd.stdin(std::process::Stdio::null());
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;

@@ -55,7 +55,7 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
             super::unix::put_in_own_group(pid);
             Ok(pid)
         }
-        Forked::Child => run_child(child),
+        Forked::Child => run_child(child, super::unix::lead_own_group),
     }
 }
 
@@ -63,7 +63,9 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
 /// return value. Returns the sibling's pid and a pidfd for it. The sibling leads its own
 /// process group.
 ///
-/// Only the fork server calls this, and it is single-threaded (checked in debug builds).
+/// Only the fork server calls this, and it is single-threaded (checked in debug builds). It
+/// ignores SIGTTIN and SIGTTOU as it starts (`unix::ignore_terminal_stops`), so the sibling
+/// inherits them ignored and only makes its group: two system calls fewer per worker.
 pub(crate) fn clone_sibling_child(
     child: impl FnOnce(&ChildToken) -> i32,
 ) -> io::Result<(i32, Option<OwnedFd>)> {
@@ -76,18 +78,19 @@ pub(crate) fn clone_sibling_child(
     // starts a thread, so the child inherits no lock held by another thread.
     match unsafe { super::clone_sibling() }? {
         super::Cloned::Caller { pid, pidfd } => Ok((pid, pidfd)),
-        super::Cloned::Child => run_child(child),
+        super::Cloned::Child => run_child(child, super::unix::make_own_group),
     }
 }
 
 /// Runs the child side and exits; a panic never unwinds into the parent's copied frames.
 ///
-/// The child first leads its own process group (`unix::lead_own_group`), before it runs
-/// anything that could start a subprocess: what it starts is then killed with it.
-fn run_child(child: impl FnOnce(&ChildToken) -> i32) -> ! {
+/// The child first leads its own process group (`group`: `unix::lead_own_group`, or its first
+/// half where the second is inherited), before it runs anything that could start a
+/// subprocess: what it starts is then killed with it.
+fn run_child(child: impl FnOnce(&ChildToken) -> i32, group: fn() -> io::Result<()>) -> ! {
     // A raw `clone` runs no `pthread_atfork` handler: forget the parent's pid here.
     super::unix::forget_pid();
-    if super::unix::lead_own_group().is_err() {
+    if group().is_err() {
         // Cannot happen (only a session leader is refused, and a new child is none); without
         // its own group the child's subprocesses could not be contained, so it does not serve.
         super::exit_now(EXIT_INTERNAL);

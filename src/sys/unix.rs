@@ -332,13 +332,27 @@ pub(crate) fn put_in_own_group(pid: i32) {
 
 /// Async-signal-safe (`setpgid`, `signal`): may be called between `fork` and `exec`.
 pub(crate) fn lead_own_group() -> io::Result<()> {
+    make_own_group()?;
+    ignore_terminal_stops();
+    Ok(())
+}
+
+/// The first half of [`lead_own_group`]: the group alone, for a child that inherited SIGTTIN
+/// and SIGTTOU ignored already (the fork server's: see [`ignore_terminal_stops`]).
+/// Async-signal-safe.
+pub(crate) fn make_own_group() -> io::Result<()> {
     // (None, None): "this process, as a new group" (`setpgid(0, 0)`); a raw system call.
-    rustix::process::setpgid(None, None)?;
+    Ok(rustix::process::setpgid(None, None)?)
+}
+
+/// The second half of [`lead_own_group`]: ignores SIGTTIN and SIGTTOU. Ignored dispositions
+/// survive `exec`, `fork` and `clone`, so a process that calls this once (the fork server, as
+/// it starts) gives them ignored to every child it creates. Async-signal-safe.
+pub(crate) fn ignore_terminal_stops() {
     for sig in [libc::SIGTTIN, libc::SIGTTOU] {
         // SAFETY: SIG_IGN is a valid disposition for both signals; no handler runs.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    Ok(())
 }
 
 /// Sends `sig` to child `pid` **and its process group**: first to the group `pid` leads
