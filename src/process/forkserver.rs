@@ -148,9 +148,9 @@ pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(sys::ChildHandle, UnixS
 }
 
 /// The fds a request carries: the worker's end of its socket, then its stdio.
-fn request_fds<'a>(child_end: &'a impl AsFd, stdio: &'a [OwnedFd]) -> Vec<BorrowedFd<'a>> {
+fn request_fds<'a>(child_end: &'a impl AsFd, stdio: &[BorrowedFd<'a>]) -> Vec<BorrowedFd<'a>> {
     let mut fds = vec![child_end.as_fd()];
-    fds.extend(stdio.iter().map(AsFd::as_fd));
+    fds.extend_from_slice(stdio);
     fds
 }
 
@@ -224,12 +224,13 @@ fn answer(server: &Server) -> Result<sys::ChildHandle, Asked> {
 }
 
 /// The request for a worker of `spec`, with the stdio fds to pass (see
-/// `child::forkserver::encode_request`).
-fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+/// `child::forkserver::encode_request`). Our own fds go as they are, not copies: the message
+/// carries references to the files, taken as it is sent.
+fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<BorrowedFd<'_>>)> {
     let mut mask = 0;
     let mut fds = Vec::new();
     for i in 0..spec.stdio.len() {
-        if let Some(fd) = spec.stdio_fd(i)? {
+        if let Some(fd) = spec.stdio_borrowed(i) {
             fds.push(fd);
             mask |= 1 << i;
         }

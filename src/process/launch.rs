@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -45,16 +45,18 @@ pub(crate) struct Spec {
 impl Spec {
     /// What the child's stream `i` becomes: `None` for `/dev/null`, else the fd to give it.
     pub(crate) fn stdio_fd(&self, i: usize) -> io::Result<Option<OwnedFd>> {
+        self.stdio_borrowed(i)
+            .map(|fd| fd.try_clone_to_owned())
+            .transpose()
+    }
+
+    /// As [`stdio_fd`](Spec::stdio_fd), borrowed: enough to pass it over a socket.
+    pub(crate) fn stdio_borrowed(&self, i: usize) -> Option<BorrowedFd<'_>> {
         match (self.stdio[i], &self.piped[i]) {
-            (Stdio::Prefixed, Some(w)) => w.try_clone().map(Some),
-            (Stdio::Null, _) => Ok(None),
-            _ if !sys::fd_is_open(i as i32) => Ok(None),
-            _ => match i {
-                0 => io::stdin().as_fd().try_clone_to_owned(),
-                1 => io::stdout().as_fd().try_clone_to_owned(),
-                _ => io::stderr().as_fd().try_clone_to_owned(),
-            }
-            .map(Some),
+            (Stdio::Prefixed, Some(w)) => Some(w.as_fd()),
+            (Stdio::Null, _) => None,
+            _ if !sys::fd_is_open(i as i32) => None,
+            _ => Some(sys::std_stream(i as i32)),
         }
     }
 }

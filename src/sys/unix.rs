@@ -577,6 +577,17 @@ pub(super) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Standard stream `fd` (0, 1 or 2), borrowed as std's `io::stdout().as_fd()` borrows it, for
+/// as long as the caller likes: std never closes them.
+pub(crate) fn std_stream(fd: RawFd) -> BorrowedFd<'static> {
+    assert!((0..3).contains(&fd), "fd {fd} is no standard stream");
+    // SAFETY: what std's own `AsFd` for `Stdin`, `Stdout` and `Stderr` does (`borrow_raw` of
+    // 0, 1 or 2, for the life of a handle to a static): the standard streams belong to the
+    // process and std never closes them. Code closing one by number breaks std's handles too;
+    // then the fd is invalid for a system call (EBADF), not memory unsafe.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
 /// True when `fd` is an open descriptor.
 pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD on any integer is harmless; EBADF tells it is closed.
