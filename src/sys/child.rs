@@ -48,6 +48,7 @@ pub(crate) fn fork_child(child: impl FnOnce(&ChildToken) -> i32) -> io::Result<i
     let forked = unsafe { fork() };
     if let Ok(Forked::Child) = forked {
         super::unix::default_fault_signals();
+        super::unix::forget_memory_limit();
     }
     super::unix::restore_signals(&mask);
     match forked? {

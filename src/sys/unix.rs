@@ -5,7 +5,7 @@ use std::mem::{self, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -753,17 +753,43 @@ pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
     let mut lim = getrlimit(Resource::Data);
     // `None` is unlimited.
     lim.current = Some(lim.maximum.map_or(bytes, |max| bytes.min(max)));
-    Ok(setrlimit(Resource::Data, lim)?)
+    setrlimit(Resource::Data, lim)?;
+    MEMORY_LIMITED.store(LIMITED, Ordering::Relaxed);
+    Ok(())
 }
+
+/// What [`memory_is_limited`] found, once asked: [`UNKNOWN`], [`LIMITED`] or [`UNLIMITED`].
+static MEMORY_LIMITED: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const LIMITED: u8 = 1;
+const UNLIMITED: u8 = 2;
 
 /// True when this process's address space or data segment is capped (`ulimit -v`,
 /// [`set_memory_limit`]): an allocation can then fail rather than the kernel's OOM killer
 /// stepping in.
+///
+/// Asked of the kernel once per process, then remembered: the fork server asks as it starts,
+/// and its workers inherit the answer (and their limits with it); [`set_memory_limit`] keeps
+/// it up to date. A child of `fork` forgets it (`forget_memory_limit`): the user's program may
+/// have changed its limits by itself.
 pub(crate) fn memory_is_limited() -> bool {
     use rustix::process::{Resource, getrlimit};
-    [Resource::As, Resource::Data]
+    match MEMORY_LIMITED.load(Ordering::Relaxed) {
+        LIMITED => return true,
+        UNLIMITED => return false,
+        _ => {}
+    }
+    let limited = [Resource::As, Resource::Data]
         .into_iter()
-        .any(|r| getrlimit(r).current.is_some())
+        .any(|r| getrlimit(r).current.is_some());
+    let known = if limited { LIMITED } else { UNLIMITED };
+    MEMORY_LIMITED.store(known, Ordering::Relaxed);
+    limited
+}
+
+/// Forgets what [`memory_is_limited`] found (in a freshly forked child). Async-signal-safe.
+pub(crate) fn forget_memory_limit() {
+    MEMORY_LIMITED.store(UNKNOWN, Ordering::Relaxed);
 }
 
 /// Runs `f` with the data-segment soft limit raised to the hard limit, then lowers it again:
