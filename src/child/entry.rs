@@ -60,12 +60,9 @@ fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
     match kind {
         "spawn" => {
             crate::sys::ignore_sigpipe();
-            super::serve::serve(token, sock)
+            super::serve::serve(token, sock, super::setup::Shown::Other)
         }
-        "server" => {
-            let _ = crate::sys::set_process_name(&super::setup::program_name());
-            super::forkserver::serve(token, sock)
-        }
+        "server" => super::forkserver::serve(token, sock),
         _ => {
             eprintln!("mproc: unknown worker kind {kind:?}; not running main");
             EXIT_BAD_MARKER

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::setup::Limits;
+use super::setup::{Limits, Shown};
 use super::{EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED, EXIT_TASK_FAILED, MARKER_ENV};
 use crate::sys::arena::GrowMap;
 use crate::sys::child::{self, ChildToken};
@@ -34,9 +34,11 @@ pub(crate) struct ChildSetup {
     /// The pid the worker's parent must have (for the parent-death signal check).
     pub(crate) parent: i32,
     /// Put every signal disposition back to default: needed after `fork` of a user's process
-    /// (its handlers are not ours to run), not in children of the fork server, which never
-    /// installs any.
+    /// (its handlers are not ours to run), not in children of the fork server, whose only
+    /// handlers are the worker's own (`warm_up`).
     pub(crate) reset_signals: bool,
+    /// What the worker shows in ps before it names itself.
+    pub(crate) shown: Shown,
 }
 
 /// Entry of a worker created by `fork` or the fork server: apply the setup, then serve.
@@ -59,10 +61,11 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
         }
     }
     let setup_parent = setup.parent;
+    let shown = setup.shown;
     drop(setup);
     super::mark_consumed();
     super::forkserver::forget_server(token, setup_parent);
-    serve(token, sock)
+    serve(token, sock, shown)
 }
 
 /// The worker loop: say hello, then run each task received until told it was the last or the
@@ -70,13 +73,10 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
 ///
 /// SIGPIPE must be ignored already (as Rust's `main` would): a write to a parent that went away
 /// fails instead of killing the worker.
-pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
-    // Shown by ps and top instead of `exe` (the file re-executed is /proc/self/exe). A
-    // failure costs only the name.
+pub(crate) fn serve(token: &ChildToken, sock: OwnedFd, shown: Shown) -> i32 {
+    // Shown by ps and top instead of `exe` (the file re-executed is /proc/self/exe).
     let name = child::getenv(token, super::setup::NAME_ENV);
-    let name = name.as_deref().and_then(|n| n.to_str());
-    let program = super::setup::program_name();
-    let _ = crate::sys::set_process_name(&super::setup::shown_name(&program, name));
+    super::setup::show_name(shown, name.as_deref().and_then(|n| n.to_str()));
     ensure_panic_hook();
     IN_WORKER.store(true, Ordering::Relaxed);
     if Limits::read(token).apply().is_err() {
@@ -86,7 +86,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
     let mut sock = UnixStream::from(sock);
     // A stack overflow is told apart from other faults, and said to the parent as the worker
     // dies. Without it (no stack bounds to be had) the parent still sees the signal.
-    let _ = stack_guard::install(sock.as_raw_fd(), msg::dying_of_stack_overflow());
+    let _ = stack_guard::install(sock.as_raw_fd(), msg::dying_of_stack_overflow);
     let code = serve_on(&mut sock, token);
     stack_guard::forget_fd();
     code
@@ -235,6 +235,32 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         }
     }
 }
+
+/// What every worker would otherwise do first, done once by the fork server as it starts:
+/// its workers inherit it done. Each costs a worker system calls or page faults otherwise
+/// (a write to a page it shares with the server copies the page: a few microseconds each),
+/// and the workers are what a `Process` waits for.
+pub(crate) fn warm_up(token: &ChildToken) {
+    ensure_panic_hook();
+    // The handlers and the alternate stack, with no socket to write to yet.
+    let _ = stack_guard::install(-1, msg::dying_of_stack_overflow);
+    let _ = super::setup::program_name();
+    let _ = crate::sys::memory_is_limited();
+    let _ = crate::sys::identity::own();
+    // Where the executable is mapped (`read_backtrace_env` looks, and found it is kept).
+    let _ = crate::sys::main_image_range();
+    // Thread-local destructors registered (each registration allocates, and the first binds
+    // two of the C library's symbols lazily), and stdout's buffer allocated.
+    let _ = fds::collecting(|| ());
+    fds::supplying(Vec::new(), || ());
+    let _ = std::io::stdout().flush();
+    // The C library's internal `realloc`, bound lazily at its first call (from `setenv`).
+    child::set_envs(token, &[(WARM_ENV.into(), OsString::new())]);
+    child::remove_env(token, WARM_ENV);
+}
+
+/// A variable set and removed at once by [`warm_up`].
+const WARM_ENV: &str = "MPROC_WARM_UP";
 
 /// What the serve loop waits on: the socket, and the mailbox once the parent sent one.
 struct Fetch<'a> {

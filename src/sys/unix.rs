@@ -149,6 +149,9 @@ pub(crate) fn default_fault_signals() {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
+    // A worker's own handler too, if the forking process was one.
+    #[cfg(target_os = "linux")]
+    super::stack_guard::forget_handlers();
 }
 
 /// This process's id.
