@@ -112,6 +112,21 @@ fn large_arguments_and_results_cross() {
     }
 }
 
+/// An argument under the size that goes in a file, but more than a socket holds: the part
+/// that fits is in the socket before the child starts (`launch_primed`), the rest follows.
+#[test]
+fn an_argument_larger_than_the_socket_buffer_crosses_whole() {
+    let _leaks = common::leak_checked();
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+    let want: u64 = data.iter().map(|&b| b as u64).sum();
+    for &m in methods() {
+        let (len, sum, _) = spawn(m, checksum, data.clone())
+            .join_timeout(LIMIT)
+            .unwrap();
+        assert_eq!((len, sum), (data.len(), want), "{m:?}");
+    }
+}
+
 fn boom(n: u32) -> u32 {
     if n > 0 {
         panic!("kaboom {n}");

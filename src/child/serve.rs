@@ -94,16 +94,28 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd, shown: Shown) -> i32 {
 
 fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     let me = identity::reported(token);
-    if sock
-        .write_all(&msg::hello(std::process::id(), &me))
-        .is_err()
-    {
-        return EXIT_PROTOCOL;
-    }
     let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
     // Fds received, in order, and those an `Fds` frame gave to the next task.
     let mut fifo = VecDeque::new();
     let mut task_fds = Vec::new();
+    // A `Process`'s one task (`FLAG_LAST`) is usually in the socket before its worker starts
+    // (`process::launch::launch_primed`): its hello then goes with the answer, in one write,
+    // and the parent wakes once. Every other worker greets first, before it waits for
+    // anything: a pool counts a worker as started when its hello comes.
+    let mut src = fds::FdRead {
+        sock: sock.as_fd(),
+        fifo: &mut fifo,
+        nowait: true,
+    };
+    let mut waiting = reader.advance(&mut src).ok().flatten();
+    let alone = waiting
+        .as_deref()
+        .and_then(|f| msg::parse_run(f).ok())
+        .is_some_and(|run| run.flags & msg::FLAG_LAST != 0);
+    let mut hello = Some(msg::hello(std::process::id(), &me));
+    if !alone && say(sock, &mut hello, &[]).is_err() {
+        return EXIT_PROTOCOL;
+    }
     // A pool worker's control block and result arena come in its first message; a worker
     // without one (a `Process`) still builds chunk replies in an arena of its own.
     let mut arena = Arena::default();
@@ -116,14 +128,17 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     // in the control block's first page, and rings the socket only if this worker sleeps.
     let mut last_in = 0;
     loop {
-        let got = next_task(&mut Fetch {
-            sock: sock.as_fd(),
-            fifo: &mut fifo,
-            reader: &mut reader,
-            page: arena.control(),
-            last_in: &mut last_in,
-            spin: hot.then_some(&mut spin),
-        });
+        let got = match waiting.take() {
+            Some(frame) => Got::Sock(Ok(frame)),
+            None => next_task(&mut Fetch {
+                sock: sock.as_fd(),
+                fifo: &mut fifo,
+                reader: &mut reader,
+                page: arena.control(),
+                last_in: &mut last_in,
+                spin: hot.then_some(&mut spin),
+            }),
+        };
         let (boxed, frame) = match got {
             Got::Boxed(seq, body) => (Some(seq), body),
             Got::Sock(Ok(body)) => (None, body),
@@ -156,7 +171,7 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             return EXIT_PROTOCOL;
         };
         let Some(proof) = identity::verify(run.identity, &me) else {
-            let _ = sock.write_all(&msg::refused(&me));
+            let _ = say(sock, &mut hello, &msg::refused(&me));
             return EXIT_REFUSED;
         };
         // A `Run` frame carries a function of the task family.
@@ -204,9 +219,11 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             (None, Some(built)) if in_arena > 0 => built,
             _ => &reply.frame[..],
         };
-        let by_socket = || match &reply.file {
-            Some(file) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
-            None => (&*sock).write_all(whole),
+        let mut by_socket = || match &reply.file {
+            Some(file) => say(sock, &mut hello, &[]).and_then(|()| {
+                fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file))
+            }),
+            None => say(sock, &mut hello, whole),
         };
         let sent = match (boxed, arena.control()) {
             (Some(seq), Some(page)) => {
@@ -234,6 +251,23 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             return if reply.ok { 0 } else { EXIT_TASK_FAILED };
         }
     }
+}
+
+/// Most bytes an answer may have to go in one write with the hello before it (`serve_on`).
+const WITH_HELLO: usize = 64 << 10;
+
+/// Writes `bytes` to the parent, after the hello if it has not gone yet: in one write when
+/// they are few, so that the parent wakes once for both.
+fn say(mut sock: &UnixStream, hello: &mut Option<Vec<u8>>, bytes: &[u8]) -> std::io::Result<()> {
+    let Some(mut first) = hello.take() else {
+        return sock.write_all(bytes);
+    };
+    if bytes.len() <= WITH_HELLO {
+        first.extend_from_slice(bytes);
+        return sock.write_all(&first);
+    }
+    sock.write_all(&first)?;
+    sock.write_all(bytes)
 }
 
 /// What every worker would otherwise do first, done once by the fork server as it starts:

@@ -47,9 +47,12 @@ impl Server {
 
 static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
 
-/// Asks the fork server (started on first use) for a worker; returns its handle and the
-/// parent's end of its socket.
-pub(crate) fn launch(spec: &Spec) -> io::Result<(sys::ChildHandle, UnixStream)> {
+/// Asks the fork server (started on first use) for a worker; returns its handle, the parent's
+/// end of its socket, and how much of `first` is in that socket already (`launch::prime`).
+pub(crate) fn launch(
+    spec: &Spec,
+    first: &[u8],
+) -> io::Result<(sys::ChildHandle, UnixStream, usize)> {
     if !sys::HAS_FORK_SERVER {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -62,9 +65,10 @@ pub(crate) fn launch(spec: &Spec) -> io::Result<(sys::ChildHandle, UnixStream)> 
         // A fresh socket pair per attempt: a worker the failed attempt may have created keeps
         // the old one, sees EOF when we drop our end, and exits; it never shares a socket.
         let (parent_end, child_end) = sys::socket_pair()?;
+        let primed = launch::prime(&parent_end, first);
         let server = ensure_started(&mut guard)?;
         match ask(server, &request, &request_fds(&child_end, &stdio)) {
-            Ok(child) => return Ok((child, parent_end)),
+            Ok(child) => return Ok((child, parent_end, primed)),
             // The server died (killed from outside?) before or while handling the request:
             // replace it and try once more.
             Err(Asked::NotSent(e) | Asked::Unanswered(e)) => {

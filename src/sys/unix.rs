@@ -739,6 +739,16 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((above_stdio(a)?, above_stdio(b)?))
 }
 
+/// Sends what of `bytes` fits in `sock` without waiting (`Ok(0)`: nothing did). Never raises
+/// SIGPIPE.
+pub(crate) fn send_nowait(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    use rustix::net::{SendFlags, send};
+    match retry(|| send(sock, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        sent => sent,
+    }
+}
+
 /// One `recv` that never blocks: `WouldBlock` when nothing is waiting.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     use rustix::net::{RecvFlags, recv};
