@@ -295,7 +295,7 @@ impl Builder {
         let mut spec = self.spec;
         spec.env
             .push((current::NAME_ENV.into(), name.clone().into()));
-        let parent_name = current::current_process().name().to_string();
+        let parent_name = current::own_name();
         spec.env
             .push((current::PARENT_NAME_ENV.into(), parent_name.into()));
         // The task goes in the socket before the child exists, unless fds go with it (they
