@@ -362,6 +362,39 @@ fn builder_sets_name_env_and_stdio() {
     }
 }
 
+fn read_envs(keys: Vec<String>) -> Vec<Option<String>> {
+    keys.iter().map(|k| std::env::var(k).ok()).collect()
+}
+
+/// `env` works as `setenv` in turn would: a variable set twice has its last value, one the
+/// parent has is replaced, and the others stay as inherited (under every start method).
+#[test]
+fn builder_env_replaces_and_adds_as_setenv_would() {
+    let _leaks = common::leak_checked();
+    let (kept, kept_value) = std::env::vars()
+        .find(|(k, _)| !k.starts_with("MPROC_") && k != "PATH")
+        .expect("the test runs with some variable set");
+    for &m in methods() {
+        let mut p = Process::builder()
+            .start_method(m)
+            .env("MPROC_TEST_TWICE", "first")
+            .env("PATH", "/nowhere")
+            .env("MPROC_TEST_TWICE", "second")
+            .spawn(
+                read_envs,
+                vec!["MPROC_TEST_TWICE".into(), "PATH".into(), kept.clone()],
+            )
+            .unwrap();
+        let got = p.join_timeout(LIMIT).unwrap();
+        let want = [
+            Some("second".to_string()),
+            Some("/nowhere".to_string()),
+            Some(kept_value.clone()),
+        ];
+        assert_eq!(got, want, "{m:?}");
+    }
+}
+
 fn stdin_is_empty(_: ()) -> usize {
     use std::io::Read;
     let mut s = String::new();

@@ -88,7 +88,7 @@ fn decode_request(bytes: &[u8]) -> Option<Request> {
 
 /// The server's loop, run from the load-time entry of the exec'd server process. Returns its exit
 /// code when the parent closes the control socket.
-pub(crate) fn serve(token: &ChildToken, ctrl: OwnedFd) -> i32 {
+pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
     // Inherited by every worker, which then does not set them itself (`clone_sibling_child`,
     // `enter_forked`, `serve::warm_up`).
     sys::ignore_sigpipe();
@@ -97,7 +97,7 @@ pub(crate) fn serve(token: &ChildToken, ctrl: OwnedFd) -> i32 {
         Ok(()) => Shown::Program,
         Err(_) => Shown::Other,
     };
-    super::serve::warm_up(token);
+    super::serve::warm_up();
     let parent = sys::getppid();
     if sys::set_parent_death_signal(parent).is_err() {
         return 0;

@@ -274,7 +274,7 @@ fn say(mut sock: &UnixStream, hello: &mut Option<Vec<u8>>, bytes: &[u8]) -> std:
 /// its workers inherit it done. Each costs a worker system calls or page faults otherwise
 /// (a write to a page it shares with the server copies the page: a few microseconds each),
 /// and the workers are what a `Process` waits for.
-pub(crate) fn warm_up(token: &ChildToken) {
+pub(crate) fn warm_up() {
     ensure_panic_hook();
     // The handlers and the alternate stack, with no socket to write to yet.
     let _ = stack_guard::install(-1, msg::dying_of_stack_overflow);
@@ -288,13 +288,7 @@ pub(crate) fn warm_up(token: &ChildToken) {
     let _ = fds::collecting(|| ());
     fds::supplying(Vec::new(), || ());
     let _ = std::io::stdout().flush();
-    // The C library's internal `realloc`, bound lazily at its first call (from `setenv`).
-    child::set_envs(token, &[(WARM_ENV.into(), OsString::new())]);
-    child::remove_env(token, WARM_ENV);
 }
-
-/// A variable set and removed at once by [`warm_up`].
-const WARM_ENV: &str = "MPROC_WARM_UP";
 
 /// What the serve loop waits on: the socket, and the mailbox once the parent sent one.
 struct Fetch<'a> {

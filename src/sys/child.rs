@@ -167,9 +167,89 @@ fn with_c_str<T>(bytes: &[u8], f: impl FnOnce(&std::ffi::CStr) -> Option<T>) -> 
     f(&c)
 }
 
-/// Applies environment changes in a fresh child. Calls the C library directly: std's own
-/// environment lock may have been held by another thread of the parent at `fork` time.
-pub(crate) fn set_envs(_token: &ChildToken, vars: &[(OsString, OsString)]) {
+/// Applies environment changes in a fresh child, as `setenv(k, v, 1)` for each pair in turn
+/// would (a pair with an empty name, a `=` in the name or a NUL byte is skipped). Works on the
+/// C library's environment directly: std's own environment lock may have been held by
+/// another thread of the parent at `fork` time.
+pub(crate) fn set_envs(token: &ChildToken, vars: &[(OsString, OsString)]) {
+    #[cfg(target_os = "linux")]
+    replace_environ(token, vars);
+    #[cfg(not(target_os = "linux"))]
+    set_envs_one_by_one(token, vars);
+}
+
+/// `set_envs` in one go: a new `environ` array, the variables kept then the new ones, built in
+/// three allocations where `setenv` allocated, searched and copied for each variable (writes
+/// to a heap a fresh worker shares with the fork server: eight page faults per worker).
+/// POSIX lets a program assign `environ`, and glibc's `getenv`, `setenv` and `unsetenv` work
+/// from whatever array it points to (the next `setenv` copies it first). The old array and
+/// the strings replaced are left as they are: a worker sets its environment once.
+#[cfg(target_os = "linux")]
+fn replace_environ(_token: &ChildToken, vars: &[(OsString, OsString)]) {
+    use std::os::raw::c_char;
+    unsafe extern "C" {
+        static mut environ: *mut *mut c_char;
+    }
+    let mut new: Vec<(&[u8], &[u8])> = Vec::with_capacity(vars.len());
+    for (k, v) in vars {
+        let (k, v) = (k.as_bytes(), v.as_bytes());
+        if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
+            continue;
+        }
+        match new.iter_mut().find(|(name, _)| *name == k) {
+            Some(pair) => pair.1 = v,
+            None => new.push((k, v)),
+        }
+    }
+    if new.is_empty() {
+        return;
+    }
+    // SAFETY: the token proves the process is single-threaded, so nothing reads or changes
+    // the environment meanwhile; `environ` is null or a null-terminated array of pointers to
+    // NUL-terminated strings (POSIX), read here through a raw pointer, never a reference.
+    let old: Vec<*mut c_char> = unsafe {
+        let mut old = Vec::new();
+        let array = std::ptr::addr_of!(environ).read();
+        if !array.is_null() {
+            let mut i = 0;
+            while !(*array.add(i)).is_null() {
+                old.push(*array.add(i));
+                i += 1;
+            }
+        }
+        old
+    };
+    let name_of = |entry: *mut c_char| {
+        // SAFETY: `entry` is one of the NUL-terminated strings of the array read above, which
+        // nothing frees while this runs (single-threaded, no environment call in between).
+        let bytes = unsafe { std::ffi::CStr::from_ptr(entry) }.to_bytes();
+        bytes.split(|&b| b == b'=').next().unwrap_or_default()
+    };
+    let size = new.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut block: Vec<u8> = Vec::with_capacity(size);
+    let mut starts = Vec::with_capacity(new.len());
+    for (k, v) in &new {
+        starts.push(block.len());
+        block.extend_from_slice(k);
+        block.push(b'=');
+        block.extend_from_slice(v);
+        block.push(0);
+    }
+    // Never freed: the new array points into it for the rest of the process.
+    let base = block.leak().as_mut_ptr();
+    let mut array: Vec<*mut c_char> = Vec::with_capacity(old.len() + new.len() + 1);
+    let replaced = |e: &*mut c_char| new.iter().any(|(k, _)| *k == name_of(*e));
+    array.extend(old.iter().filter(|e| !replaced(e)));
+    array.extend(starts.iter().map(|&s| base.wrapping_add(s).cast::<c_char>()));
+    array.push(std::ptr::null_mut());
+    // SAFETY: as above (single-threaded); the array is null-terminated, and it and every
+    // string it points to live for the rest of the process (leaked).
+    unsafe { std::ptr::addr_of_mut!(environ).write(array.leak().as_mut_ptr()) };
+}
+
+/// `set_envs` through `setenv`, one variable at a time.
+#[cfg(not(target_os = "linux"))]
+fn set_envs_one_by_one(_token: &ChildToken, vars: &[(OsString, OsString)]) {
     for (k, v) in vars {
         // A NUL byte cannot be in the environment: such a pair is skipped.
         with_c_str(k.as_bytes(), |k| {
