@@ -78,5 +78,9 @@ pub(crate) fn marker_unconsumed() -> bool {
 
 /// Marks this process as having handled its marker (for `init()` on the fallback path).
 pub(crate) fn mark_consumed() {
-    MARKER_CONSUMED.store(true, Ordering::Relaxed);
+    // Only if not yet: a worker of the fork server inherits it set, and a write would copy
+    // the page it shares with the server.
+    if !MARKER_CONSUMED.load(Ordering::Relaxed) {
+        MARKER_CONSUMED.store(true, Ordering::Relaxed);
+    }
 }

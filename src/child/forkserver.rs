@@ -175,6 +175,11 @@ fn serve_one(
 /// In a freshly forked worker: close the inherited copy of the parent's server socket, so
 /// that the server sees EOF when the parent goes (the lock protecting it is not touched).
 pub(crate) fn forget_server(token: &ChildToken, parent: i32) {
+    // Looked at before it is written: a worker of the fork server has none to forget, and a
+    // write would copy the page it shares with the server.
+    if SERVER_FD.load(Ordering::Acquire) < 0 {
+        return;
+    }
     let stamp = SERVER_FD.swap(-1, Ordering::AcqRel);
     if stamp >= 0 && (stamp >> 32) as i32 == parent {
         let fd = (stamp & 0xffff_ffff) as i32;

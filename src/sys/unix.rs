@@ -183,7 +183,11 @@ extern "C" fn forget_pid_handler() {
 
 /// Drops the cached pid: called first thing in a new child. Async-signal-safe.
 pub(crate) fn forget_pid() {
-    PID.store(0, Ordering::Relaxed);
+    // Only if set: the fork server never asks for its pid, and a write in its worker would
+    // copy the page it shares with the server.
+    if PID.load(Ordering::Relaxed) != 0 {
+        PID.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The parent process's id (0 when it lives outside this pid namespace).
