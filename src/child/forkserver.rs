@@ -90,7 +90,7 @@ fn decode_request(bytes: &[u8]) -> Option<Request> {
 /// code when the parent closes the control socket.
 pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
     // Inherited by every worker, which then does not set them itself (`clone_sibling_child`,
-    // `enter_forked`, `serve::warm_up`).
+    // `enter_forked`); so is all that `warm_up` does.
     sys::ignore_sigpipe();
     sys::ignore_terminal_stops();
     let shown = match sys::set_process_name(super::setup::program_name()) {

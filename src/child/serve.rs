@@ -220,9 +220,8 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             _ => &reply.frame[..],
         };
         let mut by_socket = || match &reply.file {
-            Some(file) => say(sock, &mut hello, &[]).and_then(|()| {
-                fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file))
-            }),
+            Some(file) => say(sock, &mut hello, &[])
+                .and_then(|()| fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file))),
             None => say(sock, &mut hello, whole),
         };
         let sent = match (boxed, arena.control()) {

@@ -76,7 +76,11 @@ pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
 /// the caller writes the rest). A worker then finds its task waiting as it starts: it need
 /// not sleep for it, nor greet first (`child::serve`), and the parent is woken once, by the
 /// answer.
-pub(crate) fn launch_primed(method: StartMethod, spec: &Spec, first: &[u8]) -> io::Result<Launched> {
+pub(crate) fn launch_primed(
+    method: StartMethod,
+    spec: &Spec,
+    first: &[u8],
+) -> io::Result<Launched> {
     check_start_method_env()?;
     if !spec.stdio.contains(&Stdio::Prefixed) {
         return start(method, spec, first);

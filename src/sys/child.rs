@@ -240,7 +240,11 @@ fn replace_environ(_token: &ChildToken, vars: &[(OsString, OsString)]) {
     let mut array: Vec<*mut c_char> = Vec::with_capacity(old.len() + new.len() + 1);
     let replaced = |e: &*mut c_char| new.iter().any(|(k, _)| *k == name_of(*e));
     array.extend(old.iter().filter(|e| !replaced(e)));
-    array.extend(starts.iter().map(|&s| base.wrapping_add(s).cast::<c_char>()));
+    array.extend(
+        starts
+            .iter()
+            .map(|&s| base.wrapping_add(s).cast::<c_char>()),
+    );
     array.push(std::ptr::null_mut());
     // SAFETY: as above (single-threaded); the array is null-terminated, and it and every
     // string it points to live for the rest of the process (leaked).
