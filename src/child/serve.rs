@@ -107,11 +107,13 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
         fifo: &mut fifo,
         nowait: true,
     };
-    let mut waiting = reader.advance(&mut src).ok().flatten();
-    let alone = waiting
-        .as_deref()
-        .and_then(|f| msg::parse_run(f).ok())
-        .is_some_and(|run| run.flags & msg::FLAG_LAST != 0);
+    let mut waiting = match reader.advance(&mut src) {
+        Ok(Some(frame)) => Some(Got::Sock(Ok(frame))),
+        Ok(None) | Err(FrameError::WouldBlock) => None,
+        Err(e) => Some(Got::Sock(Err(e))),
+    };
+    let alone = matches!(&waiting, Some(Got::Sock(Ok(frame)))
+        if msg::parse_run(frame).is_ok_and(|run| run.flags & msg::FLAG_LAST != 0));
     let mut hello = Some(msg::hello(std::process::id(), &me));
     if !alone && say(sock, &mut hello, &[]).is_err() {
         return EXIT_PROTOCOL;
@@ -129,7 +131,7 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     let mut last_in = 0;
     loop {
         let got = match waiting.take() {
-            Some(frame) => Got::Sock(Ok(frame)),
+            Some(got) => got,
             None => next_task(&mut Fetch {
                 sock: sock.as_fd(),
                 fifo: &mut fifo,
