@@ -112,6 +112,21 @@ fn large_arguments_and_results_cross() {
     }
 }
 
+/// An argument under the size that goes in a file, but more than a socket holds: the part
+/// that fits is in the socket before the child starts (`launch_primed`), the rest follows.
+#[test]
+fn an_argument_larger_than_the_socket_buffer_crosses_whole() {
+    let _leaks = common::leak_checked();
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+    let want: u64 = data.iter().map(|&b| b as u64).sum();
+    for &m in methods() {
+        let (len, sum, _) = spawn(m, checksum, data.clone())
+            .join_timeout(LIMIT)
+            .unwrap();
+        assert_eq!((len, sum), (data.len(), want), "{m:?}");
+    }
+}
+
 fn boom(n: u32) -> u32 {
     if n > 0 {
         panic!("kaboom {n}");
@@ -344,6 +359,39 @@ fn builder_sets_name_env_and_stdio() {
             .join_timeout(LIMIT)
             .unwrap();
         assert_eq!(marker, None, "{m:?}");
+    }
+}
+
+fn read_envs(keys: Vec<String>) -> Vec<Option<String>> {
+    keys.iter().map(|k| std::env::var(k).ok()).collect()
+}
+
+/// `env` works as `setenv` in turn would: a variable set twice has its last value, one the
+/// parent has is replaced, and the others stay as inherited (under every start method).
+#[test]
+fn builder_env_replaces_and_adds_as_setenv_would() {
+    let _leaks = common::leak_checked();
+    let (kept, kept_value) = std::env::vars()
+        .find(|(k, _)| !k.starts_with("MPROC_") && k != "PATH")
+        .expect("the test runs with some variable set");
+    for &m in methods() {
+        let mut p = Process::builder()
+            .start_method(m)
+            .env("MPROC_TEST_TWICE", "first")
+            .env("PATH", "/nowhere")
+            .env("MPROC_TEST_TWICE", "second")
+            .spawn(
+                read_envs,
+                vec!["MPROC_TEST_TWICE".into(), "PATH".into(), kept.clone()],
+            )
+            .unwrap();
+        let got = p.join_timeout(LIMIT).unwrap();
+        let want = [
+            Some("second".to_string()),
+            Some("/nowhere".to_string()),
+            Some(kept_value.clone()),
+        ];
+        assert_eq!(got, want, "{m:?}");
     }
 }
 

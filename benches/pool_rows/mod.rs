@@ -97,7 +97,7 @@ pub fn process_start(rows: &mut Vec<Row>) -> BoxResult<(f64, f64)> {
         Row::new("Process start+join (default method)", fmt_time(med))
             .spread(p90 / med)
             .peer("fork+waitpid", fmt_time(fmed), med / fmed)
-            .target("<=2x floor", med / fmed <= 2.0),
+            .target("<=1.5x floor", med / fmed <= 1.5),
     );
     Ok((med, fmed))
 }

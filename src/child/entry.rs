@@ -58,11 +58,11 @@ fn dispatch(marker: &OsString, token: &ChildToken) -> i32 {
         }
     };
     match kind {
-        "spawn" => super::serve::serve(token, sock),
-        "server" => {
-            let _ = crate::sys::set_process_name(&super::setup::program_name());
-            super::forkserver::serve(token, sock)
+        "spawn" => {
+            crate::sys::ignore_sigpipe();
+            super::serve::serve(token, sock, super::setup::Shown::Other)
         }
+        "server" => super::forkserver::serve(token, sock),
         _ => {
             eprintln!("mproc: unknown worker kind {kind:?}; not running main");
             EXIT_BAD_MARKER
@@ -78,5 +78,9 @@ pub(crate) fn marker_unconsumed() -> bool {
 
 /// Marks this process as having handled its marker (for `init()` on the fallback path).
 pub(crate) fn mark_consumed() {
-    MARKER_CONSUMED.store(true, Ordering::Relaxed);
+    // Only if not yet: a worker of the fork server inherits it set, and a write would copy
+    // the page it shares with the server.
+    if !MARKER_CONSUMED.load(Ordering::Relaxed) {
+        MARKER_CONSUMED.store(true, Ordering::Relaxed);
+    }
 }

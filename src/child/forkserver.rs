@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::setup::Shown;
 use super::{ChildSetup, EXIT_INTERNAL};
 use crate::sys::{self, child::ChildToken};
 
@@ -88,7 +89,15 @@ fn decode_request(bytes: &[u8]) -> Option<Request> {
 /// The server's loop, run from the load-time entry of the exec'd server process. Returns its exit
 /// code when the parent closes the control socket.
 pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
+    // Inherited by every worker, which then does not set them itself (`clone_sibling_child`,
+    // `enter_forked`); so is all that `warm_up` does.
     sys::ignore_sigpipe();
+    sys::ignore_terminal_stops();
+    let shown = match sys::set_process_name(super::setup::program_name()) {
+        Ok(()) => Shown::Program,
+        Err(_) => Shown::Other,
+    };
+    super::serve::warm_up();
     let parent = sys::getppid();
     if sys::set_parent_death_signal(parent).is_err() {
         return 0;
@@ -99,7 +108,7 @@ pub(crate) fn serve(_token: &ChildToken, ctrl: OwnedFd) -> i32 {
             Ok((0, _)) | Err(_) => return 0,
             Ok(got) => got,
         };
-        let reply = match serve_one(&ctrl, parent, &buf[..n], &mut fds) {
+        let reply = match serve_one(&ctrl, parent, shown, &buf[..n], &mut fds) {
             Ok((pid, Some(pidfd))) => {
                 sys::send_with_fds(ctrl.as_fd(), &pid.to_le_bytes(), &[pidfd.as_fd()])
             }
@@ -122,9 +131,12 @@ fn libc_einval() -> i32 {
         .unwrap_or(22)
 }
 
+/// Forks the worker `request` asks for. `parent` is the user's process and what the server
+/// shows in ps (its workers inherit both).
 fn serve_one(
     ctrl: &OwnedFd,
     parent: i32,
+    shown: Shown,
     request: &[u8],
     fds: &mut [OwnedFd],
 ) -> io::Result<(i32, Option<OwnedFd>)> {
@@ -144,11 +156,14 @@ fn serve_one(
         let mut setup = ChildSetup {
             env: req.env,
             parent,
+            shown,
             ..Default::default()
         };
         for (i, slot) in setup.stdio.iter_mut().enumerate() {
             *slot = if req.stdio_mask & (1 << i) != 0 {
                 passed.next()
+            } else if i == 0 {
+                None // the server's own stdin is `/dev/null` already (`process::forkserver`)
             } else {
                 sys::open_devnull().ok()
             };
@@ -160,6 +175,11 @@ fn serve_one(
 /// In a freshly forked worker: close the inherited copy of the parent's server socket, so
 /// that the server sees EOF when the parent goes (the lock protecting it is not touched).
 pub(crate) fn forget_server(token: &ChildToken, parent: i32) {
+    // Looked at before it is written: a worker of the fork server has none to forget, and a
+    // write would copy the page it shares with the server.
+    if SERVER_FD.load(Ordering::Acquire) < 0 {
+        return;
+    }
     let stamp = SERVER_FD.swap(-1, Ordering::AcqRel);
     if stamp >= 0 && (stamp >> 32) as i32 == parent {
         let fd = (stamp & 0xffff_ffff) as i32;

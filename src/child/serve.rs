@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::setup::Limits;
+use super::setup::{Limits, Shown};
 use super::{EXIT_INTERNAL, EXIT_PROTOCOL, EXIT_REFUSED, EXIT_TASK_FAILED, MARKER_ENV};
 use crate::sys::arena::GrowMap;
 use crate::sys::child::{self, ChildToken};
@@ -34,9 +34,11 @@ pub(crate) struct ChildSetup {
     /// The pid the worker's parent must have (for the parent-death signal check).
     pub(crate) parent: i32,
     /// Put every signal disposition back to default: needed after `fork` of a user's process
-    /// (its handlers are not ours to run), not in children of the fork server, which never
-    /// installs any.
+    /// (its handlers are not ours to run), not in children of the fork server, whose only
+    /// handlers are the worker's own (`warm_up`).
     pub(crate) reset_signals: bool,
+    /// What the worker shows in ps before it names itself.
+    pub(crate) shown: Shown,
 }
 
 /// Entry of a worker created by `fork` or the fork server: apply the setup, then serve.
@@ -46,6 +48,8 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
     }
     if setup.reset_signals {
         crate::sys::reset_signals();
+        // As Rust's `main` does. A child of the fork server inherits it ignored.
+        crate::sys::ignore_sigpipe();
     }
     child::remove_env(token, MARKER_ENV);
     child::set_envs(token, &setup.env);
@@ -57,22 +61,22 @@ pub(crate) fn enter_forked(token: &ChildToken, sock: OwnedFd, setup: ChildSetup)
         }
     }
     let setup_parent = setup.parent;
+    let shown = setup.shown;
     drop(setup);
     super::mark_consumed();
     super::forkserver::forget_server(token, setup_parent);
-    serve(token, sock)
+    serve(token, sock, shown)
 }
 
 /// The worker loop: say hello, then run each task received until told it was the last or the
 /// parent closes the socket. Returns the exit code.
-pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
-    crate::sys::ignore_sigpipe();
-    // Shown by ps and top instead of `exe` (the file re-executed is /proc/self/exe). A
-    // failure costs only the name.
+///
+/// SIGPIPE must be ignored already (as Rust's `main` would): a write to a parent that went away
+/// fails instead of killing the worker.
+pub(crate) fn serve(token: &ChildToken, sock: OwnedFd, shown: Shown) -> i32 {
+    // Shown by ps and top instead of `exe` (the file re-executed is /proc/self/exe).
     let name = child::getenv(token, super::setup::NAME_ENV);
-    let name = name.as_deref().and_then(|n| n.to_str());
-    let program = super::setup::program_name();
-    let _ = crate::sys::set_process_name(&super::setup::shown_name(&program, name));
+    super::setup::show_name(shown, name.as_deref().and_then(|n| n.to_str()));
     ensure_panic_hook();
     IN_WORKER.store(true, Ordering::Relaxed);
     if Limits::read(token).apply().is_err() {
@@ -82,7 +86,7 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
     let mut sock = UnixStream::from(sock);
     // A stack overflow is told apart from other faults, and said to the parent as the worker
     // dies. Without it (no stack bounds to be had) the parent still sees the signal.
-    let _ = stack_guard::install(sock.as_raw_fd(), msg::dying_of_stack_overflow());
+    let _ = stack_guard::install(sock.as_raw_fd(), msg::dying_of_stack_overflow);
     let code = serve_on(&mut sock, token);
     stack_guard::forget_fd();
     code
@@ -90,16 +94,30 @@ pub(crate) fn serve(token: &ChildToken, sock: OwnedFd) -> i32 {
 
 fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     let me = identity::reported(token);
-    if sock
-        .write_all(&msg::hello(std::process::id(), &me))
-        .is_err()
-    {
-        return EXIT_PROTOCOL;
-    }
     let mut reader = FrameReader::new(frame::DEFAULT_LIMIT);
     // Fds received, in order, and those an `Fds` frame gave to the next task.
     let mut fifo = VecDeque::new();
     let mut task_fds = Vec::new();
+    // A `Process`'s one task (`FLAG_LAST`) is usually in the socket before its worker starts
+    // (`process::launch::launch_primed`): its hello then goes with the answer, in one write,
+    // and the parent wakes once. Every other worker greets first, before it waits for
+    // anything: a pool counts a worker as started when its hello comes.
+    let mut src = fds::FdRead {
+        sock: sock.as_fd(),
+        fifo: &mut fifo,
+        nowait: true,
+    };
+    let mut waiting = match reader.advance(&mut src) {
+        Ok(Some(frame)) => Some(Got::Sock(Ok(frame))),
+        Ok(None) | Err(FrameError::WouldBlock) => None,
+        Err(e) => Some(Got::Sock(Err(e))),
+    };
+    let alone = matches!(&waiting, Some(Got::Sock(Ok(frame)))
+        if msg::parse_run(frame).is_ok_and(|run| run.flags & msg::FLAG_LAST != 0));
+    let mut hello = Some(msg::hello(std::process::id(), &me));
+    if !alone && say(sock, &mut hello, &[]).is_err() {
+        return EXIT_PROTOCOL;
+    }
     // A pool worker's control block and result arena come in its first message; a worker
     // without one (a `Process`) still builds chunk replies in an arena of its own.
     let mut arena = Arena::default();
@@ -112,14 +130,17 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
     // in the control block's first page, and rings the socket only if this worker sleeps.
     let mut last_in = 0;
     loop {
-        let got = next_task(&mut Fetch {
-            sock: sock.as_fd(),
-            fifo: &mut fifo,
-            reader: &mut reader,
-            page: arena.control(),
-            last_in: &mut last_in,
-            spin: hot.then_some(&mut spin),
-        });
+        let got = match waiting.take() {
+            Some(got) => got,
+            None => next_task(&mut Fetch {
+                sock: sock.as_fd(),
+                fifo: &mut fifo,
+                reader: &mut reader,
+                page: arena.control(),
+                last_in: &mut last_in,
+                spin: hot.then_some(&mut spin),
+            }),
+        };
         let (boxed, frame) = match got {
             Got::Boxed(seq, body) => (Some(seq), body),
             Got::Sock(Ok(body)) => (None, body),
@@ -152,7 +173,7 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             return EXIT_PROTOCOL;
         };
         let Some(proof) = identity::verify(run.identity, &me) else {
-            let _ = sock.write_all(&msg::refused(&me));
+            let _ = say(sock, &mut hello, &msg::refused(&me));
             return EXIT_REFUSED;
         };
         // A `Run` frame carries a function of the task family.
@@ -200,9 +221,10 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             (None, Some(built)) if in_arena > 0 => built,
             _ => &reply.frame[..],
         };
-        let by_socket = || match &reply.file {
-            Some(file) => fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file)),
-            None => (&*sock).write_all(whole),
+        let mut by_socket = || match &reply.file {
+            Some(file) => say(sock, &mut hello, &[])
+                .and_then(|()| fds::write_frame(&*sock, &reply.frame, std::slice::from_ref(file))),
+            None => say(sock, &mut hello, whole),
         };
         let sent = match (boxed, arena.control()) {
             (Some(seq), Some(page)) => {
@@ -230,6 +252,43 @@ fn serve_on(sock: &mut UnixStream, token: &ChildToken) -> i32 {
             return if reply.ok { 0 } else { EXIT_TASK_FAILED };
         }
     }
+}
+
+/// Most bytes an answer may have to go in one write with the hello before it (`serve_on`).
+const WITH_HELLO: usize = 64 << 10;
+
+/// Writes `bytes` to the parent, after the hello if it has not gone yet: in one write when
+/// they are few, so that the parent wakes once for both.
+fn say(mut sock: &UnixStream, hello: &mut Option<Vec<u8>>, bytes: &[u8]) -> std::io::Result<()> {
+    let Some(mut first) = hello.take() else {
+        return sock.write_all(bytes);
+    };
+    if bytes.len() <= WITH_HELLO {
+        first.extend_from_slice(bytes);
+        return sock.write_all(&first);
+    }
+    sock.write_all(&first)?;
+    sock.write_all(bytes)
+}
+
+/// What every worker would otherwise do first, done once by the fork server as it starts:
+/// its workers inherit it done. Each costs a worker system calls or page faults otherwise
+/// (a write to a page it shares with the server copies the page: a few microseconds each),
+/// and the workers are what a `Process` waits for.
+pub(crate) fn warm_up() {
+    ensure_panic_hook();
+    // The handlers and the alternate stack, with no socket to write to yet.
+    let _ = stack_guard::install(-1, msg::dying_of_stack_overflow);
+    let _ = super::setup::program_name();
+    let _ = crate::sys::memory_is_limited();
+    let _ = crate::sys::identity::own();
+    // Where the executable is mapped (`read_backtrace_env` looks, and found it is kept).
+    let _ = crate::sys::main_image_range();
+    // Thread-local destructors registered (each registration allocates, and the first binds
+    // two of the C library's symbols lazily), and stdout's buffer allocated.
+    let _ = fds::collecting(|| ());
+    fds::supplying(Vec::new(), || ());
+    let _ = std::io::stdout().flush();
 }
 
 /// What the serve loop waits on: the socket, and the mailbox once the parent sent one.

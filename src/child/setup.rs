@@ -1,6 +1,7 @@
 //! What a child applies to itself before it serves: its limits and the name it shows.
 
 use std::ffi::OsString;
+use std::sync::OnceLock;
 
 use crate::sys::child::{self, ChildToken};
 
@@ -56,16 +57,50 @@ impl Limits {
 }
 
 /// The program's name: the last part of its `argv[0]` (which mproc's children keep), else of
-/// the file it runs.
-pub(crate) fn program_name() -> String {
-    let path = std::env::args_os()
-        .next()
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::fs::read_link(crate::sys::exe_path()).ok());
-    path.as_deref()
-        .and_then(std::path::Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "mproc".to_string())
+/// the file it runs. Found once per process (the fork server's workers inherit it found).
+pub(crate) fn program_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let path = std::env::args_os()
+            .next()
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::fs::read_link(crate::sys::exe_path()).ok());
+        path.as_deref()
+            .and_then(std::path::Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "mproc".to_string())
+    })
+}
+
+/// What this process shows in ps and top (`comm`) when a child starts serving.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Shown {
+    /// The program's name: a child of the fork server inherits the server's.
+    Program,
+    /// Something else (`exe` after an exec of `/proc/self/exe`, a thread's name after `fork`).
+    #[default]
+    Other,
+}
+
+/// Shows the name [`shown_name`] gives a child called `name` (`PR_SET_NAME`), unless it shows
+/// it already: the fork server's workers without a name of their own keep the program's,
+/// which they inherit. A failure costs only the name.
+pub(crate) fn show_name(now: Shown, name: Option<&str>) {
+    if now == Shown::Program && given_name(name).is_none() {
+        return;
+    }
+    let _ = crate::sys::set_process_name(&shown_name(program_name(), name));
+}
+
+/// The name a child was given, if it is one to show: not a default one (`Process-N`,
+/// `PoolWorker`).
+fn given_name(name: Option<&str>) -> Option<&str> {
+    name.filter(|n| {
+        let default = n
+            .strip_prefix("Process-")
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+        !n.is_empty() && *n != "PoolWorker" && !default
+    })
 }
 
 /// The name a child shows in ps and top (15 bytes at most): the program's, then the child's
@@ -73,12 +108,7 @@ pub(crate) fn program_name() -> String {
 /// it. Pool workers and children with a default name (`Process-N`) show the program's alone.
 pub(crate) fn shown_name(program: &str, name: Option<&str>) -> String {
     const MAX: usize = 15;
-    let given = name.filter(|n| {
-        let default = n
-            .strip_prefix("Process-")
-            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
-        !n.is_empty() && *n != "PoolWorker" && !default
-    });
+    let given = given_name(name);
     let cut = |s: &str, max: usize| {
         let mut end = s.len().min(max);
         while !s.is_char_boundary(end) {

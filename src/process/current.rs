@@ -46,11 +46,15 @@ impl ProcessInfo {
 /// # Ok::<(), mproc::Error>(())
 /// ```
 pub fn current_process() -> ProcessInfo {
-    let name = own_env(NAME_ENV).unwrap_or_else(|| "MainProcess".to_string());
     ProcessInfo {
         pid: std::process::id(),
-        name,
+        name: own_name(),
     }
+}
+
+/// This process's name, as [`current_process`] gives it (without asking for the pid).
+pub(crate) fn own_name() -> String {
+    own_env(NAME_ENV).unwrap_or_else(|| "MainProcess".to_string())
 }
 
 /// The process that started this one, if this is an mproc child: Python's

@@ -47,9 +47,12 @@ impl Server {
 
 static SERVER: ForkLocal<Option<Server>> = ForkLocal::new();
 
-/// Asks the fork server (started on first use) for a worker; returns its handle and the
-/// parent's end of its socket.
-pub(crate) fn launch(spec: &Spec) -> io::Result<(sys::ChildHandle, UnixStream)> {
+/// Asks the fork server (started on first use) for a worker; returns its handle, the parent's
+/// end of its socket, and how much of `first` is in that socket already (`launch::prime`).
+pub(crate) fn launch(
+    spec: &Spec,
+    first: &[u8],
+) -> io::Result<(sys::ChildHandle, UnixStream, usize)> {
     if !sys::HAS_FORK_SERVER {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -62,9 +65,10 @@ pub(crate) fn launch(spec: &Spec) -> io::Result<(sys::ChildHandle, UnixStream)> 
         // A fresh socket pair per attempt: a worker the failed attempt may have created keeps
         // the old one, sees EOF when we drop our end, and exits; it never shares a socket.
         let (parent_end, child_end) = sys::socket_pair()?;
+        let primed = launch::prime(&parent_end, first);
         let server = ensure_started(&mut guard)?;
         match ask(server, &request, &request_fds(&child_end, &stdio)) {
-            Ok(child) => return Ok((child, parent_end)),
+            Ok(child) => return Ok((child, parent_end, primed)),
             // The server died (killed from outside?) before or while handling the request:
             // replace it and try once more.
             Err(Asked::NotSent(e) | Asked::Unanswered(e)) => {
@@ -148,9 +152,9 @@ pub(crate) fn launch_many(spec: &Spec, n: usize) -> Vec<(sys::ChildHandle, UnixS
 }
 
 /// The fds a request carries: the worker's end of its socket, then its stdio.
-fn request_fds<'a>(child_end: &'a impl AsFd, stdio: &'a [OwnedFd]) -> Vec<BorrowedFd<'a>> {
+fn request_fds<'a>(child_end: &'a impl AsFd, stdio: &[BorrowedFd<'a>]) -> Vec<BorrowedFd<'a>> {
     let mut fds = vec![child_end.as_fd()];
-    fds.extend(stdio.iter().map(AsFd::as_fd));
+    fds.extend_from_slice(stdio);
     fds
 }
 
@@ -175,6 +179,7 @@ fn start() -> io::Result<Server> {
     let child = launch::on_spawner(move || {
         let fd = theirs.as_raw_fd();
         let mut cmd = launch::worker_command(&format!("server:{fd}"))?;
+        // Workers whose stdin is `/dev/null` (the default) keep this one.
         cmd.stdin(std::process::Stdio::null());
         sys::command_child_setup(&mut cmd, fd, fd);
         let child = cmd.spawn()?;
@@ -223,12 +228,13 @@ fn answer(server: &Server) -> Result<sys::ChildHandle, Asked> {
 }
 
 /// The request for a worker of `spec`, with the stdio fds to pass (see
-/// `child::forkserver::encode_request`).
-fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+/// `child::forkserver::encode_request`). Our own fds go as they are, not copies: the message
+/// carries references to the files, taken as it is sent.
+fn encode_request(spec: &Spec) -> io::Result<(Vec<u8>, Vec<BorrowedFd<'_>>)> {
     let mut mask = 0;
     let mut fds = Vec::new();
     for i in 0..spec.stdio.len() {
-        if let Some(fd) = spec.stdio_fd(i)? {
+        if let Some(fd) = spec.stdio_borrowed(i) {
             fds.push(fd);
             mask |= 1 << i;
         }

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -30,6 +30,8 @@ pub(crate) struct Launched {
     pub(crate) child: sys::ChildHandle,
     /// The parent's end of the worker's socket.
     pub(crate) sock: UnixStream,
+    /// How many bytes of the first message ([`launch_primed`]) are in the socket already.
+    pub(crate) primed: usize,
 }
 
 /// What the caller wants the worker to look like.
@@ -45,16 +47,18 @@ pub(crate) struct Spec {
 impl Spec {
     /// What the child's stream `i` becomes: `None` for `/dev/null`, else the fd to give it.
     pub(crate) fn stdio_fd(&self, i: usize) -> io::Result<Option<OwnedFd>> {
+        self.stdio_borrowed(i)
+            .map(|fd| fd.try_clone_to_owned())
+            .transpose()
+    }
+
+    /// As [`stdio_fd`](Spec::stdio_fd), borrowed: enough to pass it over a socket.
+    pub(crate) fn stdio_borrowed(&self, i: usize) -> Option<BorrowedFd<'_>> {
         match (self.stdio[i], &self.piped[i]) {
-            (Stdio::Prefixed, Some(w)) => w.try_clone().map(Some),
-            (Stdio::Null, _) => Ok(None),
-            _ if !sys::fd_is_open(i as i32) => Ok(None),
-            _ => match i {
-                0 => io::stdin().as_fd().try_clone_to_owned(),
-                1 => io::stdout().as_fd().try_clone_to_owned(),
-                _ => io::stderr().as_fd().try_clone_to_owned(),
-            }
-            .map(Some),
+            (Stdio::Prefixed, Some(w)) => Some(w.as_fd()),
+            (Stdio::Null, _) => None,
+            _ if !sys::fd_is_open(i as i32) => None,
+            _ => Some(sys::std_stream(i as i32)),
         }
     }
 }
@@ -64,9 +68,22 @@ impl Spec {
 /// Refused while `MPROC_START_METHOD` holds an invalid value, whatever `method` is: a typo
 /// there must not go unnoticed (see `StartMethod::default`).
 pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
+    launch_primed(method, spec, &[])
+}
+
+/// As [`launch`], with the first message for the worker (`first`) put in its socket before the
+/// worker exists, as much of it as fits without waiting ([`Launched::primed`] says how much;
+/// the caller writes the rest). A worker then finds its task waiting as it starts: it need
+/// not sleep for it, nor greet first (`child::serve`), and the parent is woken once, by the
+/// answer.
+pub(crate) fn launch_primed(
+    method: StartMethod,
+    spec: &Spec,
+    first: &[u8],
+) -> io::Result<Launched> {
     check_start_method_env()?;
     if !spec.stdio.contains(&Stdio::Prefixed) {
-        return start(method, spec);
+        return start(method, spec, first);
     }
     // Prefixed streams: a pipe each, whose write end goes to this child (in a copy of the
     // spec) and whose read end is relayed once the pid is known.
@@ -82,7 +99,7 @@ pub(crate) fn launch(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     if own.stdio[0] == Stdio::Prefixed {
         own.stdio[0] = Stdio::Inherit;
     }
-    let launched = start(method, &own)?;
+    let launched = start(method, &own, first)?;
     let name = own
         .env
         .iter()
@@ -112,7 +129,11 @@ pub(crate) fn launch_many(method: StartMethod, spec: &Spec, n: usize) -> Vec<Lau
     }
     super::forkserver::launch_many(spec, n)
         .into_iter()
-        .map(|(child, sock)| Launched { child, sock })
+        .map(|(child, sock)| Launched {
+            child,
+            sock,
+            primed: 0,
+        })
         .collect()
 }
 
@@ -134,13 +155,18 @@ fn check_start_method_env() -> io::Result<()> {
     }
 }
 
-/// Starts a worker with `method` and the stdio `spec` resolves to.
-fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
+/// Starts a worker with `method` and the stdio `spec` resolves to, `first` in its socket.
+fn start(method: StartMethod, spec: &Spec, first: &[u8]) -> io::Result<Launched> {
     if method == StartMethod::ForkServer {
-        let (child, sock) = super::forkserver::launch(spec)?;
-        return Ok(Launched { child, sock });
+        let (child, sock, primed) = super::forkserver::launch(spec, first)?;
+        return Ok(Launched {
+            child,
+            sock,
+            primed,
+        });
     }
     let (parent_end, child_end) = sys::socket_pair()?;
+    let primed = prime(&parent_end, first);
     let child = match method {
         StartMethod::Fork => fork(spec.clone(), child_end.into(), parent_end.as_raw_fd())?,
         _ => spawn(spec.clone(), child_end.into())?,
@@ -148,7 +174,18 @@ fn start(method: StartMethod, spec: &Spec) -> io::Result<Launched> {
     Ok(Launched {
         child,
         sock: parent_end,
+        primed,
     })
+}
+
+/// Puts as much of `first` in the new socket `ours` as fits without waiting (nobody reads it
+/// yet: a write that waited would wait forever). Returns how much.
+pub(crate) fn prime(ours: &UnixStream, first: &[u8]) -> usize {
+    if first.is_empty() {
+        return 0;
+    }
+    // A failure here is seen again, and reported, when the caller writes the rest.
+    sys::send_nowait(ours.as_fd(), first).unwrap_or(0)
 }
 
 /// Exec of this same executable, marked as a worker.

@@ -295,11 +295,15 @@ impl Builder {
         let mut spec = self.spec;
         spec.env
             .push((current::NAME_ENV.into(), name.clone().into()));
-        let parent_name = current::current_process().name().to_string();
+        let parent_name = current::own_name();
         spec.env
             .push((current::PARENT_NAME_ENV.into(), parent_name.into()));
-        let launched =
-            launch::launch(method, &spec).map_err(|e| Error::io("cannot start a process", e))?;
+        // The task goes in the socket before the child exists, unless fds go with it (they
+        // travel in an `Fds` frame of their own, written after).
+        let first: &[u8] = if fds.is_empty() { &run } else { &[] };
+        let launched = launch::launch_primed(method, &spec, first)
+            .map_err(|e| Error::io("cannot start a process", e))?;
+        let primed = launched.primed;
         current::register(launched.child.pid() as u32, &name);
         let p = Process {
             child: launched.child,
@@ -315,7 +319,10 @@ impl Builder {
         // A worker that dies before reading its task makes this write fail; `join` then
         // reports how it died, which is more useful than the broken pipe.
         if let Some(sock) = &p.sock {
-            let _ = fds::write_frame(sock, &run, &fds);
+            let _ = match primed {
+                0 => fds::write_frame(sock, &run, &fds),
+                n => std::io::Write::write_all(&mut &*sock, &run[n..]),
+            };
         }
         Ok(p)
     }

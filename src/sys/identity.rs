@@ -3,6 +3,7 @@
 //! The GNU build id when the executable has one (read from memory, < 1 µs), otherwise device,
 //! inode, size and modification time of the executable file. A one-byte prefix says which.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// Environment variable that, in a worker, replaces the identity it reports and checks. It
@@ -35,14 +36,14 @@ pub(crate) fn own() -> &'static [u8] {
 
 /// The identity a worker reports and checks: [`own`], unless a test overrides it. Read once,
 /// when the worker starts.
-pub(crate) fn reported(token: &super::child::ChildToken) -> Vec<u8> {
+pub(crate) fn reported(token: &super::child::ChildToken) -> Cow<'static, [u8]> {
     match super::child::getenv(token, TEST_OVERRIDE_ENV) {
         Some(fake) => {
             let mut v = b"T".to_vec();
             v.extend(fake.as_encoded_bytes().iter().take(64));
-            v
+            Cow::Owned(v)
         }
-        None => own().to_vec(),
+        None => Cow::Borrowed(own()),
     }
 }
 

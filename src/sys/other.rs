@@ -88,7 +88,10 @@ pub(crate) fn is_running(pid: i32) -> bool {
 /// No stack-overflow notice here yet (the port needs the stack bounds of a thread).
 pub(crate) mod stack_guard {
     /// Does nothing here.
-    pub(crate) fn install(_fd: std::os::fd::RawFd, _notice: Vec<u8>) -> std::io::Result<()> {
+    pub(crate) fn install(
+        _fd: std::os::fd::RawFd,
+        _notice: fn() -> Vec<u8>,
+    ) -> std::io::Result<()> {
         Ok(())
     }
     /// Does nothing here.

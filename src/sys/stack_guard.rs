@@ -23,6 +23,8 @@ static NOTICE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static NOTICE_LEN: AtomicUsize = AtomicUsize::new(0);
 /// Whether the notice is sent (see [`arm`]).
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// Whether this process has the handlers and the alternate stack (see [`install`]).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// How far below the stack pointer a fault still counts as an overflow: a frame's stack
 /// probes touch one page at a time below it, but code without probes (C) may reach further.
@@ -37,17 +39,35 @@ const ALT_STACK: usize = 64 << 10;
 /// writes `notice` to `fd` when the fault is a stack overflow. `fd` must stay open while the
 /// handler may run; call [`forget_fd`] before closing it.
 ///
-/// Cheap (an `mmap`, `sigaltstack` and two `sigaction`s): it runs as every worker starts.
-/// Finding the stack's bounds instead (`pthread_getattr_np`, as std does) costs 45 µs on a
-/// main thread, a quarter of a fork-server worker's start.
-pub(crate) fn install(fd: RawFd, notice: Vec<u8>) -> io::Result<()> {
+/// Cheap (an `mmap`, `sigaltstack` and two `sigaction`s), and done once per process: the
+/// fork server installs it as it starts (with no fd), and its workers, which inherit the
+/// handlers, the alternate stack and its mapping (across `clone` as across `fork`), only
+/// store their fd. Finding the stack's bounds instead (`pthread_getattr_np`, as std does)
+/// costs 45 µs on a main thread, a quarter of a fork-server worker's start.
+pub(crate) fn install(fd: RawFd, notice: fn() -> Vec<u8>) -> io::Result<()> {
     if !HAS_STACK_POINTER {
         return Ok(()); // no way to tell here: the parent sees the signal alone
     }
+    if !INSTALLED.load(Ordering::Relaxed) {
+        handlers(notice())?;
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+    FD.store(fd, Ordering::Release);
+    Ok(())
+}
+
+/// In a child whose fault signals went back to their default (`unix::default_fault_signals`,
+/// after a `fork` of the user's process): [`install`] must install the handlers again.
+/// Async-signal-safe.
+pub(crate) fn forget_handlers() {
+    INSTALLED.store(false, Ordering::Relaxed);
+}
+
+/// The alternate stack and the handlers, with the notice they send.
+fn handlers(notice: Vec<u8>) -> io::Result<()> {
     let notice = Box::leak(notice.into_boxed_slice());
     NOTICE_LEN.store(notice.len(), Ordering::Relaxed);
     NOTICE.store(notice.as_mut_ptr(), Ordering::Relaxed);
-    FD.store(fd, Ordering::Release);
     alternate_stack()?;
     for sig in [libc::SIGSEGV, libc::SIGBUS] {
         // SAFETY: a zeroed `sigaction` is a valid value to fill in; `handler` has the

@@ -5,7 +5,7 @@ use std::mem::{self, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -149,6 +149,9 @@ pub(crate) fn default_fault_signals() {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
+    // A worker's own handler too, if the forking process was one.
+    #[cfg(target_os = "linux")]
+    super::stack_guard::forget_handlers();
 }
 
 /// This process's id.
@@ -180,7 +183,11 @@ extern "C" fn forget_pid_handler() {
 
 /// Drops the cached pid: called first thing in a new child. Async-signal-safe.
 pub(crate) fn forget_pid() {
-    PID.store(0, Ordering::Relaxed);
+    // Only if set: the fork server never asks for its pid, and a write in its worker would
+    // copy the page it shares with the server.
+    if PID.load(Ordering::Relaxed) != 0 {
+        PID.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The parent process's id (0 when it lives outside this pid namespace).
@@ -332,13 +339,27 @@ pub(crate) fn put_in_own_group(pid: i32) {
 
 /// Async-signal-safe (`setpgid`, `signal`): may be called between `fork` and `exec`.
 pub(crate) fn lead_own_group() -> io::Result<()> {
+    make_own_group()?;
+    ignore_terminal_stops();
+    Ok(())
+}
+
+/// The first half of [`lead_own_group`]: the group alone, for a child that inherited SIGTTIN
+/// and SIGTTOU ignored already (the fork server's: see [`ignore_terminal_stops`]).
+/// Async-signal-safe.
+pub(crate) fn make_own_group() -> io::Result<()> {
     // (None, None): "this process, as a new group" (`setpgid(0, 0)`); a raw system call.
-    rustix::process::setpgid(None, None)?;
+    Ok(rustix::process::setpgid(None, None)?)
+}
+
+/// The second half of [`lead_own_group`]: ignores SIGTTIN and SIGTTOU. Ignored dispositions
+/// survive `exec`, `fork` and `clone`, so a process that calls this once (the fork server, as
+/// it starts) gives them ignored to every child it creates. Async-signal-safe.
+pub(crate) fn ignore_terminal_stops() {
     for sig in [libc::SIGTTIN, libc::SIGTTOU] {
         // SAFETY: SIG_IGN is a valid disposition for both signals; no handler runs.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    Ok(())
 }
 
 /// Sends `sig` to child `pid` **and its process group**: first to the group `pid` leads
@@ -563,6 +584,17 @@ pub(super) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Standard stream `fd` (0, 1 or 2), borrowed as std's `io::stdout().as_fd()` borrows it, for
+/// as long as the caller likes: std never closes them.
+pub(crate) fn std_stream(fd: RawFd) -> BorrowedFd<'static> {
+    assert!((0..3).contains(&fd), "fd {fd} is no standard stream");
+    // SAFETY: what std's own `AsFd` for `Stdin`, `Stdout` and `Stderr` does (`borrow_raw` of
+    // 0, 1 or 2, for the life of a handle to a static): the standard streams belong to the
+    // process and std never closes them. Code closing one by number breaks std's handles too;
+    // then the fd is invalid for a system call (EBADF), not memory unsafe.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
 /// True when `fd` is an open descriptor.
 pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD on any integer is harmless; EBADF tells it is closed.
@@ -719,6 +751,16 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((above_stdio(a)?, above_stdio(b)?))
 }
 
+/// Sends what of `bytes` fits in `sock` without waiting (`Ok(0)`: nothing did). Never raises
+/// SIGPIPE.
+pub(crate) fn send_nowait(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    use rustix::net::{SendFlags, send};
+    match retry(|| send(sock, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        sent => sent,
+    }
+}
+
 /// One `recv` that never blocks: `WouldBlock` when nothing is waiting.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     use rustix::net::{RecvFlags, recv};
@@ -736,17 +778,43 @@ pub(crate) fn set_memory_limit(bytes: u64) -> io::Result<()> {
     let mut lim = getrlimit(Resource::Data);
     // `None` is unlimited.
     lim.current = Some(lim.maximum.map_or(bytes, |max| bytes.min(max)));
-    Ok(setrlimit(Resource::Data, lim)?)
+    setrlimit(Resource::Data, lim)?;
+    MEMORY_LIMITED.store(LIMITED, Ordering::Relaxed);
+    Ok(())
 }
+
+/// What [`memory_is_limited`] found, once asked: [`UNKNOWN`], [`LIMITED`] or [`UNLIMITED`].
+static MEMORY_LIMITED: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const LIMITED: u8 = 1;
+const UNLIMITED: u8 = 2;
 
 /// True when this process's address space or data segment is capped (`ulimit -v`,
 /// [`set_memory_limit`]): an allocation can then fail rather than the kernel's OOM killer
 /// stepping in.
+///
+/// Asked of the kernel once per process, then remembered: the fork server asks as it starts,
+/// and its workers inherit the answer (and their limits with it); [`set_memory_limit`] keeps
+/// it up to date. A child of `fork` forgets it (`forget_memory_limit`): the user's program may
+/// have changed its limits by itself.
 pub(crate) fn memory_is_limited() -> bool {
     use rustix::process::{Resource, getrlimit};
-    [Resource::As, Resource::Data]
+    match MEMORY_LIMITED.load(Ordering::Relaxed) {
+        LIMITED => return true,
+        UNLIMITED => return false,
+        _ => {}
+    }
+    let limited = [Resource::As, Resource::Data]
         .into_iter()
-        .any(|r| getrlimit(r).current.is_some())
+        .any(|r| getrlimit(r).current.is_some());
+    let known = if limited { LIMITED } else { UNLIMITED };
+    MEMORY_LIMITED.store(known, Ordering::Relaxed);
+    limited
+}
+
+/// Forgets what [`memory_is_limited`] found (in a freshly forked child). Async-signal-safe.
+pub(crate) fn forget_memory_limit() {
+    MEMORY_LIMITED.store(UNKNOWN, Ordering::Relaxed);
 }
 
 /// Runs `f` with the data-segment soft limit raised to the hard limit, then lowers it again:

@@ -294,7 +294,7 @@ fn post(shared: &std::sync::Weak<Registry>, l: Launch) {
 /// Kills and reaps a worker nobody will take on. Its fds close first, so that once it is
 /// gone nothing of it is left open.
 fn discard(l: launch::Launched) {
-    let launch::Launched { child, sock } = l;
+    let launch::Launched { child, sock, .. } = l;
     let _ = child.signal_group(sys::SIGKILL);
     drop(sock);
     let _ = child.reap();
