@@ -136,6 +136,15 @@ impl Supervisor {
             self.reclaim();
         }
         for round in [1, depth] {
+            // The look-ahead is shared out: no worker takes more than its share of what is
+            // queued, so that a short `map` keeps every worker busy to its end.
+            let usable = self
+                .workers
+                .iter()
+                .filter(|w| matches!(w.state, Phase::Active) && w.sock.is_some() && !w.published)
+                .count()
+                .max(1);
+            let share = self.shared.lock().jobs.len().div_ceil(usable).max(1);
             for w in &mut self.workers {
                 let usable = matches!(w.state, Phase::Active) && w.sock.is_some() && !w.published;
                 // Top a look-ahead up only once it is half used, so that one write carries
@@ -144,7 +153,7 @@ impl Supervisor {
                 if !usable || w.inflight.len() >= low {
                     continue;
                 }
-                let mut want = round - w.inflight.len();
+                let mut want = (round - w.inflight.len()).min(share);
                 if let Some(max) = self.config.max_tasks_per_child {
                     // Never send a worker more than it may still run before it retires.
                     want = want.min(max.saturating_sub(w.tasks + w.inflight.len()));
