@@ -160,11 +160,11 @@ pub(crate) fn borrow(
         }
         // A worker waiting on another CPU than ours, if one is idle: on a shared one, both
         // sides' spinning would only take turns (`task::spin`).
-        let me = crate::sys::current_cpu();
-        let elsewhere = q
-            .idle
-            .iter()
-            .rposition(|l| me.is_some() && mailbox::caller::worker_cpu(l.watch.page()) != me);
+        let elsewhere = crate::sys::current_cpu().and_then(|me| {
+            q.idle
+                .iter()
+                .rposition(|l| mailbox::caller::worker_cpu(l.watch.page()) != Some(me))
+        });
         let picked = match elsewhere {
             Some(i) => Some(q.idle.remove(i)),
             None => q.idle.pop(),

@@ -1260,9 +1260,7 @@ impl Pool {
                 });
             if let Err(e) = submitted {
                 // The jobs already queued are withdrawn; those running finish unseen.
-                let handle = self.handle(slot, finish_map::<F::Out>);
-                handle.cancel();
-                drop(handle);
+                self.handle(slot, finish_map::<F::Out>).cancel();
                 return AsyncResult::failed(e);
             }
         }

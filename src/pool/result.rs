@@ -245,11 +245,7 @@ impl Slot {
     /// order, by a single caller — is delivered, then takes it; `None` once the slot is
     /// cancelled. Lets a caller decode each outcome while later ones are still running.
     pub(crate) fn take_next(&self, i: usize) -> Option<Outcome> {
-        let look = if spin::worth_spinning() {
-            SPIN
-        } else {
-            Duration::ZERO
-        };
+        let look = look_window();
         let spin_until = Instant::now() + look;
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         debug_assert_eq!(s.streamed, i, "outcomes are taken in order");
@@ -328,13 +324,8 @@ impl Slot {
 
     /// Blocks until all are delivered or `deadline` passes; true if all were delivered.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        // A short look first, yielding the CPU between looks; never past the deadline, and
-        // none where spinning does not pay or is turned off (`task::spin`).
-        let look = if spin::worth_spinning() {
-            SPIN
-        } else {
-            Duration::ZERO
-        };
+        // A short look first, yielding the CPU between looks; never past the deadline.
+        let look = look_window();
         let spin_until = deadline.map_or(Instant::now() + look, |d| d.min(Instant::now() + look));
         loop {
             if self
@@ -389,6 +380,16 @@ impl Slot {
             s.waker = Some(waker.clone());
         }
         s.is_done()
+    }
+}
+
+/// How long a waiter looks before it sleeps: [`SPIN`], or not at all where spinning does not
+/// pay or is turned off (`task::spin`).
+fn look_window() -> Duration {
+    if spin::worth_spinning() {
+        SPIN
+    } else {
+        Duration::ZERO
     }
 }
 

@@ -138,15 +138,10 @@ impl Supervisor {
         for round in [1, depth] {
             // The look-ahead is shared out: no worker takes more than its share of what is
             // queued, so that a short `map` keeps every worker busy to its end.
-            let usable = self
-                .workers
-                .iter()
-                .filter(|w| matches!(w.state, Phase::Active) && w.sock.is_some() && !w.published)
-                .count()
-                .max(1);
-            let share = self.shared.lock().jobs.len().div_ceil(usable).max(1);
+            let usable = self.workers.iter().filter(|w| w.takes_jobs()).count();
+            let share = self.shared.lock().jobs.len().div_ceil(usable.max(1)).max(1);
             for w in &mut self.workers {
-                let usable = matches!(w.state, Phase::Active) && w.sock.is_some() && !w.published;
+                let usable = w.takes_jobs();
                 // Top a look-ahead up only once it is half used, so that one write carries
                 // many jobs instead of one write per finished task.
                 let low = if round == 1 { 1 } else { round / 2 + 1 };

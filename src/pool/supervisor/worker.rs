@@ -65,6 +65,11 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Serving, reachable and not offered to clients: queued jobs may go to it.
+    pub(super) fn takes_jobs(&self) -> bool {
+        matches!(self.state, Phase::Active) && self.sock.is_some() && !self.published
+    }
+
     /// The running item's deadline, from the control block; a bound to look again at, if the
     /// worker has not begun its head job yet.
     pub(super) fn deadline(&mut self, timeout: Duration, now: Instant) -> Option<Instant> {
